@@ -1,0 +1,136 @@
+"""The anniversary calendar: which articles come back on which day."""
+
+from __future__ import annotations
+
+import calendar as _stdlib_calendar
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from publisher.config import LeapDay
+from publisher.content import Article
+
+FEB_29 = (2, 29)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One appearance of an article: its first publication (year 0) or an anniversary."""
+
+    article: Article
+    on: date
+    years_since: int
+
+    @property
+    def year(self) -> int:
+        """Return the anniversary year: the calendar year of this appearance."""
+        return self.on.year
+
+    @property
+    def original_date(self) -> date:
+        """Return the article's own date."""
+        return self.article.date
+
+    @property
+    def is_first(self) -> bool:
+        """Return whether this is the first publication rather than an anniversary."""
+        return self.years_since == 0
+
+    @property
+    def years_since_commemorated(self) -> int | None:
+        """Return the years since the commemorated event, when the article names its year."""
+        if self.article.commemorated is None:
+            return None
+        return self.on.year - self.article.commemorated.year
+
+    @property
+    def ago(self) -> str:
+        """Return an English phrase for the distance in time, e.g. ``3 years ago today``."""
+        if self.years_since == 0:
+            return "published today"
+        unit = "year" if self.years_since == 1 else "years"
+        return f"{self.years_since} {unit} ago today"
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """Return the identity of this event: (slug, anniversary year)."""
+        return (self.article.slug, self.year)
+
+
+def anniversary_in(month_day: tuple[int, int], year: int, leap_day: LeapDay) -> date | None:
+    """Return the day a month-day falls on in ``year`` under the Feb 29 policy (None: skipped)."""
+    if month_day == FEB_29 and not _stdlib_calendar.isleap(year):
+        if leap_day == "feb28":
+            return date(year, 2, 28)
+        if leap_day == "mar1":
+            return date(year, 3, 1)
+        return None
+    return date(year, *month_day)
+
+
+class Calendar:
+    """Index articles by month-day so that one day's events cost only that day's articles."""
+
+    def __init__(self, articles: Iterable[Article], leap_day: LeapDay = "feb28") -> None:
+        self.leap_day = leap_day
+        self._by_date: dict[date, list[Article]] = defaultdict(list)
+        self._by_month_day: dict[tuple[int, int], list[Article]] = defaultdict(list)
+        self.articles: list[Article] = sorted(articles, key=lambda a: a.slug)
+        for article in self.articles:
+            self._by_date[article.date].append(article)
+            if article.recurring:
+                self._by_month_day[article.anniversary].append(article)
+        self.first_date = min((a.date for a in self.articles), default=None)
+
+    def _month_days(self, day: date) -> list[tuple[int, int]]:
+        keys = [(day.month, day.day)]
+        if not _stdlib_calendar.isleap(day.year):
+            if (self.leap_day == "feb28" and (day.month, day.day) == (2, 28)) or (
+                self.leap_day == "mar1" and (day.month, day.day) == (3, 1)
+            ):
+                keys.append(FEB_29)
+        return keys
+
+    def events_on(self, day: date) -> list[Event]:
+        """Return the events of one day, ordered by slug."""
+        events = [Event(a, day, 0) for a in self._by_date.get(day, ())]
+        for key in self._month_days(day):
+            for article in self._by_month_day.get(key, ()):
+                years = day.year - article.date.year
+                if years >= 1:
+                    events.append(Event(article, day, years))
+        events.sort(key=lambda e: e.article.slug)
+        return events
+
+    def between(self, start: date, end: date) -> Iterator[Event]:
+        """Yield the events from ``start`` to ``end`` inclusive, oldest day first."""
+        day = start
+        while day <= end:
+            yield from self.events_on(day)
+            day += timedelta(days=1)
+
+    def recent(self, day: date, limit: int) -> list[Event]:
+        """Return up to ``limit`` events on or before ``day``, newest day first."""
+        found: list[Event] = []
+        if self.first_date is None:
+            return found
+        while day >= self.first_date and len(found) < limit:
+            found.extend(self.events_on(day)[: limit - len(found)])
+            day -= timedelta(days=1)
+        return found
+
+    def published(self, day: date) -> list[Article]:
+        """Return the articles dated on or before ``day``, newest first."""
+        return sorted((a for a in self.articles if a.date <= day),
+                      key=lambda a: (a.date, a.slug), reverse=True)
+
+    def history(self, article: Article, day: date) -> list[Event]:
+        """Return one article's events up to ``day``, oldest first."""
+        events = [Event(article, article.date, 0)] if article.date <= day else []
+        if article.recurring:
+            for year in range(article.date.year + 1, day.year + 1):
+                when = anniversary_in(article.anniversary, year, self.leap_day)
+                if when is not None and when <= day:
+                    events.append(Event(article, when, year - article.date.year))
+        return events

@@ -1,0 +1,371 @@
+"""Parse article files (Markdown with front matter, or the plain ``date`` form) into Articles."""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+from markdown_it import MarkdownIt
+
+from publisher.errors import ContentError, DuplicateSlugError
+
+ARTICLE_SUFFIXES = (".md", ".txt")
+TITLE_LENGTH = 80
+SUMMARY_LENGTH = 280
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_ISO_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_MONTH_DAY = re.compile(r"^(\d{2})-(\d{2})$")
+_PLAIN_HEAD = re.compile(r"\A(\s*)date[ \t]+(\S+)[ \t]*")
+_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_FIELDS = {"title", "date", "anniversary", "summary", "tags", "author", "lang", "slug", "recurring"}
+
+
+@dataclass(frozen=True)
+class Article:
+    """One dated article, ready to be published on its date and its anniversaries."""
+
+    slug: str
+    title: str
+    date: date
+    anniversary: tuple[int, int]
+    body_html: str = field(repr=False)
+    body_text: str = field(repr=False)
+    summary: str = field(repr=False)
+    source: Path
+    commemorated: date | None = None
+    tags: tuple[str, ...] = ()
+    author: str | None = None
+    lang: str | None = None
+    recurring: bool = True
+
+    @property
+    def month_day(self) -> str:
+        """Return the anniversary as ``MM-DD``."""
+        return f"{self.anniversary[0]:02d}-{self.anniversary[1]:02d}"
+
+
+@dataclass
+class LoadResult:
+    """Articles that loaded and the errors of those that did not."""
+
+    articles: list[Article] = field(default_factory=list)
+    errors: list[ContentError] = field(default_factory=list)
+
+
+_markdown = MarkdownIt("commonmark")
+
+
+def render_markdown(text: str) -> str:
+    """Render CommonMark text to HTML."""
+    return _markdown.render(text)
+
+
+class _FrontMatterLoader(yaml.SafeLoader):
+    """Safe YAML loader that keeps dates as text so that impossible ones get a clear error."""
+
+
+_FrontMatterLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def read_text(path: Path) -> str:
+    """Read a file as UTF-8 text with ``\\n`` line ends; name the line of the first bad byte."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ContentError(
+            f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            path=path, line=line, field="encoding",
+        ) from None
+    return text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
+
+
+def parse_date(value: object, *, path: Path, line: int | None, name: str) -> date:
+    """Parse a ``YYYY-MM-DD`` value, naming the field when it is missing or impossible."""
+    if isinstance(value, date):
+        return value
+    text = str(value).strip() if value is not None else ""
+    match = _ISO_DATE.match(text)
+    if not match:
+        raise ContentError(f"expected a date as YYYY-MM-DD, got {text!r}",
+                           path=path, line=line, field=name)
+    try:
+        return date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
+    except ValueError as exc:
+        raise ContentError(f"impossible date {text!r} ({exc})",
+                           path=path, line=line, field=name) from None
+
+
+def _parse_anniversary(
+    value: object, *, path: Path, line: int | None
+) -> tuple[tuple[int, int], date | None]:
+    text = str(value).strip()
+    match = _MONTH_DAY.match(text)
+    if match:
+        month, day = int(match.group(1)), int(match.group(2))
+        try:
+            date(2000, month, day)  # a leap year, so 02-29 is accepted
+        except ValueError:
+            raise ContentError(f"impossible month-day {text!r}", path=path, line=line,
+                               field="anniversary") from None
+        return (month, day), None
+    full = parse_date(text, path=path, line=line, name="anniversary")
+    return (full.month, full.day), full
+
+
+def slug_from_name(path: Path) -> str:
+    """Derive a URL-safe slug from a file name."""
+    slug = re.sub(r"[^a-z0-9_-]+", "-", path.stem.lower()).strip("-")
+    return slug or "article"
+
+
+def cut_at_word(text: str, limit: int) -> str:
+    """Shorten text to at most ``limit`` characters at a word boundary, adding an ellipsis."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    if space > limit // 2:
+        cut = cut[:space]
+    return cut.rstrip(" ,;:.-") + "…"
+
+
+def title_from_text(text: str) -> str:
+    """Derive a title from the first sentence of a text."""
+    flat = " ".join(text.split())
+    match = _SENTENCE_END.search(flat)
+    sentence = flat[: match.start() + 1] if match else flat
+    sentence = sentence.removesuffix(".")
+    return cut_at_word(sentence, TITLE_LENGTH) or "Untitled"
+
+
+def _paragraphs(body: str) -> list[str]:
+    return [" ".join(p.split()) for p in _PARAGRAPH_BREAK.split(body) if p.strip()]
+
+
+def _text_of_html(fragment: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", fragment))
+
+
+def parse_plain(path: Path, text: str) -> Article:
+    """Parse the plain form: ``date YYYY-MM-DD`` glued to the first paragraph."""
+    match = _PLAIN_HEAD.match(text)
+    if not match:
+        raise ContentError("expected the text to start with 'date YYYY-MM-DD'",
+                           path=path, line=1, field="date")
+    line = match.group(1).count("\n") + 1
+    when = parse_date(match.group(2), path=path, line=line, name="date")
+    paragraphs = _paragraphs(text[match.end():])
+    if not paragraphs:
+        raise ContentError("the article has no text after its date", path=path, line=line,
+                           field="body")
+    return Article(
+        slug=slug_from_name(path),
+        title=title_from_text(paragraphs[0]),
+        date=when,
+        anniversary=(when.month, when.day),
+        body_html="".join(f"<p>{html.escape(p, quote=False)}</p>\n" for p in paragraphs),
+        body_text="\n\n".join(paragraphs),
+        summary=cut_at_word(paragraphs[0], SUMMARY_LENGTH),
+        source=path,
+    )
+
+
+def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], dict[str, int], str, int]:
+    if not text.startswith("---\n"):
+        raise ContentError("expected YAML front matter opening with '---'", path=path, line=1,
+                           field="front matter")
+    end = re.search(r"^(?:---|\.\.\.)[ \t]*$", text[4:], re.MULTILINE)
+    if end is None:
+        raise ContentError("front matter is not closed by '---'", path=path, line=1,
+                           field="front matter")
+    block = text[4 : 4 + end.start()]
+    body_start = 4 + end.end() + 1
+    body_line = text[:body_start].count("\n") + 1
+    loader = _FrontMatterLoader(block)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else {}
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 2 if mark is not None else None
+        raise ContentError(f"invalid YAML: {exc.problem or exc}", path=path, line=line,
+                           field="front matter") from None
+    finally:
+        loader.dispose()
+    if not isinstance(data, dict):
+        raise ContentError("front matter must be a mapping of fields", path=path, line=2,
+                           field="front matter")
+    lines: dict[str, int] = {}
+    if node is not None:
+        for key_node, _ in node.value:
+            lines[str(key_node.value)] = key_node.start_mark.line + 2
+    return data, lines, text[body_start:], body_line
+
+
+def _optional_text(data: Mapping[str, Any], name: str, path: Path, line: int | None) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str | int | float) or isinstance(value, bool):
+        raise ContentError(f"expected text, got {type(value).__name__}", path=path, line=line,
+                           field=name)
+    return str(value).strip() or None
+
+
+def parse_markdown(path: Path, text: str) -> Article:
+    """Parse Markdown with YAML front matter (``title`` and ``date`` required)."""
+    data, lines, body, _ = _front_matter(path, text)
+
+    def where(name: str) -> int | None:
+        return lines.get(name, 1)
+
+    unknown = sorted(set(map(str, data)) - _FIELDS)
+    if unknown:
+        raise ContentError(f"unknown field (known: {', '.join(sorted(_FIELDS))})", path=path,
+                           line=where(unknown[0]), field=unknown[0])
+    title = _optional_text(data, "title", path, where("title"))
+    if not title:
+        raise ContentError("required field is missing or empty", path=path, line=where("title"),
+                           field="title")
+    if "date" not in data:
+        raise ContentError("required field is missing", path=path, line=1, field="date")
+    when = parse_date(data["date"], path=path, line=where("date"), name="date")
+    anniversary, commemorated = (when.month, when.day), None
+    if data.get("anniversary") is not None:
+        anniversary, commemorated = _parse_anniversary(data["anniversary"], path=path,
+                                                       line=where("anniversary"))
+    slug = _optional_text(data, "slug", path, where("slug")) or slug_from_name(path)
+    if not _SLUG.match(slug):
+        raise ContentError(f"slug must match {_SLUG.pattern}, got {slug!r}", path=path,
+                           line=where("slug"), field="slug")
+    tags = data.get("tags") or []
+    if isinstance(tags, str):
+        tags = [t.strip() for t in tags.split(",")]
+    if not isinstance(tags, list) or not all(isinstance(t, str | int) for t in tags):
+        raise ContentError("expected a list of tags", path=path, line=where("tags"), field="tags")
+    recurring = data.get("recurring", True)
+    if not isinstance(recurring, bool):
+        raise ContentError(f"expected true or false, got {recurring!r}", path=path,
+                           line=where("recurring"), field="recurring")
+    body_html = render_markdown(body)
+    summary = _optional_text(data, "summary", path, where("summary"))
+    if summary is None:
+        first = body_html.split("</p>", 1)[0] if "<p>" in body_html else ""
+        summary = cut_at_word(_text_of_html(first), SUMMARY_LENGTH)
+    return Article(
+        slug=slug,
+        title=title,
+        date=when,
+        anniversary=anniversary,
+        commemorated=commemorated,
+        body_html=body_html,
+        body_text=body.strip(),
+        summary=summary,
+        source=path,
+        tags=tuple(str(t).strip() for t in tags if str(t).strip()),
+        author=_optional_text(data, "author", path, where("author")),
+        lang=_optional_text(data, "lang", path, where("lang")),
+        recurring=recurring,
+    )
+
+
+def load_article(path: Path) -> Article:
+    """Load one article file of either form."""
+    text = read_text(path)
+    if path.suffix == ".md":
+        return parse_markdown(path, text)
+    return parse_plain(path, text)
+
+
+def article_files(content_dir: Path) -> Iterator[Path]:
+    """Yield the article files below a folder in a stable order, skipping hidden ones."""
+    if not content_dir.is_dir():
+        raise ContentError("content folder does not exist", path=content_dir)
+    for path in sorted(content_dir.rglob("*")):
+        relative = path.relative_to(content_dir)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if path.suffix in ARTICLE_SUFFIXES and path.is_file():
+            yield path
+
+
+class ArticleCache:
+    """Remember parsed articles by path, size and modification time, so reloads are cheap."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Path, tuple[int, int, Article | ContentError]] = {}
+
+    def load(self, path: Path) -> Article:
+        """Return the article at ``path``, parsing it only when the file changed."""
+        stat = path.stat()
+        entry = self._entries.get(path)
+        if entry is not None and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
+            result = entry[2]
+        else:
+            try:
+                result = load_article(path)
+            except ContentError as exc:
+                result = exc
+            self._entries[path] = (stat.st_size, stat.st_mtime_ns, result)
+        if isinstance(result, ContentError):
+            raise result
+        return result
+
+    def forget_missing(self, seen: Iterable[Path]) -> None:
+        """Drop entries for files that no longer exist."""
+        keep = set(seen)
+        for path in list(self._entries):
+            if path not in keep:
+                del self._entries[path]
+
+
+def load_articles(content_dir: Path, cache: ArticleCache | None = None) -> LoadResult:
+    """Load every article below ``content_dir``; a broken file is reported, never fatal."""
+    result = LoadResult()
+    cache = cache or ArticleCache()
+    seen: dict[str, Path] = {}
+    paths: list[Path] = []
+    for path in article_files(content_dir):
+        paths.append(path)
+        try:
+            article = cache.load(path)
+        except ContentError as exc:
+            result.errors.append(exc)
+            continue
+        if article.slug in seen:
+            result.errors.append(DuplicateSlugError(
+                f"slug {article.slug!r} is already used by {seen[article.slug]}",
+                path=path, field="slug"))
+            continue
+        seen[article.slug] = path
+        result.articles.append(article)
+    cache.forget_missing(paths)
+    return result
+
+
+def to_markdown(article: Article) -> str:
+    """Write an article as Markdown with front matter, for ``publisher import``."""
+    front = {"title": article.title, "date": article.date.isoformat()}
+    head = yaml.safe_dump(front, allow_unicode=True, sort_keys=False, width=1000)
+    paragraphs = article.body_text.split("\n\n")
+    return f"---\n{head}---\n\n" + "\n\n".join(_escape_markdown(p) for p in paragraphs) + "\n"
+
+
+def _escape_markdown(paragraph: str) -> str:
+    # Plain text must stay plain once read as CommonMark: escape what would become markup.
+    escaped = re.sub(r"([\\`*_\[\]<>])", r"\\\1", paragraph)
+    escaped = re.sub(r"^(\d+)([.)])(?=\s)", r"\1\\\2", escaped)
+    return re.sub(r"^([#+=|>~-])", r"\\\1", escaped)

@@ -1,0 +1,94 @@
+"""The Jinja2 environment: packaged templates, user overrides, strict about unknown names."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import jinja2
+
+from publisher.errors import TemplateError
+
+_HERE = Path(__file__).resolve().parent
+
+
+def packaged_templates() -> Path:
+    """Return the folder of the templates shipped with the package."""
+    installed = _HERE / "templates"
+    # An installed wheel carries the templates inside the package; a source checkout has them
+    # at the top level next to the package.
+    return installed if installed.is_dir() else _HERE.parent / "templates"
+
+
+def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
+    """Build the environment: the user's folder first, then the packaged templates."""
+    searchpath = [str(packaged_templates())]
+    if templates_dir is not None:
+        searchpath.insert(0, str(templates_dir))
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(searchpath),
+        autoescape=jinja2.select_autoescape(["html", "htm", "xml"], default_for_string=False),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["isodate"] = lambda d: d.isoformat()
+    env.filters["longdate"] = lambda d: f"{d.day} {d.strftime('%B')} {d.year}"
+    return env
+
+
+def _template_line(tb: TracebackType | None, names: set[str]) -> tuple[str | None, int | None]:
+    # Jinja2 rewrites tracebacks so that template frames carry the template's file and line.
+    found: tuple[str | None, int | None] = (None, None)
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if filename in names or filename.endswith((".html", ".txt", ".xml", ".j2")):
+            found = (filename, tb.tb_lineno)
+        tb = tb.tb_next
+    return found
+
+
+def render(env: jinja2.Environment, name: str, context: Mapping[str, Any]) -> str:
+    """Render one template by name; errors name the template file, line and variable."""
+    try:
+        template = env.get_template(name)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(exc.message or "syntax error", path=exc.filename or name,
+                            line=exc.lineno, field="syntax") from None
+    except jinja2.TemplateNotFound:
+        raise TemplateError("template not found", path=name, field="template") from None
+    return _run(template, context, template.filename or name)
+
+
+def render_string(env: jinja2.Environment, source: str, context: Mapping[str, Any],
+                  origin: str) -> str:
+    """Render a template given as text (e.g. from the config); ``origin`` names it in errors."""
+    try:
+        template = env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(exc.message or "syntax error", path=origin, field="syntax") from None
+    return _run(template, context, origin)
+
+
+def compile_string(env: jinja2.Environment, source: str, origin: str) -> jinja2.Template:
+    """Compile a template given as text once, so it can be rendered many times."""
+    try:
+        return env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(exc.message or "syntax error", path=origin, field="syntax") from None
+
+
+def _run(template: jinja2.Template, context: Mapping[str, Any], origin: str) -> str:
+    try:
+        return template.render(context)
+    except jinja2.UndefinedError as exc:
+        filename, line = _template_line(exc.__traceback__, {origin})
+        raise TemplateError(f"unknown variable: {exc.message}", path=filename or origin,
+                            line=line, field="variable") from None
+    except jinja2.TemplateError as exc:
+        filename, line = _template_line(exc.__traceback__, {origin})
+        raise TemplateError(str(exc), path=filename or origin, line=line,
+                            field="render") from None
