@@ -85,11 +85,10 @@ class Calendar:
 
     def _month_days(self, day: date) -> list[tuple[int, int]]:
         keys = [(day.month, day.day)]
-        if not _stdlib_calendar.isleap(day.year):
-            if (self.leap_day == "feb28" and (day.month, day.day) == (2, 28)) or (
-                self.leap_day == "mar1" and (day.month, day.day) == (3, 1)
-            ):
-                keys.append(FEB_29)
+        # In a common year a Feb 29 anniversary moves to the day its policy names.
+        substitute = {"feb28": (2, 28), "mar1": (3, 1)}.get(self.leap_day)
+        if not _stdlib_calendar.isleap(day.year) and (day.month, day.day) == substitute:
+            keys.append(FEB_29)
         return keys
 
     def events_on(self, day: date) -> list[Event]:
@@ -134,3 +133,14 @@ class Calendar:
                 if when is not None and when <= day:
                     events.append(Event(article, when, year - article.date.year))
         return events
+
+    def next_anniversary(self, article: Article, day: date) -> date | None:
+        """Return the first anniversary of an article after ``day`` (None: it does not recur)."""
+        if not article.recurring:
+            return None
+        # Under "skip" a Feb 29 anniversary can wait up to eight years (e.g. 2096 to 2104).
+        for year in range(max(day.year, article.date.year + 1), day.year + 9):
+            when = anniversary_in(article.anniversary, year, self.leap_day)
+            if when is not None and when > day:
+                return when
+        return None

@@ -16,6 +16,7 @@ from markdown_it import MarkdownIt
 from publisher.errors import ContentError, DuplicateSlugError
 
 ARTICLE_SUFFIXES = (".md", ".txt")
+IMPORTED_SUFFIX = ".imported"  # what `publisher import` appends to a converted source
 TITLE_LENGTH = 80
 SUMMARY_LENGTH = 280
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
@@ -25,6 +26,10 @@ _PLAIN_HEAD = re.compile(r"\A(\s*)date[ \t]+(\S+)[ \t]*")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
 _FIELDS = {"title", "date", "anniversary", "summary", "tags", "author", "lang", "slug", "recurring"}
+
+
+# Inside Article the field named "date" hides the type, so the other date field uses this name.
+_Date = date
 
 
 @dataclass(frozen=True)
@@ -39,7 +44,7 @@ class Article:
     body_text: str = field(repr=False)
     summary: str = field(repr=False)
     source: Path
-    commemorated: date | None = None
+    commemorated: _Date | None = None
     tags: tuple[str, ...] = ()
     author: str | None = None
     lang: str | None = None
@@ -64,7 +69,7 @@ _markdown = MarkdownIt("commonmark")
 
 def render_markdown(text: str) -> str:
     """Render CommonMark text to HTML."""
-    return _markdown.render(text)
+    return str(_markdown.render(text))
 
 
 class _FrontMatterLoader(yaml.SafeLoader):
@@ -356,6 +361,33 @@ def load_articles(content_dir: Path, cache: ArticleCache | None = None) -> LoadR
     return result
 
 
+def import_plain(path: Path, out_dir: Path | None = None, *, force: bool = False,
+                 keep_source: bool = False) -> tuple[Path, Path | None]:
+    """Turn a plain ``.txt`` article into Markdown; return the new file and the renamed source.
+
+    The Markdown file keeps the source's name (so its slug) and goes next to the source or
+    into ``out_dir``. The source is renamed to ``NAME.txt.imported`` so that the article is
+    not loaded twice, unless ``keep_source`` is set.
+    """
+    if path.suffix != ".txt":
+        raise ContentError("only plain .txt articles can be imported", path=path, field="file")
+    article = load_article(path)
+    target = (out_dir or path.parent) / f"{path.stem}.md"
+    if target.exists() and not force:
+        raise ContentError(f"{target} already exists (overwrite it with --force)", path=path,
+                           field="output")
+    retired = None if keep_source else path.with_name(path.name + IMPORTED_SUFFIX)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(to_markdown(article), encoding="utf-8")
+        if retired is not None:
+            path.rename(retired)
+    except OSError as exc:
+        raise ContentError(f"cannot write: {exc.strerror}", path=exc.filename or target,
+                           field="output") from None
+    return target, retired
+
+
 def to_markdown(article: Article) -> str:
     """Write an article as Markdown with front matter, for ``publisher import``."""
     front = {"title": article.title, "date": article.date.isoformat()}
@@ -366,6 +398,6 @@ def to_markdown(article: Article) -> str:
 
 def _escape_markdown(paragraph: str) -> str:
     # Plain text must stay plain once read as CommonMark: escape what would become markup.
-    escaped = re.sub(r"([\\`*_\[\]<>])", r"\\\1", paragraph)
+    escaped = re.sub(r"([\\`*_\[\]<>&])", r"\\\1", paragraph)
     escaped = re.sub(r"^(\d+)([.)])(?=\s)", r"\1\\\2", escaped)
     return re.sub(r"^([#+=|>~-])", r"\\\1", escaped)

@@ -1,0 +1,311 @@
+"""RSS 2.0 and Atom (feedgen) and JSON Feed 1.1 (by hand): the same bytes for the same date."""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from urllib.parse import urljoin, urlsplit, urlunsplit
+
+import jinja2
+from feedgen.feed import FeedGenerator
+from markupsafe import Markup
+
+from publisher.calendar import Calendar, Event
+from publisher.config import SiteConfig
+from publisher.content import Article
+from publisher.render import render
+
+RSS_NAME = "feed.xml"
+ATOM_NAME = "atom.xml"
+JSON_NAME = "feed.json"
+JSON_FEED_VERSION = "https://jsonfeed.org/version/1.1"
+GENERATOR = "anniversary-publisher"
+ITEM_TEMPLATE = "feed_item.html"
+
+# XML 1.0 allows tab, LF, CR, U+0020-U+D7FF, U+E000-U+FFFD and U+10000 up. The C1 controls
+# (U+007F-U+009F) are allowed but "discouraged" and never meant as text, and the W3C validator
+# warns about them and about U+FFFD (a replacement for a character already lost), so they go
+# too. Surrogates fall outside every allowed range, so lone ones are removed as well.
+_NOT_XML = re.compile("[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffc\U00010000-\U0010ffff]")
+
+# An HTML start tag, with quoted attribute values that may themselves contain ">".
+_START_TAG = re.compile(
+    r"""<[a-zA-Z][a-zA-Z0-9:-]*(?:\s+[^\s"'>/=]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?)*"""
+    r"""\s*/?>"""
+)
+_URL_ATTRIBUTE = re.compile(
+    r"""(\s(?:href|src|poster|cite)\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class FeedLink:
+    """One published feed: file name, media type and a label for ``<link rel="alternate">``."""
+
+    name: str
+    media_type: str
+    label: str
+
+
+FEEDS = (
+    FeedLink(RSS_NAME, "application/rss+xml", "RSS"),
+    FeedLink(ATOM_NAME, "application/atom+xml", "Atom"),
+    FeedLink(JSON_NAME, "application/feed+json", "JSON Feed"),
+)
+
+
+@dataclass(frozen=True)
+class FeedItem:
+    """One event as every feed format shows it; built once, written three times."""
+
+    id: str
+    url: str
+    title: str
+    published: datetime
+    summary: str
+    content_html: str
+    author: str | None
+    tags: tuple[str, ...]
+    language: str | None
+
+
+def clean_text(text: str) -> str:
+    """Remove the characters XML forbids (and C1 controls), so any text can go into a feed."""
+    return _NOT_XML.sub("", text)
+
+
+def _clean_optional(text: str | None) -> str | None:
+    return clean_text(text) if text is not None else None
+
+
+def clean_article(article: Article) -> Article:
+    """Return the article with XML-forbidden characters removed from every text field."""
+    return dataclasses.replace(
+        article,
+        title=clean_text(article.title),
+        body_html=clean_text(article.body_html),
+        body_text=clean_text(article.body_text),
+        summary=clean_text(article.summary),
+        tags=tuple(clean_text(tag) for tag in article.tags),
+        author=_clean_optional(article.author),
+        lang=_clean_optional(article.lang),
+    )
+
+
+def clean_site(site: SiteConfig) -> SiteConfig:
+    """Return the site settings with XML-forbidden characters removed from their texts."""
+    return dataclasses.replace(
+        site,
+        title=clean_text(site.title),
+        description=clean_text(site.description),
+        author=_clean_optional(site.author),
+    )
+
+
+def absolute_links(fragment: str, base: str) -> str:
+    """Rewrite relative ``href``/``src``/``poster``/``cite`` values in HTML to absolute URLs."""
+
+    def attribute(match: re.Match[str]) -> str:
+        raw = next(value for value in match.groups()[1:] if value is not None)
+        url = urljoin(base, html.unescape(raw).strip())
+        return f'{match.group(1)}"{html.escape(url, quote=True)}"'
+
+    def tag(match: re.Match[str]) -> str:
+        return _URL_ATTRIBUTE.sub(attribute, match.group(0))
+
+    return _START_TAG.sub(tag, fragment)
+
+
+def publish_instant(site: SiteConfig, day: date) -> datetime:
+    """Return the moment of ``day`` at which the site publishes, in the site's zone."""
+    return datetime.combine(day, site.publish_time, tzinfo=site.zone)
+
+
+def canonical_url(url: str) -> str:
+    """Return ``url`` with scheme and host in lower case and no default port (RFC 3986 6.2.3)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address keeps its brackets
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    if parts.port is not None and parts.port != default:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme.lower(), host, parts.path or "/", parts.query,
+                       parts.fragment))
+
+
+def event_id(site: SiteConfig, event: Event) -> str:
+    """Return the event's permanent tag URI: one per (article, anniversary year), forever."""
+    return f"tag:{site.domain},{event.article.date.isoformat()}:{event.article.slug}/{event.year}"
+
+
+def event_url(site: SiteConfig, event: Event) -> str:
+    """Return the article page URL with a fragment naming the year of this appearance."""
+    return f"{site.article_url(event.article.slug)}#year-{event.year}"
+
+
+def event_title(event: Event) -> str:
+    """Return the item title: the article's title, plus how long ago for an anniversary."""
+    if event.is_first:
+        return event.article.title
+    unit = "year" if event.years_since == 1 else "years"
+    return f"{event.article.title} ({event.years_since} {unit} ago)"
+
+
+def feed_item(site: SiteConfig, event: Event, env: jinja2.Environment,
+              position: int = 0) -> FeedItem:
+    """Build one feed item: links made absolute, HTML rendered through ``feed_item.html``.
+
+    ``position`` is the item's place among the day's items: each one is stamped a second
+    before the one listed above it, so no two share a date (the W3C validator warns about
+    equal Atom ``updated`` values) and the order stays newest first.
+    """
+    site = clean_site(site)
+    article = clean_article(event.article)
+    event = dataclasses.replace(event, article=article)
+    page = site.article_url(article.slug)
+    body = Markup(absolute_links(article.body_html, page))
+    content = render(env, ITEM_TEMPLATE, {
+        "site": site, "event": event, "article": article, "body": body,
+        "article_url": page, "item_url": event_url(site, event),
+    })
+    return FeedItem(
+        id=event_id(site, event),
+        url=event_url(site, event),
+        title=clean_text(event_title(event)),
+        published=publish_instant(site, event.on) - timedelta(seconds=position),
+        summary=article.summary,
+        content_html=clean_text(content),
+        author=article.author or site.author,
+        tags=article.tags,
+        language=article.lang,
+    )
+
+
+def _generator(site: SiteConfig, self_name: str, updated: datetime) -> FeedGenerator:
+    fg = FeedGenerator()
+    fg.title(site.title)
+    feed = next(f for f in FEEDS if f.name == self_name)
+    fg.link(href=site.url(self_name), rel="self", type=feed.media_type)
+    # feedgen takes the last link added as the RSS channel's <link>: the home page.
+    fg.link(href=site.url(), rel="alternate", type="text/html")
+    fg.language(site.language)
+    # feedgen stamps "now" and its own version by default; both would change the bytes.
+    fg.updated(updated)
+    fg.generator(GENERATOR)
+    return fg
+
+
+def rss_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime) -> bytes:
+    """Write RSS 2.0: full HTML in content:encoded, authors as dc:creator, guids not permalinks."""
+    site = clean_site(site)
+    fg = _generator(site, RSS_NAME, updated)
+    # RSS <author> must be an e-mail address; Dublin Core's creator takes a plain name.
+    fg.load_extension("dc", atom=False, rss=True)
+    fg.description(site.description or site.title)  # RSS requires a non-empty description
+    for item in items:
+        fe = fg.add_entry(order="append")
+        fe.guid(item.id, permalink=False)
+        fe.title(item.title)
+        fe.link(href=item.url)
+        if item.summary:
+            # An RSS description is HTML; the summary is plain text.
+            fe.description(html.escape(item.summary, quote=False))
+        fe.content(item.content_html)
+        fe.pubDate(item.published)
+        for tag in item.tags:
+            fe.category(term=tag)
+        if item.author:
+            fe.dc.dc_creator(item.author)
+    return bytes(fg.rss_str(pretty=True))
+
+
+def atom_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime) -> bytes:
+    """Write Atom: a feed-level author so every entry has one, HTML content, text summary."""
+    site = clean_site(site)
+    fg = _generator(site, ATOM_NAME, updated)
+    fg.id(canonical_url(site.url()))  # the validator warns about a non-canonical id
+    fg.author(name=site.author or site.title)
+    if site.description:
+        fg.subtitle(site.description)
+    for item in items:
+        fe = fg.add_entry(order="append")
+        fe.id(item.id)
+        fe.title(item.title)
+        fe.link(href=item.url, rel="alternate", type="text/html")
+        fe.updated(item.published)
+        fe.published(item.published)
+        if item.author and item.author != site.author:
+            fe.author(name=item.author)
+        fe.content(item.content_html, type="html")
+        if item.summary:
+            fe.summary(item.summary, type="text")
+        for tag in item.tags:
+            fe.category(term=tag)
+    return bytes(fg.atom_str(pretty=True))
+
+
+def json_feed(site: SiteConfig, items: Sequence[FeedItem]) -> bytes:
+    """Write JSON Feed 1.1 by hand (feedgen has no writer for it; it has no feed date)."""
+    site = clean_site(site)
+    document: dict[str, object] = {
+        "version": JSON_FEED_VERSION,
+        "title": site.title,
+        "home_page_url": site.url(),
+        "feed_url": site.url(JSON_NAME),
+        "description": site.description,
+        "language": site.language,
+        "authors": [{"name": site.author or site.title}],
+        "items": [_json_item(item) for item in items],
+    }
+    return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+
+
+def _json_item(item: FeedItem) -> dict[str, object]:
+    entry: dict[str, object] = {
+        "id": item.id,
+        "url": item.url,
+        "title": item.title,
+        "content_html": item.content_html,
+    }
+    if item.summary:
+        entry["summary"] = item.summary
+    entry["date_published"] = item.published.isoformat()
+    if item.author:
+        entry["authors"] = [{"name": item.author}]
+    if item.tags:
+        entry["tags"] = list(item.tags)
+    if item.language:
+        entry["language"] = item.language
+    return entry
+
+
+def feed_items(site: SiteConfig, calendar: Calendar, day: date,
+               env: jinja2.Environment) -> list[FeedItem]:
+    """Return the newest ``feed_items`` events up to ``day`` as feed items, newest first."""
+    items: list[FeedItem] = []
+    position, previous = 0, None
+    for event in calendar.recent(day, site.feed_items):
+        position = position + 1 if event.on == previous else 0
+        previous = event.on
+        items.append(feed_item(site, event, env, position))
+    return items
+
+
+def build_feeds(site: SiteConfig, calendar: Calendar, day: date,
+                env: jinja2.Environment) -> dict[str, bytes]:
+    """Return every feed file as it stands on ``day``: file name to bytes."""
+    items = feed_items(site, calendar, day, env)
+    # The newest item's time, not the clock, so that a rebuild gives the same bytes.
+    updated = max((item.published for item in items), default=publish_instant(site, day))
+    return {
+        RSS_NAME: rss_feed(site, items, updated),
+        ATOM_NAME: atom_feed(site, items, updated),
+        JSON_NAME: json_feed(site, items),
+    }
