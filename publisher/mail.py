@@ -1,0 +1,623 @@
+"""Build email: one rendered Edition per event, then each subscriber's bytes by filling slots.
+
+Rendering and CSS inlining happen once per event, for two variants (a subscriber with a name and
+one without). Subscriber-specific values are rendered as placeholders ("slots"), the text around
+them is encoded as quoted-printable once, and a message is then a join of precomputed bytes with
+a few short encoded values. Every header value that comes from content, configuration or a
+subscriber passes through :func:`_clean`, which turns CR, LF, NUL and other control characters
+into spaces, and values that could be read as RFC 2047 encoded-words are themselves encoded.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import html
+import logging
+import re
+import textwrap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime, parseaddr
+from html.parser import HTMLParser
+from typing import Any, NamedTuple
+from urllib.parse import urljoin, urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import css_inline
+import dkim
+import jinja2
+from markupsafe import Markup
+
+from publisher.calendar import Event
+from publisher.config import CONFIG_NAME, Config, DkimConfig
+from publisher.errors import ConfigError, SubscriberError, TemplateError
+from publisher.render import compile_string, make_environment, render, render_string
+from publisher.tokens import unsubscribe_token
+
+HTML_TEMPLATE = "email.html"
+TEXT_TEMPLATE = "email.txt"
+CONFIRM_HTML_TEMPLATE = "confirm.html"
+CONFIRM_TEXT_TEMPLATE = "confirm.txt"
+GMAIL_CLIP_BYTES = 102 * 1024  # Gmail cuts the HTML of longer messages behind a link
+# Signed twice each: the second, absent instance makes adding such a header break the signature.
+DKIM_HEADERS = ("from", "to", "subject", "date", "message-id", "reply-to", "list-id",
+                "list-unsubscribe", "list-unsubscribe-post", "auto-submitted", "mime-version",
+                "content-type")
+
+log = logging.getLogger(__name__)
+
+# Slots are plain ASCII letters and digits: they survive HTML escaping, URL quoting and the CSS
+# inliner's parser (which drops private-use characters). The mixed case lets a filter that changed
+# a slot (upper, title, truncate) be detected instead of leaking a half-replaced placeholder.
+_MARK = "Xq7Slot"
+NAME, EMAIL, UNSUBSCRIBE = "name", "email", "unsubscribe"
+_SLOT = re.compile(f"{_MARK}({NAME}|{EMAIL}|{UNSUBSCRIBE}){_MARK}")
+_DAMAGED_SLOT = re.compile(_MARK, re.IGNORECASE)
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
+_LONG_WORD = re.compile(r"\S{70,}")
+_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+_LINK_ATTRIBUTE = re.compile(r"""(\s(?:href|src)=")([^"]*)(")""")
+_FENCE = re.compile(r"\s{0,3}(```|~~~)")
+_VERBATIM = re.compile(r"(\s{4,}|\t|\s{0,3}(#|\||[-*_](\s*[-*_]){2,}\s*$))")
+_LIST_ITEM = re.compile(r"(\s{0,3}(?:[-*+]|\d{1,9}[.)])\s+)(.*)")
+_QUOTE = re.compile(r"\s{0,3}>\s?(.*)")
+TEXT_WIDTH = 72
+_LINE = 78  # RFC 5322's recommended maximum, without CRLF
+_WORD_BYTES = 45  # UTF-8 bytes per encoded-word: 60 base64 characters, 72 with the delimiters
+_SOFT_BREAK = b"=\r\n"
+
+
+def slot(key: str) -> str:
+    """Return the placeholder that stands for a subscriber value in a rendered template."""
+    return f"{_MARK}{key}{_MARK}"
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """Who one message goes to; ``timezone`` (IANA name) sets the Date, else the site's zone."""
+
+    subscriber_id: int
+    email: str
+    name: str | None
+    timezone: str | None = None
+
+
+@dataclass(frozen=True)
+class TemplateSubscriber:
+    """The ``subscriber`` variable of the email templates."""
+
+    name: str | None
+    email: str
+
+
+class Link(NamedTuple):
+    """A link found in an article, listed under the text part."""
+
+    text: str
+    url: str
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One recipient's subject and body parts as text, before MIME encoding."""
+
+    subject: str
+    text: str
+    html: str
+
+
+def message_id_for(slug: str, year: int, email: str, domain: str) -> str:
+    """Return the Message-ID of one (article, year, subscriber): the same on every resend."""
+    digest = hashlib.sha256(f"{slug}\n{year}\n{email.strip().lower()}".encode()).hexdigest()
+    return f"<{slug}.{year}.{digest[:32]}@{_dot_atom(domain)}>"
+
+
+def unsubscribe_url(config: Config, token: str) -> str:
+    """Return the one-click unsubscribe URL served by the web service."""
+    return config.site.url(f"unsubscribe/{token}")
+
+
+def _clean(value: str) -> str:
+    """Return a value safe for one header line: controls become spaces, whitespace collapses."""
+    return " ".join(_CONTROL.sub(" ", value).split())
+
+
+def _dot_atom(domain: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "-", domain).strip(".") or "localhost"
+
+
+def _plain(text: str) -> bool:
+    # Text that is printable ASCII, cannot be mistaken for an encoded-word and has no word too
+    # long to fold may go into a header as it is; anything else is encoded.
+    return (text.isascii() and text.isprintable() and "=?" not in text
+            and not _LONG_WORD.search(text))
+
+
+def _encoded_words(text: str) -> str:
+    """Encode text as RFC 2047 base64 encoded-words, never splitting a character."""
+    words: list[str] = []
+    chunk = bytearray()
+    for char in text:
+        data = char.encode("utf-8")
+        if len(chunk) + len(data) > _WORD_BYTES:
+            words.append(f"=?utf-8?b?{base64.b64encode(chunk).decode('ascii')}?=")
+            chunk.clear()
+        chunk += data
+    if chunk or not words:
+        words.append(f"=?utf-8?b?{base64.b64encode(chunk).decode('ascii')}?=")
+    return " ".join(words)
+
+
+def _unstructured(text: str) -> str:
+    """Return a cleaned text as an unstructured header value (e.g. Subject)."""
+    return text if _plain(text) else _encoded_words(text)
+
+
+def _phrase(name: str) -> str:
+    """Return a cleaned display name as an RFC 5322 phrase."""
+    if not _plain(name):
+        return _encoded_words(name)
+    if _ATOMS.fullmatch(name):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _mailbox(name: str, address: str) -> str:
+    return f"{_phrase(name)} <{address}>" if name else address
+
+
+def _header(name: str, value: str) -> bytes:
+    """Return one header field, folded at spaces to keep lines within 78 columns."""
+    line = f"{name}: {value}"
+    if len(line) <= _LINE:
+        return (line + "\r\n").encode("ascii")
+    lines: list[str] = []
+    current = f"{name}:"
+    for word in value.split(" "):
+        # Folding inserts CRLF before a space, so unfolding restores the value exactly; the
+        # first word stays next to the field name however long it is.
+        if len(current) + 1 + len(word) > _LINE and current != f"{name}:":
+            lines.append(current)
+            current = ""
+        current += " " + word
+    lines.append(current)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+
+def header_address(email: str) -> str:
+    """Return an address fit for a header (IDNA domain), or raise ValueError saying why not."""
+    cleaned = _clean(email)
+    local, at, domain = cleaned.rpartition("@")
+    if not at:
+        raise ValueError(f"{email!r} is not an email address")
+    if not local.isascii():
+        raise ValueError(f"{email!r} has a non-ASCII local part, which needs SMTPUTF8")
+    if not domain.isascii():
+        try:
+            domain = domain.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(f"{email!r} has an invalid domain") from None
+    address = f"{local}@{domain}"
+    if not _ADDRESS.fullmatch(address):
+        raise ValueError(f"{email!r} cannot be written in a header as a plain address")
+    return address
+
+
+def _recipient_address(recipient: Recipient) -> str:
+    try:
+        return header_address(recipient.email)
+    except ValueError as exc:
+        raise SubscriberError(str(exc), field="email",
+                              path=f"subscriber {recipient.subscriber_id}") from None
+
+
+def _quoted_printable(text: str) -> bytes:
+    """Encode text (``\\n`` line ends) as quoted-printable with CRLF line ends."""
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+
+
+def _piece(text: str) -> bytes:
+    """Encode one piece of a body so that the next piece starts on a fresh line."""
+    encoded = _quoted_printable(text)
+    if encoded and not encoded.endswith(b"\r\n"):
+        # A soft break decodes to nothing: pieces join seamlessly, and line lengths stay within
+        # 76 because every piece is encoded from the start of a line.
+        encoded += _SOFT_BREAK
+    return encoded
+
+
+def _escaped(values: Mapping[str, str]) -> dict[str, str]:
+    """Return slot values escaped for HTML text and attribute values alike."""
+    return {key: html.escape(value) for key, value in values.items()}
+
+
+def _body_text(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text if text.endswith("\n") else text + "\n"
+
+
+class _Slotted:
+    """A rendered text cut at its slots; the text between them is encoded once."""
+
+    def __init__(self, text: str, origin: str) -> None:
+        pieces = _SLOT.split(text)
+        for static in pieces[0::2]:
+            if _DAMAGED_SLOT.search(static):
+                raise TemplateError(
+                    "a filter changed subscriber.name, subscriber.email or unsubscribe_url; "
+                    "these are filled in per subscriber after rendering, print them as they are",
+                    path=origin, field="personalisation")
+        self.pieces = pieces
+        self.slots = frozenset(pieces[1::2])
+        self.encoded = [_piece(p) if i % 2 == 0 else b"" for i, p in enumerate(pieces)]
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        """Return the text with each slot replaced by its value."""
+        pieces = self.pieces.copy()
+        pieces[1::2] = [values[key] for key in pieces[1::2]]
+        return "".join(pieces)
+
+    def encode(self, encoded_values: Mapping[str, bytes]) -> bytes:
+        """Return the quoted-printable text with each slot replaced by its encoded value."""
+        encoded = self.encoded.copy()
+        encoded[1::2] = [encoded_values[key] for key in self.pieces[1::2]]
+        return b"".join(encoded)
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """The subject and both body parts of one event for one kind of subscriber."""
+
+    subject: _Slotted
+    subject_line: bytes | None  # the encoded header when the subject has no slots
+    text: _Slotted
+    html: _Slotted
+    html_bytes: int
+
+
+class _LinkCollector(HTMLParser):
+    """Collect the absolute http(s) and mailto links of an HTML fragment, in order, once each."""
+
+    def __init__(self, base: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.base = base
+        self.links: dict[str, Link] = {}
+        self._href: str | None = None
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """Start collecting the text of a link."""
+        href = dict(attrs).get("href") if tag == "a" else None
+        if href:
+            self._href = urljoin(self.base, href.strip())
+            self._text = []
+
+    def handle_data(self, data: str) -> None:
+        """Collect text inside a link."""
+        if self._href is not None:
+            self._text.append(data)
+
+    def handle_endtag(self, tag: str) -> None:
+        """Record a finished link."""
+        if tag == "a" and self._href is not None:
+            url, self._href = self._href, None
+            if urlsplit(url).scheme in ("http", "https", "mailto") and url not in self.links:
+                self.links[url] = Link(" ".join("".join(self._text).split()) or url, url)
+
+
+def reflow(text: str, width: int = TEXT_WIDTH) -> str:
+    """Rewrap prose, list items and quotes of plain or Markdown text; keep code and tables."""
+    out: list[str] = []
+    block: list[str] = []
+    first = rest = ""  # the prefixes of the block's first and following lines
+
+    def flush() -> None:
+        if block:
+            out.extend(textwrap.wrap(" ".join(block), width, initial_indent=first,
+                                     subsequent_indent=rest, break_long_words=False,
+                                     break_on_hyphens=False))
+            block.clear()
+
+    fenced = False
+    for line in text.replace("\r\n", "\n").split("\n"):
+        if _FENCE.match(line) or fenced:
+            flush()
+            fenced ^= bool(_FENCE.match(line))
+            out.append(line)
+        elif not line.strip() or _VERBATIM.match(line):
+            flush()
+            out.append(line.rstrip())
+        elif item := _LIST_ITEM.match(line):
+            flush()
+            first, rest = item.group(1), " " * len(item.group(1))
+            block.append(item.group(2))
+        elif quote := _QUOTE.match(line):
+            if not block or first != "> ":
+                flush()
+            first = rest = "> "
+            block.append(quote.group(1))
+        else:
+            if not block:
+                first = rest = ""
+            block.append(line.strip())
+            if line.endswith(("  ", "\\")):  # a Markdown hard line break
+                flush()
+    flush()
+    return "\n".join(out).strip("\n")
+
+
+def article_links(body_html: str, base: str) -> list[Link]:
+    """Return the links of an article body, made absolute against ``base``."""
+    collector = _LinkCollector(base)
+    collector.feed(body_html)
+    collector.close()
+    return list(collector.links.values())
+
+
+def absolute_links(body_html: str, base: str) -> str:
+    """Make the double-quoted href and src attributes of an HTML fragment absolute."""
+
+    def absolute(match: re.Match[str]) -> str:
+        url = urljoin(base, html.unescape(match.group(2)).strip())
+        return match.group(1) + html.escape(url) + match.group(3)
+
+    return _LINK_ATTRIBUTE.sub(absolute, body_html)
+
+
+def _multipart(boundary: str) -> tuple[bytes, bytes, bytes]:
+    """Return the bytes before the text part, between the parts, and after the HTML part."""
+    part = ("Content-Type: text/{}; charset=\"utf-8\"\r\n"
+            "Content-Transfer-Encoding: quoted-printable\r\n")
+    return (
+        (f"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"{boundary}\"\r\n"
+         f"\r\n--{boundary}\r\n{part.format('plain')}\r\n").encode("ascii"),
+        f"\r\n--{boundary}\r\n{part.format('html')}\r\n".encode("ascii"),
+        f"\r\n--{boundary}--\r\n".encode("ascii"),
+    )
+
+
+def _boundary(*seed: object) -> str:
+    # "=_" never occurs in quoted-printable text, so the boundary cannot collide with the body;
+    # deriving it from the content keeps the bytes reproducible.
+    return "=_" + hashlib.sha256(repr(seed).encode()).hexdigest()[:28]
+
+
+class _DkimSigner:
+    """Sign finished messages with the configured DKIM key."""
+
+    def __init__(self, settings: DkimConfig, from_domain: str) -> None:
+        self.path = settings.private_key
+        try:
+            self.selector = settings.selector.encode("ascii")
+            self.domain = settings.domain.encode("idna")
+        except UnicodeError:
+            raise ConfigError("the DKIM selector and domain must be ASCII or a valid domain",
+                              field="email.dkim") from None
+        try:
+            self.key = settings.private_key.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the DKIM private key: {exc.strerror}",
+                              path=self.path, field="email.dkim.private_key") from None
+        try:
+            dkim.crypto.parse_pem_private_key(self.key)
+        except dkim.crypto.UnparsableKeyError as exc:
+            raise ConfigError(f"not a PEM RSA private key ({exc})", path=self.path,
+                              field="email.dkim.private_key") from None
+        if from_domain != settings.domain and not from_domain.endswith("." + settings.domain):
+            log.warning("DKIM domain %s does not cover the From domain %s: DMARC alignment "
+                        "will fail", settings.domain, from_domain)
+
+    def sign(self, message: bytes) -> bytes:
+        """Return the message with a DKIM-Signature header in front."""
+        try:
+            signature = dkim.sign(message, self.selector, self.domain, self.key,
+                                  include_headers=[h.encode() for h in DKIM_HEADERS * 2])
+        except dkim.DKIMException as exc:
+            raise ConfigError(f"DKIM signing failed: {exc}", path=self.path,
+                              field="email.dkim") from None
+        return bytes(signature) + message
+
+
+class Mailer:
+    """Render editions and confirmation emails under one configuration and secret."""
+
+    def __init__(self, config: Config, secret: bytes, env: jinja2.Environment | None = None, *,
+                 clock: Callable[[], datetime] | None = None) -> None:
+        self.config = config
+        self.secret = secret
+        self.env = env or make_environment(config.site.templates_dir)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        email = config.email
+        sender_name, self.envelope_sender = self._configured_mailbox("from", email.sender)
+        self.domain = config.site.domain
+        self.from_line = _header("From", _mailbox(sender_name, self.envelope_sender))
+        self.reply_to_line = b""
+        if email.reply_to:
+            self.reply_to_line = _header("Reply-To", _mailbox(
+                *self._configured_mailbox("reply_to", email.reply_to)))
+        self.unsubscribe_mailto: str | None = None
+        if email.unsubscribe_mailto:
+            _, self.unsubscribe_mailto = self._configured_mailbox(
+                "unsubscribe_mailto", email.unsubscribe_mailto.removeprefix("mailto:"))
+        site_title = _clean(config.site.title)
+        label = re.sub(r"[^a-z0-9]+", "-", site_title.lower()).strip("-") or "publisher"
+        self.list_id_line = _header("List-Id", f"{_phrase(site_title)} "
+                                               f"<{label}.{_dot_atom(self.domain)}>")
+        self.signer = (_DkimSigner(email.dkim, self.envelope_sender.rpartition("@")[2])
+                       if email.dkim else None)
+        # Compile the configured subjects now, so a syntax error stops start-up, not a send.
+        compile_string(self.env, email.subject, self._origin("subject"))
+        compile_string(self.env, email.confirm_subject, self._origin("confirm_subject"))
+
+    def _origin(self, key: str) -> str:
+        return f"{self.config.path or CONFIG_NAME} [email] {key}"
+
+    def _configured_mailbox(self, key: str, value: str) -> tuple[str, str]:
+        name, address = parseaddr(_clean(value))
+        try:
+            return _clean(name), header_address(address)
+        except ValueError as exc:
+            raise ConfigError(str(exc), path=self.config.path, field=f"email.{key}") from None
+
+    def _template_path(self, name: str) -> str:
+        return self.env.get_template(name).filename or name
+
+    def _render_subject(self, key: str, source: str, context: Mapping[str, Any]) -> str:
+        return _clean(render_string(self.env, source, context, self._origin(key)))
+
+    def _render_html(self, name: str, context: Mapping[str, Any]) -> str:
+        try:
+            return str(css_inline.inline(render(self.env, name, context), keep_at_rules=True,
+                                         load_remote_stylesheets=False))
+        except css_inline.InlineError as exc:
+            raise TemplateError(f"cannot inline its CSS: {exc}", path=name, field="css") from None
+
+    def edition(self, event: Event) -> Edition:
+        """Render one event's email once, ready to be filled in for each recipient."""
+        article, site = event.article, self.config.site
+        web_url = site.article_url(article.slug)
+        context = {
+            "article": article, "event": event, "site": site, "web_url": web_url,
+            "body_html": Markup(absolute_links(article.body_html, web_url)),
+            "body_text": reflow(article.body_text),
+            "links": article_links(article.body_html, web_url),
+            "unsubscribe_url": slot(UNSUBSCRIBE),
+        }
+        named = TemplateSubscriber(slot(NAME), slot(EMAIL))
+        anonymous = TemplateSubscriber(None, slot(EMAIL))
+        return Edition(self, event, self._variant({**context, "subscriber": named}),
+                       self._variant({**context, "subscriber": anonymous}))
+
+    def _variant(self, context: Mapping[str, Any]) -> _Variant:
+        subject = _Slotted(self._render_subject("subject", self.config.email.subject, context),
+                           self._origin("subject"))
+        html_text = self._render_html(HTML_TEMPLATE, context)
+        return _Variant(
+            subject=subject,
+            subject_line=None if subject.slots else _header("Subject", _unstructured(
+                subject.fill({}))),
+            text=_Slotted(_body_text(render(self.env, TEXT_TEMPLATE, context)),
+                          self._template_path(TEXT_TEMPLATE)),
+            html=_Slotted(_body_text(html_text), self._template_path(HTML_TEMPLATE)),
+            html_bytes=len(html_text.encode("utf-8")),
+        )
+
+    def date_line(self, when: datetime) -> bytes:
+        """Return the Date header for an instant."""
+        return _header("Date", format_datetime(when))
+
+    def confirmation(self, recipient: Recipient, confirm_url: str) -> bytes:
+        """Build the double opt-in email that asks a new subscriber to follow ``confirm_url``."""
+        address = _recipient_address(recipient)
+        name = _clean(recipient.name or "")
+        context = {"site": self.config.site, "confirm_url": confirm_url,
+                   "subscriber": TemplateSubscriber(name or None, address),
+                   "confirm_hours": self.config.web.confirm_hours}
+        subject = self._render_subject("confirm_subject", self.config.email.confirm_subject,
+                                       context)
+        text = _quoted_printable(_body_text(render(self.env, CONFIRM_TEXT_TEMPLATE, context)))
+        html_part = _quoted_printable(_body_text(self._render_html(CONFIRM_HTML_TEMPLATE, context)))
+        digest = hashlib.sha256(f"{recipient.subscriber_id}\n{confirm_url}".encode()).hexdigest()
+        opening, between, closing = _multipart(_boundary("confirm", digest))
+        data = b"".join((
+            self.from_line,
+            _header("To", _mailbox(name, address)),
+            _header("Subject", _unstructured(subject)),
+            self.date_line(self.clock().astimezone(self.config.site.zone)),
+            _header("Message-ID", f"<confirm.{digest[:32]}@{_dot_atom(self.domain)}>"),
+            self.reply_to_line,
+            b"Auto-Submitted: auto-generated\r\n",
+            opening, text, between, html_part, closing,
+        ))
+        return self.signer.sign(data) if self.signer else data
+
+
+class Edition:
+    """One event's email, rendered once; :meth:`message` fills in one recipient cheaply."""
+
+    def __init__(self, mailer: Mailer, event: Event, named: _Variant, anonymous: _Variant) -> None:
+        self.event = event
+        self._mailer = mailer
+        self._named = named
+        self._anonymous = anonymous
+        config = mailer.config
+        self._unsubscribe_base = unsubscribe_url(config, "")
+        self._zones: dict[str | None, bytes] = {}
+        self._middle = mailer.reply_to_line + mailer.list_id_line
+        opening, self._between, self._closing = _multipart(_boundary(*event.key))
+        self._opening = (b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+                         b"Auto-Submitted: auto-generated\r\n" + opening)
+        self.size_warning: str | None = None
+        size = max(named.html_bytes, anonymous.html_bytes)
+        if size > GMAIL_CLIP_BYTES:
+            self.size_warning = (
+                f"{event.article.slug} {event.year}: the HTML part is {size // 1024} KB, over "
+                f"Gmail's {GMAIL_CLIP_BYTES // 1024} KB limit; Gmail will clip the message")
+            log.warning("%s", self.size_warning)
+
+    def _date_line(self, zone_name: str | None, subscriber_id: int) -> bytes:
+        line = self._zones.get(zone_name)
+        if line is None:
+            site = self._mailer.config.site
+            try:
+                zone = ZoneInfo(zone_name) if zone_name else site.zone
+            except (ZoneInfoNotFoundError, ValueError):
+                raise SubscriberError(f"unknown time zone {zone_name!r}", field="timezone",
+                                      path=f"subscriber {subscriber_id}") from None
+            # The Date is the instant the edition falls due for this subscriber, so a resend of
+            # the same Message-ID carries the same bytes.
+            line = self._mailer.date_line(
+                datetime.combine(self.event.on, site.publish_time, tzinfo=zone))
+            self._zones[zone_name] = line
+        return line
+
+    def message_id(self, recipient: Recipient) -> str:
+        """Return the Message-ID this recipient's message carries."""
+        slug, year = self.event.key
+        return message_id_for(slug, year, recipient.email, self._mailer.domain)
+
+    def _values(self, recipient: Recipient) -> tuple[_Variant, dict[str, str], str]:
+        address = _recipient_address(recipient)
+        name = _clean(recipient.name) if recipient.name else ""
+        token = unsubscribe_token(self._mailer.secret, recipient.subscriber_id, recipient.email)
+        values = {NAME: name, EMAIL: address, UNSUBSCRIBE: self._unsubscribe_base + token}
+        return (self._named if name else self._anonymous), values, token
+
+    def preview(self, recipient: Recipient) -> Preview:
+        """Return the subject and both parts as this recipient would read them."""
+        variant, values, _ = self._values(recipient)
+        return Preview(_clean(variant.subject.fill(values)), variant.text.fill(values),
+                       variant.html.fill(_escaped(values)))
+
+    def message(self, recipient: Recipient) -> bytes:
+        """Return the complete RFC 5322 message for one recipient."""
+        variant, values, token = self._values(recipient)
+        text_values = {key: _piece(values[key]) for key in variant.text.slots}
+        html_values = {key: _piece(value) for key, value in _escaped(values).items()
+                       if key in variant.html.slots}
+        unsubscribe = f"<{values[UNSUBSCRIBE]}>"
+        mailto = self._mailer.unsubscribe_mailto
+        if mailto:
+            unsubscribe += f", <mailto:{mailto}?subject=unsubscribe%20{token}>"
+        data = b"".join((
+            self._mailer.from_line,
+            _header("To", _mailbox(values[NAME], values[EMAIL])),
+            variant.subject_line or _header("Subject", _unstructured(
+                _clean(variant.subject.fill(values)))),
+            self._date_line(recipient.timezone, recipient.subscriber_id),
+            _header("Message-ID", self.message_id(recipient)),
+            self._middle,
+            _header("List-Unsubscribe", unsubscribe),
+            self._opening,
+            variant.text.encode(text_values),
+            self._between,
+            variant.html.encode(html_values),
+            self._closing,
+        ))
+        signer = self._mailer.signer
+        return signer.sign(data) if signer else data

@@ -1,0 +1,162 @@
+"""Signed link tokens (unsubscribe, confirm) and the secret key that signs them."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import secrets
+import stat
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from itsdangerous import (
+    BadSignature,
+    SignatureExpired,
+    Signer,
+    URLSafeSerializer,
+    URLSafeTimedSerializer,
+)
+from itsdangerous.timed import TimestampSigner
+
+from publisher.config import Config
+from publisher.errors import SecretKeyError, TokenError
+
+SECRET_ENV = "PUBLISHER_SECRET_KEY"
+# Distinct salts derive distinct keys, so a confirm token is never accepted as an unsubscribe
+# token or the other way round.
+UNSUBSCRIBE_SALT = "publisher.unsubscribe"
+CONFIRM_SALT = "publisher.confirm"
+_SIGNER_OPTIONS = {"digest_method": hashlib.sha256}
+
+log = logging.getLogger(__name__)
+
+
+def load_secret(config: Config) -> bytes:
+    """Return the signing secret from ``PUBLISHER_SECRET_KEY``, else from the key file."""
+    from_env = os.environ.get(SECRET_ENV, "").strip()
+    if from_env:
+        return from_env.encode("utf-8")
+    path = config.state.key_file
+    if not path.exists():
+        _create_key_file(path)
+    return _read_key_file(path)
+
+
+def _create_key_file(path: Path) -> None:
+    # The key is written to a private temporary file and linked into place, so a second process
+    # starting at the same moment either wins the link or reads the complete winner's key.
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.fchmod(descriptor, 0o600)  # the umask may only narrow the mode; make it exact
+            os.write(descriptor, (secrets.token_urlsafe(48) + "\n").encode("ascii"))
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        created = _link(temporary, path)
+    except OSError as exc:
+        raise SecretKeyError(f"cannot create the key file: {exc.strerror}", path=path,
+                             field="state.key_file") from None
+    finally:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+    if created:
+        log.warning("created a new secret key in %s (mode 0600); keep it, or links in emails "
+                    "already sent stop working; set %s to use another key", path, SECRET_ENV)
+
+
+def _link(source: Path, target: Path) -> bool:
+    """Link ``source`` to ``target`` unless it exists; return whether this call created it."""
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        return False
+    return True
+
+
+def _read_key_file(path: Path) -> bytes:
+    try:
+        mode = path.stat().st_mode
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise SecretKeyError(f"cannot read the key file: {exc.strerror}", path=path,
+                             field="state.key_file") from None
+    if not key:
+        raise SecretKeyError("the key file is empty", path=path, field="state.key_file")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("%s is readable by other users; run chmod 600 on it", path)
+    return key
+
+
+@functools.lru_cache(maxsize=8)
+def _unsubscribe_serializer(secret: bytes) -> tuple[URLSafeSerializer, Signer]:
+    # Making a signer derives its key, which costs more than the signature itself: keep one per
+    # secret, since one token is signed for every message sent.
+    serializer = URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT, signer_kwargs=_SIGNER_OPTIONS)
+    return serializer, serializer.make_signer()
+
+
+def unsubscribe_token(secret: bytes, subscriber_id: int, email: str) -> str:
+    """Sign a token that unsubscribes one subscriber; it never expires."""
+    serializer, signer = _unsubscribe_serializer(secret)
+    payload = serializer.dump_payload([subscriber_id, email])
+    return signer.sign(payload).decode("ascii")
+
+
+def read_unsubscribe_token(secret: bytes, token: str) -> tuple[int, str]:
+    """Return the (subscriber id, email) an unsubscribe token was signed for."""
+    serializer, _ = _unsubscribe_serializer(secret)
+    try:
+        payload = serializer.loads(token)
+    except BadSignature:
+        raise TokenError("the unsubscribe link is forged or damaged") from None
+    return _subscriber_of(payload)
+
+
+class _ClockSigner(TimestampSigner):
+    """A timestamp signer whose notion of now can be set, so expiry is testable without waiting."""
+
+    def __init__(self, *args: Any, now: datetime | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.now = now
+
+    def get_timestamp(self) -> int:
+        """Return the injected instant, or the current time, as a Unix timestamp."""
+        return int(self.now.timestamp()) if self.now is not None else super().get_timestamp()
+
+
+def _confirm_serializer(secret: bytes, now: datetime | None) -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(secret, salt=CONFIRM_SALT, signer=_ClockSigner,
+                                  signer_kwargs={**_SIGNER_OPTIONS, "now": now})
+
+
+def confirm_token(secret: bytes, subscriber_id: int, email: str, *,
+                  now: datetime | None = None) -> str:
+    """Sign a token that confirms a subscription; it carries the time it was signed."""
+    return _confirm_serializer(secret, now).dumps([subscriber_id, email])
+
+
+def read_confirm_token(secret: bytes, token: str, max_age_seconds: int, *,
+                       now: datetime | None = None) -> tuple[int, str]:
+    """Return the (subscriber id, email) of a confirm token younger than ``max_age_seconds``."""
+    try:
+        payload = _confirm_serializer(secret, now).loads(token, max_age=max_age_seconds)
+    except SignatureExpired:
+        raise TokenError("the confirmation link has expired") from None
+    except BadSignature:
+        raise TokenError("the confirmation link is forged or damaged") from None
+    return _subscriber_of(payload)
+
+
+def _subscriber_of(payload: object) -> tuple[int, str]:
+    # A valid signature over an unexpected shape means a token from an older or other format.
+    if (isinstance(payload, list) and len(payload) == 2 and type(payload[0]) is int
+            and isinstance(payload[1], str)):
+        return payload[0], payload[1]
+    raise TokenError("the link token has an unknown format")

@@ -1,0 +1,155 @@
+"""Signed unsubscribe and confirm tokens, and the secret key behind them."""
+
+from __future__ import annotations
+
+import logging
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from publisher.config import Config, from_mapping
+from publisher.errors import SecretKeyError, TokenError
+from publisher.tokens import (
+    SECRET_ENV,
+    confirm_token,
+    load_secret,
+    read_confirm_token,
+    read_unsubscribe_token,
+    unsubscribe_token,
+)
+
+SECRET = b"a secret for the tests"
+SIGNED_AT = datetime(2026, 3, 14, 9, 0, tzinfo=UTC)
+
+
+def config_with_key(tmp_path: Path, key_file: str | None = None) -> Config:
+    """Return a config whose database (and so the default key file) lives under tmp_path."""
+    state = {"database_url": f"sqlite:///{tmp_path}/state/publisher.db"}
+    if key_file is not None:
+        state["key_file"] = key_file
+    return from_mapping({"state": state}, base_dir=tmp_path)
+
+
+def tampered(token: str) -> str:
+    """Return the token with one character of its signature changed."""
+    last = "A" if token[-1] != "A" else "B"
+    return token[:-1] + last
+
+
+def test_unsubscribe_token_round_trips() -> None:
+    token = unsubscribe_token(SECRET, 42, "ada@example.org")
+    assert read_unsubscribe_token(SECRET, token) == (42, "ada@example.org")
+
+
+def test_unsubscribe_token_is_url_safe_and_stable() -> None:
+    token = unsubscribe_token(SECRET, 7, "Zoë+news@example.org")
+    assert token == unsubscribe_token(SECRET, 7, "Zoë+news@example.org")
+    assert all(c.isalnum() or c in "-_." for c in token)
+
+
+@pytest.mark.parametrize("mangle", [tampered, lambda t: t[:10], lambda t: "", lambda t: t + "x"])
+def test_forged_unsubscribe_token_is_refused(mangle: object) -> None:
+    token = unsubscribe_token(SECRET, 42, "ada@example.org")
+    with pytest.raises(TokenError, match="forged or damaged"):
+        read_unsubscribe_token(SECRET, mangle(token))  # type: ignore[operator]
+
+
+def test_token_from_another_secret_is_refused() -> None:
+    token = unsubscribe_token(b"another secret", 42, "ada@example.org")
+    with pytest.raises(TokenError):
+        read_unsubscribe_token(SECRET, token)
+
+
+def test_confirm_token_round_trips_within_its_age() -> None:
+    token = confirm_token(SECRET, 5, "bo@example.org", now=SIGNED_AT)
+    later = SIGNED_AT + timedelta(hours=47)
+    assert read_confirm_token(SECRET, token, 48 * 3600, now=later) == (5, "bo@example.org")
+
+
+def test_confirm_token_expires() -> None:
+    token = confirm_token(SECRET, 5, "bo@example.org", now=SIGNED_AT)
+    later = SIGNED_AT + timedelta(hours=48, seconds=1)
+    with pytest.raises(TokenError, match="expired"):
+        read_confirm_token(SECRET, token, 48 * 3600, now=later)
+
+
+def test_confirm_token_without_clock_uses_the_current_time() -> None:
+    token = confirm_token(SECRET, 5, "bo@example.org")
+    assert read_confirm_token(SECRET, token, 60) == (5, "bo@example.org")
+
+
+def test_one_kind_of_token_is_not_accepted_as_the_other() -> None:
+    confirm = confirm_token(SECRET, 5, "bo@example.org", now=SIGNED_AT)
+    unsubscribe = unsubscribe_token(SECRET, 5, "bo@example.org")
+    with pytest.raises(TokenError):
+        read_unsubscribe_token(SECRET, confirm)
+    with pytest.raises(TokenError):
+        read_confirm_token(SECRET, unsubscribe, 3600, now=SIGNED_AT)
+
+
+def test_secret_comes_from_the_environment(tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(SECRET_ENV, "from the environment")
+    config = config_with_key(tmp_path)
+    assert load_secret(config) == b"from the environment"
+    assert not config.state.key_file.exists()
+
+
+def test_key_file_is_created_private_next_to_the_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    config = config_with_key(tmp_path)
+    assert config.state.key_file == tmp_path / "state" / "secret.key"
+    with caplog.at_level(logging.WARNING, logger="publisher.tokens"):
+        secret = load_secret(config)
+    assert stat.S_IMODE(config.state.key_file.stat().st_mode) == 0o600
+    assert len(secret) >= 32
+    assert [r.getMessage() for r in caplog.records if "created a new secret key" in
+            r.getMessage()] != []
+    assert list(config.state.key_file.parent.iterdir()) == [config.state.key_file]
+
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="publisher.tokens"):
+        assert load_secret(config) == secret
+    assert caplog.records == []
+
+
+def test_existing_key_file_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    key_file = tmp_path / "my.key"
+    key_file.write_text("kept key\n")
+    key_file.chmod(0o600)
+    assert load_secret(config_with_key(tmp_path, str(key_file))) == b"kept key"
+
+
+def test_readable_key_file_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    key_file = tmp_path / "open.key"
+    key_file.write_text("open key\n")
+    key_file.chmod(0o644)
+    with caplog.at_level(logging.WARNING, logger="publisher.tokens"):
+        load_secret(config_with_key(tmp_path, str(key_file)))
+    assert any("readable by other users" in r.getMessage() for r in caplog.records)
+
+
+def test_empty_key_file_is_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    key_file = tmp_path / "empty.key"
+    key_file.write_text("\n")
+    with pytest.raises(SecretKeyError, match="empty") as caught:
+        load_secret(config_with_key(tmp_path, str(key_file)))
+    assert caught.value.path == key_file
+    assert caught.value.field == "state.key_file"
+
+
+def test_key_file_that_cannot_be_created_is_an_error(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(SECRET_ENV, raising=False)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where a folder should be")
+    with pytest.raises(SecretKeyError, match="cannot create") as caught:
+        load_secret(config_with_key(tmp_path, str(blocker / "secret.key")))
+    assert caught.value.path == blocker / "secret.key"
