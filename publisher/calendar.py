@@ -6,7 +6,8 @@ import calendar as _stdlib_calendar
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
 
 from publisher.config import LeapDay
 from publisher.content import Article
@@ -67,6 +68,14 @@ def anniversary_in(month_day: tuple[int, int], year: int, leap_day: LeapDay) -> 
             return date(year, 3, 1)
         return None
     return date(year, *month_day)
+
+
+def publish_moment(day: date, at: time, zone: ZoneInfo) -> datetime:
+    """Return the instant local date ``day`` reaches wall time ``at`` in ``zone``, as local time."""
+    # fold=0 takes the offset in force before a transition: a wall time skipped by a DST gap moves
+    # forward by the gap, a repeated one is its first occurrence. The round trip through UTC
+    # turns a skipped wall time into the one the clocks really show at that instant.
+    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC).astimezone(zone)
 
 
 class Calendar:

@@ -15,7 +15,7 @@ import jinja2
 from feedgen.feed import FeedGenerator
 from markupsafe import Markup
 
-from publisher.calendar import Calendar, Event
+from publisher.calendar import Calendar, Event, publish_moment
 from publisher.config import SiteConfig
 from publisher.content import Article
 from publisher.render import render
@@ -124,7 +124,7 @@ def absolute_links(fragment: str, base: str) -> str:
 
 def publish_instant(site: SiteConfig, day: date) -> datetime:
     """Return the moment of ``day`` at which the site publishes, in the site's zone."""
-    return datetime.combine(day, site.publish_time, tzinfo=site.zone)
+    return publish_moment(day, site.publish_time, site.zone)
 
 
 def canonical_url(url: str) -> str:

@@ -31,7 +31,7 @@ import dkim
 import jinja2
 from markupsafe import Markup
 
-from publisher.calendar import Event
+from publisher.calendar import Event, publish_moment
 from publisher.config import CONFIG_NAME, Config, DkimConfig
 from publisher.errors import ConfigError, SubscriberError, TemplateError
 from publisher.render import compile_string, make_environment, render, render_string
@@ -571,8 +571,7 @@ class Edition:
                                       path=f"subscriber {subscriber_id}") from None
             # The Date is the instant the edition falls due for this subscriber, so a resend of
             # the same Message-ID carries the same bytes.
-            line = self._mailer.date_line(
-                datetime.combine(self.event.on, site.publish_time, tzinfo=zone))
+            line = self._mailer.date_line(publish_moment(self.event.on, site.publish_time, zone))
             self._zones[zone_name] = line
         return line
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import time
+from email.utils import parseaddr
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,10 @@ def test_non_utf8_config_is_rejected(tmp_path: Path) -> None:
 def test_missing_named_config_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         config.load(tmp_path / "absent.toml")
+
+
+def test_default_sender_quotes_a_title_with_specials(tmp_path: Path) -> None:
+    loaded = config.from_mapping({"site": {"title": "Notes <& more>, weekly",
+                                           "base_url": "https://example.org/"}},
+                                 base_dir=tmp_path)
+    assert parseaddr(loaded.email.sender) == ("Notes <& more>, weekly", "publisher@example.org")
