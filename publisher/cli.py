@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import functools
+import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
 from publisher import config as config_module
+from publisher import daemon, dispatch, schedule, site, web
 from publisher.config import Config
-from publisher.errors import ConfigError, PublisherError
+from publisher.content import import_plain
+from publisher.daemon import LOG_FORMATS, LogFormat, configure_logging
+from publisher.errors import ConfigError, ContentError, PublisherError
+from publisher.ledger import (
+    SUBSCRIBER_STATUSES,
+    Ledger,
+    SubscriberStatus,
+    export_csv,
+    import_csv,
+    subscriber_row,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,7 +53,7 @@ def load_config(ctx: click.Context) -> Config:
     if cached is None:
         cached = config_module.load(path)
         obj["config"] = cached
-    return cached  # type: ignore[no-any-return]
+    return cached
 
 
 def reports_errors(func: F) -> F:
@@ -65,6 +78,298 @@ def reports_errors(func: F) -> F:
 @click.version_option(package_name="anniversary-publisher")
 def cli() -> None:
     """Republish dated articles on their anniversaries."""
+
+
+# --- site: build, check, calendar, import -------------------------------------------------
+
+DATE = click.DateTime(formats=["%Y-%m-%d"])
+
+
+def _as_day(value: datetime | None) -> date | None:
+    return value.date() if value is not None else None
+
+
+def _echo_problems(problems: Sequence[PublisherError]) -> None:
+    for problem in problems:
+        click.echo(f"error: {problem}", err=True)
+
+
+@cli.command()
+@config_option
+@click.option("--date", "day", type=DATE, default=None,
+              help="Build the site as it stands on this day (default: today in the site's zone).")
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write the site here instead of site.output_dir.")
+@click.pass_context
+@reports_errors
+def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
+    """Write the archive pages and the feeds; broken articles are listed and left out."""
+    report = site.build_site(load_config(ctx), _as_day(day), out=out)
+    _echo_problems(report.errors)
+    click.echo(report.summary())
+    if not report.ok:
+        sys.exit(EXIT_PROBLEMS)
+
+
+@cli.command()
+@config_option
+@click.option("--date", "day", type=DATE, default=None,
+              help="Check the site as it stands on this day (default: today in the site's zone).")
+@click.pass_context
+@reports_errors
+def check(ctx: click.Context, day: datetime | None) -> None:
+    """Load every article and render every page and feed in memory; list every problem."""
+    problems = site.check_site(load_config(ctx), _as_day(day))
+    for problem in problems:
+        click.echo(str(problem))
+    if problems:
+        click.echo(f"{len(problems)} problem(s) found", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    click.echo("no problems found")
+
+
+@cli.command("calendar")
+@config_option
+@click.option("--from", "start", type=DATE, default=None,
+              help="First day to list (default: today in the site's zone).")
+@click.option("--days", type=click.IntRange(min=1), default=30, show_default=True,
+              help="How many days to list.")
+@click.pass_context
+@reports_errors
+def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> None:
+    """List the coming appearances: date, years since first publication, slug and title."""
+    events, errors = site.upcoming_events(load_config(ctx), _as_day(start), days)
+    _echo_problems(errors)
+    width = max((len(event.article.slug) for event in events), default=0)
+    for event in events:
+        click.echo(f"{event.on.isoformat()}  {event.years_since:>3}  "
+                   f"{event.article.slug:<{width}}  {event.article.title}")
+    if errors:
+        sys.exit(EXIT_PROBLEMS)
+
+
+@cli.command("import")
+@click.argument("files", nargs=-1, required=True,
+                type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Write the Markdown files here (default: next to each source).")
+@click.option("--force", is_flag=True, help="Overwrite an existing Markdown file.")
+@click.option("--keep", "keep_source", is_flag=True,
+              help="Leave each .txt in place (remove it yourself: both would claim one slug).")
+@reports_errors
+def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
+                   keep_source: bool) -> None:
+    """Turn plain .txt articles into Markdown with front matter, renaming each source."""
+    failures: list[PublisherError] = []
+    for path in files:
+        try:
+            target, retired = import_plain(path, out, force=force, keep_source=keep_source)
+        except ContentError as exc:
+            failures.append(exc)
+            continue
+        moved = f" (source renamed to {retired.name})" if retired is not None else ""
+        click.echo(f"{path} -> {target}{moved}")
+    _echo_problems(failures)
+    if failures:
+        sys.exit(EXIT_PROBLEMS)
+
+
+# --- email: subscribers, send, status ------------------------------------------------------
+
+
+def _ledger(ctx: click.Context) -> Ledger:
+    return Ledger.open(load_config(ctx).state.database_url)
+
+
+STATUS_CHOICE = click.Choice(SUBSCRIBER_STATUSES)
+
+
+@cli.group()
+@config_option
+def subscribers() -> None:
+    """Manage subscribers (those added or imported here are confirmed)."""
+
+
+@subscribers.command("add")
+@config_option
+@click.argument("email")
+@click.option("--name", default=None, help="The subscriber's name, used in the greeting.")
+@click.option("--timezone", default=None,
+              help="IANA time zone for the delivery time (default: the site's zone).")
+@click.option("--resubscribe", is_flag=True,
+              help="Subscribe an address again that unsubscribed or bounced.")
+@click.pass_context
+@reports_errors
+def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: str | None,
+                    resubscribe: bool) -> None:
+    """Add a confirmed subscriber, or update a known one's name and time zone."""
+    with _ledger(ctx) as ledger:
+        subscriber, outcome = ledger.add_subscriber(subscriber_row(email, name, timezone),
+                                                    resubscribe=resubscribe)
+    click.echo(f"{subscriber.email}: {outcome}")
+
+
+@subscribers.command("import")
+@config_option
+@click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.pass_context
+@reports_errors
+def subscribers_import(ctx: click.Context, file: Path) -> None:
+    """Import a CSV of email,name,timezone; bad rows are listed, the good ones imported."""
+    with _ledger(ctx) as ledger:
+        report = import_csv(ledger, file)
+    _echo_problems(report.errors)
+    pending = f", {report.skipped_pending} pending left out" if report.skipped_pending else ""
+    click.echo(f"{report.added} added, {report.unchanged} already known, "
+               f"{len(report.errors)} rejected{pending}")
+    if report.errors:
+        sys.exit(EXIT_PROBLEMS)
+
+
+@subscribers.command("list")
+@config_option
+@click.option("--status", type=STATUS_CHOICE, default=None, help="Only this status.")
+@click.pass_context
+@reports_errors
+def subscribers_list(ctx: click.Context, status: str | None) -> None:
+    """List subscribers, one per line: address, status, time zone, name (tab-separated)."""
+    with _ledger(ctx) as ledger:
+        for s in ledger.iter_subscribers(cast("SubscriberStatus | None", status)):
+            click.echo(f"{s.email}\t{s.status}\t{s.timezone or '-'}\t{s.name or ''}")
+
+
+@subscribers.command("remove")
+@config_option
+@click.argument("email")
+@click.pass_context
+@reports_errors
+def subscribers_remove(ctx: click.Context, email: str) -> None:
+    """Delete a subscriber and their delivery history (a removed address may be re-imported)."""
+    with _ledger(ctx) as ledger:
+        found = ledger.remove(email)
+    if not found:
+        click.echo(f"error: {email} is not a subscriber", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    click.echo(f"removed {email}")
+
+
+@subscribers.command("export")
+@config_option
+@click.option("--status", type=STATUS_CHOICE, default=None, help="Only this status.")
+@click.pass_context
+@reports_errors
+def subscribers_export(ctx: click.Context, status: str | None) -> None:
+    """Write subscribers as CSV to stdout; `subscribers import` reads it back."""
+    with _ledger(ctx) as ledger:
+        export_csv(ledger, sys.stdout, cast("SubscriberStatus | None", status))
+
+
+class _ProgressBar:
+    """A click progress bar, drawn only on a terminal and sized at the first report."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label="sending").__enter__()
+        self.bar.length = total
+        self.bar.update(done - self.bar.pos)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+
+
+@cli.command()
+@config_option
+@click.option("--date", "day", type=DATE, default=None,
+              help="Send the events of this day (default: today in the site's zone).")
+@click.option("--dry-run", is_flag=True, help="Show what would be queued; change nothing.")
+@click.pass_context
+@reports_errors
+def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
+    """Email a day's events to every confirmed subscriber (never twice), then any retries due."""
+    config = load_config(ctx)
+    bar = _ProgressBar() if sys.stdout.isatty() else None
+    try:
+        report = dispatch.send_date(config, _as_day(day), dry_run=dry_run, progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    for problem in report.problems:
+        click.echo(f"error: {problem}", err=True)
+    click.echo("\n".join(report.lines()))
+    if not report.ok:
+        sys.exit(EXIT_PROBLEMS)
+
+
+@cli.command()
+@config_option
+@click.option("--date", "day", type=DATE, default=None,
+              help="Only the deliveries of this day's events.")
+@click.pass_context
+@reports_errors
+def status(ctx: click.Context, day: datetime | None) -> None:
+    """Show deliveries per state, failures with the server's replies, and subscriber counts;
+    then the last tick of `publisher run` and the next anniversary moments."""
+    config = load_config(ctx)
+    click.echo("\n".join(dispatch.delivery_status(config, _as_day(day)).lines()))
+    click.echo("\n".join(schedule.clock_status(config).lines()))
+
+
+# --- the daemon ---------------------------------------------------------------------------
+
+
+@cli.command()
+@config_option
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="text: readable lines; json: one JSON object per line.")
+@click.option("--serve", "serve_web", is_flag=True,
+              help="Also run the web service (as `publisher serve`) on web.host:web.port.")
+@click.pass_context
+@reports_errors
+def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
+    """Keep the site and the email up to date: tick every few seconds until SIGTERM or Ctrl-C."""
+    config = load_config(ctx)
+    sock = _listen(config, None, None) if serve_web else None
+    configure_logging(log_format)
+    with web.beside(config, sock):
+        daemon.run_daemon(config)
+
+
+# --- web: the HTTP service ----------------------------------------------------------------
+
+
+@cli.command()
+@config_option
+@click.option("--host", default=None,
+              help="Address to listen on (default: web.host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(min=0, max=65535), default=None,
+              help="Port to listen on (default: web.port, 8000).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Log one line per request.")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+              help="text: readable lines; json: one JSON object per line.")
+@click.pass_context
+@reports_errors
+def serve(ctx: click.Context, host: str | None, port: int | None, access_log: bool,
+          log_format: LogFormat) -> None:
+    """Serve the built site, sign-up, unsubscribe and previews over HTTP until stopped."""
+    config = load_config(ctx)
+    sock = _listen(config, host, port)
+    configure_logging(log_format)
+    web.serve(config, sock, access_log=access_log)
+
+
+def _listen(config: Config, host: str | None, port: int | None) -> socket.socket:
+    host = host or config.web.host
+    port = config.web.port if port is None else port
+    try:
+        return web.bind(host, port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                          path=config.path, field="web.host/web.port") from None
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import time
+from email.utils import formataddr
 from pathlib import Path
 from typing import Any, Literal, cast
 from urllib.parse import urlsplit
@@ -109,6 +110,7 @@ class EmailConfig:
     retry_base_seconds: int
     give_up_hours: int
     unsubscribe_mailto: str | None
+    confirm_subject: str = "Confirm your subscription to {{ site.title }}"
 
 
 @dataclass(frozen=True)
@@ -308,7 +310,8 @@ def _email(t: _Table, base: Path, site: SiteConfig) -> EmailConfig:
         d.reject_unknown()
     else:
         t.used.add("dkim")
-    sender = t.text("from", f"{site.title} <publisher@{site.domain}>")
+    # formataddr quotes a title holding specials such as "<" or "," so the default stays parseable.
+    sender = t.text("from", formataddr((site.title, f"publisher@{site.domain}")))
     if "@" not in sender:
         raise t._fail("from", f"expected 'Name <address>' or an address, got {sender!r}")
     return EmailConfig(
@@ -320,17 +323,24 @@ def _email(t: _Table, base: Path, site: SiteConfig) -> EmailConfig:
         smtp=smtp,
         dkim=dkim,
         batch_size=t.number("batch_size", 200, minimum=1),
-        max_attempts=t.number("max_attempts", 8, minimum=1),
+        max_attempts=t.number("max_attempts", 12, minimum=1),
         retry_base_seconds=t.number("retry_base_seconds", 60, minimum=1),
         give_up_hours=t.number("give_up_hours", 48, minimum=1),
         unsubscribe_mailto=t.optional_text("unsubscribe_mailto"),
+        confirm_subject=t.text("confirm_subject", EmailConfig.confirm_subject),
     )
 
 
+MAX_TICK_SECONDS = 60  # every zone's publish time is served within a minute
+
+
 def _schedule(t: _Table) -> ScheduleConfig:
+    tick_seconds = t.number("tick_seconds", 30, minimum=1)
+    if tick_seconds > MAX_TICK_SECONDS:
+        raise t._fail("tick_seconds", f"must be at most {MAX_TICK_SECONDS}, got {tick_seconds}")
     return ScheduleConfig(
         catch_up_days=t.number("catch_up_days", 2),
-        tick_seconds=t.number("tick_seconds", 30, minimum=1),
+        tick_seconds=tick_seconds,
         misfire_grace_seconds=t.number("misfire_grace_seconds", 300, minimum=1),
         lease_seconds=t.number("lease_seconds", 300, minimum=10),
     )

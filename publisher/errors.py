@@ -54,6 +54,10 @@ class TemplateError(LocatedError):
     """A template failed to load or render (syntax error, unknown variable)."""
 
 
+class OutputError(LocatedError):
+    """The site's output folder cannot be written or swapped into place."""
+
+
 class SubscriberError(LocatedError):
     """A subscriber record is invalid: bad address, unknown time zone, bad CSV row."""
 
@@ -68,3 +72,7 @@ class TransportError(PublisherError):
 
 class TokenError(PublisherError):
     """A signed link token is forged, garbled or expired."""
+
+
+class SecretKeyError(LocatedError):
+    """The key that signs link tokens cannot be read or created."""

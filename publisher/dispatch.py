@@ -1,0 +1,430 @@
+"""Enqueue events and send due deliveries: the library behind ``publisher send`` and the daemon.
+
+The order of work makes sending exactly-once per (article, year, subscriber) as far as SMTP
+allows: delivery rows are inserted first (idempotently), claimed under a lease, and a row
+becomes ``sent`` only after the server accepted its message. A process that dies between the
+server's 250 and the ledger write leaves the row ``sending``; once the lease runs out it is sent
+again with the same Message-ID (at least once, rather than lose mail).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from publisher.calendar import Calendar, Event
+from publisher.config import Config
+from publisher.content import Article, load_articles
+from publisher.errors import PublisherError, SubscriberError
+from publisher.ledger import (
+    ALL_ZONES,
+    Claim,
+    DeliveryCount,
+    Ledger,
+    Problem,
+    SubscriberStatus,
+    ZoneChoice,
+    utcnow,
+)
+from publisher.mail import Edition, Mailer, Recipient
+from publisher.tokens import load_secret
+from publisher.transports import Envelope, Outcome, Transport, open_transport
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+Progress = Callable[[int, int], None]
+MAX_LISTED_FAILURES = 20
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """How many rows to claim at once, for how long, and how to retry."""
+
+    batch_size: int
+    lease: timedelta
+    retry_base: timedelta
+    give_up_after: timedelta
+    max_attempts: int
+
+    @classmethod
+    def from_config(cls, config: Config) -> SendPolicy:
+        """Read the policy from ``[email]`` and ``[schedule]``."""
+        email = config.email
+        return cls(
+            batch_size=email.batch_size,
+            lease=timedelta(seconds=config.schedule.lease_seconds),
+            retry_base=timedelta(seconds=email.retry_base_seconds),
+            give_up_after=timedelta(hours=email.give_up_hours),
+            max_attempts=email.max_attempts,
+        )
+
+    def retry_at(self, attempts: int, now: datetime, give_up_at: datetime) -> datetime | None:
+        """Return when to try again after ``attempts`` tries, or None to give up.
+
+        The wait doubles each time: ``retry_base * 2 ** (attempts - 1)`` after the n-th try.
+        """
+        if attempts >= self.max_attempts:
+            return None
+        when = now + self.retry_base * 2 ** max(attempts - 1, 0)
+        return when if when <= give_up_at else None
+
+
+@dataclass(frozen=True)
+class EventSummary:
+    """One event handled by ``send``: its identity and how many deliveries were queued."""
+
+    slug: str
+    year: int
+    title: str
+    queued: int
+
+
+@dataclass
+class SendReport:
+    """What a send did (or, for a dry run, would do)."""
+
+    day: date | None = None
+    dry_run: bool = False
+    events: list[EventSummary] = field(default_factory=list)
+    due: int = 0
+    sent: int = 0
+    deferred: int = 0
+    failed: int = 0
+    bounced: int = 0
+    skipped: int = 0
+    failures: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    stopped: str | None = None
+
+    @property
+    def queued(self) -> int:
+        """Return the deliveries queued (or, in a dry run, to be queued) for the day's events."""
+        return sum(e.queued for e in self.events)
+
+    @property
+    def ok(self) -> bool:
+        """Return whether nothing needs the operator's attention."""
+        return not self.problems and self.stopped is None
+
+    def lines(self) -> list[str]:
+        """Describe the run for a terminal: events, counts, then failures and warnings."""
+        head = f"{self.day}: " if self.day else ""
+        out = [f"{head}{len(self.events)} event(s)"]
+        verb = "would queue" if self.dry_run else "queued"
+        out += [f"  {e.slug} {e.year} ({e.title}): {verb} {e.queued}" for e in self.events]
+        if self.dry_run:
+            out.append(f"dry run: {self.queued} delivery(ies) to queue, {self.due} already due; "
+                       "nothing was changed")
+        else:
+            out.append(f"sent {self.sent}, deferred {self.deferred}, failed {self.failed}, "
+                       f"bounced {self.bounced}, skipped {self.skipped}")
+        if self.failures:
+            out.append("failures:")
+            out += [f"  {failure}" for failure in self.failures]
+        out += [f"warning: {warning}" for warning in self.warnings]
+        if self.stopped:
+            out.append(f"stopped: {self.stopped}")
+        return out
+
+    def note_failure(self, claim: Claim, reply: str) -> None:
+        """Keep the first failures for the summary (the ledger keeps them all)."""
+        if len(self.failures) < MAX_LISTED_FAILURES:
+            self.failures.append(f"{claim.email} ({claim.slug} {claim.year}): {reply}")
+
+
+def worker_name() -> str:
+    """Return a lease owner name unique to this process and call."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+
+
+def enqueue_event(ledger: Ledger, event: Event, due_at: datetime, zone: ZoneChoice,
+                  site_zone: str, *, give_up_after: timedelta,
+                  now: datetime | None = None) -> int:
+    """Queue ``event`` for the confirmed subscribers of ``zone``; return how many rows were new."""
+    return ledger.enqueue(event.article.slug, event.year, event.on, due_at=due_at,
+                          give_up_at=due_at + give_up_after, zone=zone, site_zone=site_zone,
+                          now=now)
+
+
+def skip_event(ledger: Ledger, event: Event, due_at: datetime, zone: ZoneChoice,
+               site_zone: str, reason: str, now: datetime | None = None) -> int:
+    """Record ``event`` as skipped for the subscribers of ``zone`` that never got it."""
+    return ledger.enqueue(event.article.slug, event.year, event.on, due_at=due_at,
+                          give_up_at=due_at, zone=zone, site_zone=site_zone, status="skipped",
+                          reason=reason, now=now)
+
+
+class _Batch:
+    """Send one claimed batch: build each message lazily, record each outcome as it arrives."""
+
+    def __init__(self, sender: _Sender, claims: list[Claim], stop: threading.Event | None
+                 ) -> None:
+        self.sender = sender
+        self.claims = {c.delivery_id: c for c in claims}
+        self.stop = stop
+        self.open = set(self.claims)  # claimed and not yet recorded
+        self.message_ids: dict[int, str] = {}
+        self.handed = 0
+        self.systemic = 0  # outcomes that blame the connection rather than the message
+        self.sent = 0
+
+    def envelopes(self) -> Iterator[Envelope]:
+        """Yield one envelope per claim until told to stop."""
+        for claim in self.claims.values():
+            if self.stop is not None and self.stop.is_set():
+                return
+            built = self.sender.build(claim)
+            if isinstance(built, Outcome):
+                self.record(claim, built)
+                continue
+            envelope, self.message_ids[claim.delivery_id] = built
+            self.handed += 1
+            yield envelope
+
+    def record(self, claim: Claim, outcome: Outcome) -> None:
+        """Write one outcome to the ledger and the report."""
+        self.open.discard(claim.delivery_id)
+        self.sender.record(claim, outcome, self.message_ids.get(claim.delivery_id))
+
+    def delivered(self, envelope: Envelope, outcome: Outcome) -> None:
+        """Record the transport's outcome for a message it was handed."""
+        self.record(self.claims[envelope.delivery_id], outcome)
+        if outcome.status == "sent":
+            self.sent += 1
+        elif outcome.status == "deferred" and outcome.code in (None, 421):
+            self.systemic += 1
+
+
+class _Sender:
+    """The state shared by the batches of one :func:`send_due` call."""
+
+    def __init__(self, ledger: Ledger, mailer: Mailer, calendar: Calendar, policy: SendPolicy,
+                 worker: str, clock: Clock, report: SendReport) -> None:
+        self.ledger = ledger
+        self.mailer = mailer
+        self.policy = policy
+        self.worker = worker
+        self.clock = clock
+        self.report = report
+        self.articles: dict[str, Article] = {a.slug: a for a in calendar.articles}
+        self.editions: dict[tuple[str, int], Edition | str] = {}
+        self.done = 0
+
+    def edition(self, claim: Claim) -> Edition | str:
+        """Return the event's Edition, built on first use; a string says why there is none."""
+        key = (claim.slug, claim.year)
+        if key not in self.editions:
+            self.editions[key] = self._build(claim)
+        return self.editions[key]
+
+    def _build(self, claim: Claim) -> Edition | str:
+        article = self.articles.get(claim.slug)
+        if article is None:
+            problem = f"article {claim.slug!r} is not among the loaded articles"
+        elif article.date > claim.event_on:
+            problem = f"article {claim.slug!r} is now dated after {claim.event_on}"
+        else:
+            try:
+                built = self.mailer.edition(
+                    Event(article, claim.event_on, claim.event_on.year - article.date.year))
+            except PublisherError as exc:
+                problem = f"cannot build the email for {claim.slug} {claim.year}: {exc}"
+            else:
+                if built.size_warning:
+                    self.report.warnings.append(built.size_warning)
+                return built
+        self.report.problems.append(problem)
+        return problem
+
+    def build(self, claim: Claim) -> tuple[Envelope, str] | Outcome:
+        """Return a claim's envelope and Message-ID, or the outcome that replaces sending."""
+        edition = self.edition(claim)
+        if isinstance(edition, str):
+            # The operator can fix the article or template: retry on the usual schedule.
+            return Outcome("deferred", None, edition)
+        recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone)
+        try:
+            data = edition.message(recipient)
+        except SubscriberError as exc:
+            return Outcome("failed", None, f"cannot address the message: {exc}")
+        except PublisherError as exc:
+            return Outcome("deferred", None, f"cannot build the message: {exc}")
+        envelope = Envelope(claim.delivery_id, self.mailer.envelope_sender, claim.email, data)
+        return envelope, edition.message_id(recipient)
+
+    def record(self, claim: Claim, outcome: Outcome, message_id: str | None) -> None:
+        """Write one outcome to the ledger, counting it in the report."""
+        now = self.clock()
+        report = self.report
+        status = outcome.status
+        reply = outcome.reply
+        retry_at = None
+        if status == "deferred":
+            retry_at = self.policy.retry_at(claim.attempts, now, claim.give_up_at)
+            if retry_at is None:
+                status = "failed"
+                reply = f"{reply} (gave up after {claim.attempts} attempts)"
+        self.ledger.finish(
+            claim.delivery_id, self.worker, "failed" if status == "bounced" else status,
+            code=outcome.code, reply=reply, message_id=message_id, retry_at=retry_at,
+            bounce=status == "bounced", now=now)
+        if status == "sent":
+            report.sent += 1
+        elif status == "deferred":
+            report.deferred += 1
+        else:
+            if status == "bounced":
+                report.bounced += 1
+            else:
+                report.failed += 1
+            report.note_failure(claim, reply)
+        self.done += 1
+
+    def run(self, claims: list[Claim], transport: Transport, stop: threading.Event | None,
+            progress: Progress | None, total: int) -> _Batch:
+        """Send one batch, keep its lease alive, and hand back what was never sent."""
+        batch = _Batch(self, claims, stop)
+        renewed = self.clock()
+        for envelope, outcome in transport.send(batch.envelopes()):
+            batch.delivered(envelope, outcome)
+            if progress is not None:
+                progress(self.done, max(total, self.done))
+            now = self.clock()
+            if batch.open and now - renewed > self.policy.lease / 2:
+                self.ledger.extend_lease(batch.open, self.worker, now + self.policy.lease)
+                renewed = now
+        if batch.open:
+            # Stopped before these were handed over: give them back for the next run.
+            self.ledger.release(batch.open, self.worker, self.clock())
+        return batch
+
+
+def send_due(ledger: Ledger, mailer: Mailer, transport: Transport, calendar: Calendar,
+             clock: Clock, worker_id: str, stop: threading.Event | None = None, *,
+             policy: SendPolicy, progress: Progress | None = None,
+             report: SendReport | None = None) -> SendReport:
+    """Claim and send due deliveries in batches until none is left (or ``stop`` is set).
+
+    One Edition per (slug, year) is built on first need and reused for every recipient. A
+    batch in which the server could not be reached at all ends the run: the rows wait for
+    their retry time instead of every remaining row failing the same way.
+    """
+    report = report or SendReport()
+    skipped, failed = ledger.expire(clock())
+    report.skipped += skipped
+    report.failed += failed
+    sender = _Sender(ledger, mailer, calendar, policy, worker_id, clock, report)
+    total = ledger.count_due(clock()) if progress is not None else 0
+    while stop is None or not stop.is_set():
+        claims = ledger.claim(worker_id, policy.batch_size, policy.lease, clock())
+        if not claims:
+            break
+        batch = sender.run(claims, transport, stop, progress, total)
+        # One line per batch for the daemon's log (`publisher run`).
+        logger.info("batch: %d claimed, %d handed to the transport, %d sent", len(claims),
+                    batch.handed, batch.sent,
+                    extra={"claimed": len(claims), "handed": batch.handed, "sent": batch.sent})
+        if batch.handed and not batch.sent and batch.systemic == batch.handed:
+            report.stopped = "the mail server could not be reached; deferred rows will be retried"
+            break
+    return report
+
+
+def send_date(config: Config, day: date | None = None, *, dry_run: bool = False,
+              clock: Clock | None = None, progress: Progress | None = None,
+              stop: threading.Event | None = None) -> SendReport:
+    """Queue the events of ``day`` (default: today in the site's zone) for every confirmed
+    subscriber, whatever their zone, then send everything due. A dry run changes nothing."""
+    clock = clock or utcnow
+    now = clock()
+    day = day or now.astimezone(config.site.zone).date()
+    report = SendReport(day=day, dry_run=dry_run)
+    loaded = load_articles(config.site.content_dir)
+    report.problems.extend(str(error) for error in loaded.errors)
+    calendar = Calendar(loaded.articles, config.site.leap_day)
+    policy = SendPolicy.from_config(config)
+    site_zone = config.site.timezone
+    events = calendar.events_on(day)
+    with Ledger.open(config.state.database_url) as ledger:
+        mailer = Mailer(config, load_secret(config))
+        if dry_run:
+            _preview(ledger, mailer, events, site_zone, report)
+            report.due = ledger.count_due(now)
+            return report
+        # Opened first: a transport misconfigured (e.g. no password) stops before any write.
+        transport = open_transport(config)
+        try:
+            for event in events:
+                queued = enqueue_event(ledger, event, now, ALL_ZONES, site_zone,
+                                       give_up_after=policy.give_up_after, now=now)
+                report.events.append(EventSummary(event.article.slug, event.year,
+                                                  event.article.title, queued))
+            send_due(ledger, mailer, transport, calendar, clock, worker_name(), stop,
+                     policy=policy, progress=progress, report=report)
+        finally:
+            transport.close()
+    return report
+
+
+def _preview(ledger: Ledger, mailer: Mailer, events: list[Event], site_zone: str,
+             report: SendReport) -> None:
+    # A dry run renders each edition (so template errors show) and counts, writing nothing.
+    for event in events:
+        try:
+            edition = mailer.edition(event)
+        except PublisherError as exc:
+            report.problems.append(f"cannot build the email for {event.key}: {exc}")
+        else:
+            if edition.size_warning:
+                report.warnings.append(edition.size_warning)
+        queued = ledger.count_unqueued(event.article.slug, event.year, ALL_ZONES, site_zone)
+        report.events.append(EventSummary(event.article.slug, event.year, event.article.title,
+                                          queued))
+
+
+@dataclass(frozen=True)
+class Status:
+    """The ledger at a glance: deliveries per event and state, problems, subscribers."""
+
+    day: date | None
+    counts: list[DeliveryCount]
+    problems: list[Problem]
+    subscribers: dict[SubscriberStatus, int]
+    due: int
+
+    def lines(self) -> list[str]:
+        """Describe the ledger for a terminal."""
+        out = ["subscribers: " + ", ".join(f"{n} {s}" for s, n in self.subscribers.items())]
+        scope = f" for {self.day}" if self.day else ""
+        if not self.counts:
+            out.append(f"no deliveries{scope}")
+        per_event: dict[tuple[date, str, int], list[str]] = {}
+        for c in self.counts:
+            per_event.setdefault((c.event_on, c.slug, c.year), []).append(f"{c.status} {c.count}")
+        for (on, slug, year), states in per_event.items():
+            out.append(f"{on}  {slug} {year}: {', '.join(states)}")
+        out.append(f"due now: {self.due}")
+        if self.problems:
+            out.append(f"failed and retrying{scope}, newest first:")
+        for p in self.problems:
+            retry = (f" (next try {p.next_attempt_at:%Y-%m-%d %H:%M} UTC)"
+                     if p.status == "deferred" else "")
+            out.append(f"  {p.status:<8} {p.email}  {p.slug} {p.year}  attempts {p.attempts}  "
+                       f"{p.reply or ''}{retry}")
+        return out
+
+
+def delivery_status(config: Config, day: date | None = None, *, limit: int = 50,
+                    now: datetime | None = None) -> Status:
+    """Return delivery counts and failures (for the events of ``day``, or all)."""
+    with Ledger.open(config.state.database_url) as ledger:
+        return Status(day, ledger.delivery_counts(day), ledger.problems(day, limit),
+                      ledger.subscriber_counts(), ledger.count_due(now or utcnow()))

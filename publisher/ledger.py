@@ -1,0 +1,1004 @@
+"""The delivery ledger: subscribers, deliveries and a little state, in SQLite or PostgreSQL.
+
+Everything the publisher must remember between runs lives here, so that each (article, anniversary
+year, subscriber) is sent once: a delivery row is inserted before anything is sent, claimed under a
+lease, and marked sent only after the server accepted the message.
+"""
+
+from __future__ import annotations
+
+import csv
+import enum
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    Update,
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    delete,
+    event,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import ColumnElement
+
+from publisher.errors import LedgerError, SubscriberError
+
+SubscriberStatus = Literal["pending", "confirmed", "unsubscribed", "bounced"]
+DeliveryStatus = Literal["pending", "sending", "sent", "deferred", "failed", "skipped"]
+SUBSCRIBER_STATUSES: tuple[SubscriberStatus, ...] = (
+    "pending", "confirmed", "unsubscribed", "bounced")
+DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = (
+    "pending", "sending", "sent", "deferred", "failed", "skipped")
+NAME_LENGTH = 200
+BUSY_TIMEOUT_MS = 30_000
+IMPORT_CHUNK = 500
+STREAM_CHUNK = 500
+# Any constant works: it only has to be the same in every process that migrates this database.
+_MIGRATION_LOCK = 0x70756201
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def utcnow() -> datetime:
+    """Return the current instant in UTC."""
+    return datetime.now(UTC)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Store aware datetimes as naive UTC, the same on SQLite and PostgreSQL; read back as UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Convert an aware datetime to naive UTC."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: the ledger needs aware instants")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Attach UTC to a stored naive datetime."""
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+_Id = BigInteger().with_variant(Integer(), "sqlite")
+
+metadata = MetaData()
+
+schema_migrations = Table(
+    "schema_migrations", metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("applied_at", UtcDateTime, nullable=False),
+)
+
+subscribers = Table(
+    "subscribers", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("email", String(320), nullable=False, unique=True),
+    Column("name", String(NAME_LENGTH)),
+    Column("timezone", String(64)),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+    Column("confirmed_at", UtcDateTime),
+    Column("unsubscribed_at", UtcDateTime),
+    CheckConstraint(
+        "status IN ('pending', 'confirmed', 'unsubscribed', 'bounced')",
+        name="ck_subscribers_status"),
+    Index("ix_subscribers_status_zone", "status", "timezone"),
+)
+
+deliveries = Table(
+    "deliveries", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("slug", String(200), nullable=False),
+    Column("year", Integer, nullable=False),
+    Column("event_on", Date, nullable=False),
+    Column("subscriber_id", _Id, ForeignKey("subscribers.id", ondelete="CASCADE"),
+           nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("due_at", UtcDateTime, nullable=False),
+    Column("next_attempt_at", UtcDateTime, nullable=False),
+    Column("give_up_at", UtcDateTime, nullable=False),
+    Column("lease_owner", String(120)),
+    Column("lease_until", UtcDateTime),
+    Column("last_code", Integer),
+    Column("last_reply", Text),
+    Column("message_id", String(400)),
+    Column("sent_at", UtcDateTime),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("slug", "year", "subscriber_id", name="uq_deliveries_event_subscriber"),
+    CheckConstraint(
+        "status IN ('pending', 'sending', 'sent', 'deferred', 'failed', 'skipped')",
+        name="ck_deliveries_status"),
+    Index("ix_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_deliveries_subscriber", "subscriber_id"),
+    Index("ix_deliveries_event_on", "event_on"),
+)
+
+state = Table(
+    "state", metadata,
+    Column("key", String(100), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+
+def _create_v1(conn: Connection) -> None:
+    # Version 1 is the schema as first released. A later step must ALTER what exists (never edit
+    # this one): databases at version 1 only ever run the steps after it.
+    for table in (subscribers, deliveries, state):
+        table.create(conn)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_v1,)
+
+
+class AllZones(enum.Enum):
+    """Marker for "every subscriber, whatever their time zone"."""
+
+    ALL = "all"
+
+
+ALL_ZONES = AllZones.ALL
+ZoneChoice = str | None | AllZones
+
+
+@dataclass(frozen=True)
+class Subscriber:
+    """One subscriber row."""
+
+    id: int
+    email: str
+    name: str | None
+    timezone: str | None
+    status: SubscriberStatus
+    created_at: datetime
+    updated_at: datetime
+    confirmed_at: datetime | None
+    unsubscribed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class SubscriberRow:
+    """A validated subscriber record to be added: normalised address, clean name, known zone."""
+
+    email: str
+    name: str | None = None
+    timezone: str | None = None
+    status: SubscriberStatus = "confirmed"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery claimed by one worker under a lease, with what is needed to send it."""
+
+    delivery_id: int
+    slug: str
+    year: int
+    event_on: date
+    attempts: int
+    give_up_at: datetime
+    subscriber_id: int
+    email: str
+    name: str | None
+    timezone: str | None
+
+
+@dataclass(frozen=True)
+class DeliveryCount:
+    """How many deliveries of one event are in one state."""
+
+    event_on: date
+    slug: str
+    year: int
+    status: DeliveryStatus
+    count: int
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A failed or deferred delivery with the server's last reply."""
+
+    email: str
+    slug: str
+    year: int
+    status: DeliveryStatus
+    attempts: int
+    code: int | None
+    reply: str | None
+    next_attempt_at: datetime
+
+
+@dataclass
+class ImportReport:
+    """What a CSV import did: rows added, rows already present, and every rejected row."""
+
+    added: int = 0
+    unchanged: int = 0
+    skipped_pending: int = 0
+    errors: list[SubscriberError] = field(default_factory=list)
+
+
+AddOutcome = Literal["added", "confirmed", "updated", "unchanged", "resubscribed"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation of subscriber input
+# ---------------------------------------------------------------------------------------------
+
+
+def normalise_address(value: str) -> str:
+    """Check an address's syntax (no DNS) and return its unique, lower-case form."""
+    try:
+        # No SMTPUTF8: a non-ASCII local part cannot be written in the To header we send, so it
+        # is refused here, where the operator or the subscriber sees why.
+        info = validate_email(value.strip(), check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise SubscriberError(str(exc), field="email") from None
+    # An internationalised domain is stored in its ASCII (punycode) form, so one person cannot
+    # subscribe twice under two spellings of one domain.
+    return (info.ascii_email or info.normalized).lower()
+
+
+def clean_name(value: str | None) -> str | None:
+    """Return a display name without control characters or line breaks, or None when empty."""
+    if value is None:
+        return None
+    flat = " ".join(_CONTROL.sub(" ", unicodedata.normalize("NFC", value)).split())
+    if len(flat) > NAME_LENGTH:
+        raise SubscriberError(f"longer than {NAME_LENGTH} characters", field="name")
+    return flat or None
+
+
+def check_timezone(value: str | None) -> str | None:
+    """Return an IANA time zone name unchanged if it is known, None when empty."""
+    if value is None or not value.strip():
+        return None
+    zone = value.strip()
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SubscriberError(f"unknown IANA time zone {zone!r}", field="timezone") from None
+    return zone
+
+
+def subscriber_row(email: str, name: str | None = None, timezone: str | None = None,
+                   status: SubscriberStatus = "confirmed") -> SubscriberRow:
+    """Validate one subscriber's fields; the error names the field at fault."""
+    return SubscriberRow(normalise_address(email), clean_name(name), check_timezone(timezone),
+                         status)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ledger
+# ---------------------------------------------------------------------------------------------
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module so that the "begin" hook below decides it.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A writer takes the write lock at BEGIN: two processes never both read a row as free
+        # and then both claim it, and no deferred transaction dies upgrading its lock.
+        writes = conn.get_execution_options().get("ledger_write", False)
+        # Straight to the driver: this runs for every transaction, and needs no SQLAlchemy.
+        conn.connection.driver_connection.execute(  # type: ignore[union-attr]
+            "BEGIN IMMEDIATE" if writes else "BEGIN")
+
+
+def _finish_statement(*, held: bool) -> Update:
+    # Built once: this runs once per message, and a prepared construct skips most of
+    # SQLAlchemy's per-call statement building.
+    condition = [deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == "sending"]
+    if held:
+        condition.append(deliveries.c.lease_owner == bindparam("worker"))
+    now = bindparam("now", type_=UtcDateTime())
+    values: dict[str, Any] = {
+        "status": bindparam("status", type_=String()),
+        "last_code": bindparam("code", type_=Integer()),
+        "last_reply": bindparam("reply", type_=Text()),
+        "message_id": func.coalesce(bindparam("message_id", type_=String()),
+                                    deliveries.c.message_id),
+        "next_attempt_at": func.coalesce(bindparam("retry_at", type_=UtcDateTime()),
+                                         deliveries.c.next_attempt_at),
+        "lease_owner": None, "lease_until": None, "updated_at": now,
+    }
+    if not held:
+        values["sent_at"] = now
+    return update(deliveries).where(*condition).values(**values)
+
+
+# "sent" is recorded whoever holds the lease; other outcomes only by the lease holder.
+_FINISH_SENT = _finish_statement(held=False)
+_FINISH_HELD = _finish_statement(held=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    # SQLAlchemy appends a multi-line "background on this error" note; the first line says it.
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+
+
+def _describe(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+class Ledger:
+    """The database of subscribers and deliveries; every method is one short transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect = engine.dialect.name
+
+    @classmethod
+    def open(cls, url: str) -> Ledger:
+        """Connect to ``url`` (SQLite or PostgreSQL) and apply any pending migrations."""
+        try:
+            parsed = make_url(url)
+        except ArgumentError as exc:
+            raise LedgerError(f"invalid database URL {url!r}: {exc}") from None
+        backend = parsed.get_backend_name()
+        if backend == "sqlite":
+            engine = cls._sqlite_engine(parsed.database)
+        elif backend == "postgresql":
+            try:
+                engine = create_engine(url, pool_pre_ping=True)
+            except ImportError as exc:
+                raise LedgerError(f"{_describe(url)} needs a PostgreSQL driver ({exc.name}): "
+                                  "pip install 'anniversary-publisher[postgres]'") from None
+        else:
+            raise LedgerError(f"unsupported database {backend!r} in {_describe(url)}: "
+                              "use sqlite:/// or postgresql+psycopg://")
+        ledger = cls(engine)
+        try:
+            ledger.migrate()
+        except LedgerError as exc:
+            engine.dispose()
+            raise LedgerError(f"cannot open {_describe(url)}: {exc}") from None
+        return ledger
+
+    @staticmethod
+    def _sqlite_engine(database: str | None) -> Engine:
+        memory = database in (None, "", ":memory:")
+        if not memory:
+            assert database is not None
+            try:
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LedgerError(f"cannot create the folder of {database}: {exc.strerror}"
+                                  ) from None
+        engine = create_engine(
+            f"sqlite:///{database}" if not memory else "sqlite://",
+            connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000},
+            # An in-memory database exists only inside its one connection.
+            poolclass=StaticPool if memory else None,
+        )
+        _configure_sqlite(engine)
+        return engine
+
+    def close(self) -> None:
+        """Release every pooled connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Ledger:
+        """Return the ledger itself, closed when the block ends."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Close the ledger."""
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        try:
+            # preserve_rowcount: SQLAlchemy drops an INSERT's row count unless asked to keep it.
+            with self.engine.connect().execution_options(
+                    ledger_write=True, preserve_rowcount=True) as conn, conn.begin():
+                yield conn
+        except DBAPIError as exc:
+            raise LedgerError(f"database error: {_first_line(exc)}") from exc
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn, conn.begin():
+                yield conn
+        except DBAPIError as exc:
+            raise LedgerError(f"database error: {_first_line(exc)}") from exc
+
+    def _insert(self, table: Table) -> Any:
+        module = postgresql if self.dialect == "postgresql" else sqlite
+        return module.insert(table)
+
+    # -- schema --------------------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Apply the migration steps not yet recorded; return the schema version."""
+        with self._write() as conn:
+            if self.dialect == "postgresql":
+                # Two processes opening a fresh database at once: the second waits here, then
+                # finds the steps recorded. (SQLite's BEGIN IMMEDIATE already serialises them.)
+                conn.execute(select(func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+            schema_migrations.create(conn, checkfirst=True)
+            done = set(conn.scalars(select(schema_migrations.c.version)))
+            newest = max(done, default=0)
+            if newest > len(MIGRATIONS):
+                raise LedgerError(f"the database is at schema version {newest}, newer than this "
+                                  f"publisher knows ({len(MIGRATIONS)}): upgrade the publisher")
+            for version, step in enumerate(MIGRATIONS, start=1):
+                if version not in done:
+                    step(conn)
+                    conn.execute(schema_migrations.insert().values(
+                        version=version, applied_at=utcnow()))
+            return len(MIGRATIONS)
+
+    def schema_version(self) -> int:
+        """Return the newest applied migration."""
+        with self._read() as conn:
+            return int(conn.scalar(select(func.max(schema_migrations.c.version))) or 0)
+
+    # -- subscribers ---------------------------------------------------------------------------
+
+    def _subscriber_where(self, conn: Connection, condition: ColumnElement[bool]
+                          ) -> Subscriber | None:
+        row = conn.execute(select(subscribers).where(condition)).mappings().first()
+        return Subscriber(**row) if row is not None else None
+
+    def get_subscriber(self, subscriber_id: int) -> Subscriber | None:
+        """Return the subscriber with this id, if any."""
+        with self._read() as conn:
+            return self._subscriber_where(conn, subscribers.c.id == subscriber_id)
+
+    def find_subscriber(self, email: str) -> Subscriber | None:
+        """Return the subscriber with this address (in any spelling that normalises to it)."""
+        address = normalise_address(email)
+        with self._read() as conn:
+            return self._subscriber_where(conn, subscribers.c.email == address)
+
+    def add_subscriber(self, row: SubscriberRow, *, resubscribe: bool = False,
+                       now: datetime | None = None) -> tuple[Subscriber, AddOutcome]:
+        """Add a subscriber as confirmed (the operator vouches), or update a known one.
+
+        An address that unsubscribed or bounced stays so unless ``resubscribe`` is given.
+        """
+        now = now or utcnow()
+        with self._write() as conn:
+            inserted = conn.execute(self._insert(subscribers).values(
+                email=row.email, name=row.name, timezone=row.timezone, status="confirmed",
+                created_at=now, updated_at=now, confirmed_at=now,
+            ).on_conflict_do_nothing(index_elements=["email"])).rowcount
+            current = self._subscriber_where(conn, subscribers.c.email == row.email)
+            assert current is not None
+            if inserted:
+                return current, "added"
+            if current.status in ("unsubscribed", "bounced") and not resubscribe:
+                raise SubscriberError(
+                    f"{row.email} is {current.status} (since "
+                    f"{current.updated_at:%Y-%m-%d}); pass --resubscribe to add it again",
+                    field="email")
+            changes: dict[str, Any] = {}
+            if row.name is not None and row.name != current.name:
+                changes["name"] = row.name
+            if row.timezone is not None and row.timezone != current.timezone:
+                changes["timezone"] = row.timezone
+            outcome: AddOutcome = "updated" if changes else "unchanged"
+            if current.status != "confirmed":
+                outcome = "confirmed" if current.status == "pending" else "resubscribed"
+                changes.update(status="confirmed", confirmed_at=now, unsubscribed_at=None)
+            if not changes:
+                return current, outcome
+            conn.execute(update(subscribers).where(subscribers.c.id == current.id)
+                         .values(updated_at=now, **changes))
+            updated = self._subscriber_where(conn, subscribers.c.id == current.id)
+            assert updated is not None
+            return updated, outcome
+
+    def insert_new(self, rows: Sequence[SubscriberRow], now: datetime | None = None) -> int:
+        """Insert the rows whose address is not known yet; return how many were new."""
+        if not rows:
+            return 0
+        now = now or utcnow()
+        values = [{
+            "email": r.email, "name": r.name, "timezone": r.timezone, "status": r.status,
+            "created_at": now, "updated_at": now,
+            "confirmed_at": now if r.status == "confirmed" else None,
+            "unsubscribed_at": now if r.status in ("unsubscribed", "bounced") else None,
+        } for r in rows]
+        with self._write() as conn:
+            result = conn.execute(
+                self._insert(subscribers).values(values)
+                .on_conflict_do_nothing(index_elements=["email"]))
+            return int(result.rowcount)
+
+    def add_pending(self, row: SubscriberRow, now: datetime | None = None) -> Subscriber:
+        """Record a sign-up waiting for confirmation; a confirmed subscriber is left as is."""
+        now = now or utcnow()
+        with self._write() as conn:
+            conn.execute(self._insert(subscribers).values(
+                email=row.email, name=row.name, timezone=row.timezone, status="pending",
+                created_at=now, updated_at=now,
+            ).on_conflict_do_nothing(index_elements=["email"]))
+            conn.execute(
+                update(subscribers)
+                .where(subscribers.c.email == row.email, subscribers.c.status != "confirmed")
+                .values(status="pending", name=row.name, timezone=row.timezone, updated_at=now))
+            found = self._subscriber_where(conn, subscribers.c.email == row.email)
+            assert found is not None
+            return found
+
+    def confirm(self, subscriber_id: int, email: str, now: datetime | None = None
+                ) -> Subscriber | None:
+        """Confirm a pending sign-up (idempotent); None when id and address do not match."""
+        now = now or utcnow()
+        with self._write() as conn:
+            match = and_(subscribers.c.id == subscriber_id, subscribers.c.email == email)
+            conn.execute(update(subscribers).where(match, subscribers.c.status == "pending")
+                         .values(status="confirmed", confirmed_at=now, updated_at=now))
+            return self._subscriber_where(conn, match)
+
+    def unsubscribe(self, subscriber_id: int, email: str, now: datetime | None = None
+                    ) -> Subscriber | None:
+        """Unsubscribe (idempotent) and skip the deliveries not yet sent; None when unknown."""
+        now = now or utcnow()
+        with self._write() as conn:
+            match = and_(subscribers.c.id == subscriber_id, subscribers.c.email == email)
+            changed = conn.execute(
+                update(subscribers).where(match, subscribers.c.status != "unsubscribed")
+                .values(status="unsubscribed", unsubscribed_at=now, updated_at=now)).rowcount
+            if changed:
+                self._skip_unsent(conn, subscriber_id, "unsubscribed", now)
+            return self._subscriber_where(conn, match)
+
+    def bounce(self, subscriber_id: int, reason: str, now: datetime | None = None) -> bool:
+        """Mark a confirmed subscriber bounced and skip their unsent mail; return if changed."""
+        with self._write() as conn:
+            return self._bounce(conn, subscriber_id, reason, now or utcnow())
+
+    def _bounce(self, conn: Connection, subscriber_id: int, reason: str, now: datetime
+                ) -> bool:
+        changed = conn.execute(update(subscribers)
+                               .where(subscribers.c.id == subscriber_id,
+                                      subscribers.c.status == "confirmed")
+                               .values(status="bounced", updated_at=now)).rowcount
+        if changed:
+            self._skip_unsent(conn, subscriber_id, f"subscriber bounced: {reason}", now)
+        return bool(changed)
+
+    def _skip_unsent(self, conn: Connection, subscriber_id: int, reason: str,
+                     now: datetime) -> None:
+        conn.execute(
+            update(deliveries)
+            .where(deliveries.c.subscriber_id == subscriber_id,
+                   deliveries.c.status.in_(("pending", "deferred")))
+            .values(status="skipped", last_reply=reason, updated_at=now))
+
+    def remove(self, email: str) -> bool:
+        """Delete a subscriber and their delivery history; return whether one existed."""
+        address = normalise_address(email)
+        with self._write() as conn:
+            found = conn.scalar(select(subscribers.c.id).where(subscribers.c.email == address))
+            if found is None:
+                return False
+            conn.execute(delete(deliveries).where(deliveries.c.subscriber_id == found))
+            conn.execute(delete(subscribers).where(subscribers.c.id == found))
+            return True
+
+    def purge_pending(self, older_than: timedelta, now: datetime | None = None) -> int:
+        """Delete sign-ups left unconfirmed for longer than ``older_than``; return how many."""
+        cutoff = (now or utcnow()) - older_than
+        stale = select(subscribers.c.id).where(subscribers.c.status == "pending",
+                                               subscribers.c.updated_at < cutoff)
+        with self._write() as conn:
+            conn.execute(delete(deliveries).where(deliveries.c.subscriber_id.in_(stale)))
+            return int(conn.execute(delete(subscribers).where(
+                subscribers.c.id.in_(stale))).rowcount)
+
+    def iter_subscribers(self, status: SubscriberStatus | None = None,
+                         zone: ZoneChoice = ALL_ZONES, site_zone: str = "UTC"
+                         ) -> Iterator[Subscriber]:
+        """Yield subscribers by address (of one status, one zone group), fetched in chunks."""
+        query = (select(subscribers).where(self._zone_condition(zone, site_zone))
+                 .order_by(subscribers.c.email))
+        if status is not None:
+            query = query.where(subscribers.c.status == status)
+        with self.engine.connect() as conn, conn.begin():
+            result = conn.execution_options(yield_per=STREAM_CHUNK).execute(query)
+            for row in result.mappings():
+                yield Subscriber(**row)
+
+    def subscriber_counts(self) -> dict[SubscriberStatus, int]:
+        """Return how many subscribers are in each state."""
+        with self._read() as conn:
+            rows = conn.execute(select(subscribers.c.status, func.count())
+                                .group_by(subscribers.c.status)).all()
+        counts: dict[SubscriberStatus, int] = dict.fromkeys(SUBSCRIBER_STATUSES, 0)
+        counts.update({row[0]: int(row[1]) for row in rows})
+        return counts
+
+    def subscriber_zones(self) -> list[str | None]:
+        """Return the distinct time zones of confirmed subscribers (None: the site's zone)."""
+        with self._read() as conn:
+            return list(conn.scalars(
+                select(subscribers.c.timezone).where(subscribers.c.status == "confirmed")
+                .distinct()))
+
+    # -- deliveries ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _zone_condition(zone: ZoneChoice, site_zone: str) -> ColumnElement[bool]:
+        if zone is ALL_ZONES:
+            return true()
+        target = zone or site_zone
+        condition: ColumnElement[bool] = subscribers.c.timezone == target
+        if target == site_zone:
+            condition = or_(condition, subscribers.c.timezone.is_(None))
+        return condition
+
+    def enqueue(self, slug: str, year: int, event_on: date, *, due_at: datetime,
+                give_up_at: datetime, zone: ZoneChoice, site_zone: str,
+                status: Literal["pending", "skipped"] = "pending",
+                reason: str | None = None, now: datetime | None = None) -> int:
+        """Insert one delivery per confirmed subscriber in ``zone`` lacking one; return how many.
+
+        One INSERT … SELECT … ON CONFLICT DO NOTHING: subscribers never pass through Python, and
+        running it again (or from two processes at once) adds nothing.
+        """
+        now = now or utcnow()
+        source = select(
+            literal(slug, String()), literal(year, Integer()), literal(event_on, Date()),
+            subscribers.c.id, literal(status, String()), literal(0, Integer()),
+            literal(due_at, UtcDateTime()), literal(due_at, UtcDateTime()),
+            literal(give_up_at, UtcDateTime()), literal(reason, Text()),
+            literal(now, UtcDateTime()),
+        ).where(subscribers.c.status == "confirmed", self._zone_condition(zone, site_zone))
+        columns = ["slug", "year", "event_on", "subscriber_id", "status", "attempts", "due_at",
+                   "next_attempt_at", "give_up_at", "last_reply", "updated_at"]
+        statement = self._insert(deliveries).from_select(columns, source).on_conflict_do_nothing(
+            index_elements=["slug", "year", "subscriber_id"])
+        with self._write() as conn:
+            return int(conn.execute(statement).rowcount)
+
+    def count_unqueued(self, slug: str, year: int, zone: ZoneChoice, site_zone: str) -> int:
+        """Return how many confirmed subscribers in ``zone`` have no delivery of this event yet."""
+        queued = exists().where(deliveries.c.slug == slug, deliveries.c.year == year,
+                                deliveries.c.subscriber_id == subscribers.c.id)
+        with self._read() as conn:
+            return int(conn.scalar(
+                select(func.count()).select_from(subscribers)
+                .where(subscribers.c.status == "confirmed",
+                       self._zone_condition(zone, site_zone), ~queued)) or 0)
+
+    @staticmethod
+    def _due(now: datetime) -> ColumnElement[bool]:
+        return or_(
+            and_(deliveries.c.status.in_(("pending", "deferred")),
+                 deliveries.c.next_attempt_at <= now),
+            # A lease that ran out means its holder died: the row is free again.
+            and_(deliveries.c.status == "sending", deliveries.c.lease_until < now),
+        )
+
+    def count_due(self, now: datetime | None = None) -> int:
+        """Return how many deliveries could be claimed now."""
+        with self._read() as conn:
+            return int(conn.scalar(select(func.count()).select_from(deliveries)
+                                   .where(self._due(now or utcnow()))) or 0)
+
+    def expire(self, now: datetime | None = None) -> tuple[int, int]:
+        """Give up on deliveries past their give-up time; return (skipped, failed) counts."""
+        now = now or utcnow()
+        late = deliveries.c.give_up_at <= now
+        with self._write() as conn:
+            skipped = conn.execute(
+                update(deliveries).where(deliveries.c.status == "pending", late)
+                .values(status="skipped", updated_at=now,
+                        last_reply="not sent before its give-up time")).rowcount
+            failed = conn.execute(
+                update(deliveries).where(deliveries.c.status == "deferred", late)
+                .values(status="failed", updated_at=now,
+                        last_reply=func.coalesce(deliveries.c.last_reply, "")
+                        + " (gave up)")).rowcount
+        return int(skipped), int(failed)
+
+    def claim(self, worker: str, limit: int, lease: timedelta,
+              now: datetime | None = None) -> list[Claim]:
+        """Take up to ``limit`` due deliveries for ``worker`` until the lease runs out.
+
+        PostgreSQL: FOR UPDATE SKIP LOCKED, so concurrent workers take disjoint rows without
+        waiting. SQLite: the transaction began IMMEDIATE, so claims run one at a time.
+        """
+        now = now or utcnow()
+        chosen = (select(deliveries.c.id).where(self._due(now))
+                  .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+                  .limit(limit).with_for_update(skip_locked=True))
+        with self._write() as conn:
+            claimed = conn.execute(
+                update(deliveries).where(deliveries.c.id.in_(chosen))
+                .values(status="sending", lease_owner=worker, lease_until=now + lease,
+                        attempts=deliveries.c.attempts + 1, updated_at=now)
+                .returning(deliveries.c.id)).scalars().all()
+            if not claimed:
+                return []
+            rows = conn.execute(
+                select(deliveries.c.id, deliveries.c.slug, deliveries.c.year,
+                       deliveries.c.event_on, deliveries.c.attempts, deliveries.c.give_up_at,
+                       deliveries.c.subscriber_id, subscribers.c.email, subscribers.c.name,
+                       subscribers.c.timezone, subscribers.c.status.label("subscriber_status"))
+                .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                .where(deliveries.c.id.in_(claimed))
+                .order_by(deliveries.c.next_attempt_at, deliveries.c.id)).all()
+            gone = [r.id for r in rows if r.subscriber_status != "confirmed"]
+            if gone:
+                # Unsubscribing skips unsent rows already; this catches a row claimed in between.
+                conn.execute(update(deliveries).where(deliveries.c.id.in_(gone)).values(
+                    status="skipped", lease_owner=None, lease_until=None, updated_at=now,
+                    last_reply="subscriber is no longer confirmed"))
+            return [Claim(r.id, r.slug, r.year, r.event_on, r.attempts, r.give_up_at,
+                          r.subscriber_id, r.email, r.name, r.timezone)
+                    for r in rows if r.subscriber_status == "confirmed"]
+
+    def extend_lease(self, ids: Iterable[int], worker: str, until: datetime) -> int:
+        """Push the lease of rows this worker still holds to ``until``."""
+        id_list = list(ids)
+        if not id_list:
+            return 0
+        with self._write() as conn:
+            return int(conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(id_list), deliveries.c.status == "sending",
+                       deliveries.c.lease_owner == worker)
+                .values(lease_until=until)).rowcount)
+
+    def release(self, ids: Iterable[int], worker: str, now: datetime | None = None) -> int:
+        """Hand back rows claimed but never given to the transport, as if never claimed."""
+        id_list = list(ids)
+        if not id_list:
+            return 0
+        now = now or utcnow()
+        with self._write() as conn:
+            return int(conn.execute(
+                update(deliveries)
+                .where(deliveries.c.id.in_(id_list), deliveries.c.status == "sending",
+                       deliveries.c.lease_owner == worker)
+                .values(status=case((deliveries.c.attempts > 1, "deferred"), else_="pending"),
+                        attempts=deliveries.c.attempts - 1, lease_owner=None,
+                        lease_until=None, updated_at=now)).rowcount)
+
+    def finish(self, delivery_id: int, worker: str,
+               status: Literal["sent", "deferred", "failed"], *, code: int | None,
+               reply: str, message_id: str | None, retry_at: datetime | None = None,
+               bounce: bool = False, now: datetime | None = None) -> bool:
+        """Record what became of one claimed delivery; return whether the row was updated.
+
+        ``sent`` is recorded whoever holds the lease (the server has the message, whatever the
+        ledger thought); ``deferred`` and ``failed`` only by the worker still holding it, so a
+        worker whose lease ran out cannot overwrite the outcome of the one that took over.
+        """
+        if status == "deferred" and retry_at is None:
+            raise ValueError("a deferred delivery needs retry_at")
+        now = now or utcnow()
+        params = {"delivery_id": delivery_id, "worker": worker, "status": status, "code": code,
+                  "reply": reply, "message_id": message_id, "retry_at": retry_at, "now": now}
+        statement = _FINISH_SENT if status == "sent" else _FINISH_HELD
+        with self._write() as conn:
+            changed = conn.execute(statement, params).rowcount
+            if changed and bounce:
+                owner = select(deliveries.c.subscriber_id).where(deliveries.c.id == delivery_id)
+                self._bounce(conn, int(conn.execute(owner).scalar_one()), reply, now)
+            return bool(changed)
+
+    def delivery_counts(self, day: date | None = None) -> list[DeliveryCount]:
+        """Return delivery counts per event and state (for events of ``day``, or all)."""
+        query = (select(deliveries.c.event_on, deliveries.c.slug, deliveries.c.year,
+                        deliveries.c.status, func.count())
+                 .group_by(deliveries.c.event_on, deliveries.c.slug, deliveries.c.year,
+                           deliveries.c.status)
+                 .order_by(deliveries.c.event_on, deliveries.c.slug, deliveries.c.status))
+        if day is not None:
+            query = query.where(deliveries.c.event_on == day)
+        with self._read() as conn:
+            return [DeliveryCount(r[0], r[1], r[2], r[3], int(r[4])) for r in conn.execute(query)]
+
+    def problems(self, day: date | None = None, limit: int = 50) -> list[Problem]:
+        """Return failed and deferred deliveries with their last reply, newest first."""
+        query = (select(subscribers.c.email, deliveries.c.slug, deliveries.c.year,
+                        deliveries.c.status, deliveries.c.attempts, deliveries.c.last_code,
+                        deliveries.c.last_reply, deliveries.c.next_attempt_at)
+                 .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                 .where(deliveries.c.status.in_(("failed", "deferred")))
+                 .order_by(deliveries.c.updated_at.desc(), deliveries.c.id).limit(limit))
+        if day is not None:
+            query = query.where(deliveries.c.event_on == day)
+        with self._read() as conn:
+            return [Problem(*row) for row in conn.execute(query)]
+
+    # -- key/value state -----------------------------------------------------------------------
+
+    def get_state(self, key: str) -> str | None:
+        """Return a stored value, or None."""
+        with self._read() as conn:
+            value = conn.scalar(select(state.c.value).where(state.c.key == key))
+            return None if value is None else str(value)
+
+    def set_state(self, key: str, value: str, now: datetime | None = None) -> None:
+        """Store a value under ``key``, replacing any previous one."""
+        now = now or utcnow()
+        statement = self._insert(state).values(key=key, value=value, updated_at=now)
+        statement = statement.on_conflict_do_update(
+            index_elements=["key"], set_={"value": value, "updated_at": now})
+        with self._write() as conn:
+            conn.execute(statement)
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV import and export
+# ---------------------------------------------------------------------------------------------
+
+IMPORT_COLUMNS = ("email", "name", "timezone")
+EXPORT_COLUMNS = ("email", "name", "timezone", "status", "created_at", "confirmed_at",
+                  "unsubscribed_at")
+# An export read back keeps who unsubscribed or bounced: those rows stay suppressed.
+_IMPORT_STATUSES: dict[str, SubscriberStatus | None] = {
+    "": "confirmed", "confirmed": "confirmed", "unsubscribed": "unsubscribed",
+    "bounced": "bounced", "pending": None,
+}
+
+
+def _header(first: list[str]) -> list[str] | None:
+    names = [cell.strip().lower() for cell in first]
+    return names if "email" in names else None
+
+
+def read_subscriber_csv(path: Path) -> Iterator[SubscriberRow | SubscriberError | None]:
+    """Yield a row, or the error of a bad one, per record of a subscriber CSV; None: pending.
+
+    Columns are ``email,name,timezone`` in that order, or named by a header row; the columns of
+    ``subscribers export`` are understood too.
+    """
+    try:
+        handle = path.open(encoding="utf-8-sig", newline="")
+    except OSError as exc:
+        raise SubscriberError(f"cannot read: {exc.strerror}", path=path) from None
+    with handle:
+        reader = csv.reader(handle)
+        columns: list[str] = list(IMPORT_COLUMNS)
+        line = 1
+        try:
+            for number, record in enumerate(reader):
+                if not any(cell.strip() for cell in record):
+                    line = reader.line_num + 1
+                    continue
+                if number == 0 and (named := _header(record)) is not None:
+                    unknown = [c for c in named if c and c not in EXPORT_COLUMNS]
+                    if unknown:
+                        raise SubscriberError(
+                            f"unknown column (known: {', '.join(EXPORT_COLUMNS)})",
+                            path=path, line=1, field=unknown[0])
+                    columns = named
+                    line = reader.line_num + 1
+                    continue
+                yield _parse_record(record, columns, path, line)
+                line = reader.line_num + 1
+        except UnicodeDecodeError as exc:
+            raise SubscriberError(f"not UTF-8 text ({exc.reason})", path=path, line=line,
+                                  field="encoding") from None
+        except csv.Error as exc:
+            raise SubscriberError(f"malformed CSV: {exc}", path=path, line=line) from None
+
+
+def _parse_record(record: list[str], columns: list[str], path: Path, line: int
+                  ) -> SubscriberRow | SubscriberError | None:
+    if len(record) > len(columns):
+        return SubscriberError(f"expected at most {len(columns)} columns, got {len(record)}",
+                               path=path, line=line)
+    values = dict(zip(columns, record, strict=False))
+    status_text = values.get("status", "").strip().lower()
+    if status_text not in _IMPORT_STATUSES:
+        return SubscriberError(f"unknown status {status_text!r}", path=path, line=line,
+                               field="status")
+    status = _IMPORT_STATUSES[status_text]
+    if status is None:
+        return None
+    try:
+        return subscriber_row(values.get("email", ""), values.get("name"),
+                              values.get("timezone"), status)
+    except SubscriberError as exc:
+        return SubscriberError(exc.message, path=path, line=line, field=exc.field)
+
+
+def import_csv(ledger: Ledger, path: Path, now: datetime | None = None) -> ImportReport:
+    """Import a subscriber CSV: good rows become confirmed subscribers, bad rows are reported.
+
+    Known addresses are left exactly as they are, so importing the same file again changes
+    nothing. Rows go to the database in chunks: the file is never held in memory.
+    """
+    report = ImportReport()
+    chunk: list[SubscriberRow] = []
+
+    def flush() -> None:
+        added = ledger.insert_new(chunk, now)
+        report.added += added
+        report.unchanged += len(chunk) - added
+        chunk.clear()
+
+    try:
+        for item in read_subscriber_csv(path):
+            if item is None:
+                report.skipped_pending += 1
+            elif isinstance(item, SubscriberError):
+                report.errors.append(item)
+            else:
+                chunk.append(item)
+                if len(chunk) >= IMPORT_CHUNK:
+                    flush()
+    except SubscriberError as exc:
+        # The rest of the file cannot be read; what was read before still counts.
+        report.errors.append(exc)
+    flush()
+    return report
+
+
+def _iso(value: datetime | None) -> str:
+    return value.isoformat(timespec="seconds") if value is not None else ""
+
+
+def export_csv(ledger: Ledger, out: TextIO, status: SubscriberStatus | None = None) -> int:
+    """Write subscribers as CSV (a header, then one row each) while reading them; return count."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    count = 0
+    for s in ledger.iter_subscribers(status):
+        writer.writerow([s.email, s.name or "", s.timezone or "", s.status, _iso(s.created_at),
+                         _iso(s.confirmed_at), _iso(s.unsubscribed_at)])
+        count += 1
+    return count

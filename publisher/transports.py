@@ -1,0 +1,379 @@
+"""Hand finished messages to a maildir or an SMTP server and report what became of each one.
+
+A transport never touches the ledger: it takes envelopes and yields one :class:`Outcome` per
+envelope, as soon as the server (or the disk) has answered for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+import mailbox
+import queue
+import re
+import smtplib
+import ssl
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from publisher.config import Config, SmtpConfig
+from publisher.errors import TransportError
+
+logger = logging.getLogger(__name__)
+
+OutcomeStatus = Literal["sent", "deferred", "failed", "bounced"]
+Stage = Literal["connect", "mail", "rcpt", "data"]
+# RFC 3463 enhanced status code at the start of a reply's text, e.g. "5.1.1".
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?!\d)")
+# 5.1.7 and 5.1.8 are about our sender address, not the subscriber's mailbox.
+_SENDER_PROBLEMS = frozenset({"7", "8"})
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """One message for one recipient, tied to the delivery row it fulfils."""
+
+    delivery_id: int
+    sender: str
+    recipient: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one envelope: the status, the server's reply code (if any) and text."""
+
+    status: OutcomeStatus
+    code: int | None
+    reply: str
+
+
+class Transport(Protocol):
+    """Something that delivers envelopes and says, per envelope, how it went."""
+
+    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
+        """Deliver the envelopes, yielding each with its outcome as soon as it is known."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        ...
+
+
+def classify(code: int, reply: str, stage: Stage) -> Outcome:
+    """Map an SMTP reply to an outcome: 2xx sent, 4xx deferred, 5xx failed, 5.1.x bounced."""
+    text = f"{code} {reply}".strip()
+    if 200 <= code < 300:
+        return Outcome("sent", code, text)
+    if 500 <= code < 600:
+        enhanced = _ENHANCED.match(reply)
+        # Only a recipient-stage 5.1.x says the mailbox itself is bad; after MAIL FROM the same
+        # code is about our sender, and a bare 550 may be a policy block rather than a dead box.
+        if (enhanced and enhanced.group(1) == "5" and enhanced.group(2) == "1"
+                and enhanced.group(3) not in _SENDER_PROBLEMS and stage != "mail"):
+            return Outcome("bounced", code, text)
+        return Outcome("failed", code, text)
+    # 4xx, and anything a broken server might say outside the defined classes: try again later.
+    return Outcome("deferred", code, text)
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Return message bytes with CRLF line ends, as SMTP requires."""
+    if data.count(b"\n") == data.count(b"\r\n"):
+        return data
+    return _BARE_LF.sub(b"\r\n", data)
+
+
+def _reply_text(reply: bytes | str) -> str:
+    text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+    return " ".join(text.split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Maildir
+# ---------------------------------------------------------------------------------------------
+
+
+class MaildirTransport:
+    """Write each message into a local maildir: nothing leaves the machine."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._box = mailbox.Maildir(path, create=True)
+        except OSError as exc:
+            raise TransportError(f"cannot create the maildir {path}: {exc.strerror}") from None
+
+    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
+        """Store each message as a file in ``new/``."""
+        for envelope in envelopes:
+            try:
+                # Maildir files conventionally end lines with LF, as an MTA would store them.
+                key = self._box.add(envelope.data.replace(b"\r\n", b"\n"))
+            except OSError as exc:
+                yield envelope, Outcome("deferred", None, f"cannot write to {self.path}: {exc}")
+            else:
+                yield envelope, Outcome("sent", None, f"stored in {self.path} as {key}")
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+# ---------------------------------------------------------------------------------------------
+# SMTP
+# ---------------------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Space messages evenly at ``per_second`` across all threads (a bucket of one token)."""
+
+    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 1.0 / per_second if per_second > 0 else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        """Block until the caller may send one message."""
+        if not self.interval:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        # Sleep outside the lock: each thread has its own slot already.
+        if slot > now:
+            self._sleep(slot - now)
+
+
+def ehlo_name(domain: str) -> str:
+    """Return the name to greet the server with: the site's host, or an address literal."""
+    try:
+        address = ipaddress.ip_address(domain)
+    except ValueError:
+        return domain
+    return f"[IPv6:{address}]" if address.version == 6 else f"[{address}]"
+
+
+class SmtpConnection:
+    """One SMTP session: opened on first use, reused across messages, reopened after a drop."""
+
+    def __init__(self, settings: SmtpConfig, local_hostname: str) -> None:
+        self.settings = settings
+        self.local_hostname = local_hostname
+        self._smtp: smtplib.SMTP | None = None
+        self._stage: Stage = "connect"
+
+    @property
+    def stage(self) -> Stage:
+        """Return the step the current or last message reached."""
+        return self._stage
+
+    @property
+    def where(self) -> str:
+        """Return ``host:port`` for messages."""
+        return f"{self.settings.host}:{self.settings.port}"
+
+    def _open(self) -> smtplib.SMTP:
+        s = self.settings
+        context = ssl.create_default_context()
+        smtp: smtplib.SMTP
+        if s.security == "ssl":
+            smtp = smtplib.SMTP_SSL(s.host, s.port, local_hostname=self.local_hostname,
+                                    timeout=s.timeout, context=context)
+        else:
+            smtp = smtplib.SMTP(s.host, s.port, local_hostname=self.local_hostname,
+                                timeout=s.timeout)
+        try:
+            smtp.ehlo_or_helo_if_needed()
+            if s.security == "starttls":
+                # Raises when the server does not offer STARTTLS: never fall back to plain text.
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if s.username:
+                smtp.login(s.username, s.password or "")
+        except BaseException:
+            smtp.close()
+            raise
+        logger.debug("connected to %s", self.where)
+        return smtp
+
+    def _discard(self) -> None:
+        if self._smtp is not None:
+            self._smtp.close()
+            self._smtp = None
+
+    def _reset(self, smtp: smtplib.SMTP) -> None:
+        try:
+            smtp.rset()
+        except (smtplib.SMTPException, OSError):
+            self._discard()
+
+    def deliver(self, envelope: Envelope) -> Outcome:
+        """Send one message; every failure becomes an outcome, never an exception."""
+        data = to_crlf(envelope.data)
+        for retrying in (False, True):
+            fresh = self._smtp is None
+            self._stage = "connect"
+            try:
+                if self._smtp is None:
+                    self._smtp = self._open()
+                return self._transaction(self._smtp, envelope, data)
+            except smtplib.SMTPResponseException as exc:
+                # Refused while connecting (greeting, STARTTLS, login): nothing was said about
+                # this message, so even a 5xx here (e.g. bad credentials) only defers it.
+                self._discard()
+                return Outcome("deferred", exc.smtp_code,
+                               f"{self.where} refused the session: {exc.smtp_code} "
+                               f"{_reply_text(exc.smtp_error)}")
+            except (smtplib.SMTPException, OSError) as exc:
+                self._discard()
+                # A reused connection the server closed while idle fails on MAIL FROM, before
+                # anything was sent: reconnecting and trying once more cannot duplicate.
+                if self.stage == "mail" and not fresh and not retrying:
+                    continue
+                what = ("cannot connect to" if self.stage == "connect"
+                        else f"connection lost during {self.stage.upper()} with")
+                reason = str(exc) or type(exc).__name__
+                return Outcome("deferred", None, f"{what} {self.where}: {reason}")
+        raise AssertionError("unreachable")
+
+    def _transaction(self, smtp: smtplib.SMTP, envelope: Envelope, data: bytes) -> Outcome:
+        # Kept apart from connection handling so that a pipelined variant (RFC 2920) can
+        # replace it: MAIL, RCPT and DATA in one write, the three replies read after.
+        options: list[str] = []
+        if not data.isascii() and smtp.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        if not (envelope.sender.isascii() and envelope.recipient.isascii()):
+            if not smtp.has_extn("smtputf8"):
+                return Outcome("failed", None,
+                               f"{self.where} does not offer SMTPUTF8, needed for this address")
+            options.append("SMTPUTF8")
+        self._stage = "mail"
+        code, reply = smtp.mail(envelope.sender, options)
+        if code != 250:
+            return self._refused(smtp, code, reply, "mail")
+        self._stage = "rcpt"
+        code, reply = smtp.rcpt(envelope.recipient)
+        if code not in (250, 251):
+            return self._refused(smtp, code, reply, "rcpt")
+        self._stage = "data"
+        try:
+            code, reply = smtp.data(data)
+        except smtplib.SMTPDataError as exc:
+            return self._refused(smtp, exc.smtp_code, exc.smtp_error, "data")
+        if code == 421:
+            self._discard()
+        return classify(code, _reply_text(reply), "data")
+
+    def _refused(self, smtp: smtplib.SMTP, code: int, reply: bytes | str, stage: Stage
+                 ) -> Outcome:
+        if code == 421:  # the server is closing the connection
+            self._discard()
+        else:
+            self._reset(smtp)
+        return classify(code, _reply_text(reply), stage)
+
+    def close(self) -> None:
+        """Say QUIT and close the socket."""
+        if self._smtp is not None:
+            with contextlib.suppress(smtplib.SMTPException, OSError):
+                self._smtp.quit()
+            self._discard()
+
+
+class SmtpTransport:
+    """Send through an SMTP server over ``connections`` parallel sessions, rate-limited.
+
+    Each thread owns one :class:`SmtpConnection`, kept open across batches. Envelopes are taken
+    lazily from the caller's iterable, at most two per connection ahead, so memory stays flat.
+    """
+
+    def __init__(self, settings: SmtpConfig, local_hostname: str,
+                 limiter: RateLimiter | None = None) -> None:
+        if settings.username and settings.password is None:
+            raise TransportError("[email.smtp] username is set but PUBLISHER_SMTP_PASSWORD is "
+                                 "not: export the password in that environment variable")
+        self.settings = settings
+        self.local_hostname = local_hostname
+        self.limiter = limiter or RateLimiter(settings.rate_limit)
+        self._inbox: queue.SimpleQueue[Envelope | None] = queue.SimpleQueue()
+        self._outbox: queue.SimpleQueue[tuple[Envelope, Outcome]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._unreported: list[tuple[Envelope, Outcome]] = []
+
+    def _start(self) -> None:
+        if self._threads:
+            return
+        for number in range(self.settings.connections):
+            connection = SmtpConnection(self.settings, self.local_hostname)
+            thread = threading.Thread(target=self._work, args=(connection,),
+                                      name=f"smtp-{number}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _work(self, connection: SmtpConnection) -> None:
+        while (envelope := self._inbox.get()) is not None:
+            self.limiter.wait()
+            try:
+                outcome = connection.deliver(envelope)
+            except Exception as exc:
+                # A bug here must still produce an outcome, or the caller would wait forever.
+                logger.exception("sending delivery %d failed", envelope.delivery_id)
+                outcome = Outcome("deferred", None, f"internal error: {exc!r}")
+            self._outbox.put((envelope, outcome))
+        connection.close()
+
+    def send(self, envelopes: Iterable[Envelope]
+             ) -> Generator[tuple[Envelope, Outcome], None, None]:
+        """Deliver the envelopes, yielding each one's outcome in the order they complete."""
+        self._start()
+        while self._unreported:
+            yield self._unreported.pop()
+        window = 2 * len(self._threads)
+        source = iter(envelopes)
+        in_flight = 0
+        more = True
+        try:
+            while True:
+                while more and in_flight < window:
+                    envelope = next(source, None)
+                    if envelope is None:
+                        more = False
+                    else:
+                        self._inbox.put(envelope)
+                        in_flight += 1
+                if not in_flight:
+                    return
+                result = self._outbox.get()
+                in_flight -= 1
+                yield result
+        finally:
+            # A caller that stops early still owns the messages already handed over: keep their
+            # outcomes for the next call rather than lose what the server said.
+            for _ in range(in_flight):
+                self._unreported.append(self._outbox.get())
+
+    def close(self) -> None:
+        """Stop the threads, each saying QUIT to its server."""
+        for _ in self._threads:
+            self._inbox.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()
+
+
+def open_transport(config: Config) -> Transport:
+    """Return the transport named by ``[email] transport``."""
+    if config.email.transport == "smtp":
+        return SmtpTransport(config.email.smtp, ehlo_name(config.site.domain))
+    return MaildirTransport(config.email.maildir)

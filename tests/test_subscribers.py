@@ -1,0 +1,345 @@
+"""Subscribers: validation, operator and web-service functions, CSV import/export, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from publisher.cli import EXIT_PROBLEMS, cli
+from publisher.errors import SubscriberError
+from publisher.ledger import (
+    ALL_ZONES,
+    EXPORT_COLUMNS,
+    Ledger,
+    clean_name,
+    export_csv,
+    import_csv,
+    normalise_address,
+    subscriber_row,
+)
+
+T0 = datetime(2024, 11, 9, 8, 0, tzinfo=UTC)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("given", "stored"), [
+    ("Reader@Example.ORG", "reader@example.org"),
+    ("  reader@example.org ", "reader@example.org"),
+    ("jane@bücher.de", "jane@xn--bcher-kva.de"),  # one spelling per domain
+])
+def test_addresses_are_normalised(given: str, stored: str) -> None:
+    assert normalise_address(given) == stored
+
+
+@pytest.mark.parametrize("bad", ["", "no-at-sign", "two@@example.org", "a@b", "x@-example.org",
+                                 "jürgen@example.org"])  # our To header cannot carry it
+def test_bad_addresses_name_the_field(bad: str) -> None:
+    with pytest.raises(SubscriberError) as caught:
+        normalise_address(bad)
+    assert caught.value.field == "email"
+
+
+def test_names_lose_control_characters_and_line_breaks() -> None:
+    assert clean_name("  Ada\r\nBcc: x@example.org\x00 ") == "Ada Bcc: x@example.org"
+    assert clean_name("   ") is None
+    with pytest.raises(SubscriberError, match="longer than 200"):
+        clean_name("x" * 201)
+
+
+def test_unknown_time_zone_is_refused() -> None:
+    with pytest.raises(SubscriberError) as caught:
+        subscriber_row("a@example.org", timezone="Mars/Olympus_Mons")
+    assert caught.value.field == "timezone"
+    assert subscriber_row("a@example.org", timezone=" ").timezone is None
+
+
+# --- operator and web-service functions -------------------------------------------------------
+
+
+def test_operator_add_confirms_and_updates(ledger: Ledger) -> None:
+    subscriber, outcome = ledger.add_subscriber(subscriber_row("Ada@Example.org", "Ada"), now=T0)
+    assert outcome == "added"
+    assert (subscriber.email, subscriber.status, subscriber.confirmed_at) == (
+        "ada@example.org", "confirmed", T0)
+    assert ledger.add_subscriber(subscriber_row("ada@example.org"))[1] == "unchanged"
+    later = T0 + timedelta(days=1)
+    updated, outcome = ledger.add_subscriber(
+        subscriber_row("ada@example.org", "Ada L.", "Europe/London"), now=later)
+    assert outcome == "updated"
+    assert (updated.name, updated.timezone, updated.updated_at) == (
+        "Ada L.", "Europe/London", later)
+    assert updated.created_at == T0
+
+
+def test_operator_add_does_not_silently_resubscribe(ledger: Ledger) -> None:
+    subscriber, _ = ledger.add_subscriber(subscriber_row("ada@example.org"), now=T0)
+    ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    with pytest.raises(SubscriberError, match=r"unsubscribed .*--resubscribe"):
+        ledger.add_subscriber(subscriber_row("ada@example.org"))
+    again, outcome = ledger.add_subscriber(subscriber_row("ada@example.org"), resubscribe=True)
+    assert (outcome, again.status, again.unsubscribed_at) == ("resubscribed", "confirmed", None)
+
+
+def test_operator_add_confirms_a_pending_sign_up(ledger: Ledger) -> None:
+    ledger.add_pending(subscriber_row("ada@example.org"), now=T0)
+    subscriber, outcome = ledger.add_subscriber(subscriber_row("ada@example.org"))
+    assert (outcome, subscriber.status) == ("confirmed", "confirmed")
+
+
+def test_double_opt_in_life_cycle(ledger: Ledger) -> None:
+    pending = ledger.add_pending(subscriber_row("ada@example.org", "Ada"), now=T0)
+    assert pending.status == "pending" and pending.confirmed_at is None
+    assert ledger.get_subscriber(pending.id) == pending
+    assert ledger.confirm(pending.id, "someone-else@example.org") is None
+    confirmed = ledger.confirm(pending.id, "ada@example.org", now=T0 + timedelta(hours=1))
+    assert confirmed is not None and confirmed.status == "confirmed"
+    # Confirming twice, or signing up again once confirmed, changes nothing.
+    assert ledger.confirm(pending.id, "ada@example.org") == confirmed
+    assert ledger.add_pending(subscriber_row("ada@example.org"), now=T0) == confirmed
+    gone = ledger.unsubscribe(pending.id, "ada@example.org", now=T0 + timedelta(days=1))
+    assert gone is not None and gone.status == "unsubscribed"
+    assert ledger.unsubscribe(pending.id, "ada@example.org") == gone  # idempotent
+    assert ledger.unsubscribe(pending.id + 1000, "ada@example.org") is None
+    # A confirm link from before cannot bring the address back: only a new sign-up can.
+    assert ledger.confirm(pending.id, "ada@example.org") == gone
+    again = ledger.add_pending(subscriber_row("ada@example.org"), now=T0 + timedelta(days=2))
+    assert again.status == "pending" and again.id == pending.id
+
+
+def test_unsubscribe_skips_mail_not_yet_sent(ledger: Ledger) -> None:
+    subscriber, _ = ledger.add_subscriber(subscriber_row("ada@example.org"), now=T0)
+    ledger.enqueue("moon", 2024, T0.date(), due_at=T0, give_up_at=T0 + timedelta(days=1),
+                   zone=ALL_ZONES, site_zone="UTC", now=T0)
+    ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    (count,) = ledger.delivery_counts()
+    assert (count.status, count.count) == ("skipped", 1)
+
+
+def test_purge_removes_only_stale_pending_sign_ups(ledger: Ledger) -> None:
+    ledger.add_pending(subscriber_row("old@example.org"), now=T0)
+    ledger.add_pending(subscriber_row("new@example.org"), now=T0 + timedelta(days=6))
+    ledger.add_subscriber(subscriber_row("kept@example.org"), now=T0)
+    assert ledger.purge_pending(timedelta(days=7), now=T0 + timedelta(days=8)) == 1
+    assert [s.email for s in ledger.iter_subscribers()] == ["kept@example.org",
+                                                            "new@example.org"]
+
+
+def test_subscribers_stream_by_zone_group(ledger: Ledger) -> None:
+    for email, zone in (("a@example.org", None), ("b@example.org", "Europe/Paris"),
+                        ("c@example.org", "Asia/Tokyo")):
+        ledger.add_subscriber(subscriber_row(email, timezone=zone), now=T0)
+    paris = [s.email for s in ledger.iter_subscribers("confirmed", "Europe/Paris",
+                                                      "Europe/Paris")]
+    assert paris == ["a@example.org", "b@example.org"]  # no zone: the site's
+    assert [s.email for s in ledger.iter_subscribers(zone="Asia/Tokyo")] == ["c@example.org"]
+    assert len(list(ledger.iter_subscribers(zone=ALL_ZONES))) == 3
+
+
+def test_bounce_reported_later_stops_mail(ledger: Ledger) -> None:
+    subscriber, _ = ledger.add_subscriber(subscriber_row("ada@example.org"), now=T0)
+    ledger.enqueue("moon", 2024, T0.date(), due_at=T0, give_up_at=T0 + timedelta(days=1),
+                   zone=ALL_ZONES, site_zone="UTC", now=T0)
+    assert ledger.bounce(subscriber.id, "DSN 5.1.1", now=T0)
+    assert not ledger.bounce(subscriber.id, "DSN 5.1.1")  # already bounced
+    found = ledger.get_subscriber(subscriber.id)
+    assert found is not None and found.status == "bounced"
+    (count,) = ledger.delivery_counts()
+    assert (count.status, count.count) == ("skipped", 1)
+
+
+def test_remove_deletes_the_subscriber_and_their_history(ledger: Ledger) -> None:
+    ledger.add_subscriber(subscriber_row("ada@example.org"), now=T0)
+    ledger.enqueue("moon", 2024, T0.date(), due_at=T0, give_up_at=T0 + timedelta(days=1),
+                   zone=ALL_ZONES, site_zone="UTC", now=T0)
+    assert ledger.remove("ADA@example.org")
+    assert not ledger.remove("ada@example.org")
+    assert ledger.find_subscriber("ada@example.org") is None
+    assert ledger.delivery_counts() == []
+
+
+# --- CSV --------------------------------------------------------------------------------------
+
+
+def write_csv(tmp_path: Path, text: str, name: str = "subscribers.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def export_text(ledger: Ledger) -> str:
+    out = io.StringIO()
+    export_csv(ledger, out)
+    return out.getvalue()
+
+
+BAD_ROWS = (
+    "email,name,timezone\n"
+    "ada@example.org,Ada,Europe/London\n"        # line 2: good
+    "not-an-address,Bob,\n"                      # line 3: bad address
+    "\n"                                         # line 4: blank, ignored
+    'carl@example.org,"Carl\n'                   # lines 5-6: a quoted name over two lines
+    'the Second",UTC\n'
+    "dora@example.org,Dora,Moon/Base\n"          # line 7: bad zone
+    "eve@example.org,Eve,UTC,extra\n"            # line 8: too many columns
+    "FRED@Example.org,,\n"                       # line 9: good, normalised
+)
+
+
+def test_import_reports_every_bad_row_by_line_and_keeps_the_good(
+        ledger: Ledger, tmp_path: Path) -> None:
+    report = import_csv(ledger, write_csv(tmp_path, BAD_ROWS), now=T0)
+    assert (report.added, report.unchanged) == (3, 0)
+    problems = [(e.line, e.field) for e in report.errors]
+    assert problems == [(3, "email"), (7, "timezone"), (8, None)]
+    assert all(e.path is not None and e.path.name == "subscribers.csv" for e in report.errors)
+    assert "subscribers.csv:3: email:" in str(report.errors[0])
+    stored = {s.email: s for s in ledger.iter_subscribers()}
+    assert sorted(stored) == ["ada@example.org", "carl@example.org", "fred@example.org"]
+    assert stored["carl@example.org"].name == "Carl the Second"  # line break folded away
+    assert {s.status for s in stored.values()} == {"confirmed"}
+
+
+def test_reimport_changes_nothing(ledger: Ledger, tmp_path: Path) -> None:
+    path = write_csv(tmp_path, BAD_ROWS)
+    import_csv(ledger, path, now=T0)
+    before = export_text(ledger)
+    report = import_csv(ledger, path, now=T0 + timedelta(days=1))
+    assert (report.added, report.unchanged, len(report.errors)) == (0, 3, 3)
+    assert export_text(ledger) == before
+
+
+def test_import_never_overwrites_a_known_subscriber(ledger: Ledger, tmp_path: Path) -> None:
+    subscriber, _ = ledger.add_subscriber(subscriber_row("ada@example.org", "Ada"), now=T0)
+    ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    report = import_csv(ledger, write_csv(tmp_path, "ada@example.org,Someone,UTC\n"))
+    assert (report.added, report.unchanged) == (0, 1)
+    found = ledger.find_subscriber("ada@example.org")
+    assert found is not None and (found.status, found.name) == ("unsubscribed", "Ada")
+
+
+def test_headerless_csv_reads_columns_in_order(ledger: Ledger, tmp_path: Path) -> None:
+    report = import_csv(ledger, write_csv(tmp_path, "ada@example.org,Ada,UTC\nbob@example.org\n"))
+    assert report.added == 2 and report.errors == []
+    ada = ledger.find_subscriber("ada@example.org")
+    assert ada is not None and (ada.name, ada.timezone) == ("Ada", "UTC")
+
+
+def test_header_with_byte_order_mark_and_reordered_columns(ledger: Ledger, tmp_path: Path
+                                                           ) -> None:
+    path = tmp_path / "excel.csv"
+    path.write_bytes("\ufeffName,Email\nAda,ada@example.org\n".encode())
+    assert import_csv(ledger, path).added == 1
+    ada = ledger.find_subscriber("ada@example.org")
+    assert ada is not None and ada.name == "Ada"
+
+
+def test_unknown_column_stops_the_import_naming_it(ledger: Ledger, tmp_path: Path) -> None:
+    report = import_csv(ledger, write_csv(tmp_path, "email,phone\nada@example.org,123\n"))
+    assert report.added == 0
+    (error,) = report.errors
+    assert (error.line, error.field) == (1, "phone")
+
+
+def test_non_utf8_file_is_reported_with_the_line(ledger: Ledger, tmp_path: Path) -> None:
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(b"ada@example.org,Ada\n" * 3 + "zoë@example.org,Zoë\n".encode("latin-1"))
+    report = import_csv(ledger, path)
+    assert report.errors and report.errors[-1].field == "encoding"
+    assert "not UTF-8" in str(report.errors[-1])
+
+
+def test_export_round_trip_keeps_unsubscribed_addresses_suppressed(
+        ledger: Ledger, database_url: str, tmp_path: Path) -> None:
+    import_csv(ledger, write_csv(tmp_path, BAD_ROWS), now=T0)
+    carl = ledger.find_subscriber("carl@example.org")
+    assert carl is not None
+    ledger.unsubscribe(carl.id, carl.email, now=T0)
+    ledger.add_pending(subscriber_row("pending@example.org"), now=T0)
+    exported = export_text(ledger)
+    rows = list(csv.DictReader(io.StringIO(exported)))
+    assert tuple(rows[0]) == EXPORT_COLUMNS
+    assert [r["email"] for r in rows] == sorted(r["email"] for r in rows)
+
+    fresh = Ledger.open(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        report = import_csv(fresh, write_csv(tmp_path, exported, "export.csv"))
+        assert (report.added, report.skipped_pending, report.errors) == (3, 1, [])
+        statuses = {s.email: s.status for s in fresh.iter_subscribers()}
+    finally:
+        fresh.close()
+    assert statuses == {"ada@example.org": "confirmed", "carl@example.org": "unsubscribed",
+                        "fred@example.org": "confirmed"}
+
+
+def test_export_streams_in_chunks(ledger: Ledger, tmp_path: Path) -> None:
+    rows = "".join(f"reader{n:04d}@example.org,Reader {n}\n" for n in range(1200))
+    assert import_csv(ledger, write_csv(tmp_path, rows)).added == 1200
+    stream = ledger.iter_subscribers("confirmed")
+    first = next(stream)
+    assert first.email == "reader0000@example.org"
+    assert sum(1 for _ in stream) == 1199
+
+
+# --- command line -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def run(tmp_path: Path, database_url: str) -> Callable[..., tuple[int, str, str]]:
+    """Return a runner of ``publisher --config … ARGS`` on a config using ``database_url``."""
+    config = tmp_path / "publisher.toml"
+    config.write_text(f'[state]\ndatabase_url = "{database_url}"\n', encoding="utf-8")
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(cli, ["--config", str(config), *args])
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
+
+
+def test_cli_add_list_remove(run: Callable[..., tuple[int, str, str]]) -> None:
+    assert run("subscribers", "add", "Ada@example.org", "--name", "Ada",
+               "--timezone", "Europe/London") == (0, "ada@example.org: added\n", "")
+    assert run("subscribers", "add", "bob@example.org")[0] == 0
+    code, out, _ = run("subscribers", "list")
+    assert out.splitlines() == ["ada@example.org\tconfirmed\tEurope/London\tAda",
+                                "bob@example.org\tconfirmed\t-\t"]
+    assert run("subscribers", "remove", "bob@example.org") == (0, "removed bob@example.org\n", "")
+    code, _, err = run("subscribers", "remove", "bob@example.org")
+    assert code == EXIT_PROBLEMS and "not a subscriber" in err
+    assert run("subscribers", "list", "--status", "bounced")[1] == ""
+
+
+def test_cli_add_rejects_bad_input_with_the_field(run: Callable[..., tuple[int, str, str]]
+                                                  ) -> None:
+    code, _, err = run("subscribers", "add", "nobody")
+    assert code == EXIT_PROBLEMS and err.startswith("error: email: ")
+    code, _, err = run("subscribers", "add", "ada@example.org", "--timezone", "Nowhere")
+    assert code == EXIT_PROBLEMS and "timezone: unknown IANA time zone 'Nowhere'" in err
+
+
+def test_cli_import_and_export(run: Callable[..., tuple[int, str, str]], tmp_path: Path) -> None:
+    path = write_csv(tmp_path, BAD_ROWS)
+    code, out, err = run("subscribers", "import", str(path))
+    assert code == EXIT_PROBLEMS
+    assert out == "3 added, 0 already known, 3 rejected\n"
+    lines = err.splitlines()
+    assert len(lines) == 3
+    for line, number in zip(lines, (3, 7, 8), strict=True):
+        assert line.startswith(f"error: {path}:{number}: ")
+    code, out, _ = run("subscribers", "import", str(write_csv(tmp_path, "ada@example.org\n",
+                                                              "again.csv")))
+    assert (code, out) == (0, "0 added, 1 already known, 0 rejected\n")
+    code, out, _ = run("subscribers", "export")
+    assert code == 0
+    assert [r["email"] for r in csv.DictReader(io.StringIO(out))] == [
+        "ada@example.org", "carl@example.org", "fred@example.org"]
