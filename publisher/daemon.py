@@ -1,0 +1,162 @@
+"""The long-running process: an APScheduler clock that fires the tick, signals, and log output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal, TextIO
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from publisher.config import Config
+from publisher.ledger import Ledger
+from publisher.schedule import Ticker
+
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+TICK_JOB_ID = "tick"
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# How often the main thread looks at the stop event when no signal arrives.
+_SIGNAL_POLL_SECONDS = 0.5
+# Attributes every LogRecord has; anything else came in through ``extra=`` and is worth keeping.
+_STANDARD_RECORD_KEYS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+
+logger = logging.getLogger(__name__)
+
+
+class JsonFormatter(logging.Formatter):
+    """Format each record as one JSON object on one line, ``extra=`` fields included."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the record as a single line of JSON."""
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_RECORD_KEYS and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+class _DropBusySkips(logging.Filter):
+    """Drop APScheduler's warning that a tick was skipped because the previous one still runs."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # A tick that sends a large edition outlasts many intervals; the next tick picks up
+        # whatever is left, so each skipped interval is expected, not a warning.
+        return "maximum number of running instances" not in record.getMessage()
+
+
+def configure_logging(log_format: LogFormat = "text", *, level: int = logging.INFO,
+                      stream: TextIO | None = None) -> None:
+    """Send log records to stderr as readable lines or as one JSON object per line."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # APScheduler reports every job run at INFO; the tick logs what it did itself.
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    scheduler_logger = logging.getLogger("apscheduler.scheduler")
+    if not any(isinstance(f, _DropBusySkips) for f in scheduler_logger.filters):
+        scheduler_logger.addFilter(_DropBusySkips())
+
+
+def start_clock(config: Config, tick: Callable[[], object]) -> BackgroundScheduler:
+    """Start a scheduler that calls ``tick`` now and every ``schedule.tick_seconds`` after."""
+    zone = config.site.zone
+    scheduler = BackgroundScheduler(
+        timezone=zone,
+        # One worker: ticks never overlap in one process (max_instances says so too).
+        executors={"default": ThreadPoolExecutor(max_workers=1)},
+    )
+    scheduler.add_job(
+        tick,
+        # Elapsed-time interval, not a wall-clock cron: it does not care about DST, and the tick
+        # itself works out from UTC instants which local dates have become due.
+        trigger=IntervalTrigger(seconds=config.schedule.tick_seconds, timezone=zone),
+        id=TICK_JOB_ID,
+        name="tick",
+        coalesce=True,
+        max_instances=1,
+        misfire_grace_time=config.schedule.misfire_grace_seconds,
+        next_run_time=datetime.now(zone),
+    )
+    scheduler.start()
+    return scheduler
+
+
+def wait_for_stop(stop: threading.Event, received: list[int]) -> None:
+    """Block until a stop signal arrives (or is in ``received``) or ``stop`` is set; set it."""
+    while not stop.is_set() and not received:
+        taken = signal.sigtimedwait(STOP_SIGNALS, _SIGNAL_POLL_SECONDS)
+        if taken is not None:
+            received.append(taken.si_signo)
+    if received:
+        logger.info("received %s: finishing the message in flight, then stopping",
+                    signal.Signals(received[0]).name)
+    stop.set()
+
+
+def _drain_signals() -> None:
+    # A second signal during shutdown stays pending; unblocking it would kill the process after
+    # a clean stop, so consume it first.
+    while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+        pass
+
+
+def run(config: Config, tick: Callable[[], object], stop: threading.Event) -> None:
+    """Fire ``tick`` on the clock until a stop signal, letting the tick in progress finish.
+
+    Call it from the main thread: the stop signals are blocked here and in every thread started
+    from here, and taken synchronously by the main thread, so no handler ever interrupts a lock
+    holder. A thread started earlier that does not block them may still receive one; the handler
+    installed for that case only records it, and the wait notices within half a second.
+    """
+    received: list[int] = []
+
+    def record(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    handlers = {sig: signal.signal(sig, record) for sig in STOP_SIGNALS}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        scheduler = start_clock(config, tick)
+        logger.info("running: one tick every %d s in %s", config.schedule.tick_seconds,
+                    config.site.timezone)
+        try:
+            wait_for_stop(stop, received)
+        finally:
+            stop.set()
+            scheduler.shutdown(wait=True)
+        logger.info("stopped")
+    finally:
+        _drain_signals()
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def run_daemon(config: Config, stop: threading.Event | None = None) -> None:
+    """Open the ledger and tick on the clock until SIGTERM or SIGINT (or ``stop`` is set)."""
+    stop = stop or threading.Event()
+    with Ledger.open(config.state.database_url) as ledger:
+        ticker = Ticker(config, ledger, stop=stop)
+        run(config, ticker.tick_safely, stop)

@@ -1,0 +1,461 @@
+"""When things are due, and the tick that does them.
+
+The first half is pure time logic: publish instants in each time zone, the dates that became due
+between two ticks, the catch-up window, upcoming moments. The second half is :class:`Ticker`,
+which takes what is due from the ledger and builds, queues and sends.
+
+Every decision is taken from UTC instants. A local publish time is turned into the one UTC instant
+it names on a given local date with :mod:`zoneinfo` (``fold=0``), so a publish time inside a DST
+gap or overlap still names exactly one instant per local date:
+
+* on a day without that wall time (spring forward), it is read with the offset in force before the
+  change: ``02:30`` in Berlin on the last Sunday of March is ``03:30`` summer time;
+* on a day where it happens twice (fall back), it is the first occurrence.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from publisher import transports
+from publisher.calendar import Calendar, Event, publish_moment
+from publisher.config import Config
+from publisher.content import Article, ArticleCache, LoadResult, load_articles
+from publisher.dispatch import (
+    Clock,
+    SendPolicy,
+    SendReport,
+    enqueue_event,
+    send_due,
+    skip_event,
+    worker_name,
+)
+from publisher.errors import ContentError, PublisherError
+from publisher.ledger import Ledger, utcnow
+from publisher.mail import Mailer
+from publisher.site import BuildReport, build_site, site_environment
+from publisher.tokens import load_secret
+from publisher.transports import Transport
+
+logger = logging.getLogger(__name__)
+
+# The longest gap between two appearances of one month-day: Feb 29 under the "skip" policy
+# across a century year that is not a leap year (2096 to 2104).
+_LONGEST_GAP_DAYS = 8 * 366
+
+
+def publish_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
+    """Return the UTC instant at which local date ``day`` reaches wall time ``at`` in ``zone``."""
+    return publish_moment(day, at, zone).astimezone(UTC)
+
+
+def local_date(instant: datetime, zone: ZoneInfo) -> date:
+    """Return the calendar date in ``zone`` at an aware instant."""
+    return instant.astimezone(zone).date()
+
+
+def due_dates(at: time, zone: ZoneInfo, since: datetime | None, now: datetime) -> list[date]:
+    """Return the local dates whose publish instant lies in ``(since, now]``, oldest first.
+
+    Without ``since`` (nothing was ever done) only the current local date can be due.
+    """
+    today = local_date(now, zone)
+    # A publish instant always falls on its own local date or just after a gap, so one day of
+    # margin before ``since``'s local date covers every zone.
+    day = today if since is None else min(today, local_date(since, zone) - timedelta(days=1))
+    found: list[date] = []
+    while day <= today:
+        instant = publish_instant(day, at, zone)
+        if instant <= now and (since is None or instant > since):
+            found.append(day)
+        day += timedelta(days=1)
+    return found
+
+
+def latest_due_date(at: time, zone: ZoneInfo, now: datetime) -> date:
+    """Return the most recent local date whose publish instant is not after ``now``."""
+    today = local_date(now, zone)
+    return today if publish_instant(today, at, zone) <= now else today - timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class ZonePlan:
+    """What one tick does for one time zone: local dates to deliver and dates too old to send."""
+
+    zone: str
+    send: tuple[date, ...]
+    skip: tuple[date, ...]
+
+
+def plan_zone(zone: str, at: time, since: datetime | None, now: datetime,
+              catch_up_days: int) -> ZonePlan:
+    """Split the local dates that became due since the last tick into sendable and too old."""
+    tz = ZoneInfo(zone)
+    oldest_sendable = local_date(now, tz) - timedelta(days=catch_up_days)
+    due = due_dates(at, tz, since, now)
+    return ZonePlan(
+        zone=zone,
+        send=tuple(d for d in due if d >= oldest_sendable),
+        skip=tuple(d for d in due if d < oldest_sendable),
+    )
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One upcoming publish moment: a local date in one zone that carries events."""
+
+    instant: datetime
+    zone: str
+    day: date
+    events: tuple[Event, ...]
+
+    @property
+    def local(self) -> datetime:
+        """Return the moment as a wall-clock time in its zone."""
+        return self.instant.astimezone(ZoneInfo(self.zone))
+
+
+def _moments_in(calendar: Calendar, events_on: EventsByDay, zone: str, at: time,
+                now: datetime) -> Iterator[Moment]:
+    tz = ZoneInfo(zone)
+    day = local_date(now, tz)
+    last = day + timedelta(days=_LONGEST_GAP_DAYS)
+    while day <= last and calendar.articles:
+        events = events_on(day)
+        if events:
+            instant = publish_instant(day, at, tz)
+            if instant > now:
+                yield Moment(instant, zone, day, events)
+        day += timedelta(days=1)
+
+
+class EventsByDay:
+    """Look up a day's events once, however many zones ask for that day."""
+
+    def __init__(self, calendar: Calendar) -> None:
+        self._calendar = calendar
+        self._seen: dict[date, tuple[Event, ...]] = {}
+
+    def __call__(self, day: date) -> tuple[Event, ...]:
+        """Return the events of ``day``."""
+        if day not in self._seen:
+            self._seen[day] = tuple(self._calendar.events_on(day))
+        return self._seen[day]
+
+
+def upcoming(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
+             limit: int) -> list[Moment]:
+    """Return the next ``limit`` publish moments with events across ``zones``, soonest first."""
+    events_on = EventsByDay(calendar)
+    found: list[Moment] = []
+    for zone in dict.fromkeys(zones):
+        for count, moment in enumerate(_moments_in(calendar, events_on, zone, at, now)):
+            if count >= limit:
+                break
+            found.append(moment)
+    found.sort(key=lambda m: (m.instant, m.zone))
+    return found[:limit]
+
+
+# ---------------------------------------------------------------------------------------------
+# The tick: everything that is due at one instant, taken from the ledger
+# ---------------------------------------------------------------------------------------------
+
+LAST_TICK_KEY = "schedule.last_tick"
+SITE_BUILT_KEY = "schedule.site_built"
+# A failed build (e.g. a template error) is retried this often, or at once when content changes.
+BUILD_RETRY = timedelta(minutes=5)
+NEXT_MOMENTS = 5
+
+
+@dataclass
+class TickReport:
+    """What one tick did."""
+
+    now: datetime
+    built: BuildReport | None = None
+    queued: int = 0
+    skipped: int = 0
+    events: set[tuple[str, int]] = field(default_factory=set)
+    sent: SendReport | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def handled(self) -> bool:
+        """Return whether sending recorded any outcome."""
+        sent = self.sent
+        return sent is not None and bool(sent.sent or sent.deferred or sent.failed
+                                         or sent.bounced or sent.skipped)
+
+    @property
+    def did_work(self) -> bool:
+        """Return whether the tick built, queued, skipped, sent or met a problem."""
+        return bool(self.built or self.queued or self.skipped or self.handled or self.problems)
+
+    def fields(self) -> dict[str, object]:
+        """Return the figures of the tick, for structured logs."""
+        sent = self.sent or SendReport()
+        return {
+            "tick": self.now.isoformat(timespec="seconds"),
+            "built": self.built.day.isoformat() if self.built else None,
+            "events": len(self.events), "queued": self.queued, "skipped": self.skipped,
+            "sent": sent.sent, "deferred": sent.deferred, "failed": sent.failed,
+            "bounced": sent.bounced, "expired": sent.skipped, "problems": len(self.problems),
+        }
+
+    def summary(self) -> str:
+        """Describe the tick in one line."""
+        parts = []
+        if self.built:
+            parts.append(f"built the site for {self.built.day.isoformat()} "
+                         f"({self.built.written} files written)")
+        if self.queued:
+            parts.append(f"queued {self.queued} deliveries of {len(self.events)} event(s)")
+        if self.skipped:
+            parts.append(f"skipped {self.skipped} deliveries older than the catch-up window")
+        sent = self.sent
+        if sent is not None and self.handled:
+            parts.append(f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}, "
+                         f"bounced {sent.bounced}, expired {sent.skipped}")
+        if self.problems:
+            parts.append(f"{len(self.problems)} problem(s)")
+        return f"tick {self.now.isoformat(timespec='seconds')}: " + ("; ".join(parts) or "idle")
+
+
+def _parse_instant(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None  # a damaged value counts as "never": the tick then starts afresh
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _parse_day(value: str) -> date | None:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def zone_groups(config: Config, ledger: Ledger) -> list[str]:
+    """Return the time zones of confirmed subscribers; those without one count as the site's."""
+    site_zone = config.site.timezone
+    return list(dict.fromkeys(zone or site_zone for zone in ledger.subscriber_zones()))
+
+
+def site_state_key(config: Config) -> str:
+    """Return the state key recording what was last built into the site's output folder."""
+    # One key per folder: instances sharing a ledger may each publish their own copy.
+    return f"{SITE_BUILT_KEY}:{config.site.output_dir.absolute()}"
+
+
+def content_digest(articles: Iterable[Article], errors: Iterable[object]) -> str:
+    """Return a short digest of loaded articles and load errors, stable across processes."""
+    digest = hashlib.sha256()
+    for article in sorted(articles, key=lambda a: a.slug):
+        for value in dataclasses.astuple(article):
+            digest.update(repr(value).encode("utf-8", "surrogatepass") + b"\0")
+    for error in errors:
+        digest.update(str(error).encode("utf-8", "surrogatepass") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+class Ticker:
+    """Do what is due at an instant: rebuild the site, queue and skip deliveries, send.
+
+    One Ticker lives as long as its process: it keeps the parsed articles (re-reading only the
+    files that changed). Everything that must survive a restart or be seen by another process
+    on the same ledger is in the ledger's state table.
+    """
+
+    def __init__(self, config: Config, ledger: Ledger, *, stop: threading.Event | None = None,
+                 clock: Clock = utcnow, mailer: Mailer | None = None,
+                 open_transport: Callable[[Config], Transport] = transports.open_transport
+                 ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.stop = stop or threading.Event()
+        self.clock = clock
+        self.env = site_environment(config)
+        self.mailer = mailer or Mailer(config, load_secret(config), self.env, clock=clock)
+        self.open_transport = open_transport
+        self.policy = SendPolicy.from_config(config)
+        self.cache = ArticleCache()
+        self.site_key = site_state_key(config)
+        self._loaded: LoadResult | None = None
+        self._calendar = Calendar([], config.site.leap_day)
+        self._identity: tuple[object, ...] | None = None
+        self._digest = ""
+        self._started = False
+        self._failed_build: tuple[str, datetime] | None = None
+
+    # -- content -------------------------------------------------------------------------------
+
+    def _load(self, report: TickReport) -> None:
+        try:
+            loaded = load_articles(self.config.site.content_dir, self.cache)
+        except ContentError as exc:
+            # The folder itself is missing: keep what was loaded before.
+            report.problems.append(str(exc))
+            return
+        # The cache hands back the same Article objects for unchanged files, so identities tell
+        # whether anything changed; ``self._loaded`` keeps them alive, so the ids stay unique.
+        identity = (tuple(id(a) for a in loaded.articles), tuple(str(e) for e in loaded.errors))
+        if identity == self._identity:
+            return
+        self._identity = identity
+        self._loaded = loaded
+        self._calendar = Calendar(loaded.articles, self.config.site.leap_day)
+        self._digest = content_digest(loaded.articles, loaded.errors)
+        for error in loaded.errors:
+            logger.warning("article left out: %s", error)
+
+    # -- site ----------------------------------------------------------------------------------
+
+    def _build_site(self, now: datetime, report: TickReport) -> None:
+        if self._loaded is None:
+            return
+        site = self.config.site
+        day = latest_due_date(site.publish_time, site.zone, now)
+        wanted = f"{day.isoformat()} {self._digest}"
+        if self._failed_build is not None and self._failed_build[0] == wanted:
+            if now - self._failed_build[1] < BUILD_RETRY:
+                return
+        elif self._started and self.ledger.get_state(self.site_key) == wanted:
+            return  # built already, by this process or another one sharing the ledger
+        try:
+            report.built = build_site(self.config, day, articles=self._loaded, env=self.env)
+        except PublisherError as exc:
+            self._failed_build = (wanted, now)
+            report.problems.append(f"site not rebuilt for {day.isoformat()}: {exc}")
+            return
+        self._failed_build = None
+        self.ledger.set_state(self.site_key, wanted, now)
+
+    # -- deliveries ----------------------------------------------------------------------------
+
+    def _queue(self, since: datetime | None, now: datetime, report: TickReport) -> None:
+        site = self.config.site
+        events_on = EventsByDay(self._calendar)
+        window = self.config.schedule.catch_up_days
+        reason = (f"not sent: the publisher was not running within schedule.catch_up_days "
+                  f"({window}) of its publish time")
+        for zone in zone_groups(self.config, self.ledger):
+            try:
+                plan = plan_zone(zone, site.publish_time, since, now, window)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                report.problems.append(f"subscribers in time zone {zone!r} left out: {exc}")
+                continue
+            for day in plan.skip:
+                due = publish_instant(day, site.publish_time, ZoneInfo(zone))
+                for event in events_on(day):
+                    report.skipped += skip_event(self.ledger, event, due, zone, site.timezone,
+                                                 reason, now=now)
+            for day in plan.send:
+                for event in events_on(day):
+                    report.events.add(event.key)
+                    # Due from now: a delivery caught up after downtime still gets the full
+                    # give-up period for its retries.
+                    report.queued += enqueue_event(
+                        self.ledger, event, now, zone, site.timezone,
+                        give_up_after=self.policy.give_up_after, now=now)
+
+    def _send(self, report: TickReport) -> None:
+        transport = self.open_transport(self.config)
+        try:
+            report.sent = send_due(self.ledger, self.mailer, transport, self._calendar,
+                                   self.clock, worker_name(), self.stop, policy=self.policy)
+        finally:
+            transport.close()
+        report.problems.extend(report.sent.problems)
+        if report.sent.stopped:
+            report.problems.append(report.sent.stopped)
+
+    # -- the tick ------------------------------------------------------------------------------
+
+    def tick(self, now: datetime | None = None) -> TickReport:
+        """Do what is due at ``now`` (default: the clock's time) and return what was done."""
+        now = (self.clock() if now is None else now).astimezone(UTC)
+        report = TickReport(now)
+        self._load(report)
+        self._build_site(now, report)
+        self._started = True
+        if not self.stop.is_set():
+            self._queue(_parse_instant(self.ledger.get_state(LAST_TICK_KEY)), now, report)
+            # Recorded before sending: what is queued stays queued however the send ends.
+            self.ledger.set_state(LAST_TICK_KEY, now.isoformat(), now)
+            self._send(report)
+        for problem in report.problems:
+            logger.warning("%s", problem)
+        if report.did_work:
+            logger.info(report.summary(), extra=report.fields())
+        return report
+
+    def tick_safely(self) -> None:
+        """Run one tick for the clock: log a failure instead of raising it."""
+        try:
+            self.tick()
+        except PublisherError as exc:
+            logger.error("tick failed: %s", exc)
+        except Exception:
+            logger.exception("tick failed")
+
+
+@dataclass(frozen=True)
+class ClockStatus:
+    """What ``publisher status`` shows about the clock: last tick, last build, what comes next."""
+
+    last_tick: datetime | None
+    site_built: date | None
+    upcoming: list[Moment]
+
+    def lines(self) -> list[str]:
+        """Describe the clock for a terminal."""
+        tick = (f"{self.last_tick.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+                if self.last_tick else "never (is `publisher run` running?)")
+        built = self.site_built.isoformat() if self.site_built else "never by `publisher run`"
+        out = [f"last tick: {tick}", f"site last built for: {built}"]
+        if not self.upcoming:
+            out.append("next anniversary moments: none")
+        else:
+            out.append("next anniversary moments:")
+        for moment in self.upcoming:
+            slugs = ", ".join(f"{e.article.slug} ({_years(e)})" for e in moment.events)
+            out.append(f"  {moment.local:%Y-%m-%d %H:%M} {moment.zone} = "
+                       f"{moment.instant:%Y-%m-%d %H:%M} UTC: {slugs}")
+        return out
+
+
+def _years(event: Event) -> str:
+    if event.is_first:
+        return "first publication"
+    return f"{event.years_since} year{'s' if event.years_since != 1 else ''}"
+
+
+def clock_status(config: Config, now: datetime | None = None,
+                 limit: int = NEXT_MOMENTS) -> ClockStatus:
+    """Return the last tick, the day the site was last built for and the next publish moments."""
+    now = now or utcnow()
+    try:
+        articles = load_articles(config.site.content_dir).articles
+    except ContentError:
+        articles = []  # no content folder: nothing is coming
+    calendar = Calendar(articles, config.site.leap_day)
+    with Ledger.open(config.state.database_url) as ledger:
+        zones = zone_groups(config, ledger) or [config.site.timezone]
+        last_tick = _parse_instant(ledger.get_state(LAST_TICK_KEY))
+        built = ledger.get_state(site_state_key(config))
+    return ClockStatus(
+        last_tick=last_tick,
+        site_built=_parse_day(built.split(" ")[0]) if built else None,
+        upcoming=upcoming(calendar, zones, config.site.publish_time, now, limit),
+    )
