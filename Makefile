@@ -16,14 +16,23 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 ## run: install, then run the publisher on the sample content with the built-in defaults
+## (the daemon, and the site with sign-up on http://127.0.0.1:8000/)
 run: $(STAMP)
-	$(VENV)/bin/publisher build
-	$(PY) -m http.server 8000 --bind 127.0.0.1 --directory var/site
+	$(VENV)/bin/publisher run --serve
 
 ## system-test-deps: Debian packages the tests drive (the browser), installed where missing
 system-test-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) chromium fonts-dejavu-core; }
+
+## system-bench-deps: Debian packages the benchmarks drive (wrk, for benchmarks/web.py;
+## postfix's smtp-sink and smtp-source, for benchmarks/send.py: its mail daemon is stopped again)
+system-bench-deps:
+	@command -v wrk >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) wrk; }
+	@command -v smtp-sink >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin" command -v smtp-sink \
+		>/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) postfix \
+		&& { $(SUDO) postfix stop >/dev/null 2>&1 || true; }; }
 
 ## test: install what the tests need, then run them (no tests collected is a failure)
 test: $(STAMP) system-test-deps

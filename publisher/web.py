@@ -1,0 +1,1071 @@
+"""The web service: the built site over HTTP, sign-up with double opt-in, one-click
+unsubscribe (RFC 8058) and previews of emails and feeds for the operator."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import hmac
+import ipaddress
+import logging
+import mimetypes
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from email.utils import formatdate, parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import anyio
+import jinja2
+import uvicorn
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.datastructures import FormData, Headers
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import (
+    FileResponse,
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+)
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from publisher import transports
+from publisher.calendar import Event
+from publisher.config import Config
+from publisher.content import ArticleCache
+from publisher.errors import ContentError, PublisherError, SubscriberError, TokenError
+from publisher.feeds import FEEDS, build_feeds
+from publisher.ledger import Ledger, Subscriber, check_timezone, subscriber_row
+from publisher.mail import Mailer, Preview, Recipient
+from publisher.render import render
+from publisher.site import (
+    feed_links,
+    load_calendar,
+    site_environment,
+    site_today,
+    upcoming_events,
+)
+from publisher.tokens import (
+    confirm_token,
+    load_secret,
+    read_confirm_token,
+    read_unsubscribe_token,
+)
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBE_TEMPLATE = "subscribe.html"
+SUBSCRIBE_SENT_TEMPLATE = "subscribe_sent.html"
+SUBSCRIBE_CONFIRM_TEMPLATE = "subscribe_confirm.html"
+SUBSCRIBE_CONFIRMED_TEMPLATE = "subscribe_confirmed.html"
+UNSUBSCRIBE_TEMPLATE = "unsubscribe.html"
+UNSUBSCRIBE_DONE_TEMPLATE = "unsubscribe_done.html"
+PREVIEW_TEMPLATE = "preview.html"
+ERROR_TEMPLATE = "error.html"
+SCRIPT_TEMPLATE = "subscribe.js"
+
+RATE_WINDOW_SECONDS = 3600  # web.rate_limit_per_ip and _per_address count sign-ups per hour
+RATE_LIMIT_KEYS = 100_000  # addresses and clients remembered at most, oldest forgotten first
+PURGE_INTERVAL_SECONDS = 3600
+MAX_BODY_BYTES = 16 * 1024  # the largest form is an address, a name and a zone
+CACHE_FILE_BYTES = 2 * 1024 * 1024  # larger files are streamed from disk on every request
+CACHE_TOTAL_BYTES = 64 * 1024 * 1024
+GZIP_MIN_BYTES = 256
+SWAP_RETRIES = 10  # the builder's swap leaves the output folder absent for a moment
+SWAP_WAIT_SECONDS = 0.01
+START_TIMEOUT_SECONDS = 30
+PREVIEW_DAYS = 30
+PREVIEW_MAX_DAYS = 366
+PREVIEW_TOKEN_HEADER = "x-preview-token"
+SAMPLE_RECIPIENT = Recipient(subscriber_id=0, email="reader@example.org", name="Sample Reader")
+ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"  # RFC 8058's POST body
+
+PAGE_CACHE = "no-store"
+SITE_CACHE = "public, no-cache"  # readers revalidate each time; the answer is usually a 304
+
+_MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".htm": "text/html; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".xml": "application/xml",
+    ".json": "application/json",
+}
+# The builder's feeds by file name, each with the media type feed readers look for.
+_FEED_TYPES = {feed.name: feed.media_type for feed in FEEDS}
+_COMPRESSIBLE = ("text/", "application/rss+xml", "application/atom+xml", "application/xml",
+                 "application/json", "application/feed+json", "image/svg+xml")
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+_FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
+
+
+# ---------------------------------------------------------------------------------------------
+# The built site: files resolved per request, cached by (path, mtime, size)
+# ---------------------------------------------------------------------------------------------
+
+
+def media_type(relative: str) -> str:
+    """Return the Content-Type of a file from its path relative to the site folder."""
+    feed_type = _FEED_TYPES.get(relative)
+    if feed_type is not None:
+        return feed_type
+    suffix = os.path.splitext(relative)[1].lower()
+    return (_MEDIA_TYPES.get(suffix) or mimetypes.guess_type(relative)[0]
+            or "application/octet-stream")
+
+
+def _compressible(content_type: str) -> bool:
+    return content_type.startswith(_COMPRESSIBLE)
+
+
+@dataclass(frozen=True)
+class StaticFile:
+    """One file held in memory with its validators and, when worth it, a gzipped copy."""
+
+    body: bytes
+    gzipped: bytes | None
+    content_type: str
+    etag: str
+    last_modified: str | None
+    mtime: int | None
+
+    @classmethod
+    def of(cls, relative: str, body: bytes, mtime: float | None = None) -> StaticFile:
+        """Build the in-memory copy of a file's bytes (``relative``: its path in the site)."""
+        content_type = media_type(relative)
+        # The ETag follows the bytes, not the mtime: a rebuild that rewrites an unchanged
+        # feed still answers 304 to every reader.
+        digest = hashlib.blake2b(body, digest_size=12).hexdigest()
+        gzipped = None
+        if _compressible(content_type) and len(body) >= GZIP_MIN_BYTES:
+            gzipped = gzip.compress(body, compresslevel=9, mtime=0)
+        return cls(
+            body=body, gzipped=gzipped, content_type=content_type, etag=f'"{digest}"',
+            last_modified=formatdate(mtime, usegmt=True) if mtime is not None else None,
+            mtime=int(mtime) if mtime is not None else None,
+        )
+
+    @property
+    def gzip_etag(self) -> str:
+        """Return the ETag of the gzipped representation."""
+        return self.etag[:-1] + '-gz"'
+
+
+@dataclass(frozen=True)
+class LargeFile:
+    """A site file too big to keep in memory: streamed from disk."""
+
+    path: Path
+    relative: str
+    stat: os.stat_result
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """A folder asked for without its trailing slash."""
+
+    location: str
+
+
+def site_path(url_path: str) -> str | None:
+    """Map a URL path to a path relative to the site folder; None when it may not be served.
+
+    Hidden names (``.git``, the builder's ``.site.build-*``) and ``..`` are refused, so no
+    request reaches outside the folder or into a half-built one.
+    """
+    if "\\" in url_path or "\x00" in url_path:
+        return None
+    segments = url_path.lstrip("/").split("/")
+    if any(s.startswith(".") or (not s and i < len(segments) - 1)
+           for i, s in enumerate(segments)):
+        return None
+    if not segments[-1]:
+        segments[-1] = "index.html"
+    return "/".join(segments)
+
+
+class SiteFiles:
+    """Serve the files of the built site, re-resolved on every request since builds swap it.
+
+    Files up to ``file_limit`` bytes are kept in memory (with their gzipped form) until their
+    (mtime, size, inode) changes; the least recently used go first past ``total_limit``.
+    """
+
+    def __init__(self, root: Path, *, file_limit: int = CACHE_FILE_BYTES,
+                 total_limit: int = CACHE_TOTAL_BYTES) -> None:
+        self.root = root
+        self.file_limit = file_limit
+        self.total_limit = total_limit
+        self._cache: OrderedDict[str, tuple[tuple[int, int, int], StaticFile]] = OrderedDict()
+        self._cached_bytes = 0
+
+    async def find(self, url_path: str) -> StaticFile | LargeFile | Redirect | None:
+        """Return what a GET of ``url_path`` should serve, or None for a 404."""
+        relative = site_path(url_path)
+        if relative is None:
+            return None
+        path = self.root / relative
+        for _ in range(SWAP_RETRIES):
+            try:
+                info = path.stat()
+                break
+            except FileNotFoundError:
+                if self.root.exists():
+                    return None
+                await anyio.sleep(SWAP_WAIT_SECONDS)  # between the builder's two renames
+            except OSError:  # e.g. a file name used as a folder: nothing to serve
+                return None
+        else:
+            return None
+        if stat.S_ISDIR(info.st_mode):
+            return Redirect(url_path + "/") if (path / "index.html").is_file() else None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        if info.st_size > self.file_limit:
+            return LargeFile(path, relative, info)
+        key = (info.st_mtime_ns, info.st_size, info.st_ino)
+        entry = self._cache.get(relative)
+        if entry is not None and entry[0] == key:
+            self._cache.move_to_end(relative)
+            return entry[1]
+        try:
+            fresh, key = await anyio.to_thread.run_sync(self._read, path, relative)
+        except OSError:
+            return None
+        self._remember(relative, key, fresh)
+        return fresh
+
+    @staticmethod
+    def _read(path: Path, relative: str) -> tuple[StaticFile, tuple[int, int, int]]:
+        # fstat on the open file: the bytes and the key describe the same version even if the
+        # builder swaps the folder in between.
+        with path.open("rb") as handle:
+            info = os.fstat(handle.fileno())
+            body = handle.read()
+        return (StaticFile.of(relative, body, info.st_mtime),
+                (info.st_mtime_ns, info.st_size, info.st_ino))
+
+    def _remember(self, relative: str, key: tuple[int, int, int], file: StaticFile) -> None:
+        old = self._cache.pop(relative, None)
+        if old is not None:
+            self._cached_bytes -= _footprint(old[1])
+        self._cache[relative] = (key, file)
+        self._cached_bytes += _footprint(file)
+        while self._cached_bytes > self.total_limit and self._cache:
+            _, (_, dropped) = self._cache.popitem(last=False)
+            self._cached_bytes -= _footprint(dropped)
+
+
+def _footprint(file: StaticFile) -> int:
+    return len(file.body) + len(file.gzipped or b"")
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP validators and content coding
+# ---------------------------------------------------------------------------------------------
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Return whether an Accept-Encoding header allows gzip (``q=0`` refuses it)."""
+    allowed: bool | None = None
+    wildcard = False
+    for item in accept_encoding.lower().split(","):
+        coding, _, params = item.strip().partition(";")
+        quality = 1.0
+        for param in params.split(";"):
+            name, _, value = param.strip().partition("=")
+            if name == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if coding.strip() in ("gzip", "x-gzip"):
+            allowed = quality > 0
+        elif coding.strip() == "*":
+            wildcard = quality > 0
+    return allowed if allowed is not None else wildcard
+
+
+def etag_matches(if_none_match: str, etags: Iterable[str]) -> bool:
+    """Return whether If-None-Match names one of ``etags`` (weak comparison, ``*`` matches)."""
+    listed = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+    return "*" in listed or not listed.isdisjoint(etags)
+
+
+def not_modified(headers: Headers, etags: Iterable[str], mtime: int | None) -> bool:
+    """Decide a conditional GET: If-None-Match first, else If-Modified-Since (RFC 9110 13.2.2)."""
+    if_none_match = headers.get("if-none-match")
+    if if_none_match is not None:
+        return etag_matches(if_none_match, etags)
+    since = headers.get("if-modified-since")
+    if since is None or mtime is None:
+        return False
+    try:
+        when = parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False
+    if when.tzinfo is None:
+        return False
+    return mtime <= when.timestamp()
+
+
+def file_response(file: StaticFile, request: Request, cache_control: str = SITE_CACHE
+                  ) -> Response:
+    """Answer a GET or HEAD for an in-memory file: 304, gzipped or identity."""
+    zipped = file.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding", ""))
+    etag = file.gzip_etag if zipped else file.etag
+    headers = {"etag": etag, "cache-control": cache_control}
+    if file.gzipped is not None:
+        headers["vary"] = "Accept-Encoding"
+    if file.last_modified is not None:
+        headers["last-modified"] = file.last_modified
+    if not_modified(request.headers, (file.etag, file.gzip_etag), file.mtime):
+        return Response(status_code=304, headers=headers)
+    headers["content-type"] = file.content_type
+    if zipped:
+        headers["content-encoding"] = "gzip"
+    return Response(file.gzipped if zipped and file.gzipped is not None else file.body,
+                    headers=headers)
+
+
+def large_file_response(file: LargeFile, request: Request) -> Response:
+    """Answer a GET or HEAD for a file streamed from disk, honouring its validators."""
+    response = FileResponse(file.path, stat_result=file.stat,
+                            headers={"cache-control": SITE_CACHE,
+                                     "content-type": media_type(file.relative)})
+    if not_modified(request.headers, (response.headers["etag"],), int(file.stat.st_mtime)):
+        return Response(status_code=304, headers={
+            key: response.headers[key] for key in ("etag", "last-modified", "cache-control")})
+    return response
+
+
+# ---------------------------------------------------------------------------------------------
+# Abuse limits: sign-ups per client and per address, cross-site posts
+# ---------------------------------------------------------------------------------------------
+
+
+class SlidingWindow:
+    """Allow at most ``limit`` events per key within any ``window`` seconds, in memory.
+
+    One process only: each worker of a multi-process server would keep its own counts.
+    """
+
+    def __init__(self, limit: int, window: float, max_keys: int = RATE_LIMIT_KEYS) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_keys = max_keys
+        self._hits: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def hit(self, key: str, now: float) -> float | None:
+        """Record an event for ``key`` and return None, or the seconds to wait when over."""
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = deque()
+        self._hits.move_to_end(key)
+        while hits and hits[0] <= now - self.window:
+            hits.popleft()
+        if len(hits) >= self.limit:
+            return hits[0] + self.window - now
+        hits.append(now)
+        while len(self._hits) > self.max_keys:
+            self._hits.popitem(last=False)
+        return None
+
+
+def origin_of(url: str) -> str:
+    """Return the ``scheme://host[:port]`` origin of an absolute URL."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def same_origin(headers: Headers, own: Iterable[str]) -> bool:
+    """Return whether a form post comes from our own pages (Fetch Metadata, then Origin).
+
+    A browser sends at least one of Sec-Fetch-Site and Origin with every cross-site POST; a
+    request carrying neither is not a browser's, so it cannot be a forged cross-site form.
+    """
+    fetch_site = headers.get("sec-fetch-site")
+    if fetch_site in ("same-origin", "none"):
+        return True
+    origin = headers.get("origin")
+    if origin is not None:
+        return origin.lower() in set(own)
+    return fetch_site is None
+
+
+def is_loopback(host: str | None) -> bool:
+    """Return whether a client address is this machine's loopback."""
+    if host is None:
+        return False
+    if host in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def preview_allowed(request: Request, token: str | None) -> bool:
+    """Return whether a request may see previews.
+
+    With ``web.preview_token`` set, the token is required from everyone (query ``token`` or
+    the ``X-Preview-Token`` header); without it only loopback clients that did not come
+    through a proxy are served.
+    """
+    if token:
+        given = request.headers.get(PREVIEW_TOKEN_HEADER) or request.query_params.get("token")
+        return given is not None and hmac.compare_digest(given.encode(), token.encode())
+    client = request.client.host if request.client else None
+    forwarded = any(name in request.headers for name in _FORWARDING_HEADERS)
+    return is_loopback(client) and not forwarded
+
+
+# ---------------------------------------------------------------------------------------------
+# Security headers
+# ---------------------------------------------------------------------------------------------
+
+
+def content_security_policy(config: Config) -> str:
+    """Return the CSP of every page: scripts only from files of this site, no framing."""
+    base = origin_of(config.site.base_url)
+    return "; ".join((
+        "default-src 'self'",
+        f"script-src 'self' {base}",
+        # Article HTML and the site's stylesheet may use style attributes.
+        f"style-src 'self' {base} 'unsafe-inline'",
+        "img-src 'self' https: data:",
+        "media-src 'self' https:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        f"form-action 'self' {base}",
+        "frame-ancestors 'none'",
+    ))
+
+
+# An email is shown as its recipient would see it: inline styles and remote images, no script.
+EMAIL_PREVIEW_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src https: http: "
+                        "data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+
+
+class SecurityHeaders:
+    """ASGI middleware adding security headers to every response that did not set its own."""
+
+    def __init__(self, app: ASGIApp, headers: Mapping[str, str]) -> None:
+        self.app = app
+        self.headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                        for name, value in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, adding the headers to the response start."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                raw: list[tuple[bytes, bytes]] = list(message.get("headers", []))
+                present = {name.lower() for name, _ in raw}
+                raw.extend(item for item in self.headers if item[0] not in present)
+                message["headers"] = raw
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def security_headers(config: Config) -> dict[str, str]:
+    """Return the headers :class:`SecurityHeaders` adds."""
+    return {
+        "content-security-policy": content_security_policy(config),
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "referrer-policy": "same-origin",
+        "cross-origin-opener-policy": "same-origin",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Subscriptions: sign-up, confirmation, unsubscription
+# ---------------------------------------------------------------------------------------------
+
+
+def confirm_url(config: Config, token: str) -> str:
+    """Return the URL of the page that confirms a sign-up."""
+    return config.site.url(f"confirm/{token}")
+
+
+@dataclass(frozen=True)
+class SignUp:
+    """What a sign-up did: the address as stored, and whom to send a confirmation (if anyone)."""
+
+    email: str
+    recipient: Recipient | None
+
+
+class Subscriptions:
+    """Double opt-in over the ledger: every answer is the same whether an address was known."""
+
+    def __init__(self, config: Config, ledger: Ledger, secret: bytes, mailer: Mailer,
+                 clock: Callable[[], datetime],
+                 open_transport: Callable[[Config], transports.Transport]
+                 = transports.open_transport) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.secret = secret
+        self.mailer = mailer
+        self.clock = clock
+        self.open_transport = open_transport
+
+    def sign_up(self, email: str, name: str | None, timezone: str | None) -> SignUp:
+        """Record a pending sign-up; raise SubscriberError for a bad address or name.
+
+        A confirmed address is left exactly as it is and gets no email; any other is (again)
+        pending and gets a fresh confirmation link.
+        """
+        try:
+            zone = check_timezone(timezone)
+        except SubscriberError:
+            zone = None  # a zone the browser knows but tzdata does not: use the site's
+        row = subscriber_row(email, name, zone, status="pending")
+        subscriber = self.ledger.add_pending(row, now=self.clock())
+        if subscriber.status == "confirmed":
+            return SignUp(row.email, None)
+        return SignUp(row.email, Recipient(subscriber.id, subscriber.email, subscriber.name,
+                                           subscriber.timezone))
+
+    def confirmation_url(self, recipient: Recipient) -> str:
+        """Return the signed, expiring link that confirms this recipient."""
+        token = confirm_token(self.secret, recipient.subscriber_id, recipient.email,
+                              now=self.clock())
+        return confirm_url(self.config, token)
+
+    def send_confirmation(self, recipient: Recipient) -> transports.Outcome:
+        """Send the confirmation email through the configured transport and log the outcome."""
+        data = self.mailer.confirmation(recipient, self.confirmation_url(recipient))
+        envelope = transports.Envelope(0, self.mailer.envelope_sender, recipient.email, data)
+        transport = self.open_transport(self.config)
+        try:
+            outcome = next((result for _, result in transport.send([envelope])),
+                           transports.Outcome("deferred", None, "the transport reported nothing"))
+        finally:
+            transport.close()
+        if outcome.status == "sent":
+            log.info("confirmation sent to subscriber %d", recipient.subscriber_id)
+        else:
+            log.warning("confirmation to subscriber %d not sent: %s %s %s",
+                        recipient.subscriber_id, outcome.status, outcome.code or "",
+                        outcome.reply)
+        return outcome
+
+    def deliver_confirmation(self, recipient: Recipient) -> None:
+        """Send the confirmation after the visitor has their answer; log what goes wrong."""
+        try:
+            self.send_confirmation(recipient)
+        except PublisherError as exc:
+            log.warning("confirmation to subscriber %d not sent: %s",
+                        recipient.subscriber_id, exc)
+
+    def check_confirm_token(self, token: str) -> tuple[int, str]:
+        """Return the (id, address) of a valid confirmation token; raise TokenError otherwise."""
+        return read_confirm_token(self.secret, token, self.config.web.confirm_hours * 3600,
+                                  now=self.clock())
+
+    def confirm(self, token: str) -> Subscriber:
+        """Confirm the sign-up a token names (idempotent); raise TokenError when it cannot."""
+        subscriber_id, email = self.check_confirm_token(token)
+        subscriber = self.ledger.confirm(subscriber_id, email, now=self.clock())
+        if subscriber is None or subscriber.status != "confirmed":
+            raise TokenError("this confirmation link is no longer valid: please subscribe again")
+        return subscriber
+
+    def unsubscribe(self, token: str) -> Subscriber | None:
+        """Unsubscribe whom a token names (idempotent); None when the address is gone already."""
+        subscriber_id, email = read_unsubscribe_token(self.secret, token)
+        return self.ledger.unsubscribe(subscriber_id, email, now=self.clock())
+
+    def purge(self) -> int:
+        """Delete sign-ups left unconfirmed for ``web.pending_days``; return how many."""
+        return self.ledger.purge_pending(timedelta(days=self.config.web.pending_days),
+                                         now=self.clock())
+
+
+# ---------------------------------------------------------------------------------------------
+# Previews
+# ---------------------------------------------------------------------------------------------
+
+
+class Previews:
+    """Emails and feeds as they will look on any date, for a sample subscriber."""
+
+    def __init__(self, config: Config, mailer: Mailer, env: jinja2.Environment) -> None:
+        self.config = config
+        self.mailer = mailer
+        self.env = env
+        self.cache = ArticleCache()
+
+    def events(self, start: date, days: int) -> tuple[list[Event], list[ContentError]]:
+        """Return the appearances from ``start`` for ``days`` days, with the broken files."""
+        return upcoming_events(self.config, start, days, cache=self.cache)
+
+    def email(self, slug: str, day: date) -> Preview | None:
+        """Return the sample subscriber's email of one article on one day, or None."""
+        calendar, _ = load_calendar(self.config, self.cache)
+        for event in calendar.events_on(day):
+            if event.article.slug == slug:
+                return self.mailer.edition(event).preview(SAMPLE_RECIPIENT)
+        return None
+
+    def feed(self, day: date, name: str) -> bytes | None:
+        """Return one feed file as it stands on ``day``, or None for an unknown name."""
+        if name not in {feed.name for feed in FEEDS}:
+            return None
+        calendar, _ = load_calendar(self.config, self.cache)
+        return build_feeds(self.config.site, calendar, day, self.env)[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# The application
+# ---------------------------------------------------------------------------------------------
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _parse_day(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise HTTPException(400, f"Expected a date as YYYY-MM-DD, got {value!r}.") from None
+
+
+class WebService:
+    """The request handlers, over one configuration, ledger, secret and mailer."""
+
+    def __init__(self, config: Config, ledger: Ledger, secret: bytes, *,
+                 env: jinja2.Environment | None = None,
+                 clock: Callable[[], datetime] = _utc_now,
+                 open_transport: Callable[[Config], transports.Transport]
+                 = transports.open_transport) -> None:
+        self.config = config
+        self.site = config.site
+        self.env = env or site_environment(config)
+        self.clock = clock
+        self.mailer = Mailer(config, secret, self.env, clock=clock)
+        self.subscriptions = Subscriptions(config, ledger, secret, self.mailer, clock,
+                                           open_transport)
+        self.previews = Previews(config, self.mailer, self.env)
+        self.files = SiteFiles(config.site.output_dir)
+        self.per_ip = SlidingWindow(config.web.rate_limit_per_ip, RATE_WINDOW_SECONDS)
+        self.per_address = SlidingWindow(config.web.rate_limit_per_address, RATE_WINDOW_SECONDS)
+        self.origins = frozenset({origin_of(config.site.base_url)})
+        # Rendered once at start-up: a broken override fails here, not on a visitor's request.
+        self.script = StaticFile.of(SCRIPT_TEMPLATE, render(self.env, SCRIPT_TEMPLATE, {
+            "site": self.site}).encode("utf-8"))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def page(self, template: str, request: Request, status: int = 200,
+             headers: Mapping[str, str] | None = None, **values: Any) -> HTMLResponse:
+        """Render one of the service's pages inside the site's layout."""
+        context = {"site": self.site, "root": self.site.url(), "feeds": feed_links(self.site),
+                   "page_url": self.site.url(request.url.path), **values}
+        html_text = render(self.env, template, context)
+        return HTMLResponse(html_text, status_code=status, headers={
+            "cache-control": PAGE_CACHE, "x-robots-tag": "noindex", **(headers or {})})
+
+    def _own_origins(self, request: Request) -> set[str]:
+        # The configured origin, and the one the browser used to reach us (e.g. over an SSH
+        # tunnel or before DNS points at the server).
+        host = request.headers.get("host", "")
+        return {*self.origins, f"{request.url.scheme}://{host}".lower()}
+
+    async def form(self, request: Request, *, cross_site_ok: bool = False) -> FormData:
+        """Read a posted form, refusing one posted from another site's page."""
+        form = await request.form(max_files=0, max_fields=20)
+        if not cross_site_ok and not same_origin(request.headers, self._own_origins(request)):
+            raise HTTPException(403, "This form can only be sent from this site's own pages.")
+        return form
+
+    def now(self) -> float:
+        """Return the injected clock as a Unix timestamp, for the rate limits."""
+        return self.clock().timestamp()
+
+    # -- the built site ------------------------------------------------------------------------
+
+    async def static(self, request: Request) -> Response:
+        """Serve a file of the built site."""
+        found = await self.files.find(request.url.path)
+        if isinstance(found, StaticFile):
+            return file_response(found, request)
+        if isinstance(found, LargeFile):
+            return large_file_response(found, request)
+        if isinstance(found, Redirect):
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(found.location + query, status_code=301)
+        raise HTTPException(404, "There is no page at this address.")
+
+    async def subscribe_script(self, request: Request) -> Response:
+        """Serve the script that fills in the browser's time zone."""
+        return file_response(self.script, request)
+
+    # -- sign-up -------------------------------------------------------------------------------
+
+    async def subscribe_page(self, request: Request) -> Response:
+        """Show the sign-up form on its own page."""
+        return self.page(SUBSCRIBE_TEMPLATE, request, email="", name="", error=None)
+
+    async def subscribe(self, request: Request) -> Response:
+        """Take a sign-up: same page and status for new, pending and confirmed addresses."""
+        client = request.client.host if request.client else "unknown"
+        wait = self.per_ip.hit(client, self.now())
+        if wait is not None:
+            raise HTTPException(429, "Too many sign-ups from your network; please try later.",
+                                headers={"Retry-After": str(int(wait) + 1)})
+        form = await self.form(request)
+        email, name = str(form.get("email", "")), str(form.get("name", ""))
+        try:
+            sign_up = await anyio.to_thread.run_sync(
+                self.subscriptions.sign_up, email, name, str(form.get("timezone", "")))
+        except SubscriberError as exc:
+            return self.page(SUBSCRIBE_TEMPLATE, request, status=400, email=email, name=name,
+                             error=_form_error(exc))
+        response = self.page(SUBSCRIBE_SENT_TEMPLATE, request, email=sign_up.email)
+        recipient = sign_up.recipient
+        # Past the per-address limit nothing is sent, and the page says the same as ever:
+        # the limit must not tell anyone which addresses are being signed up.
+        if recipient is not None and self.per_address.hit(sign_up.email, self.now()) is None:
+            response.background = BackgroundTask(self.subscriptions.deliver_confirmation,
+                                                 recipient)
+        return response
+
+    async def confirm_page(self, request: Request) -> Response:
+        """Show the button that confirms a sign-up; a GET alone changes nothing."""
+        token = request.path_params["token"]
+        try:
+            _, email = self.subscriptions.check_confirm_token(token)
+        except TokenError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return self.page(SUBSCRIBE_CONFIRM_TEMPLATE, request, email=email,
+                         action=self.site.url(f"confirm/{token}"))
+
+    async def confirm(self, request: Request) -> Response:
+        """Confirm a sign-up."""
+        await self.form(request)
+        try:
+            subscriber = await anyio.to_thread.run_sync(
+                self.subscriptions.confirm, request.path_params["token"])
+        except TokenError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return self.page(SUBSCRIBE_CONFIRMED_TEMPLATE, request, email=subscriber.email)
+
+    # -- unsubscribe ---------------------------------------------------------------------------
+
+    async def unsubscribe_page(self, request: Request) -> Response:
+        """Show the unsubscribe button; link scanners that GET this page unsubscribe nobody."""
+        token = request.path_params["token"]
+        try:
+            _, email = read_unsubscribe_token(self.subscriptions.secret, token)
+        except TokenError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return self.page(UNSUBSCRIBE_TEMPLATE, request, email=email,
+                         action=self.site.url(f"unsubscribe/{token}"),
+                         headers={"referrer-policy": "no-referrer"})
+
+    async def unsubscribe(self, request: Request) -> Response:
+        """Unsubscribe at once: the button's form, or a mail provider's RFC 8058 POST."""
+        form = await request.form(max_files=0, max_fields=20)
+        # A mail provider posts the one-click body from its own servers, with no cookie and no
+        # Origin; the signed token in the URL is the whole authorisation, as RFC 8058 intends.
+        if form.get(ONE_CLICK_FIELD) != ONE_CLICK_VALUE and not same_origin(
+                request.headers, self._own_origins(request)):
+            raise HTTPException(403, "This form can only be sent from this site's own pages.")
+        try:
+            subscriber = await anyio.to_thread.run_sync(
+                self.subscriptions.unsubscribe, request.path_params["token"])
+        except TokenError as exc:
+            raise HTTPException(400, str(exc)) from None
+        email = subscriber.email if subscriber is not None else None
+        return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=email,
+                         headers={"referrer-policy": "no-referrer"})
+
+    # -- previews ------------------------------------------------------------------------------
+
+    def _check_preview(self, request: Request) -> dict[str, str]:
+        if not preview_allowed(request, self.config.web.preview_token):
+            raise HTTPException(403, "Previews are served to this machine only, or with the "
+                                     "preview token (web.preview_token).")
+        token = request.query_params.get("token")
+        return {"token": token} if token else {}
+
+    async def preview_index(self, request: Request) -> Response:
+        """List the coming appearances with links to each email and to the feeds of each day."""
+        keep = self._check_preview(request)
+        given = request.query_params.get("from")
+        start = _parse_day(given) if given else site_today(self.site, self.clock())
+        try:
+            days = min(max(int(request.query_params.get("days", PREVIEW_DAYS)), 1),
+                       PREVIEW_MAX_DAYS)
+        except ValueError:
+            raise HTTPException(400, "days must be a whole number") from None
+        events, errors = await anyio.to_thread.run_sync(self.previews.events, start, days)
+        query = f"?{urlencode(keep)}" if keep else ""
+        return self.page(PREVIEW_TEMPLATE, request, start=start, days=days, events=events,
+                         errors=errors, query=query, token=keep.get("token"),
+                         sample=SAMPLE_RECIPIENT,
+                         feed_names=[feed.name for feed in FEEDS],
+                         headers={"referrer-policy": "no-referrer"})
+
+    async def preview_email(self, request: Request) -> Response:
+        """Show one email, HTML (``.html``) or text (``.txt``), for the sample subscriber."""
+        self._check_preview(request)
+        day = _parse_day(request.path_params["day"])
+        name: str = request.path_params["name"]
+        slug, dot, kind = name.rpartition(".")
+        if not dot or kind not in ("html", "txt"):
+            raise HTTPException(404, "Ask for SLUG.html or SLUG.txt.")
+        preview = await anyio.to_thread.run_sync(self.previews.email, slug, day)
+        if preview is None:
+            raise HTTPException(404, f"No article {slug!r} appears on {day.isoformat()}.")
+        headers = {"cache-control": PAGE_CACHE, "referrer-policy": "no-referrer",
+                   "x-robots-tag": "noindex"}
+        if kind == "txt":
+            return PlainTextResponse(f"Subject: {preview.subject}\n\n{preview.text}",
+                                     headers=headers)
+        return HTMLResponse(preview.html, headers={
+            **headers, "content-security-policy": EMAIL_PREVIEW_POLICY})
+
+    async def preview_feed(self, request: Request) -> Response:
+        """Serve one feed as it will stand on a day (``?view=text`` shows it as plain text)."""
+        self._check_preview(request)
+        day = _parse_day(request.path_params["day"])
+        name: str = request.path_params["name"]
+        body = await anyio.to_thread.run_sync(self.previews.feed, day, name)
+        if body is None:
+            raise HTTPException(404, f"No feed is called {name!r}.")
+        content_type = ("text/plain; charset=utf-8" if request.query_params.get("view") == "text"
+                        else media_type(name))
+        return Response(body, headers={"content-type": content_type, "cache-control": PAGE_CACHE,
+                                       "referrer-policy": "no-referrer",
+                                       "x-robots-tag": "noindex"})
+
+    # -- errors and background work ------------------------------------------------------------
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        """Render an HTTP error on the error page, keeping its headers (e.g. Retry-After)."""
+        assert isinstance(exc, HTTPException)
+        try:
+            return self.page(ERROR_TEMPLATE, request, status=exc.status_code,
+                             headers=exc.headers, status_code=exc.status_code,
+                             message=exc.detail)
+        except PublisherError:
+            log.exception("cannot render %s", ERROR_TEMPLATE)
+            return PlainTextResponse(exc.detail, status_code=exc.status_code,
+                                     headers=exc.headers)
+
+    async def server_error(self, request: Request, exc: Exception) -> Response:
+        """Answer an unexpected failure without showing its details (the server logs them)."""
+        return await self.http_error(request, HTTPException(
+            500, "Something went wrong on our side; please try again later."))
+
+    async def purge_regularly(self) -> None:
+        """Delete stale pending sign-ups now and every hour while the app runs."""
+        while True:
+            try:
+                purged = await anyio.to_thread.run_sync(self.subscriptions.purge)
+            except PublisherError as exc:
+                log.warning("purging stale sign-ups failed: %s", exc)
+            else:
+                if purged:
+                    log.info("purged %d sign-up(s) never confirmed", purged)
+            await anyio.sleep(PURGE_INTERVAL_SECONDS)
+
+    def routes(self) -> list[Route]:
+        """Return the routes, the built site last so that it catches every other GET."""
+        return [
+            Route("/subscribe", self.subscribe_page, methods=["GET"]),
+            Route("/subscribe", self.subscribe, methods=["POST"]),
+            Route("/subscribe.js", self.subscribe_script, methods=["GET"]),
+            Route("/confirm/{token}", self.confirm_page, methods=["GET"]),
+            Route("/confirm/{token}", self.confirm, methods=["POST"]),
+            Route("/unsubscribe/{token}", self.unsubscribe_page, methods=["GET"]),
+            Route("/unsubscribe/{token}", self.unsubscribe, methods=["POST"]),
+            Route("/preview", self.preview_index, methods=["GET"]),
+            Route("/preview/", self.preview_index, methods=["GET"]),
+            Route("/preview/email/{day}/{name}", self.preview_email, methods=["GET"]),
+            Route("/preview/feeds/{day}/{name}", self.preview_feed, methods=["GET"]),
+            Route("/{path:path}", self.static, methods=["GET"]),
+        ]
+
+
+def _form_error(exc: SubscriberError) -> str:
+    if exc.field == "name":
+        return f"Please shorten the name: it is {exc.message}."
+    return f"Please check the address: {exc.message}"
+
+
+def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | None = None,
+               env: jinja2.Environment | None = None,
+               clock: Callable[[], datetime] = _utc_now,
+               open_transport: Callable[[Config], transports.Transport]
+               = transports.open_transport,
+               purge: bool = True) -> Starlette:
+    """Build the Starlette application; the ledger is opened here unless one is given."""
+    own_ledger = ledger is None
+    ledger = ledger or Ledger.open(config.state.database_url)
+    try:
+        service = WebService(config, ledger, secret or load_secret(config), env=env,
+                             clock=clock, open_transport=open_transport)
+    except BaseException:
+        if own_ledger:
+            ledger.close()
+        raise
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        async with anyio.create_task_group() as tasks:
+            if purge:
+                tasks.start_soon(service.purge_regularly)
+            try:
+                yield
+            finally:
+                tasks.cancel_scope.cancel()
+                if own_ledger:
+                    ledger.close()
+
+    app = Starlette(
+        routes=service.routes(),
+        exception_handlers={HTTPException: service.http_error, 500: service.server_error},
+        lifespan=lifespan,
+        max_body_size=MAX_BODY_BYTES,
+    )
+    app.add_middleware(SecurityHeaders, headers=security_headers(config))
+    app.state.service = service
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+# ---------------------------------------------------------------------------------------------
+
+
+def _server_config(app: ASGIApp, *, access_log: bool) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, log_config=None, access_log=access_log, server_header=False,
+        # Behind a proxy on this machine, X-Forwarded-For names the real client, which the
+        # per-client limit and the preview check need.
+        proxy_headers=True, lifespan="on",
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Open a listening TCP socket (port 0: any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio turns Nagle's algorithm off only on sockets that say so,
+    # and with it on every response waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived: the server has shut down and the process should end normally."""
+
+
+def _raise_stopped(_signum: int, _frame: object) -> None:
+    raise _Stopped
+
+
+def serve(config: Config, sock: socket.socket, *, access_log: bool = True) -> None:
+    """Serve the application on a bound socket in the foreground until SIGINT or SIGTERM."""
+    # uvicorn shuts down gracefully on either signal, then raises it again under the previous
+    # handler; these handlers turn that into a normal return (exit status 0, no traceback).
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        with sock:
+            app = create_app(config)
+            log.info("serving %s on http://%s", config.site.base_url, _address(sock))
+            uvicorn.Server(_server_config(app, access_log=access_log)).run(sockets=[sock])
+    except (KeyboardInterrupt, _Stopped):
+        log.info("stopped")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _address(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@contextlib.contextmanager
+def beside(config: Config, sock: socket.socket | None, *, access_log: bool = True
+           ) -> Iterator[None]:
+    """Serve the application in the background while the block runs (the daemon's
+    ``run --serve``); with no socket, just run the block."""
+    if sock is None:
+        yield
+        return
+    with contextlib.closing(sock), serving(create_app(config), sock,
+                                           access_log=access_log) as url:
+        log.info("serving %s on %s", config.site.base_url, url)
+        yield
+
+
+@contextlib.contextmanager
+def serving(app: ASGIApp, sock: socket.socket, *, access_log: bool = True) -> Iterator[str]:
+    """Serve ``app`` on a bound socket from a background thread; yield its ``http://`` address.
+
+    The thread starts with SIGINT and SIGTERM blocked, so they reach the main thread (e.g. the
+    daemon's wait) rather than the server. Leaving the block stops the server and closes the
+    socket.
+    """
+    server = uvicorn.Server(_server_config(app, access_log=access_log))
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as exc:  # reported to the caller below
+            failure.append(exc)
+
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        thread = threading.Thread(target=run, name="web", daemon=True)
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not server.started:
+            server.should_exit = True
+            raise RuntimeError("the web server did not start") from (
+                failure[0] if failure else None)
+        yield f"http://{_address(sock)}"
+    finally:
+        server.should_exit = True
+        thread.join()
+        sock.close()
