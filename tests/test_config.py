@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from datetime import time
 from email.utils import parseaddr
 from pathlib import Path
@@ -147,3 +148,30 @@ def test_default_sender_quotes_a_title_with_specials(tmp_path: Path) -> None:
                                            "base_url": "https://example.org/"}},
                                  base_dir=tmp_path)
     assert parseaddr(loaded.email.sender) == ("Notes <& more>, weekly", "publisher@example.org")
+
+
+def test_example_config_lists_every_key_with_its_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The example documents the configuration: it must load, name every key the loader reads,
+    # and give the built-in default for each value not marked "example".
+    example = Path(__file__).resolve().parents[1] / "publisher.example.toml"
+    loaded = config.load(example)
+    document = tomllib.loads(example.read_text(encoding="utf-8"))
+    read: set[tuple[str, str]] = set()
+    original_get = config._Table.get
+
+    def recording_get(self: config._Table, key: str, kind: type, default: object) -> object:
+        read.add((self.name, key))
+        return original_get(self, key, kind, default)
+
+    monkeypatch.setattr(config._Table, "get", recording_get)
+    defaults = config.from_mapping({"email": {"dkim": {}}}, base_dir=example.parent)
+    for table, key in sorted(read):
+        section: object = document
+        for part in table.split("."):
+            section = section[part]  # type: ignore[index]
+        assert key in section, f"{table}.{key} is missing from {example.name}"  # type: ignore[operator]
+    assert loaded.state == defaults.state
+    assert loaded.schedule == defaults.schedule
+    assert loaded.email.dkim == defaults.email.dkim
+    assert loaded.site.publish_time == defaults.site.publish_time
+    assert loaded.email.smtp.port == defaults.email.smtp.port
