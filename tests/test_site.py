@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser
 
 from publisher import site
 from publisher.calendar import Calendar
@@ -305,26 +306,22 @@ def test_site_today_uses_the_site_zone(make_config: Callable[..., Config]) -> No
 
 
 @pytest.mark.browser
-def test_pages_fit_a_phone_screen(small_site: Config) -> None:
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path("/usr/bin/chromium").exists():
-        pytest.skip("Debian's chromium is not installed")
+def test_pages_fit_a_phone_screen(small_site: Config, chromium: Browser) -> None:
     site.build_site(small_site, date(2026, 2, 28))
     output = small_site.site.output_dir
-    with sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium")
-        try:
-            page = browser.new_page(viewport={"width": 360, "height": 740})
-            for name in ("index.html", "articles/moon/index.html"):
-                page.goto((output / name).as_uri())
-                # No sideways scrolling, and the stylesheet was found and applied.
-                assert page.evaluate("document.documentElement.scrollWidth") <= 360, name
-                assert page.evaluate("getComputedStyle(document.body).maxWidth") != "none"
-                feeds = page.eval_on_selector_all(
-                    'link[rel="alternate"]', "links => links.map(l => l.href)")
-                assert feeds == [f"{BASE_URL}feed.xml", f"{BASE_URL}atom.xml",
-                                 f"{BASE_URL}feed.json"]
-            page.goto((output / "articles/moon/index.html").as_uri() + "#year-2024")
-            assert page.evaluate("document.querySelector(':target').id") == "year-2024"
-        finally:
-            browser.close()
+    context = chromium.new_context(viewport={"width": 360, "height": 740})
+    try:
+        page = context.new_page()
+        for name in ("index.html", "articles/moon/index.html"):
+            page.goto((output / name).as_uri())
+            # No sideways scrolling, and the stylesheet was found and applied.
+            assert page.evaluate("document.documentElement.scrollWidth") <= 360, name
+            assert page.evaluate("getComputedStyle(document.body).maxWidth") != "none"
+            feeds = page.eval_on_selector_all(
+                'link[rel="alternate"]', "links => links.map(l => l.href)")
+            assert feeds == [f"{BASE_URL}feed.xml", f"{BASE_URL}atom.xml",
+                             f"{BASE_URL}feed.json"]
+        page.goto((output / "articles/moon/index.html").as_uri() + "#year-2024")
+        assert page.evaluate("document.querySelector(':target').id") == "year-2024"
+    finally:
+        context.close()
