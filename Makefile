@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 ## run: install, then run the publisher on the sample content with the built-in defaults
 ## (the daemon, and the site with sign-up on http://127.0.0.1:8000/)
 run: $(STAMP)
+	$(VENV)/bin/publisher subscribers import examples/subscribers.csv
 	$(VENV)/bin/publisher run --serve
 
 ## system-test-deps: Debian packages the tests drive (the browser), installed where missing
