@@ -61,6 +61,7 @@ def reports_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        """Run the command, reporting a PublisherError as a message and an exit code."""
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
@@ -277,6 +278,7 @@ class _ProgressBar:
         self.bar.update(done - self.bar.pos)
 
     def close(self) -> None:
+        """Finish the bar, if one was drawn."""
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
 
@@ -311,8 +313,7 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @click.pass_context
 @reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
-    """Show deliveries per state, failures with the server's replies, and subscriber counts;
-    then the last tick of `publisher run` and the next anniversary moments."""
+    """Show deliveries per state, failures, subscriber counts, last tick and next anniversaries."""
     config = load_config(ctx)
     click.echo("\n".join(dispatch.delivery_status(config, _as_day(day)).lines()))
     click.echo("\n".join(schedule.clock_status(config).lines()))

@@ -165,6 +165,7 @@ class _Table:
         return ConfigError(problem, path=self.path, field=f"{self.name}.{key}")
 
     def get(self, key: str, kind: type, default: Any) -> Any:
+        """Return ``key`` checked to be of ``kind``, or ``default`` when absent."""
         self.used.add(key)
         if key not in self.data:
             return default
@@ -176,31 +177,37 @@ class _Table:
         return value
 
     def text(self, key: str, default: str) -> str:
+        """Return a string value."""
         return cast(str, self.get(key, str, default))
 
     def optional_text(self, key: str) -> str | None:
+        """Return a string value, or None when absent or empty."""
         value = self.get(key, str, None)
         return cast("str | None", value) or None
 
     def number(self, key: str, default: int, minimum: int = 0) -> int:
+        """Return an integer of at least ``minimum``."""
         value = cast(int, self.get(key, int, default))
         if value < minimum:
             raise self._fail(key, f"must be at least {minimum}, got {value}")
         return value
 
     def real(self, key: str, default: float, minimum: float = 0.0) -> float:
+        """Return a number of at least ``minimum`` as a float."""
         value = cast(float, self.get(key, float, default))
         if value < minimum:
             raise self._fail(key, f"must be at least {minimum}, got {value}")
         return value
 
     def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
+        """Return a string that is one of ``choices``."""
         value = self.text(key, default)
         if value not in choices:
             raise self._fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
         return value
 
     def path_value(self, key: str, default: str | None, base: Path) -> Path | None:
+        """Return a path, ``~`` expanded and relative ones taken from ``base``."""
         value = self.get(key, str, default)
         if value is None:
             return None
@@ -208,6 +215,7 @@ class _Table:
         return candidate if candidate.is_absolute() else base / candidate
 
     def table(self, key: str) -> _Table:
+        """Return a sub-table (empty when absent) for reading."""
         self.used.add(key)
         value = self.data.get(key, {})
         if not isinstance(value, dict):
@@ -215,9 +223,11 @@ class _Table:
         return _Table(value, f"{self.name}.{key}", self.path)
 
     def has(self, key: str) -> bool:
+        """Return whether the table sets ``key``."""
         return key in self.data
 
     def reject_unknown(self) -> None:
+        """Raise ConfigError for the first key that no read asked for."""
         unknown = sorted(set(self.data) - self.used)
         if unknown:
             raise self._fail(unknown[0], "unknown key")
@@ -366,6 +376,7 @@ def from_mapping(data: Mapping[str, Any], *, path: Path | None = None,
     root.name = ""
 
     def section(name: str) -> _Table:
+        """Return a top-level table whose errors name keys as ``name.key``."""
         table = root.table(name)
         table.name = name
         return table

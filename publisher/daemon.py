@@ -54,6 +54,7 @@ class _DropBusySkips(logging.Filter):
     """Drop APScheduler's warning that a tick was skipped because the previous one still runs."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Return False for the skipped-tick warning, True for any other record."""
         # A tick that sends a large edition outlasts many intervals; the next tick picks up
         # whatever is left, so each skipped interval is expected, not a warning.
         return "maximum number of running instances" not in record.getMessage()
@@ -123,18 +124,17 @@ def _drain_signals() -> None:
 
 
 def run(config: Config, tick: Callable[[], object], stop: threading.Event) -> None:
-    """Fire ``tick`` on the clock until a stop signal, letting the tick in progress finish.
-
-    Call it from the main thread: the stop signals are blocked here and in every thread started
-    from here, and taken synchronously by the main thread, so no handler ever interrupts a lock
-    holder. A thread started earlier that does not block them may still receive one; the handler
-    installed for that case only records it, and the wait notices within half a second.
-    """
+    """Fire ``tick`` on the clock until a stop signal, letting the tick in progress finish."""
     received: list[int] = []
 
     def record(signum: int, _frame: object) -> None:
+        """Note a stop signal delivered to a thread that does not block it."""
         received.append(signum)
 
+    # Call this from the main thread: it blocks the stop signals (so does every thread started
+    # from here) and takes them synchronously, so no handler ever interrupts a lock holder. A
+    # thread started earlier that does not block them may still receive one; this handler only
+    # records it, and the wait notices within half a second.
     handlers = {sig: signal.signal(sig, record) for sig in STOP_SIGNALS}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:

@@ -1,11 +1,4 @@
-"""Enqueue events and send due deliveries: the library behind ``publisher send`` and the daemon.
-
-The order of work makes sending exactly-once per (article, year, subscriber) as far as SMTP
-allows: delivery rows are inserted first (idempotently), claimed under a lease, and a row
-becomes ``sent`` only after the server accepted its message. A process that dies between the
-server's 250 and the ledger write leaves the row ``sending``; once the lease runs out it is sent
-again with the same Message-ID (at least once, rather than lose mail).
-"""
+"""Enqueue events and send due deliveries: the library behind ``publisher send`` and the daemon."""
 
 from __future__ import annotations
 
@@ -66,10 +59,7 @@ class SendPolicy:
         )
 
     def retry_at(self, attempts: int, now: datetime, give_up_at: datetime) -> datetime | None:
-        """Return when to try again after ``attempts`` tries, or None to give up.
-
-        The wait doubles each time: ``retry_base * 2 ** (attempts - 1)`` after the n-th try.
-        """
+        """Return when to try again after ``attempts`` tries, or None to give up."""
         if attempts >= self.max_attempts:
             return None
         when = now + self.retry_base * 2 ** max(attempts - 1, 0)
@@ -311,12 +301,12 @@ def send_due(ledger: Ledger, mailer: Mailer, transport: Transport, calendar: Cal
              clock: Clock, worker_id: str, stop: threading.Event | None = None, *,
              policy: SendPolicy, progress: Progress | None = None,
              report: SendReport | None = None) -> SendReport:
-    """Claim and send due deliveries in batches until none is left (or ``stop`` is set).
-
-    One Edition per (slug, year) is built on first need and reused for every recipient. A
-    batch in which the server could not be reached at all ends the run: the rows wait for
-    their retry time instead of every remaining row failing the same way.
-    """
+    """Claim and send due deliveries in batches until none is left (or ``stop`` is set)."""
+    # Exactly once per (article, year, subscriber) as far as SMTP allows: rows are queued
+    # idempotently, claimed under a lease and marked sent only after the server accepted the
+    # message. A process that dies between the server's 250 and the ledger write leaves a row
+    # ``sending``; once its lease runs out it goes again with the same Message-ID (at least
+    # once, rather than lose mail).
     report = report or SendReport()
     skipped, failed = ledger.expire(clock())
     report.skipped += skipped
@@ -332,6 +322,8 @@ def send_due(ledger: Ledger, mailer: Mailer, transport: Transport, calendar: Cal
         logger.info("batch: %d claimed, %d handed to the transport, %d sent", len(claims),
                     batch.handed, batch.sent,
                     extra={"claimed": len(claims), "handed": batch.handed, "sent": batch.sent})
+        # The server could not be reached at all: the rows wait for their retry time instead
+        # of every remaining row failing the same way.
         if batch.handed and not batch.sent and batch.systemic == batch.handed:
             report.stopped = "the mail server could not be reached; deferred rows will be retried"
             break
@@ -341,8 +333,7 @@ def send_due(ledger: Ledger, mailer: Mailer, transport: Transport, calendar: Cal
 def send_date(config: Config, day: date | None = None, *, dry_run: bool = False,
               clock: Clock | None = None, progress: Progress | None = None,
               stop: threading.Event | None = None) -> SendReport:
-    """Queue the events of ``day`` (default: today in the site's zone) for every confirmed
-    subscriber, whatever their zone, then send everything due. A dry run changes nothing."""
+    """Queue ``day``'s events for every confirmed subscriber in any zone, then send all due."""
     clock = clock or utcnow
     now = clock()
     day = day or now.astimezone(config.site.zone).date()

@@ -112,11 +112,13 @@ def absolute_links(fragment: str, base: str) -> str:
     """Rewrite relative ``href``/``src``/``poster``/``cite`` values in HTML to absolute URLs."""
 
     def attribute(match: re.Match[str]) -> str:
+        """Return one URL attribute, double-quoted, with its value made absolute."""
         raw = next(value for value in match.groups()[1:] if value is not None)
         url = urljoin(base, html.unescape(raw).strip())
         return f'{match.group(1)}"{html.escape(url, quote=True)}"'
 
     def tag(match: re.Match[str]) -> str:
+        """Return one start tag with its URL attributes made absolute."""
         return _URL_ATTRIBUTE.sub(attribute, match.group(0))
 
     return _START_TAG.sub(tag, fragment)
@@ -160,12 +162,7 @@ def event_title(event: Event) -> str:
 
 def feed_item(site: SiteConfig, event: Event, env: jinja2.Environment,
               position: int = 0) -> FeedItem:
-    """Build one feed item: links made absolute, HTML rendered through ``feed_item.html``.
-
-    ``position`` is the item's place among the day's items: each one is stamped a second
-    before the one listed above it, so no two share a date (the W3C validator warns about
-    equal Atom ``updated`` values) and the order stays newest first.
-    """
+    """Build one feed item: links made absolute, HTML rendered through ``feed_item.html``."""
     site = clean_site(site)
     article = clean_article(event.article)
     event = dataclasses.replace(event, article=article)
@@ -179,6 +176,8 @@ def feed_item(site: SiteConfig, event: Event, env: jinja2.Environment,
         id=event_id(site, event),
         url=event_url(site, event),
         title=clean_text(event_title(event)),
+        # A second earlier per place (``position``) among the day's items: no two share a date
+        # (the W3C validator warns about equal Atom ``updated`` values), newest still first.
         published=publish_instant(site, event.on) - timedelta(seconds=position),
         summary=article.summary,
         content_html=clean_text(content),

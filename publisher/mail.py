@@ -1,12 +1,4 @@
-"""Build email: one rendered Edition per event, then each subscriber's bytes by filling slots.
-
-Rendering and CSS inlining happen once per event, for two variants (a subscriber with a name and
-one without). Subscriber-specific values are rendered as placeholders ("slots"), the text around
-them is encoded as quoted-printable once, and a message is then a join of precomputed bytes with
-a few short encoded values. Every header value that comes from content, configuration or a
-subscriber passes through :func:`_clean`, which turns CR, LF, NUL and other control characters
-into spaces, and values that could be read as RFC 2047 encoded-words are themselves encoded.
-"""
+"""Build email: one rendered Edition per event, then each subscriber's bytes by filling slots."""
 
 from __future__ import annotations
 
@@ -124,6 +116,8 @@ def unsubscribe_url(config: Config, token: str) -> str:
 
 def _clean(value: str) -> str:
     """Return a value safe for one header line: controls become spaces, whitespace collapses."""
+    # Every header value from content, configuration or a subscriber comes through here, so
+    # none can smuggle in CR, LF or NUL and start a header line of its own.
     return " ".join(_CONTROL.sub(" ", value).split())
 
 
@@ -317,6 +311,7 @@ def reflow(text: str, width: int = TEXT_WIDTH) -> str:
     first = rest = ""  # the prefixes of the block's first and following lines
 
     def flush() -> None:
+        """Wrap the pending block into ``out`` and start a new one."""
         if block:
             out.extend(textwrap.wrap(" ".join(block), width, initial_indent=first,
                                      subsequent_indent=rest, break_long_words=False,
@@ -363,6 +358,7 @@ def absolute_links(body_html: str, base: str) -> str:
     """Make the double-quoted href and src attributes of an HTML fragment absolute."""
 
     def absolute(match: re.Match[str]) -> str:
+        """Return the matched attribute with its URL made absolute."""
         url = urljoin(base, html.unescape(match.group(2)).strip())
         return match.group(1) + html.escape(url) + match.group(3)
 
@@ -488,6 +484,9 @@ class Mailer:
             "links": article_links(article.body_html, web_url),
             "unsubscribe_url": slot(UNSUBSCRIBE),
         }
+        # Rendering and CSS inlining are the costly part, so they run once per event for two
+        # variants (with and without a name); subscriber values are left as slots, the text
+        # around them is encoded once, and each message is a join of precomputed bytes.
         named = TemplateSubscriber(slot(NAME), slot(EMAIL))
         anonymous = TemplateSubscriber(None, slot(EMAIL))
         return Edition(self, event, self._variant({**context, "subscriber": named}),

@@ -1,5 +1,4 @@
-"""The web service: the built site over HTTP, sign-up with double opt-in, one-click
-unsubscribe (RFC 8058) and previews of emails and feeds for the operator."""
+"""The web service: the built site, double opt-in sign-up, RFC 8058 unsubscribe, previews."""
 
 from __future__ import annotations
 
@@ -183,14 +182,12 @@ class Redirect:
 
 
 def site_path(url_path: str) -> str | None:
-    """Map a URL path to a path relative to the site folder; None when it may not be served.
-
-    Hidden names (``.git``, the builder's ``.site.build-*``) and ``..`` are refused, so no
-    request reaches outside the folder or into a half-built one.
-    """
+    """Map a URL path to a path relative to the site folder; None when it may not be served."""
     if "\\" in url_path or "\x00" in url_path:
         return None
     segments = url_path.lstrip("/").split("/")
+    # Hidden names (``.git``, the builder's ``.site.build-*``) and ``..`` are refused, so no
+    # request reaches outside the folder or into a half-built one.
     if any(s.startswith(".") or (not s and i < len(segments) - 1)
            for i, s in enumerate(segments)):
         return None
@@ -200,11 +197,7 @@ def site_path(url_path: str) -> str | None:
 
 
 class SiteFiles:
-    """Serve the files of the built site, re-resolved on every request since builds swap it.
-
-    Files up to ``file_limit`` bytes are kept in memory (with their gzipped form) until their
-    (mtime, size, inode) changes; the least recently used go first past ``total_limit``.
-    """
+    """Serve the files of the built site, re-resolved on every request since builds swap it."""
 
     def __init__(self, root: Path, *, file_limit: int = CACHE_FILE_BYTES,
                  total_limit: int = CACHE_TOTAL_BYTES) -> None:
@@ -238,6 +231,8 @@ class SiteFiles:
             return None
         if info.st_size > self.file_limit:
             return LargeFile(path, relative, info)
+        # Small files stay in memory (gzipped too) until their (mtime, size, inode) changes;
+        # the least recently used go first past ``total_limit``.
         key = (info.st_mtime_ns, info.st_size, info.st_ino)
         entry = self._cache.get(relative)
         if entry is not None and entry[0] == key:
@@ -360,11 +355,9 @@ def large_file_response(file: LargeFile, request: Request) -> Response:
 
 
 class SlidingWindow:
-    """Allow at most ``limit`` events per key within any ``window`` seconds, in memory.
+    """Allow at most ``limit`` events per key within any ``window`` seconds, in memory."""
 
-    One process only: each worker of a multi-process server would keep its own counts.
-    """
-
+    # One process only: each worker of a multi-process server would keep its own counts.
     def __init__(self, limit: int, window: float, max_keys: int = RATE_LIMIT_KEYS) -> None:
         self.limit = limit
         self.window = window
@@ -394,17 +387,15 @@ def origin_of(url: str) -> str:
 
 
 def same_origin(headers: Headers, own: Iterable[str]) -> bool:
-    """Return whether a form post comes from our own pages (Fetch Metadata, then Origin).
-
-    A browser sends at least one of Sec-Fetch-Site and Origin with every cross-site POST; a
-    request carrying neither is not a browser's, so it cannot be a forged cross-site form.
-    """
+    """Return whether a form post comes from our own pages (Fetch Metadata, then Origin)."""
     fetch_site = headers.get("sec-fetch-site")
     if fetch_site in ("same-origin", "none"):
         return True
     origin = headers.get("origin")
     if origin is not None:
         return origin.lower() in set(own)
+    # A browser sends at least one of Sec-Fetch-Site and Origin with every cross-site POST; a
+    # request carrying neither is not a browser's, so it cannot be a forged cross-site form.
     return fetch_site is None
 
 
@@ -421,15 +412,12 @@ def is_loopback(host: str | None) -> bool:
 
 
 def preview_allowed(request: Request, token: str | None) -> bool:
-    """Return whether a request may see previews.
-
-    With ``web.preview_token`` set, the token is required from everyone (query ``token`` or
-    the ``X-Preview-Token`` header); without it only loopback clients that did not come
-    through a proxy are served.
-    """
-    if token:
+    """Return whether a request may see previews: by token if one is set, else loopback only."""
+    if token:  # required from everyone, even loopback clients
         given = request.headers.get(PREVIEW_TOKEN_HEADER) or request.query_params.get("token")
         return given is not None and hmac.compare_digest(given.encode(), token.encode())
+    # Without a token only this machine may look, and a request relayed by a proxy may come
+    # from anywhere.
     client = request.client.host if request.client else None
     forwarded = any(name in request.headers for name in _FORWARDING_HEADERS)
     return is_loopback(client) and not forwarded
@@ -477,6 +465,7 @@ class SecurityHeaders:
             return
 
         async def send_with_headers(message: Message) -> None:
+            """Add the missing security headers to the response start, then send it."""
             if message["type"] == "http.response.start":
                 raw: list[tuple[bytes, bytes]] = list(message.get("headers", []))
                 present = {name.lower() for name, _ in raw}
@@ -531,17 +520,15 @@ class Subscriptions:
         self.open_transport = open_transport
 
     def sign_up(self, email: str, name: str | None, timezone: str | None) -> SignUp:
-        """Record a pending sign-up; raise SubscriberError for a bad address or name.
-
-        A confirmed address is left exactly as it is and gets no email; any other is (again)
-        pending and gets a fresh confirmation link.
-        """
+        """Record a pending sign-up; raise SubscriberError for a bad address or name."""
         try:
             zone = check_timezone(timezone)
         except SubscriberError:
             zone = None  # a zone the browser knows but tzdata does not: use the site's
         row = subscriber_row(email, name, zone, status="pending")
         subscriber = self.ledger.add_pending(row, now=self.clock())
+        # A confirmed address is left exactly as it is and gets no email; any other is (again)
+        # pending and gets a fresh confirmation link.
         if subscriber.status == "confirmed":
             return SignUp(row.email, None)
         return SignUp(row.email, Recipient(subscriber.id, subscriber.email, subscriber.name,
@@ -937,6 +924,7 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        """Purge stale sign-ups while the app runs; close an owned ledger at shutdown."""
         async with anyio.create_task_group() as tasks:
             if purge:
                 tasks.start_soon(service.purge_regularly)
@@ -1021,8 +1009,7 @@ def _address(sock: socket.socket) -> str:
 @contextlib.contextmanager
 def beside(config: Config, sock: socket.socket | None, *, access_log: bool = True
            ) -> Iterator[None]:
-    """Serve the application in the background while the block runs (the daemon's
-    ``run --serve``); with no socket, just run the block."""
+    """Serve the application in the background while the block runs, if given a socket."""
     if sock is None:
         yield
         return
@@ -1034,21 +1021,19 @@ def beside(config: Config, sock: socket.socket | None, *, access_log: bool = Tru
 
 @contextlib.contextmanager
 def serving(app: ASGIApp, sock: socket.socket, *, access_log: bool = True) -> Iterator[str]:
-    """Serve ``app`` on a bound socket from a background thread; yield its ``http://`` address.
-
-    The thread starts with SIGINT and SIGTERM blocked, so they reach the main thread (e.g. the
-    daemon's wait) rather than the server. Leaving the block stops the server and closes the
-    socket.
-    """
+    """Serve ``app`` on a bound socket from a background thread; yield its ``http://`` address."""
     server = uvicorn.Server(_server_config(app, access_log=access_log))
     failure: list[BaseException] = []
 
     def run() -> None:
+        """Run the server, keeping any failure for the caller."""
         try:
             server.run(sockets=[sock])
         except BaseException as exc:  # reported to the caller below
             failure.append(exc)
 
+    # The thread starts with SIGINT and SIGTERM blocked, so they reach the main thread (e.g.
+    # the daemon's wait) rather than the server.
     blocked = {signal.SIGINT, signal.SIGTERM}
     previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
     try:
