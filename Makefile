@@ -27,13 +27,31 @@ system-test-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) chromium fonts-dejavu-core; }
 
 ## system-bench-deps: Debian packages the benchmarks drive (wrk, for benchmarks/web.py;
-## postfix's smtp-sink and smtp-source, for benchmarks/send.py: its mail daemon is stopped again)
+## postfix's smtp-sink and smtp-source, for benchmarks/send.py; hugo, for benchmarks/build.py).
+## Postfix is installed unconfigured ("No configuration"): its mail daemon never starts, and a
+## daemon started by an earlier install is stopped.
 system-bench-deps:
 	@command -v wrk >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) wrk; }
 	@command -v smtp-sink >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin" command -v smtp-sink \
-		>/dev/null 2>&1 || { $(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) postfix \
-		&& { $(SUDO) postfix stop >/dev/null 2>&1 || true; }; }
+		>/dev/null 2>&1 || { \
+		echo "postfix postfix/main_mailer_type select No configuration" \
+			| $(SUDO) debconf-set-selections \
+		&& $(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) postfix; }
+	@{ PATH="$$PATH:/usr/sbin" postfix status >/dev/null 2>&1 \
+		&& $(SUDO) env PATH="$$PATH:/usr/sbin" postfix stop >/dev/null 2>&1; } || true
+	@command -v hugo >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) hugo; }
+
+## bench: install what the benchmarks compare against, then run every benchmark; each prints
+## our figure, the baseline measured in the same run and the ratio (benchmarks/README.md)
+bench: $(STAMP) system-bench-deps
+	$(PY) benchmarks/build.py
+	$(PY) benchmarks/calendar_day.py
+	$(PY) benchmarks/send.py --memory
+	$(PY) benchmarks/mail_messages.py
+	$(PY) benchmarks/tick.py
+	$(PY) benchmarks/web.py
 
 ## test: install what the tests need, then run them (no tests collected is a failure)
 test: $(STAMP) system-test-deps

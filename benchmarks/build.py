@@ -1,18 +1,36 @@
-"""Time a cold site build and a rebuild with nothing changed, over generated articles.
+"""Time site builds over generated articles, against Hugo building the same articles.
 
-Usage: .venv/bin/python benchmarks/build.py [--articles 5000] [--size 4096] [--keep]
+Usage: .venv/bin/python benchmarks/build.py [--articles 5000] [--size 4096] [--repeat 3]
+                                            [--no-hugo] [--keep]
 
-Prints the figures; `time_build` is the function to time for comparisons with other
-generators (it runs one complete build, swap included).
+Generates ``--articles`` Markdown articles of about ``--size`` bytes, then times, each
+``--repeat`` times (the median is printed):
+
+* a cold build: an empty output folder and an empty article cache, so every article is parsed,
+  every page rendered and written (what the first build of ``publisher run`` does; imports and
+  interpreter start-up are not included, see the last line for a fresh ``publisher build``);
+* a rebuild with nothing changed, in the same process (the daemon's case): the article cache
+  re-reads no file and the build finds its previous output intact, so nothing is rendered;
+* a rebuild on the next day (the daemon's daily build): a few pages change;
+* Hugo (Debian package ``hugo``) building the same articles with minimal layouts (a page per
+  article, an index listing every article, the RSS feed of the newest ``feed_items``), first into
+  an empty folder, then again over its own output, as its command-line build always works.
+
+Prints each figure, Hugo's, and the ratios (ours / Hugo's: below 1.0 is faster).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -28,6 +46,40 @@ WORDS = (
     "festival", "journey", "island", "lighthouse", "canal", "railway", "clock",
 )
 DAY = date(2026, 7, 20)
+FEED_ITEMS = 50  # the [site] feed_items default; Hugo's rssLimit is set to the same
+
+# Minimal Hugo layouts with the same pages as ours: one per article, an index of all articles
+# by date, and the RSS feed (Hugo's built-in template). Taxonomies and extras are turned off.
+HUGO_CONFIG = f"""baseURL = "https://bench.example.org/"
+title = "Benchmark"
+languageCode = "en"
+disableKinds = ["taxonomy", "term", "section", "sitemap", "robotsTXT", "404"]
+rssLimit = {FEED_ITEMS}
+[outputs]
+home = ["HTML", "RSS"]
+page = ["HTML"]
+[markup.goldmark.renderer]
+unsafe = true
+"""
+HUGO_SINGLE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ .Title }} · {{ .Site.Title }}</title>
+<link rel="alternate" type="application/rss+xml" href="{{ "index.xml" | absURL }}"></head>
+<body><article><h1>{{ .Title }}</h1>
+<p>First published <time datetime="{{ .Date.Format "2006-01-02" }}">
+{{- .Date.Format "2 January 2006" }}</time></p>
+<div class="body">{{ .Content }}</div>
+{{ with .Params.tags }}<p>Tags: {{ delimit . ", " }}</p>{{ end }}
+</article></body></html>
+"""
+HUGO_INDEX = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ .Site.Title }}</title>
+<link rel="alternate" type="application/rss+xml" href="{{ "index.xml" | absURL }}"></head>
+<body><h1>Archive</h1><ul>
+{{ range .Site.RegularPages.ByDate.Reverse }}<li>
+<time datetime="{{ .Date.Format "2006-01-02" }}">{{ .Date.Format "2 January 2006" }}</time>
+<a href="{{ .RelPermalink }}">{{ .Title }}</a></li>
+{{ end }}</ul></body></html>
+"""
 
 
 @dataclass(frozen=True)
@@ -67,13 +119,70 @@ def time_build(config: Config, day: date, cache: ArticleCache) -> Timing:
     return Timing(time.perf_counter() - start, report)
 
 
+def site_config(folder: Path, content: Path, output: Path) -> Config:
+    """Return the configuration of a benchmark site writing into ``output``."""
+    return from_mapping({"site": {
+        "base_url": "https://bench.example.org/", "content_dir": str(content),
+        "output_dir": str(output), "feed_items": FEED_ITEMS,
+    }}, base_dir=folder)
+
+
+def hugo_site(folder: Path, content: Path) -> Path:
+    """Lay out a Hugo site over the same articles; return its folder.
+
+    The generated articles' front matter (title, date, tags) is already Hugo's YAML front
+    matter, so each file is linked in unchanged under ``content/articles/``.
+    """
+    site = folder / "hugo"
+    articles = site / "content" / "articles"
+    (site / "layouts" / "_default").mkdir(parents=True)
+    articles.mkdir(parents=True)
+    (site / "config.toml").write_text(HUGO_CONFIG, encoding="utf-8")
+    (site / "layouts" / "_default" / "single.html").write_text(HUGO_SINGLE, encoding="utf-8")
+    (site / "layouts" / "index.html").write_text(HUGO_INDEX, encoding="utf-8")
+    for path in sorted(content.glob("*.md")):
+        os.link(path, articles / path.name)
+    return site
+
+
+def time_hugo(hugo: str, site: Path, output: Path) -> float:
+    """Run one Hugo build of ``site`` into ``output`` and return its wall time."""
+    start = time.perf_counter()
+    subprocess.run([hugo, "--quiet", "--source", str(site), "--destination", str(output),
+                    "--cacheDir", str(site / ".cache")], check=True)
+    return time.perf_counter() - start
+
+
+def time_command(folder: Path, config_text: str) -> float:
+    """Time one ``publisher build`` in a fresh process (interpreter start-up and imports too)."""
+    (folder / "publisher.toml").write_text(config_text, encoding="utf-8")
+    command = [str(Path(sys.executable).with_name("publisher")), "build", "--date",
+               DAY.isoformat()]
+    start = time.perf_counter()
+    subprocess.run(command, check=True, cwd=folder, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def median(runs: list[float]) -> float:
+    """Return the median of some timings."""
+    return statistics.median(runs)
+
+
+def repeated(count: int, run: Callable[[int], float]) -> list[float]:
+    """Return the timings of ``count`` runs, each told its number."""
+    return [run(number) for number in range(count)]
+
+
 def main() -> None:
-    """Generate the articles, build twice and print the figures."""
+    """Generate the articles, build them with both generators and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--articles", type=int, default=5000)
     parser.add_argument("--size", type=int, default=4096, help="approximate bytes per article")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
+    parser.add_argument("--no-hugo", action="store_true", help="skip the Hugo baseline")
     parser.add_argument("--keep", action="store_true", help="keep the generated folder")
     args = parser.parse_args()
+    hugo = None if args.no_hugo else shutil.which("hugo")
 
     folder = Path(tempfile.mkdtemp(prefix="publisher-bench-"))
     try:
@@ -82,23 +191,56 @@ def main() -> None:
         started = time.perf_counter()
         written = write_articles(content, args.articles, args.size)
         generated = time.perf_counter() - started
-        config = from_mapping({"site": {
-            "base_url": "https://bench.example.org/", "content_dir": str(content),
-            "output_dir": str(folder / "site"),
-        }}, base_dir=folder)
+        hugo_folder = hugo_site(folder, content) if hugo else None
+
+        def cold(number: int) -> float:
+            out = folder / f"cold-{number}"
+            return time_build(site_config(folder, content, out), DAY, ArticleCache()).seconds
+
+        def hugo_cold(number: int) -> float:
+            assert hugo and hugo_folder
+            return time_hugo(hugo, hugo_folder, folder / f"hugo-{number}")
+
+        # Interleaved, so that a slow spell of the disk hits both generators alike.
+        ours_cold: list[float] = []
+        theirs_cold: list[float] = []
+        for number in range(args.repeat):
+            if hugo:
+                theirs_cold.append(hugo_cold(number))
+            ours_cold.append(cold(number))
+        config = site_config(folder, content, folder / "site")
         cache = ArticleCache()
-        cold = time_build(config, DAY, cache)
-        warm = time_build(config, DAY, cache)
+        first = time_build(config, DAY, cache)
+        same = [time_build(config, DAY, cache) for _ in range(args.repeat)]
         next_day = time_build(config, DAY + timedelta(days=1), cache)
-        print(f"articles:          {args.articles} ({written / 1e6:.1f} MB, "
-              f"generated in {generated:.2f} s)")
-        for label, timing in (("cold build", cold), ("rebuild, same day", warm),
-                              ("rebuild, next day", next_day)):
-            report = timing.report
-            print(f"{label + ':':<19}{timing.seconds:7.2f} s  "
-                  f"({report.written} files written, {report.unchanged} unchanged, "
-                  f"{(report.written + report.unchanged) / timing.seconds:,.0f} files/s)")
-        print(f"rebuild / cold:    {warm.seconds / cold.seconds:7.2f}")
+        theirs_again = (repeated(args.repeat, lambda _: hugo_cold(0)) if hugo else [])
+        command = time_command(folder, f'[site]\nbase_url = "https://bench.example.org/"\n'
+                                       f'content_dir = "{content}"\n'
+                                       f'output_dir = "{folder / "cli-site"}"\n')
+
+        cold_s, same_s = median(ours_cold), median([t.seconds for t in same])
+        print(f"articles:                {args.articles} ({written / 1e6:.1f} MB, "
+              f"generated in {generated:.2f} s); median of {args.repeat} runs")
+        print(f"cold build:              {cold_s:7.3f} s  ({first.report.written} files)")
+        print(f"rebuild, nothing changed:{same_s:7.3f} s  "
+              f"({same[-1].report.written} files written, {same[-1].report.unchanged} kept)")
+        print(f"rebuild, next day:       {next_day.seconds:7.3f} s  "
+              f"({next_day.report.written} files written, {next_day.report.unchanged} kept)")
+        print(f"publisher build command: {command:7.3f} s  (fresh process, cold)")
+        if hugo:
+            hugo_cold_s, hugo_again_s = median(theirs_cold), median(theirs_again)
+            print(f"hugo, empty folder:      {hugo_cold_s:7.3f} s")
+            print(f"hugo, over its output:   {hugo_again_s:7.3f} s")
+            print(f"ratio cold build / hugo (empty folder):          "
+                  f"{cold_s / hugo_cold_s:6.3f}  (target <= 1.0)")
+            print(f"ratio rebuild, nothing changed / hugo (empty):   "
+                  f"{same_s / hugo_cold_s:6.3f}  (target <= 0.05)")
+            print(f"ratio rebuild, nothing changed / hugo (again):   "
+                  f"{same_s / hugo_again_s:6.3f}")
+            print(f"ratio publisher build command / hugo (empty):    "
+                  f"{command / hugo_cold_s:6.3f}")
+        else:
+            print("hugo not found (make system-bench-deps installs it): no baseline")
         if args.keep:
             print(f"kept: {folder}")
     finally:

@@ -1,21 +1,27 @@
 """Measure `publisher send`: personalised ~20 KB emails to a local SMTP sink, against smtp-source.
 
-Usage: .venv/bin/python benchmarks/send.py [--messages 5000] [--size 20000] [--connections 1]
-                                           [--database URL]
+Usage: .venv/bin/python benchmarks/send.py [--messages 5000] [--size 20000] [--connections 1,2,4]
+                                           [--memory] [--profile] [--database URL]
 
-For each run a child process sets up a fresh ledger with N confirmed subscribers and one article
-whose email is about ``--size`` bytes, then times ``send_date`` (enqueue, claim, build each
-message, SMTP, ledger writes) and reports its own peak RSS. The same is done with a tenth of the
-subscribers, to show that memory does not grow with the list. The baseline is postfix's
-``smtp-source -d`` (same size, count and connections) into the same ``smtp-sink``; without
-postfix (``make system-bench-deps``) an aiosmtpd sink is used and the baseline is skipped.
+For each connection count a child process sets up a fresh ledger with N confirmed subscribers
+and one article whose email is about ``--size`` bytes, then times ``send_date`` (enqueue, claim,
+build each message, SMTP with pipelining where offered, one ledger write per message). The
+baseline is postfix's ``smtp-source -d`` (same size, count and connections, one message per
+session kept open) into the same ``smtp-sink``, run right after; the ratio is ours / theirs.
+Without postfix (``make system-bench-deps``) an aiosmtpd sink is used and there is no baseline.
+
+``--memory`` also sends to ``--memory-small`` and ``--memory-large`` subscribers, each in a fresh
+process, and compares their peak RSS (the list must not be held in memory). ``--profile`` prints
+where the main thread spends the send (cProfile, cumulative).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import random
 import resource
 import shutil
@@ -138,22 +144,34 @@ def send_once(args: argparse.Namespace, folder: Path, url: str) -> None:
                 ledger.insert_new(chunk)
                 chunk.clear()
         ledger.insert_new(chunk)
+    profile = cProfile.Profile() if args.profile else None
     started = time.perf_counter()
+    if profile is not None:
+        profile.enable()
     report = send_date(config, DAY, clock=lambda: datetime.now(UTC))
     seconds = time.perf_counter() - started
+    if profile is not None:
+        profile.disable()
+        pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"sent": report.sent, "seconds": seconds, "peak_kib": peak_kib,
                       "problems": report.problems}))
 
 
-def run_child(args: argparse.Namespace, messages: int, port: int) -> dict[str, Any]:
+def run_child(args: argparse.Namespace, messages: int, port: int, connections: int,
+              profile: bool = False) -> dict[str, Any]:
     """Run one measured send in a fresh process and return its figures."""
     command = [sys.executable, __file__, "--child", "--messages", str(messages), "--port",
-               str(port), "--body", str(args.body), "--connections", str(args.connections)]
+               str(port), "--body", str(args.body), "--connections", str(connections)]
     if args.database:
         command += ["--database", args.database]
+    if profile:
+        command.append("--profile")
     out = subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT).stdout
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    lines = out.strip().splitlines()
+    if profile:
+        print("\n".join(lines[:-1]))
+    result: dict[str, Any] = json.loads(lines[-1])
     if result["problems"] or result["sent"] != messages:
         raise SystemExit(f"the send went wrong: {result}")
     return result
@@ -180,15 +198,56 @@ def body_for(size: int) -> int:
     return body
 
 
-def baseline(args: argparse.Namespace, port: int, size: int) -> float:
+def baseline(args: argparse.Namespace, port: int, size: int, connections: int) -> float:
     """Return smtp-source's messages per second for the same count, size and connections."""
     source = tool("smtp-source")
     assert source is not None
     started = time.perf_counter()
-    subprocess.run([source, "-d", "-s", str(args.connections), "-l", str(size), "-m",
+    subprocess.run([source, "-d", "-s", str(connections), "-l", str(size), "-m",
                     str(args.messages), "-f", "publisher@example.org", "-t",
                     "reader@example.org", f"127.0.0.1:{port}"], check=True)
     return float(args.messages) / (time.perf_counter() - started)
+
+
+def connection_counts(text: str) -> list[int]:
+    """Parse ``1,2,4`` into connection counts."""
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def speed(args: argparse.Namespace, kind: str, port: int, size: int) -> None:
+    """Print our rate and smtp-source's for each connection count, with the ratios."""
+    has_baseline = kind == "smtp-sink" and tool("smtp-source") is not None
+    ratios: dict[int, float] = {}
+    rates: dict[int, float] = {}
+    for connections in connection_counts(args.connections):
+        ours = run_child(args, args.messages, port, connections, profile=args.profile)
+        rates[connections] = ours["sent"] / ours["seconds"]
+        line = (f"{connections} connection(s): publisher send {rates[connections]:7,.0f} msg/s "
+                f"({ours['seconds']:.2f} s, peak RSS {ours['peak_kib'] / 1024:.0f} MiB)")
+        if has_baseline:
+            theirs = baseline(args, port, size, connections)
+            ratios[connections] = rates[connections] / theirs
+            line += f"; smtp-source -d {theirs:7,.0f} msg/s; ratio {ratios[connections]:.2f}"
+        print(line, flush=True)
+    if not has_baseline:
+        print("smtp-source not installed (make system-bench-deps): no baseline")
+        return
+    best = max(rates, key=rates.__getitem__)
+    if 1 in ratios:
+        print(f"ratio on one connection: {ratios[1]:.2f} (target >= 1.0)")
+    print(f"ratio at our best connection count ({best}): {ratios[best]:.2f} (target >= 0.8)")
+
+
+def memory(args: argparse.Namespace, port: int) -> None:
+    """Print the peak RSS of sending to few and to many subscribers, each in a fresh process."""
+    connections = connection_counts(args.connections)[0]
+    small = run_child(args, args.memory_small, port, connections)
+    large = run_child(args, args.memory_large, port, connections)
+    ratio = large["peak_kib"] / small["peak_kib"]
+    print(f"peak RSS: {small['peak_kib'] / 1024:.1f} MiB for {args.memory_small:,} subscribers, "
+          f"{large['peak_kib'] / 1024:.1f} MiB for {args.memory_large:,} "
+          f"({large['sent'] / large['seconds']:,.0f} msg/s); ratio {ratio:.2f} "
+          f"(target <= 1.2)")
 
 
 def main() -> None:
@@ -196,32 +255,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--size", type=int, default=20_000, help="bytes per email (about)")
-    parser.add_argument("--connections", type=int, default=1)
+    parser.add_argument("--connections", default="1,2,4",
+                        help="connection counts to measure, comma-separated")
+    parser.add_argument("--memory", action="store_true", help="also compare peak memory")
+    parser.add_argument("--memory-small", type=int, default=1000)
+    parser.add_argument("--memory-large", type=int, default=100_000)
+    parser.add_argument("--profile", action="store_true", help="print a cProfile summary")
     parser.add_argument("--database", default=None, help="SQLAlchemy URL (default: SQLite)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--body", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        args.connections = connection_counts(args.connections)[0]
         child(args)
         return
     args.body = body_for(args.size)
     size = message_size(args.body)
     with sink(free_port()) as (kind, port):
-        small = run_child(args, max(1, args.messages // 10), port)
-        ours = run_child(args, args.messages, port)
-        rate = ours["sent"] / ours["seconds"]
-        print(f"sink: {kind}; {args.messages} messages of {size} bytes, "
-              f"{args.connections} connection(s), ledger: {args.database or 'SQLite file'}")
-        print(f"publisher send: {rate:,.0f} messages/s ({ours['seconds']:.2f} s)")
-        print(f"peak RSS: {ours['peak_kib'] / 1024:.1f} MiB for {args.messages} subscribers, "
-              f"{small['peak_kib'] / 1024:.1f} MiB for {small['sent']}")
-        if kind == "smtp-sink" and tool("smtp-source"):
-            theirs = baseline(args, port, size)
-            print(f"smtp-source -d: {theirs:,.0f} messages/s")
-            print(f"ratio (publisher send / smtp-source): {rate / theirs:.3f}")
-        else:
-            print("smtp-source not installed (make system-bench-deps): no baseline")
+        print(f"sink: {kind}; {args.messages} messages of {size} bytes; "
+              f"ledger: {args.database or 'SQLite file'}", flush=True)
+        speed(args, kind, port, size)
+        if args.memory:
+            memory(args, port)
 
 
 if __name__ == "__main__":

@@ -165,11 +165,15 @@ class _Batch:
         self.handed = 0
         self.systemic = 0  # outcomes that blame the connection rather than the message
         self.sent = 0
+        self.renewed = sender.clock()  # when the lease was last pushed forward
+        self.lost = False  # the lease ran out and another worker took rows over
 
     def envelopes(self) -> Iterator[Envelope]:
-        """Yield one envelope per claim until told to stop."""
+        """Yield one envelope per claim until told to stop or the lease is lost."""
         for claim in self.claims.values():
             if self.stop is not None and self.stop.is_set():
+                return
+            if not self.sender.keep_lease(self):
                 return
             built = self.sender.build(claim)
             if isinstance(built, Outcome):
@@ -278,19 +282,33 @@ class _Sender:
             report.note_failure(claim, reply)
         self.done += 1
 
+    def keep_lease(self, batch: _Batch) -> bool:
+        """Renew a batch's lease once half of it has passed; return whether it is still held.
+
+        Fewer rows renewed than are open means the lease ran out (the server stalled longer
+        than the lease, or the clocks of two hosts disagree) and another worker took rows
+        over: nothing more of the batch is handed out, so only messages already in flight can
+        go out twice.
+        """
+        now = self.clock()
+        if not batch.lost and batch.open and now - batch.renewed > self.policy.lease / 2:
+            held = self.ledger.extend_lease(batch.open, self.worker, now + self.policy.lease)
+            batch.renewed = now
+            if held < len(batch.open):
+                batch.lost = True
+                logger.warning("the lease of a batch ran out and another worker took over %d "
+                               "of its rows: stopping this batch", len(batch.open) - held)
+        return not batch.lost
+
     def run(self, claims: list[Claim], transport: Transport, stop: threading.Event | None,
             progress: Progress | None, total: int) -> _Batch:
         """Send one batch, keep its lease alive, and hand back what was never sent."""
         batch = _Batch(self, claims, stop)
-        renewed = self.clock()
         for envelope, outcome in transport.send(batch.envelopes()):
             batch.delivered(envelope, outcome)
             if progress is not None:
                 progress(self.done, max(total, self.done))
-            now = self.clock()
-            if batch.open and now - renewed > self.policy.lease / 2:
-                self.ledger.extend_lease(batch.open, self.worker, now + self.policy.lease)
-                renewed = now
+            self.keep_lease(batch)
         if batch.open:
             # Stopped before these were handed over: give them back for the next run.
             self.ledger.release(batch.open, self.worker, self.clock())

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import csv
 import enum
+import hashlib
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -365,6 +366,65 @@ _FINISH_SENT = _finish_statement(held=False)
 _FINISH_HELD = _finish_statement(held=True)
 
 
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+class _DriverStatement:
+    """A statement compiled once for one database and run straight on the driver's connection.
+
+    SQLAlchemy's per-call execution machinery costs more than SQLite takes to update one row;
+    the ledger write made for every message sent is the one place that skips it.
+    """
+
+    def __init__(self, statement: Update, engine: Engine) -> None:
+        dialect = engine.dialect
+        compiled = statement.compile(dialect=dialect)
+        self.engine = engine
+        self.sql = compiled.string
+        self.positions = compiled.positiontup  # None when the driver takes names
+        self.processors: dict[str, Callable[[Any], Any]] = {}
+        # Values written into the statement itself (e.g. status = 'sending') are bound too.
+        self.constants: dict[str, Any] = {}
+        for bind, name in compiled.bind_names.items():
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+            if bind.required:
+                self.processors[name] = process or _unchanged
+            else:
+                self.constants[name] = process(bind.value) if process else bind.value
+        self.errors: type[Exception] = dialect.loaded_dbapi.Error
+
+    def run(self, values: dict[str, Any]) -> int:
+        """Run the statement in a transaction of its own; return how many rows it changed."""
+        params = dict(self.constants)
+        for name, process in self.processors.items():
+            params[name] = process(values[name])
+        arguments = (params if self.positions is None
+                     else [params[name] for name in self.positions])
+        try:
+            connection = self.engine.raw_connection()
+        except DBAPIError as exc:  # the server cannot be reached
+            raise LedgerError(f"database error: {_first_line(exc)}") from exc
+        try:
+            cursor = connection.cursor()
+            try:
+                # SQLite runs a lone statement as its own transaction (the connection is in
+                # autocommit mode), and an UPDATE takes the write lock before it reads: the
+                # BEGIN IMMEDIATE the other writes need would add nothing.
+                cursor.execute(self.sql, arguments)
+                changed = int(cursor.rowcount)
+            finally:
+                cursor.close()
+            connection.commit()
+        except self.errors as exc:
+            with suppress(self.errors):  # a lost connection cannot roll back
+                connection.rollback()
+            raise LedgerError(f"database error: {_first_line(exc)}") from exc
+        finally:
+            connection.close()
+        return changed
+
+
 def _first_line(exc: BaseException) -> str:
     # SQLAlchemy appends a multi-line "background on this error" note; the first line says it.
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -380,6 +440,8 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self._finish_sent = _DriverStatement(_FINISH_SENT, engine)
+        self._finish_held = _DriverStatement(_FINISH_HELD, engine)
 
     @classmethod
     def open(cls, url: str) -> Ledger:
@@ -701,7 +763,11 @@ class Ledger:
             literal(due_at, UtcDateTime()), literal(due_at, UtcDateTime()),
             literal(give_up_at, UtcDateTime()), literal(reason, Text()),
             literal(now, UtcDateTime()),
-        ).where(subscribers.c.status == "confirmed", self._zone_condition(zone, site_zone))
+        ).where(subscribers.c.status == "confirmed", self._zone_condition(zone, site_zone)
+                # Instances queueing one event at once insert the same keys; in one order they
+                # only wait for each other, in different orders (PostgreSQL's synchronised scans
+                # of a large table start mid-table) they could deadlock.
+                ).order_by(subscribers.c.id)
         columns = ["slug", "year", "event_on", "subscriber_id", "status", "attempts", "due_at",
                    "next_attempt_at", "give_up_at", "last_reply", "updated_at"]
         statement = self._insert(deliveries).from_select(columns, source).on_conflict_do_nothing(
@@ -829,6 +895,9 @@ class Ledger:
         now = now or utcnow()
         params = {"delivery_id": delivery_id, "worker": worker, "status": status, "code": code,
                   "reply": reply, "message_id": message_id, "retry_at": retry_at, "now": now}
+        if not bounce:
+            driver = self._finish_sent if status == "sent" else self._finish_held
+            return bool(driver.run(params))
         statement = _FINISH_SENT if status == "sent" else _FINISH_HELD
         with self._write() as conn:
             changed = conn.execute(statement, params).rowcount
@@ -861,6 +930,33 @@ class Ledger:
             query = query.where(deliveries.c.event_on == day)
         with self._read() as conn:
             return [Problem(*row) for row in conn.execute(query)]
+
+    # -- locks shared by every process on the database -------------------------------------------
+
+    @contextmanager
+    def try_lock(self, name: str) -> Iterator[bool]:
+        """Hold the lock called ``name`` while the block runs; yield False when someone has it.
+
+        PostgreSQL: a session advisory lock, seen by every process on every host and released
+        by the server if its holder dies. SQLite: always True, as the processes of one host
+        serialise their work with file locks.
+        """
+        if self.dialect != "postgresql":
+            yield True
+            return
+        key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+        try:
+            with self.engine.connect() as conn:
+                held = bool(conn.scalar(select(func.pg_try_advisory_lock(key))))
+                conn.commit()  # a session lock outlives the transaction; idle is what it holds
+                try:
+                    yield held
+                finally:
+                    if held:
+                        conn.execute(select(func.pg_advisory_unlock(key)))
+                        conn.commit()
+        except DBAPIError as exc:
+            raise LedgerError(f"database error: {_first_line(exc)}") from exc
 
     # -- key/value state -----------------------------------------------------------------------
 

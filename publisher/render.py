@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,8 +37,18 @@ def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
         lstrip_blocks=True,
     )
     env.filters["isodate"] = lambda d: d.isoformat()
-    env.filters["longdate"] = lambda d: f"{d.day} {d.strftime('%B')} {d.year}"
+    env.filters["longdate"] = longdate
     return env
+
+
+# strftime("%B") once per month rather than once per date: an archive page lists every year an
+# article came back, and the site renders thousands of them.
+_MONTHS = tuple(date(2001, month, 1).strftime("%B") for month in range(1, 13))
+
+
+def longdate(day: date) -> str:
+    """Format a date as ``17 May 2020``."""
+    return f"{day.day} {_MONTHS[day.month - 1]} {day.year}"
 
 
 def _template_line(tb: TracebackType | None, names: set[str]) -> tuple[str | None, int | None]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -253,9 +254,18 @@ def zone_groups(config: Config, ledger: Ledger) -> list[str]:
 
 
 def site_state_key(config: Config) -> str:
-    """Return the state key recording what was last built into the site's output folder."""
-    # One key per folder: instances sharing a ledger may each publish their own copy.
-    return f"{SITE_BUILT_KEY}:{config.site.output_dir.absolute()}"
+    """Return the state key recording what was last built into this host's output folder."""
+    # One key per host and folder: instances on two hosts sharing a ledger each publish their
+    # own copy, often at the same path, and each must build it. Hashed, as a path can be
+    # longer than the state table's keys.
+    place = f"{socket.gethostname()}\0{config.site.output_dir.absolute()}"
+    return f"{SITE_BUILT_KEY}:{hashlib.sha256(place.encode()).hexdigest()[:32]}"
+
+
+def site_lock_name(config: Config) -> str:
+    """Return the name of the lock held while building into the site's output folder."""
+    # The same on every host, so that hosts sharing one folder (e.g. over NFS) take turns.
+    return f"site-build:{config.site.output_dir.absolute()}"
 
 
 def content_digest(articles: Iterable[Article], errors: Iterable[object]) -> str:
@@ -331,13 +341,16 @@ class Ticker:
             if now - self._failed_build[1] < BUILD_RETRY:
                 return
         elif self._started and self.ledger.get_state(self.site_key) == wanted:
-            return  # built already, by this process or another one sharing the ledger
-        try:
-            report.built = build_site(self.config, day, articles=self._loaded, env=self.env)
-        except PublisherError as exc:
-            self._failed_build = (wanted, now)
-            report.problems.append(f"site not rebuilt for {day.isoformat()}: {exc}")
-            return
+            return  # built already, by this process or another one on this host
+        with self.ledger.try_lock(site_lock_name(self.config)) as ours:
+            if not ours:
+                return  # another instance is writing this folder right now: look again next tick
+            try:
+                report.built = build_site(self.config, day, articles=self._loaded, env=self.env)
+            except PublisherError as exc:
+                self._failed_build = (wanted, now)
+                report.problems.append(f"site not rebuilt for {day.isoformat()}: {exc}")
+                return
         self._failed_build = None
         self.ledger.set_state(self.site_key, wanted, now)
 

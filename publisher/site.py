@@ -3,23 +3,36 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import functools
+import multiprocessing
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import jinja2
 from markupsafe import Markup
 
 from publisher.calendar import Calendar, Event
 from publisher.config import Config, SiteConfig
-from publisher.content import Article, ArticleCache, LoadResult, load_articles
+from publisher.content import (
+    Article,
+    ArticleCache,
+    FileStamp,
+    LoadResult,
+    content_stamps,
+    load_articles,
+)
 from publisher.errors import ConfigError, ContentError, OutputError, PublisherError, TemplateError
 from publisher.feeds import FEEDS, build_feeds, clean_text
 from publisher.render import make_environment, render
@@ -28,8 +41,15 @@ INDEX_TEMPLATE = "index.html"
 ARTICLE_TEMPLATE = "article.html"
 STYLESHEET = "style.css"
 RECENT_EVENTS = 12  # how many earlier appearances the index lists under "recent"
+# Threads writing finished pages while the next ones render: creating thousands of folders and
+# files is kernel time that another core can spend while Jinja2 holds the GIL.
+WRITER_THREADS = 2
+WRITES_AHEAD = 64  # rendered pages waiting for a writer, at most
+PARALLEL_FROM = 1000  # from this many files to parse or pages to render, a helper takes half
 
 FileMaker = Callable[[], bytes]
+T = TypeVar("T")
+OutputStamp = tuple[str, int, int, int]  # relative path, inode, size, mtime
 
 
 @dataclass
@@ -130,17 +150,27 @@ def render_stylesheet(site: SiteConfig, env: jinja2.Environment) -> str:
     return render(env, STYLESHEET, {"site": site})
 
 
-def site_files(site: SiteConfig, calendar: Calendar, day: date,
-               env: jinja2.Environment) -> Iterator[tuple[str, FileMaker]]:
-    """Yield every file of the site on ``day`` as (relative path, function making its bytes)."""
+def site_files(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Environment,
+               pages: Sequence[Article] | None = None) -> Iterator[tuple[str, FileMaker]]:
+    """Yield every file of the site on ``day`` as (relative path, function making its bytes).
+
+    ``pages``: only these articles' pages (default: every article published by ``day``).
+    """
     yield STYLESHEET, lambda: render_stylesheet(site, env).encode("utf-8")
     yield "index.html", lambda: render_index(site, calendar, day, env).encode("utf-8")
-    for article in calendar.published(day):
-        yield (f"articles/{article.slug}/index.html",
-               functools.partial(_article_bytes, site, calendar, article, day, env))
+    yield from article_pages(site, calendar, calendar.published(day) if pages is None else pages,
+                             day, env)
     feeds = functools.cache(lambda: build_feeds(site, calendar, day, env))
     for feed in FEEDS:
         yield feed.name, functools.partial(lambda name: feeds()[name], feed.name)
+
+
+def article_pages(site: SiteConfig, calendar: Calendar, articles: Iterable[Article], day: date,
+                  env: jinja2.Environment) -> Iterator[tuple[str, FileMaker]]:
+    """Yield the page of each article as (relative path, function making its bytes)."""
+    for article in articles:
+        yield (f"articles/{article.slug}/index.html",
+               functools.partial(_article_bytes, site, calendar, article, day, env))
 
 
 def _article_bytes(site: SiteConfig, calendar: Calendar, article: Article, day: date,
@@ -149,8 +179,12 @@ def _article_bytes(site: SiteConfig, calendar: Calendar, article: Article, day: 
 
 
 def _loaded(config: Config, articles: LoadResult | Sequence[Article] | None,
-            cache: ArticleCache | None) -> LoadResult:
+            cache: ArticleCache | None, stamps: tuple[FileStamp, ...] | None = None
+            ) -> LoadResult:
     if articles is None:
+        cache = cache or ArticleCache()
+        if stamps is not None:
+            _parse_in_parallel(cache, stamps)
         return load_articles(config.site.content_dir, cache)
     if isinstance(articles, LoadResult):
         return articles
@@ -178,6 +212,60 @@ def check_site(config: Config, day: date | None = None, *,
     return problems
 
 
+@dataclass(frozen=True)
+class _Built:
+    """What one build put into an output folder, so that a rebuild can tell nothing changed."""
+
+    inputs: tuple[object, ...]  # site settings, day, template files
+    source: tuple[object, ...]  # the article files' stamps, or the given articles' identities
+    kept: tuple[Article, ...]  # the given articles, held so that their identities stay theirs
+    files: tuple[OutputStamp, ...]  # every file written, as this build left it
+    report: BuildReport
+
+    def still_holds(self, inputs: tuple[object, ...], source: tuple[object, ...],
+                    target: Path) -> bool:
+        """Return whether the inputs are the same and every file is as this build left it."""
+        if inputs != self.inputs or source != self.source:
+            return False
+        try:
+            return _stamps(target, (stamp[0] for stamp in self.files)) == self.files
+        except OSError:
+            return False  # a file was removed: build again
+
+    def again(self) -> BuildReport:
+        """Return this build's report for a rebuild that found nothing to do."""
+        return dataclasses.replace(self.report, errors=list(self.report.errors), written=0,
+                                   unchanged=len(self.files))
+
+
+# What this process last built into each output folder (the daemon and benchmarks rebuild in
+# one process; a new process always builds).
+_last_builds: dict[Path, _Built] = {}
+_last_builds_lock = threading.Lock()
+
+
+def _stamps(target: Path, relatives: Iterable[str]) -> tuple[OutputStamp, ...]:
+    stamps = []
+    for relative in relatives:
+        stat = os.stat(os.path.join(target, relative))
+        stamps.append((relative, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    return tuple(stamps)
+
+
+def _template_stamps(env: jinja2.Environment) -> tuple[object, ...] | None:
+    """Return the template files the environment can load, with their sizes and mtimes."""
+    loader = env.loader
+    if not isinstance(loader, jinja2.FileSystemLoader):
+        return None  # templates from elsewhere: no way to tell they did not change
+    stamps: list[object] = []
+    for folder in loader.searchpath:
+        for root, _dirs, names in os.walk(folder):
+            for name in sorted(names):
+                stat = os.stat(os.path.join(root, name))
+                stamps.append((root, name, stat.st_size, stat.st_mtime_ns))
+    return tuple(stamps)
+
+
 def build_site(config: Config, day: date | None = None, out: Path | None = None,
                articles: LoadResult | Sequence[Article] | None = None, *,
                cache: ArticleCache | None = None,
@@ -185,35 +273,195 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
     """Write the site as it stands on ``day`` into ``out`` (default: ``site.output_dir``).
 
     Broken articles are left out and listed in the report; a template or output failure
-    raises and leaves the previous site in place.
+    raises and leaves the previous site in place. When this process built the same folder
+    from the same article files (or articles), templates and day before, and finds its files
+    as it left them, nothing is loaded, rendered or written.
     """
     site = config.site
     day = day or site_today(site)
     target = (out or site.output_dir).absolute()
-    loaded = _loaded(config, articles, cache)
     env = env or site_environment(config)
+    templates = _template_stamps(env)
+    inputs = (site, day, templates)
+    # Stamped before loading: a file edited meanwhile costs one more build, never a stale one.
+    stamps = content_stamps(site.content_dir) if articles is None else None
+    with _build_lock(target):
+        with _last_builds_lock:
+            previous = _last_builds.pop(target, None)
+        if (stamps is not None and previous is not None and templates is not None
+                and previous.still_holds(inputs, stamps, target)):
+            built = previous
+        else:
+            loaded = _loaded(config, articles, cache, stamps)
+            kept = tuple(loaded.articles) if stamps is None else ()
+            source = stamps if stamps is not None else (
+                *map(id, kept), *(str(error) for error in loaded.errors))
+            if (previous is not None and templates is not None and stamps is None
+                    and previous.still_holds(inputs, source, target)):
+                built = previous
+            else:
+                built = _build(config, day, env, target, loaded, inputs, source, kept)
+        if templates is not None:
+            with _last_builds_lock:
+                _last_builds[target] = built
+    if built is previous:
+        return built.again()
+    return dataclasses.replace(built.report, errors=list(built.report.errors))
+
+
+def _build(config: Config, day: date, env: jinja2.Environment, target: Path,
+           loaded: LoadResult, inputs: tuple[object, ...], source: tuple[object, ...],
+           kept: tuple[Article, ...]) -> _Built:
+    """Build the site into ``target`` and return what was built."""
+    site = config.site
     calendar = Calendar(loaded.articles, site.leap_day)
     report = BuildReport(day=day, output_dir=target, errors=list(loaded.errors))
-    with _build_lock(target):
-        staging = _staging_folder(target)
-        try:
-            for relative, make in site_files(site, calendar, day, env):
-                if _place(staging / relative, target / relative, make()):
-                    report.written += 1
-                else:
-                    report.unchanged += 1
-            _swap_in(staging, target)
-        except OSError as exc:
-            raise OutputError(exc.strerror or str(exc), path=exc.filename or target,
-                              field="output") from None
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-    report.pages = 1 + len(calendar.published(day))
+    relatives = _write_site(config, calendar, day, env, target, report)
+    report.pages = 1 + sum(1 for article in calendar.articles if article.date <= day)
     report.feeds = len(FEEDS)
     report.events_today = len(calendar.events_on(day))
     report.feed_items = len(calendar.recent(day, site.feed_items))
-    return report
+    return _Built(inputs, source, kept, _stamps(target, relatives), report)
+
+
+@dataclass(frozen=True)
+class _Written:
+    """What one process wrote into the staging folder."""
+
+    relatives: list[str]
+    written: int
+    unchanged: int
+
+
+def _write_files(files: Iterable[tuple[str, FileMaker]], staging: Path, target: Path
+                 ) -> _Written:
+    """Render each file and have threads write it into ``staging`` meanwhile."""
+    relatives: list[str] = []
+    written = 0
+    with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="site-writer") as writers:
+        pending: deque[Future[bool]] = deque()
+        try:
+            for relative, make in files:
+                data = make()
+                relatives.append(relative)
+                pending.append(writers.submit(_place, staging / relative, target / relative,
+                                              data))
+                while len(pending) > WRITES_AHEAD or (pending and pending[0].done()):
+                    written += pending.popleft().result()
+            while pending:
+                written += pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+    return _Written(relatives, written, len(relatives) - written)
+
+
+class _Helper(Generic[T]):
+    """Work running in a forked copy of this process, and the way to its result."""
+
+    def __init__(self, work: Callable[[], T]) -> None:
+        context = multiprocessing.get_context("fork")
+        self._receiver, sender = context.Pipe(duplex=False)
+        self._child = context.Process(target=_send_result, args=(work, sender),
+                                      name="site-helper", daemon=True)
+        self._child.start()
+        sender.close()
+
+    @staticmethod
+    def start(work: Callable[[], T]) -> _Helper[T] | None:
+        """Start ``work`` in a forked copy of this process; None where that is not safe.
+
+        A copy of a process running other threads (the daemon's clock, the web service)
+        could inherit a lock held half-way, so only a single-threaded process forks, and only
+        where a second core can run the copy.
+        """
+        if ((os.cpu_count() or 1) < 2 or threading.active_count() > 1
+                or "fork" not in multiprocessing.get_all_start_methods()):
+            return None
+        return _Helper(work)
+
+    def result(self) -> T:
+        """Wait for the work to finish; return its result or raise its exception."""
+        try:
+            outcome = self._receiver.recv()
+        except EOFError:
+            self._child.join()
+            raise OutputError(f"the helper process ended with code {self._child.exitcode}",
+                              field="output") from None
+        finally:
+            self._receiver.close()
+        self._child.join()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return cast(T, outcome)
+
+    def stop(self) -> None:
+        """End the copy if it still runs (the work it was given is no longer wanted)."""
+        if self._child.is_alive():
+            self._child.terminate()
+        self._child.join()
+        self._receiver.close()
+
+
+def _send_result(work: Callable[[], object], sender: Connection) -> None:
+    try:
+        outcome = work()
+    except BaseException as exc:  # handed to the parent, which raises it
+        outcome = exc
+    sender.send(outcome)
+    sender.close()
+
+
+def _parse_in_parallel(cache: ArticleCache, stamps: tuple[FileStamp, ...]) -> None:
+    """Parse the files the cache lacks on two cores: a forked copy parses half of them."""
+    stale = cache.stale(stamps)
+    if len(stale) < PARALLEL_FROM:
+        return
+    half = len(stale) // 2
+    helper = _Helper.start(functools.partial(ArticleCache().parse, stale[half:]))
+    if helper is None:
+        return  # load_articles parses them all
+    try:
+        cache.parse(stale[:half])
+        cache.absorb(helper.result())
+    finally:
+        helper.stop()
+
+
+def _write_site(config: Config, calendar: Calendar, day: date, env: jinja2.Environment,
+                target: Path, report: BuildReport) -> list[str]:
+    """Render every file into a staging folder, then swap it in; return the files written.
+
+    A large site's article pages are shared with a forked copy of this process, so that
+    rendering runs on two cores; the rest is written by this one.
+    """
+    published = calendar.published(day)
+    staging = _staging_folder(target)
+    helper: _Helper[_Written] | None = None
+    try:
+        ours = published
+        if len(published) >= PARALLEL_FROM:
+            half = len(published) // 2
+            theirs = article_pages(config.site, calendar, published[half:], day, env)
+            helper = _Helper.start(functools.partial(_write_files, theirs, staging, target))
+            if helper is not None:
+                ours = published[:half]
+        results = [_write_files(site_files(config.site, calendar, day, env, ours), staging,
+                                target)]
+        if helper is not None:
+            results.append(helper.result())
+        _swap_in(staging, target)
+    except OSError as exc:
+        raise OutputError(exc.strerror or str(exc), path=exc.filename or target,
+                          field="output") from None
+    finally:
+        if helper is not None:
+            helper.stop()
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    report.written += sum(result.written for result in results)
+    report.unchanged += sum(result.unchanged for result in results)
+    return [relative for result in results for relative in result.relatives]
 
 
 @contextlib.contextmanager

@@ -90,6 +90,21 @@ def to_crlf(data: bytes) -> bytes:
     return _BARE_LF.sub(b"\r\n", data)
 
 
+# What each pipelined command's reply must be for the transaction to go on.
+_PIPELINED_REPLIES: tuple[tuple[Stage, frozenset[int]], ...] = (
+    ("mail", frozenset({250})), ("rcpt", frozenset({250, 251})), ("data", frozenset({354})))
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """Return CRLF-ended message bytes as DATA content: leading dots doubled, then ``.``."""
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
 def _reply_text(reply: bytes | str) -> str:
     text = reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
     return " ".join(text.split())
@@ -172,6 +187,8 @@ class SmtpConnection:
         self.local_hostname = local_hostname
         self._smtp: smtplib.SMTP | None = None
         self._stage: Stage = "connect"
+        # Outcomes learnt after the caller stopped reading; handed out by the next stream.
+        self.leftover: list[tuple[Envelope, Outcome]] = []
 
     @property
     def stage(self) -> Stage:
@@ -220,36 +237,127 @@ class SmtpConnection:
 
     def deliver(self, envelope: Envelope) -> Outcome:
         """Send one message; every failure becomes an outcome, never an exception."""
-        data = to_crlf(envelope.data)
-        for retrying in (False, True):
+        for _, outcome in self.stream([envelope]):
+            return outcome
+        raise AssertionError("unreachable: one envelope has one outcome")
+
+    def stream(self, envelopes: Iterable[Envelope], pace: Callable[[], None] | None = None
+               ) -> Iterator[tuple[Envelope, Outcome]]:
+        """Send messages one after another, yielding each with its outcome, in their order.
+
+        Every failure becomes an outcome, never an exception. Where the server offers
+        PIPELINING (RFC 2920), a message's MAIL, RCPT and DATA go out in one write right behind
+        the previous message's content, and the previous outcome is handed back while the
+        server takes in that content: the caller records one message while the next one
+        travels, so at most two messages are unrecorded at any moment. ``pace`` is called
+        before each message goes out (the rate limit).
+        """
+        source = iter(envelopes)
+        current = next(source, None)
+        finished: tuple[Envelope, Outcome] | None = None  # handed back once the next is sent
+        announced = retrying = False  # announced: current's MAIL, RCPT and DATA went out
+        # The next message's bytes (CRLF, then dot-stuffed), prepared while the server works.
+        ready: tuple[Envelope, bytes, bytes] | None = None
+        while current is not None:
+            message = current
+            following: Envelope | None = None
+            ahead = False  # following's MAIL, RCPT and DATA went out behind current's content
             fresh = self._smtp is None
             self._stage = "connect"
             try:
                 if self._smtp is None:
                     self._smtp = self._open()
-                return self._transaction(self._smtp, envelope, data)
+                smtp = self._smtp
+                if ready is not None and ready[0] is message:
+                    _, data, wire = ready
+                else:
+                    data, wire = to_crlf(message.data), b""
+                if not smtp.has_extn("pipelining"):
+                    if pace is not None:
+                        pace()
+                    outcome = self._transaction(smtp, message, data)
+                else:
+                    self._stage = "mail"
+                    refusal = None if announced else self._announce(smtp, message, data, pace)
+                    refusal = refusal or self._envelope_replies(smtp)
+                    if refusal is None:
+                        # From here a lost connection may have taken the message: no retry.
+                        smtp.send(wire or _dot_stuffed(data))
+                        following = next(source, None)
+                        if following is not None:
+                            following_data = to_crlf(following.data)
+                            ahead = self._announce(smtp, following, following_data, pace) is None
+                            ready = (following, following_data, _dot_stuffed(following_data))
+                        if finished is not None:
+                            yield finished
+                            finished = None
+                        self._stage = "data"
+                        code, reply = smtp.getreply()
+                        finished = (message, classify(code, _reply_text(reply), "data"))
+                        if code == 421:
+                            self._discard()
+                            ahead = False
+                        current, announced, retrying = following, ahead, False
+                        continue
+                    outcome = refusal
+            except GeneratorExit:
+                self._abandon(message, ahead)
+                raise
             except smtplib.SMTPResponseException as exc:
                 # Refused while connecting (greeting, STARTTLS, login): nothing was said about
                 # this message, so even a 5xx here (e.g. bad credentials) only defers it.
                 self._discard()
-                return Outcome("deferred", exc.smtp_code,
-                               f"{self.where} refused the session: {exc.smtp_code} "
-                               f"{_reply_text(exc.smtp_error)}")
+                outcome = Outcome("deferred", exc.smtp_code,
+                                  f"{self.where} refused the session: {exc.smtp_code} "
+                                  f"{_reply_text(exc.smtp_error)}")
             except (smtplib.SMTPException, OSError) as exc:
                 self._discard()
                 # A reused connection the server closed while idle fails on MAIL FROM, before
                 # anything was sent: reconnecting and trying once more cannot duplicate.
                 if self.stage == "mail" and not fresh and not retrying:
+                    announced, retrying = False, True
                     continue
-                what = ("cannot connect to" if self.stage == "connect"
-                        else f"connection lost during {self.stage.upper()} with")
-                reason = str(exc) or type(exc).__name__
-                return Outcome("deferred", None, f"{what} {self.where}: {reason}")
-        raise AssertionError("unreachable")
+                outcome = self._lost(exc)
+            try:
+                if finished is not None:
+                    yield finished
+                    finished = None
+            except GeneratorExit:
+                self.leftover.append((message, outcome))
+                raise
+            yield message, outcome
+            # A message announced behind a lost one was never sent: it goes out afresh.
+            current = following if following is not None else next(source, None)
+            announced = retrying = False
+        if finished is not None:
+            yield finished
 
-    def _transaction(self, smtp: smtplib.SMTP, envelope: Envelope, data: bytes) -> Outcome:
-        # Kept apart from connection handling so that a pipelined variant (RFC 2920) can
-        # replace it: MAIL, RCPT and DATA in one write, the three replies read after.
+    def _lost(self, exc: BaseException) -> Outcome:
+        what = ("cannot connect to" if self.stage == "connect"
+                else f"connection lost during {self.stage.upper()} with")
+        reason = str(exc) or type(exc).__name__
+        return Outcome("deferred", None, f"{what} {self.where}: {reason}")
+
+    def _abandon(self, envelope: Envelope, announced_next: bool) -> None:
+        """Keep the outcome of a message whose content is on its way when the caller stops."""
+        smtp = self._smtp
+        if smtp is None:
+            return
+        try:
+            self._stage = "data"
+            code, reply = smtp.getreply()
+            outcome = classify(code, _reply_text(reply), "data")
+        except (smtplib.SMTPException, OSError) as exc:
+            code, outcome = 0, self._lost(exc)
+        self.leftover.append((envelope, outcome))
+        if announced_next or code in (0, 421):
+            # The server now waits for the content of a message that will not come: only
+            # closing the connection ends that transaction without sending anything.
+            self._discard()
+
+    def _mail_options(self, smtp: smtplib.SMTP, envelope: Envelope, data: bytes
+                      ) -> list[str] | Outcome:
+        """Return the MAIL FROM parameters the message needs, or why it cannot be sent."""
         options: list[str] = []
         if not data.isascii() and smtp.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
@@ -258,6 +366,13 @@ class SmtpConnection:
                 return Outcome("failed", None,
                                f"{self.where} does not offer SMTPUTF8, needed for this address")
             options.append("SMTPUTF8")
+        return options
+
+    def _transaction(self, smtp: smtplib.SMTP, envelope: Envelope, data: bytes) -> Outcome:
+        """Send one message one command at a time, to a server without PIPELINING."""
+        options = self._mail_options(smtp, envelope, data)
+        if isinstance(options, Outcome):
+            return options
         self._stage = "mail"
         code, reply = smtp.mail(envelope.sender, options)
         if code != 250:
@@ -274,6 +389,46 @@ class SmtpConnection:
         if code == 421:
             self._discard()
         return classify(code, _reply_text(reply), "data")
+
+    def _announce(self, smtp: smtplib.SMTP, envelope: Envelope, data: bytes,
+                  pace: Callable[[], None] | None) -> Outcome | None:
+        """Send one message's MAIL, RCPT and DATA in one write; an outcome says it cannot go."""
+        options = self._mail_options(smtp, envelope, data)
+        if isinstance(options, Outcome):
+            return options
+        if pace is not None:
+            pace()
+        encoding = "utf-8" if "SMTPUTF8" in options else "ascii"
+        extra = "".join(f" {option}" for option in options)
+        # The addresses were validated when they entered the ledger and the configuration.
+        smtp.send(f"MAIL FROM:<{envelope.sender}>{extra}\r\nRCPT TO:<{envelope.recipient}>\r\n"
+                  "DATA\r\n".encode(encoding))
+        return None
+
+    def _envelope_replies(self, smtp: smtplib.SMTP) -> Outcome | None:
+        """Read the replies to MAIL, RCPT and DATA; None when the content may follow.
+
+        Each reply is judged for its own command: a refused RCPT is reported with the RCPT
+        reply, not with the DATA refusal that follows from it.
+        """
+        refusal: tuple[int, bytes, Stage] | None = None
+        for stage, accepted in _PIPELINED_REPLIES:
+            self._stage = stage
+            code, reply = smtp.getreply()
+            if refusal is None and code not in accepted:
+                refusal = (code, reply, stage)
+            if code == 421:  # the server is closing: the replies after this one never come
+                self._discard()
+                first_code, first_reply, first_stage = refusal or (code, reply, stage)
+                return classify(first_code, _reply_text(first_reply), first_stage)
+        if refusal is None:
+            return None
+        if code == 354:
+            # DATA was accepted after the envelope was refused: the server waits for content.
+            # An empty message ends it; with no recipient it goes nowhere.
+            smtp.send(b".\r\n")
+            smtp.getreply()
+        return self._refused(smtp, *refusal)
 
     def _refused(self, smtp: smtplib.SMTP, code: int, reply: bytes | str, stage: Stage
                  ) -> Outcome:
@@ -294,8 +449,11 @@ class SmtpConnection:
 class SmtpTransport:
     """Send through an SMTP server over ``connections`` parallel sessions, rate-limited.
 
-    Each thread owns one :class:`SmtpConnection`, kept open across batches. Envelopes are taken
-    lazily from the caller's iterable, at most two per connection ahead, so memory stays flat.
+    One connection is driven by the caller's own thread: nothing is handed over ahead and no
+    thread waits for the interpreter lock while the ledger is written. Several connections each
+    get a thread owning one :class:`SmtpConnection`; envelopes are then taken lazily from the
+    caller's iterable, at most two per connection ahead, so memory stays flat. Connections are
+    kept open across batches.
     """
 
     def __init__(self, settings: SmtpConfig, local_hostname: str,
@@ -310,6 +468,8 @@ class SmtpTransport:
         self._outbox: queue.SimpleQueue[tuple[Envelope, Outcome]] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._unreported: list[tuple[Envelope, Outcome]] = []
+        self._inline = (SmtpConnection(settings, local_hostname)
+                        if settings.connections == 1 else None)
 
     def _start(self) -> None:
         if self._threads:
@@ -321,21 +481,35 @@ class SmtpTransport:
             thread.start()
             self._threads.append(thread)
 
+    def _deliver(self, connection: SmtpConnection, envelope: Envelope) -> Outcome:
+        self.limiter.wait()
+        try:
+            return connection.deliver(envelope)
+        except Exception as exc:
+            # A bug here must still produce an outcome, or the caller would wait forever.
+            logger.exception("sending delivery %d failed", envelope.delivery_id)
+            return Outcome("deferred", None, f"internal error: {exc!r}")
+
     def _work(self, connection: SmtpConnection) -> None:
         while (envelope := self._inbox.get()) is not None:
-            self.limiter.wait()
-            try:
-                outcome = connection.deliver(envelope)
-            except Exception as exc:
-                # A bug here must still produce an outcome, or the caller would wait forever.
-                logger.exception("sending delivery %d failed", envelope.delivery_id)
-                outcome = Outcome("deferred", None, f"internal error: {exc!r}")
-            self._outbox.put((envelope, outcome))
+            self._outbox.put((envelope, self._deliver(connection, envelope)))
         connection.close()
 
     def send(self, envelopes: Iterable[Envelope]
              ) -> Generator[tuple[Envelope, Outcome], None, None]:
         """Deliver the envelopes, yielding each one's outcome in the order they complete."""
+        if self._inline is not None:
+            return self._send_inline(self._inline, envelopes)
+        return self._send_threaded(envelopes)
+
+    def _send_inline(self, connection: SmtpConnection, envelopes: Iterable[Envelope]
+                     ) -> Generator[tuple[Envelope, Outcome], None, None]:
+        while connection.leftover:
+            yield connection.leftover.pop(0)
+        yield from connection.stream(envelopes, self.limiter.wait)
+
+    def _send_threaded(self, envelopes: Iterable[Envelope]
+                       ) -> Generator[tuple[Envelope, Outcome], None, None]:
         self._start()
         while self._unreported:
             yield self._unreported.pop()
@@ -365,6 +539,8 @@ class SmtpTransport:
 
     def close(self) -> None:
         """Stop the threads, each saying QUIT to its server."""
+        if self._inline is not None:
+            self._inline.close()
         for _ in self._threads:
             self._inbox.put(None)
         for thread in self._threads:

@@ -304,16 +304,17 @@ def test_smtp_international_address_uses_smtputf8(
 
 def test_caller_stopping_early_gets_the_outcomes_on_the_next_call(
         smtp_server: SmtpSink, smtp_transport: Callable[..., SmtpTransport]) -> None:
-    transport = smtp_transport()  # one connection: two envelopes are taken ahead
-    stream = transport.send([message(n) for n in range(1, 5)])
+    # Two connections, one thread each: two envelopes per connection are taken ahead.
+    transport = smtp_transport(connections=2)
+    stream = transport.send([message(n) for n in range(1, 9)])
     first = next(stream)
-    stream.close()  # the envelope already handed over is still sent...
-    rest = list(transport.send([]))  # ...and its outcome is not lost
-    assert [first[0].delivery_id] + [e.delivery_id for e, _ in rest] == [1, 2]
-    assert [o.status for _, o in rest] == ["sent"]
+    stream.close()  # the envelopes already handed over are still sent...
+    rest = list(transport.send([]))  # ...and their outcomes are not lost
+    assert sorted([first[0].delivery_id] + [e.delivery_id for e, _ in rest]) == [1, 2, 3, 4]
+    assert [o.status for _, o in rest] == ["sent"] * 3
     # Envelopes never taken from the caller's iterable are never sent.
     assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == [
-        "reader1@example.org", "reader2@example.org"]
+        f"reader{n}@example.org" for n in range(1, 5)]
 
 
 # --- rate limit -------------------------------------------------------------------------------
