@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import errno
 import fcntl
 import functools
 import multiprocessing
@@ -508,16 +510,41 @@ def _place(path: Path, previous: Path, data: bytes) -> bool:
     return True
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (renameat2 RENAME_EXCHANGE); return False if unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_cwd = -100  # AT_FDCWD: the paths are absolute or relative to the working directory
+    result = renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), _RENAME_EXCHANGE)
+    if result == 0:
+        return True
+    error = ctypes.get_errno()
+    if error in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False  # the kernel or the file system cannot exchange: fall back to two renames
+    raise OSError(error, os.strerror(error), str(first))
+
+
 def _swap_in(staging: Path, target: Path) -> None:
-    """Replace ``target`` with ``staging``: rename the old away, the new in, delete the old."""
+    """Replace ``target`` with ``staging``, so that readers see the old site or the new one."""
     if not target.exists():
         staging.rename(target)
         return
     retired = staging.with_name(staging.name.replace(".build-", ".old-", 1))
-    target.rename(retired)
-    try:
-        staging.rename(target)
-    except OSError:
-        retired.rename(target)  # put the previous site back rather than leave none
-        raise
+    # On Linux the two folders trade places in one system call: no reader ever finds the
+    # target missing. Elsewhere the old folder is renamed away first, leaving a brief gap.
+    if _exchange(staging, target):
+        staging.rename(retired)
+    else:
+        target.rename(retired)
+        try:
+            staging.rename(target)
+        except OSError:
+            retired.rename(target)  # put the previous site back rather than leave none
+            raise
     shutil.rmtree(retired, ignore_errors=True)
