@@ -8,14 +8,13 @@ EHLO reply and records, for each MAIL FROM, whether RCPT TO and DATA had arrived
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from publisher.transports import SmtpTransport, _dot_stuffed
-from tests.fixtures.smtp import DROP, SmtpSink, running_sink
-from tests.test_transports import message, outcomes, settings
+from tests.fixtures.smtp import DROP, SmtpSink, running_sink, settings, transports_to
+from tests.test_transports import message, outcomes
 
 
 class PipeliningSink(SmtpSink):
@@ -53,16 +52,8 @@ def pipelining_server() -> Iterator[PipeliningSink]:
 @pytest.fixture
 def transport(pipelining_server: PipeliningSink) -> Iterator[Callable[..., SmtpTransport]]:
     """Return a factory of transports to the pipelining server, closed after the test."""
-    opened: list[SmtpTransport] = []
-
-    def make(**overrides: Any) -> SmtpTransport:
-        made = SmtpTransport(settings(pipelining_server, **overrides), "client.example.org")
-        opened.append(made)
-        return made
-
-    yield make
-    for made in opened:
-        made.close()
+    with transports_to(pipelining_server) as make:
+        yield make
 
 
 def test_envelope_commands_go_out_in_one_write(

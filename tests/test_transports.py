@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from publisher.config import SmtpConfig, from_mapping
+from publisher.config import from_mapping
 from publisher.errors import TransportError
 from publisher.transports import (
     Envelope,
@@ -24,7 +24,7 @@ from publisher.transports import (
     open_transport,
     to_crlf,
 )
-from tests.fixtures.smtp import DROP, SMTP_PASSWORD, SmtpSink
+from tests.fixtures.smtp import DROP, SMTP_PASSWORD, SmtpSink, settings, transports_to
 
 SENDER = "publisher@example.org"
 
@@ -37,26 +37,11 @@ def message(number: int, recipient: str | None = None, body: str = "Hello.") -> 
     return Envelope(number, SENDER, to, data)
 
 
-def settings(sink: SmtpSink, **overrides: Any) -> SmtpConfig:
-    """Return the validated [email.smtp] settings that point at ``sink``."""
-    table = sink.email_table()
-    table["smtp"].update(overrides)
-    return from_mapping({"email": table}).email.smtp
-
-
 @pytest.fixture
 def smtp_transport(smtp_server: SmtpSink) -> Iterator[Callable[..., SmtpTransport]]:
     """Return a factory of transports to the test server, closed after the test."""
-    opened: list[SmtpTransport] = []
-
-    def make(**overrides: Any) -> SmtpTransport:
-        transport = SmtpTransport(settings(smtp_server, **overrides), "client.example.org")
-        opened.append(transport)
-        return transport
-
-    yield make
-    for transport in opened:
-        transport.close()
+    with transports_to(smtp_server) as make:
+        yield make
 
 
 def outcomes(transport: SmtpTransport | MaildirTransport, envelopes: list[Envelope]
