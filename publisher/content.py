@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import yaml
 from markdown_it_pyrs import MarkdownIt
@@ -27,6 +28,14 @@ _MONTH_DAY = re.compile(r"^(\d{2})-(\d{2})$")
 _PLAIN_HEAD = re.compile(r"\A(\s*)date[ \t]+(\S+)[ \t]*")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+_START_TAG = re.compile(
+    r"""<[a-zA-Z][a-zA-Z0-9:-]*(?:\s+[^\s"'>/=]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?)*"""
+    r"""\s*/?>"""
+)
+_URL_ATTRIBUTE = re.compile(
+    r"""(\s(?:href|src|poster|cite)\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""",
+    re.IGNORECASE,
+)
 _FIELDS = {"title", "date", "anniversary", "summary", "tags", "author", "lang", "slug", "recurring"}
 
 
@@ -457,3 +466,19 @@ def _escape_markdown(paragraph: str) -> str:
     escaped = re.sub(r"([\\`*_\[\]<>&])", r"\\\1", paragraph)
     escaped = re.sub(r"^(\d+)([.)])(?=\s)", r"\1\\\2", escaped)
     return re.sub(r"^([#+=|>~-])", r"\\\1", escaped)
+
+
+def absolute_links(fragment: str, base: str) -> str:
+    """Rewrite relative ``href``/``src``/``poster``/``cite`` values in HTML to absolute URLs."""
+
+    def attribute(match: re.Match[str]) -> str:
+        """Return one URL attribute, double-quoted, with its value made absolute."""
+        raw = next(value for value in match.groups()[1:] if value is not None)
+        url = urljoin(base, html.unescape(raw).strip())
+        return f'{match.group(1)}"{html.escape(url, quote=True)}"'
+
+    def tag(match: re.Match[str]) -> str:
+        """Return one start tag with its URL attributes made absolute."""
+        return _URL_ATTRIBUTE.sub(attribute, match.group(0))
+
+    return _START_TAG.sub(tag, fragment)

@@ -9,7 +9,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import jinja2
 from feedgen.feed import FeedGenerator
@@ -17,7 +17,7 @@ from markupsafe import Markup
 
 from publisher.calendar import Calendar, Event, publish_moment
 from publisher.config import SiteConfig
-from publisher.content import Article
+from publisher.content import Article, absolute_links
 from publisher.render import render
 
 RSS_NAME = "feed.xml"
@@ -34,14 +34,6 @@ ITEM_TEMPLATE = "feed_item.html"
 _NOT_XML = re.compile("[^\t\n\r\x20-\x7e\xa0-\ud7ff\ue000-\ufffc\U00010000-\U0010ffff]")
 
 # An HTML start tag, with quoted attribute values that may themselves contain ">".
-_START_TAG = re.compile(
-    r"""<[a-zA-Z][a-zA-Z0-9:-]*(?:\s+[^\s"'>/=]+(?:\s*=\s*(?:"[^"]*"|'[^']*'|[^\s"'=<>`]+))?)*"""
-    r"""\s*/?>"""
-)
-_URL_ATTRIBUTE = re.compile(
-    r"""(\s(?:href|src|poster|cite)\s*=\s*)(?:"([^"]*)"|'([^']*)'|([^\s"'=<>`]+))""",
-    re.IGNORECASE,
-)
 
 
 @dataclass(frozen=True)
@@ -106,22 +98,6 @@ def clean_site(site: SiteConfig) -> SiteConfig:
         description=clean_text(site.description),
         author=_clean_optional(site.author),
     )
-
-
-def absolute_links(fragment: str, base: str) -> str:
-    """Rewrite relative ``href``/``src``/``poster``/``cite`` values in HTML to absolute URLs."""
-
-    def attribute(match: re.Match[str]) -> str:
-        """Return one URL attribute, double-quoted, with its value made absolute."""
-        raw = next(value for value in match.groups()[1:] if value is not None)
-        url = urljoin(base, html.unescape(raw).strip())
-        return f'{match.group(1)}"{html.escape(url, quote=True)}"'
-
-    def tag(match: re.Match[str]) -> str:
-        """Return one start tag with its URL attributes made absolute."""
-        return _URL_ATTRIBUTE.sub(attribute, match.group(0))
-
-    return _START_TAG.sub(tag, fragment)
 
 
 def publish_instant(site: SiteConfig, day: date) -> datetime:

@@ -66,8 +66,6 @@ SubscriberStatus = Literal["pending", "confirmed", "unsubscribed", "bounced"]
 DeliveryStatus = Literal["pending", "sending", "sent", "deferred", "failed", "skipped"]
 SUBSCRIBER_STATUSES: tuple[SubscriberStatus, ...] = (
     "pending", "confirmed", "unsubscribed", "bounced")
-DELIVERY_STATUSES: tuple[DeliveryStatus, ...] = (
-    "pending", "sending", "sent", "deferred", "failed", "skipped")
 NAME_LENGTH = 200
 BUSY_TIMEOUT_MS = 30_000
 IMPORT_CHUNK = 500

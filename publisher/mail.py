@@ -25,8 +25,9 @@ from markupsafe import Markup
 
 from publisher.calendar import Event, publish_moment
 from publisher.config import CONFIG_NAME, Config, DkimConfig
+from publisher.content import absolute_links
 from publisher.errors import ConfigError, SubscriberError, TemplateError
-from publisher.render import compile_string, make_environment, render, render_string
+from publisher.render import compile_string, make_environment, render, render_template
 from publisher.tokens import unsubscribe_token
 
 HTML_TEMPLATE = "email.html"
@@ -53,7 +54,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]*")
 _LONG_WORD = re.compile(r"\S{70,}")
 _ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
-_LINK_ATTRIBUTE = re.compile(r"""(\s(?:href|src)=")([^"]*)(")""")
 _FENCE = re.compile(r"\s{0,3}(```|~~~)")
 _VERBATIM = re.compile(r"(\s{4,}|\t|\s{0,3}(#|\||[-*_](\s*[-*_]){2,}\s*$))")
 _LIST_ITEM = re.compile(r"(\s{0,3}(?:[-*+]|\d{1,9}[.)])\s+)(.*)")
@@ -354,17 +354,6 @@ def article_links(body_html: str, base: str) -> list[Link]:
     return list(collector.links.values())
 
 
-def absolute_links(body_html: str, base: str) -> str:
-    """Make the double-quoted href and src attributes of an HTML fragment absolute."""
-
-    def absolute(match: re.Match[str]) -> str:
-        """Return the matched attribute with its URL made absolute."""
-        url = urljoin(base, html.unescape(match.group(2)).strip())
-        return match.group(1) + html.escape(url) + match.group(3)
-
-    return _LINK_ATTRIBUTE.sub(absolute, body_html)
-
-
 def _multipart(boundary: str) -> tuple[bytes, bytes, bytes]:
     """Return the bytes before the text part, between the parts, and after the HTML part."""
     part = ("Content-Type: text/{}; charset=\"utf-8\"\r\n"
@@ -446,9 +435,10 @@ class Mailer:
                                                f"<{label}.{_dot_atom(self.domain)}>")
         self.signer = (_DkimSigner(email.dkim, self.envelope_sender.rpartition("@")[2])
                        if email.dkim else None)
-        # Compile the configured subjects now, so a syntax error stops start-up, not a send.
-        compile_string(self.env, email.subject, self._origin("subject"))
-        compile_string(self.env, email.confirm_subject, self._origin("confirm_subject"))
+        # Compiled once, now: a syntax error stops start-up, not a send.
+        self._subject = compile_string(self.env, email.subject, self._origin("subject"))
+        self._confirm_subject = compile_string(self.env, email.confirm_subject,
+                                               self._origin("confirm_subject"))
 
     def _origin(self, key: str) -> str:
         return f"{self.config.path or CONFIG_NAME} [email] {key}"
@@ -463,8 +453,9 @@ class Mailer:
     def _template_path(self, name: str) -> str:
         return self.env.get_template(name).filename or name
 
-    def _render_subject(self, key: str, source: str, context: Mapping[str, Any]) -> str:
-        return _clean(render_string(self.env, source, context, self._origin(key)))
+    def _render_subject(self, key: str, template: jinja2.Template,
+                        context: Mapping[str, Any]) -> str:
+        return _clean(render_template(template, context, self._origin(key)))
 
     def _render_html(self, name: str, context: Mapping[str, Any]) -> str:
         try:
@@ -493,7 +484,7 @@ class Mailer:
                        self._variant({**context, "subscriber": anonymous}))
 
     def _variant(self, context: Mapping[str, Any]) -> _Variant:
-        subject = _Slotted(self._render_subject("subject", self.config.email.subject, context),
+        subject = _Slotted(self._render_subject("subject", self._subject, context),
                            self._origin("subject"))
         html_text = self._render_html(HTML_TEMPLATE, context)
         return _Variant(
@@ -517,8 +508,7 @@ class Mailer:
         context = {"site": self.config.site, "confirm_url": confirm_url,
                    "subscriber": TemplateSubscriber(name or None, address),
                    "confirm_hours": self.config.web.confirm_hours}
-        subject = self._render_subject("confirm_subject", self.config.email.confirm_subject,
-                                       context)
+        subject = self._render_subject("confirm_subject", self._confirm_subject, context)
         text = _quoted_printable(_body_text(render(self.env, CONFIRM_TEXT_TEMPLATE, context)))
         html_part = _quoted_printable(_body_text(self._render_html(CONFIRM_HTML_TEMPLATE, context)))
         digest = hashlib.sha256(f"{recipient.subscriber_id}\n{confirm_url}".encode()).hexdigest()

@@ -71,28 +71,19 @@ def render(env: jinja2.Environment, name: str, context: Mapping[str, Any]) -> st
                             line=exc.lineno, field="syntax") from None
     except jinja2.TemplateNotFound:
         raise TemplateError("template not found", path=name, field="template") from None
-    return _run(template, context, template.filename or name)
-
-
-def render_string(env: jinja2.Environment, source: str, context: Mapping[str, Any],
-                  origin: str) -> str:
-    """Render a template given as text (e.g. from the config); ``origin`` names it in errors."""
-    try:
-        template = env.from_string(source)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(exc.message or "syntax error", path=origin, field="syntax") from None
-    return _run(template, context, origin)
+    return render_template(template, context, template.filename or name)
 
 
 def compile_string(env: jinja2.Environment, source: str, origin: str) -> jinja2.Template:
-    """Compile a template given as text once, so it can be rendered many times."""
+    """Compile a template given as text (e.g. from the config); ``origin`` names it in errors."""
     try:
         return env.from_string(source)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(exc.message or "syntax error", path=origin, field="syntax") from None
 
 
-def _run(template: jinja2.Template, context: Mapping[str, Any], origin: str) -> str:
+def render_template(template: jinja2.Template, context: Mapping[str, Any], origin: str) -> str:
+    """Render a compiled template; errors name the template file, line and variable."""
     try:
         return template.render(context)
     except jinja2.UndefinedError as exc:

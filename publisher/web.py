@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ from publisher.config import Config
 from publisher.content import ArticleCache
 from publisher.errors import ContentError, PublisherError, SubscriberError, TokenError
 from publisher.feeds import FEEDS, build_feeds
-from publisher.ledger import Ledger, Subscriber, check_timezone, subscriber_row
+from publisher.ledger import Ledger, Subscriber, check_timezone, subscriber_row, utcnow
 from publisher.mail import Mailer, Preview, Recipient
 from publisher.render import render
 from publisher.site import (
@@ -618,7 +618,7 @@ class Previews:
 
     def feed(self, day: date, name: str) -> bytes | None:
         """Return one feed file as it stands on ``day``, or None for an unknown name."""
-        if name not in {feed.name for feed in FEEDS}:
+        if name not in _FEED_TYPES:
             return None
         calendar, _ = load_calendar(self.config, self.cache)
         return build_feeds(self.config.site, calendar, day, self.env)[name]
@@ -627,10 +627,6 @@ class Previews:
 # ---------------------------------------------------------------------------------------------
 # The application
 # ---------------------------------------------------------------------------------------------
-
-
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
 
 
 def _parse_day(value: str) -> date:
@@ -645,7 +641,7 @@ class WebService:
 
     def __init__(self, config: Config, ledger: Ledger, secret: bytes, *,
                  env: jinja2.Environment | None = None,
-                 clock: Callable[[], datetime] = _utc_now,
+                 clock: Callable[[], datetime] = utcnow,
                  open_transport: Callable[[Config], transports.Transport]
                  = transports.open_transport) -> None:
         self.config = config
@@ -907,7 +903,7 @@ def _form_error(exc: SubscriberError) -> str:
 
 def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | None = None,
                env: jinja2.Environment | None = None,
-               clock: Callable[[], datetime] = _utc_now,
+               clock: Callable[[], datetime] = utcnow,
                open_transport: Callable[[Config], transports.Transport]
                = transports.open_transport,
                purge: bool = True) -> Starlette:

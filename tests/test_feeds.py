@@ -17,7 +17,7 @@ import feedparser
 import pytest
 from lxml import etree
 
-from publisher import feeds
+from publisher import content, feeds
 from publisher.calendar import Calendar, Event
 from publisher.config import Config
 from publisher.content import load_articles
@@ -219,7 +219,7 @@ def test_relative_links_become_absolute_against_the_article_url(
     ('<p>&lt;a href="x"&gt;</p>', '<p>&lt;a href="x"&gt;</p>'),
 ])
 def test_absolute_links(fragment: str, expected: str) -> None:
-    assert feeds.absolute_links(fragment, "https://s.org/a/b/") == expected
+    assert content.absolute_links(fragment, "https://s.org/a/b/") == expected
 
 
 FORBIDDEN = "\x00\x01\x08\x0b\x0c\x0e\x1f\x7f\x85\x9f\ufffd\ufffe\uffff"
