@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import signal
 import socket
-import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
+from functools import partial
+from multiprocessing import synchronize
+from multiprocessing.connection import Connection, wait
+from multiprocessing.sharedctypes import SynchronizedArray
+from typing import Protocol, cast
 
 from publisher.calendar import Calendar, Event
 from publisher.config import Config
@@ -28,12 +33,22 @@ from publisher.ledger import (
 from publisher.mail import Edition, Mailer, Recipient
 from publisher.tokens import load_secret
 from publisher.transports import Envelope, Outcome, Transport, open_transport
+from publisher.workers import StartMethod, Worker, WorkerDied, context, start_method
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 Progress = Callable[[int, int], None]
 MAX_LISTED_FAILURES = 20
+# How often a parent waiting for its sending processes looks at its stop flag.
+STOP_POLL_SECONDS = 0.5
+
+
+class Stop(Protocol):
+    """A flag that asks a send to stop after the message in flight (a threading.Event)."""
+
+    def is_set(self) -> bool:
+        """Return whether the send should stop."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,20 @@ class SendReport:
         if len(self.failures) < MAX_LISTED_FAILURES:
             self.failures.append(f"{claim.email} ({claim.slug} {claim.year}): {reply}")
 
+    def absorb(self, other: SendReport) -> None:
+        """Add what another sending process did; each of its notes is kept once."""
+        self.sent += other.sent
+        self.deferred += other.deferred
+        self.failed += other.failed
+        self.bounced += other.bounced
+        self.skipped += other.skipped
+        room = MAX_LISTED_FAILURES - len(self.failures)
+        self.failures.extend(other.failures[:max(room, 0)])
+        # Every process builds the same editions, so their warnings and problems repeat.
+        self.problems.extend(p for p in other.problems if p not in self.problems)
+        self.warnings.extend(w for w in other.warnings if w not in self.warnings)
+        self.stopped = self.stopped or other.stopped
+
 
 def worker_name() -> str:
     """Return a lease owner name unique to this process and call."""
@@ -155,7 +184,7 @@ def skip_event(ledger: Ledger, event: Event, due_at: datetime, zone: ZoneChoice,
 class _Batch:
     """Send one claimed batch: build each message lazily, record each outcome as it arrives."""
 
-    def __init__(self, sender: _Sender, claims: list[Claim], stop: threading.Event | None
+    def __init__(self, sender: _Sender, claims: list[Claim], stop: Stop | None
                  ) -> None:
         self.sender = sender
         self.claims = {c.delivery_id: c for c in claims}
@@ -300,7 +329,7 @@ class _Sender:
                                "of its rows: stopping this batch", len(batch.open) - held)
         return not batch.lost
 
-    def run(self, claims: list[Claim], transport: Transport, stop: threading.Event | None,
+    def run(self, claims: list[Claim], transport: Transport, stop: Stop | None,
             progress: Progress | None, total: int) -> _Batch:
         """Send one batch, keep its lease alive, and hand back what was never sent."""
         batch = _Batch(self, claims, stop)
@@ -316,7 +345,7 @@ class _Sender:
 
 
 def send_due(ledger: Ledger, mailer: Mailer, transport: Transport, calendar: Calendar,
-             clock: Clock, worker_id: str, stop: threading.Event | None = None, *,
+             clock: Clock, worker_id: str, stop: Stop | None = None, *,
              policy: SendPolicy, progress: Progress | None = None,
              report: SendReport | None = None) -> SendReport:
     """Claim and send due deliveries in batches until none is left (or ``stop`` is set)."""
@@ -348,9 +377,144 @@ def send_due(ledger: Ledger, mailer: Mailer, transport: Transport, calendar: Cal
     return report
 
 
+@dataclass(frozen=True)
+class _Share:
+    """What one more sending process needs: picklable, for a fork server."""
+
+    config: Config
+    secret: bytes
+    articles: tuple[Article, ...]
+    policy: SendPolicy
+    clock: Clock
+    open_transport: Callable[[Config], Transport]
+
+
+def sending_processes(config: Config) -> int:
+    """Return how many processes send: one per SMTP connection, where each can have its own."""
+    connections = config.email.smtp.connections
+    if (config.email.transport != "smtp" or connections < 2 or start_method() is None
+            or Ledger.in_memory(config.state.database_url)):
+        return 1
+    return connections
+
+
+def _one_connection(config: Config, processes: int) -> Config:
+    # Each process drives one connection in its own thread, and takes its part of the rate.
+    smtp = config.email.smtp
+    return replace(config, email=replace(config.email, smtp=replace(
+        smtp, connections=1, rate_limit=smtp.rate_limit / processes)))
+
+
+def _count_progress(counts: SynchronizedArray[int], slot: int, done: int, _total: int) -> None:
+    counts[slot] = done
+
+
+def _send_share(share: _Share, stop: Stop, counts: SynchronizedArray[int] | None, slot: int
+                ) -> SendReport:
+    """Claim and send due deliveries in this process, alongside the one that started it."""
+    # The parent decides when to stop (through ``stop``): a Ctrl-C reaching the whole process
+    # group must not cut this process off between a server's 250 and its ledger write.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    report = SendReport()
+    config = share.config
+    progress = None if counts is None else partial(_count_progress, counts, slot)
+    try:
+        with Ledger.open(config.state.database_url) as ledger:
+            transport = share.open_transport(config)
+            try:
+                send_due(ledger, Mailer(config, share.secret, clock=share.clock), transport,
+                         Calendar(share.articles, config.site.leap_day), share.clock,
+                         worker_name(), stop, policy=share.policy, progress=progress,
+                         report=report)
+            finally:
+                transport.close()
+    except PublisherError as exc:
+        report.problems.append(f"a sending process stopped: {exc}")
+    return report
+
+
+def send_all(config: Config, ledger: Ledger, mailer: Mailer, calendar: Calendar,
+             clock: Clock, stop: Stop | None = None, *, policy: SendPolicy,
+             open_transport: Callable[[Config], Transport] = open_transport,
+             progress: Progress | None = None, report: SendReport | None = None
+             ) -> SendReport:
+    """Send everything due over the configured connections, each in a process of its own."""
+    report = report or SendReport()
+    processes = sending_processes(config)
+    method = start_method()
+    if processes == 1 or method is None:
+        transport = open_transport(config)
+        try:
+            return send_due(ledger, mailer, transport, calendar, clock, worker_name(), stop,
+                            policy=policy, progress=progress, report=report)
+        finally:
+            transport.close()
+    # One interpreter runs one core: SMTP connections driven by threads of one process wait
+    # for each other, so every connection gets a process, each claiming its own batches
+    # from the ledger exactly as separate instances would.
+    own = _one_connection(config, processes)
+    due = set(ledger.due_slugs(clock()))
+    share = _Share(own, mailer.secret, tuple(a for a in calendar.articles if a.slug in due),
+                   policy, clock, open_transport)
+    senders = _start_senders(share, processes - 1, method, progress is not None)
+    counts = senders.counts
+    if progress is not None and counts is not None:
+        shown = progress
+
+        def progress(done: int, total: int) -> None:
+            counts[0] = done
+            shown(sum(counts[:]), total)
+
+    try:
+        transport = open_transport(own)
+        try:
+            send_due(ledger, mailer, transport, calendar, clock, worker_name(), stop,
+                     policy=policy, progress=progress, report=report)
+        finally:
+            transport.close()
+    finally:
+        senders.finish(stop, report)
+    return report
+
+
+class _Senders:
+    """The extra sending processes of one :func:`send_all` call."""
+
+    def __init__(self, workers: list[Worker[SendReport]], halt: synchronize.Event,
+                 counts: SynchronizedArray[int] | None) -> None:
+        self.workers = workers
+        self.halt = halt
+        self.counts = counts
+
+    def finish(self, stop: Stop | None, report: SendReport) -> None:
+        """Wait for every process (passing ``stop`` on), adding what each did to ``report``."""
+        waiting = {worker.receiver: worker for worker in self.workers}
+        while waiting:
+            if stop is not None and stop.is_set():
+                self.halt.set()
+            for ready in wait(list(waiting), timeout=STOP_POLL_SECONDS):
+                worker = waiting.pop(cast(Connection, ready))
+                try:
+                    report.absorb(worker.result())
+                except WorkerDied as exc:
+                    report.problems.append(
+                        f"a sending process ended with code {exc.exitcode}: the rows it held "
+                        "go out again once their lease runs out")
+
+
+def _start_senders(share: _Share, count: int, method: StartMethod, counted: bool) -> _Senders:
+    ctx = context(method)
+    halt = ctx.Event()
+    counts = ctx.Array("q", count + 1, lock=False) if counted else None
+    workers = [Worker(partial(_send_share, share, halt, counts, slot), name=f"sender-{slot}",
+                      method=method) for slot in range(1, count + 1)]
+    return _Senders(workers, halt, counts)
+
+
 def send_date(config: Config, day: date | None = None, *, dry_run: bool = False,
               clock: Clock | None = None, progress: Progress | None = None,
-              stop: threading.Event | None = None) -> SendReport:
+              stop: Stop | None = None) -> SendReport:
     """Queue ``day``'s events for every confirmed subscriber in any zone, then send all due."""
     clock = clock or utcnow
     now = clock()
@@ -369,17 +533,14 @@ def send_date(config: Config, day: date | None = None, *, dry_run: bool = False,
             report.due = ledger.count_due(now)
             return report
         # Opened first: a transport misconfigured (e.g. no password) stops before any write.
-        transport = open_transport(config)
-        try:
-            for event in events:
-                queued = enqueue_event(ledger, event, now, ALL_ZONES, site_zone,
-                                       give_up_after=policy.give_up_after, now=now)
-                report.events.append(EventSummary(event.article.slug, event.year,
-                                                  event.article.title, queued))
-            send_due(ledger, mailer, transport, calendar, clock, worker_name(), stop,
-                     policy=policy, progress=progress, report=report)
-        finally:
-            transport.close()
+        open_transport(config).close()
+        for event in events:
+            queued = enqueue_event(ledger, event, now, ALL_ZONES, site_zone,
+                                   give_up_after=policy.give_up_after, now=now)
+            report.events.append(EventSummary(event.article.slug, event.year,
+                                              event.article.title, queued))
+        send_all(config, ledger, mailer, calendar, clock, stop, policy=policy,
+                 progress=progress, report=report)
     return report
 
 

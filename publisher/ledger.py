@@ -423,6 +423,9 @@ class _DriverStatement:
         return changed
 
 
+_MEMORY = (None, "", ":memory:")
+
+
 def _first_line(exc: BaseException) -> str:
     # SQLAlchemy appends a multi-line "background on this error" note; the first line says it.
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -469,8 +472,14 @@ class Ledger:
         return ledger
 
     @staticmethod
+    def in_memory(url: str) -> bool:
+        """Return whether ``url`` names an SQLite database that lives in one connection."""
+        parsed = make_url(url)
+        return parsed.get_backend_name() == "sqlite" and parsed.database in _MEMORY
+
+    @staticmethod
     def _sqlite_engine(database: str | None) -> Engine:
-        memory = database in (None, "", ":memory:")
+        memory = database in _MEMORY
         if not memory:
             assert database is not None
             try:
@@ -791,6 +800,12 @@ class Ledger:
             # A lease that ran out means its holder died: the row is free again.
             and_(deliveries.c.status == "sending", deliveries.c.lease_until < now),
         )
+
+    def due_slugs(self, now: datetime | None = None) -> list[str]:
+        """Return the articles that have deliveries which could be claimed now."""
+        with self._read() as conn:
+            return list(conn.scalars(select(deliveries.c.slug).distinct()
+                                     .where(self._due(now or utcnow()))))
 
     def count_due(self, now: datetime | None = None) -> int:
         """Return how many deliveries could be claimed now."""

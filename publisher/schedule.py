@@ -34,9 +34,8 @@ from publisher.dispatch import (
     SendPolicy,
     SendReport,
     enqueue_event,
-    send_due,
+    send_all,
     skip_event,
-    worker_name,
 )
 from publisher.errors import ContentError, PublisherError
 from publisher.ledger import Ledger, utcnow
@@ -383,12 +382,9 @@ class Ticker:
                         give_up_after=self.policy.give_up_after, now=now)
 
     def _send(self, report: TickReport) -> None:
-        transport = self.open_transport(self.config)
-        try:
-            report.sent = send_due(self.ledger, self.mailer, transport, self._calendar,
-                                   self.clock, worker_name(), self.stop, policy=self.policy)
-        finally:
-            transport.close()
+        report.sent = send_all(self.config, self.ledger, self.mailer, self._calendar,
+                               self.clock, self.stop, policy=self.policy,
+                               open_transport=self.open_transport)
         report.problems.extend(report.sent.problems)
         if report.sent.stopped:
             report.problems.append(report.sent.stopped)

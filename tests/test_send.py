@@ -6,10 +6,15 @@ sleeping.
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -28,8 +33,10 @@ from publisher.dispatch import (
     SendPolicy,
     SendReport,
     enqueue_event,
+    send_all,
     send_date,
     send_due,
+    sending_processes,
     skip_event,
 )
 from publisher.errors import TransportError
@@ -449,6 +456,132 @@ def test_two_workers_at_once_send_each_message_once(world: World) -> None:
     assert per_recipient(world.sink) == Counter({r: 1 for r in readers})
 
 
+def queue_day(world: World) -> None:
+    with world.ledger() as ledger:
+        for event in Calendar(load_articles(world.content).articles).events_on(DAY):
+            enqueue_event(ledger, event, T0, ALL_ZONES, "UTC", give_up_after=timedelta(hours=6))
+
+
+def with_connections(world: World, connections: int, **email: Any) -> Config:
+    smtp = {**world.sink.email_table()["smtp"], "connections": connections}
+    return world.config(smtp=smtp, **email)
+
+
+def run_send_all(world: World, config: Config,
+                 transports: Callable[[Config], Transport] = open_transport) -> SendReport:
+    calendar = Calendar(load_articles(config.site.content_dir).articles, config.site.leap_day)
+    with world.ledger() as ledger:
+        return send_all(config, ledger, Mailer(config, load_secret(config)), calendar,
+                        world.clock, policy=SendPolicy.from_config(config),
+                        open_transport=transports)
+
+
+def wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
+
+
+class GatedTransport:
+    """The starting process's transport: sends only once another process holds a batch."""
+
+    def __init__(self, inner: Transport, marker: Path) -> None:
+        self.inner = inner
+        self.marker = marker
+
+    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
+        wait_for(self.marker)
+        yield from self.inner.send(envelopes)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class AnnouncingTransport:
+    """Another process's transport: says it holds a batch, then sends (or dies after one)."""
+
+    def __init__(self, inner: Transport, marker: Path, die: bool) -> None:
+        self.inner = inner
+        self.marker = marker
+        self.die = die
+
+    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
+        self.marker.touch()
+        if not self.die:
+            yield from self.inner.send(envelopes)
+            return
+        for _, outcome in self.inner.send([next(iter(envelopes))]):
+            assert outcome.status == "sent"
+        os.kill(os.getpid(), signal.SIGKILL)  # accepted, and never written to the ledger
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+@dataclass(frozen=True)
+class TwoProcessTransports:
+    """Open transports that make the other process claim a batch before this one sends.
+
+    Module-level and picklable: a fork server hands it to the other process.
+    """
+
+    parent: int
+    marker: Path
+    die: bool = False
+
+    def __call__(self, config: Config) -> Transport:
+        inner = open_transport(config)
+        if os.getpid() == self.parent:
+            return GatedTransport(inner, self.marker)
+        return AnnouncingTransport(inner, self.marker, self.die)
+
+
+def test_each_connection_sends_from_a_process_of_its_own(world: World) -> None:
+    readers = world.subscribe(40)
+    queue_day(world)
+    config = with_connections(world, 2, batch_size=5)
+    assert sending_processes(config) == 2
+    report = run_send_all(world, config, TwoProcessTransports(os.getpid(), world.root / "go"))
+    assert report.ok, report.problems
+    assert (report.sent, report.deferred, report.failed) == (40, 0, 0)
+    assert per_recipient(world.sink) == Counter({r: 1 for r in readers})
+    assert len({m.peer for m in world.sink.messages}) == 2
+    assert world.statuses() == Counter({"sent": 40})
+
+
+def test_a_sending_process_killed_mid_batch_loses_nothing(world: World) -> None:
+    readers = world.subscribe(30)
+    queue_day(world)
+    config = with_connections(world, 2, batch_size=5)
+    report = run_send_all(world, config,
+                          TwoProcessTransports(os.getpid(), world.root / "go", die=True))
+    assert report.sent == 25
+    assert any("ended with code -9" in problem for problem in report.problems)
+    # The killed process's batch waits for its lease: one message accepted, four never sent.
+    assert world.statuses() == Counter({"sent": 25, "sending": 5})
+    assert len(world.sink.messages) == 26
+
+    world.clock.advance(seconds=config.schedule.lease_seconds + 1)
+    again = run_send_all(world, config)
+    assert (again.sent, again.problems) == (5, [])
+    counts = per_recipient(world.sink)
+    twice = [r for r in readers if counts[r] == 2]
+    assert len(twice) == 1 and all(counts[r] == 1 for r in readers if r not in twice)
+    copies = world.sink.received_by(twice[0])
+    assert copies[0].message["Message-ID"] == copies[1].message["Message-ID"]
+    assert world.statuses() == Counter({"sent": 30})
+
+
+def test_one_sending_process_where_others_cannot_share_the_work(world: World) -> None:
+    assert sending_processes(with_connections(world, 3)) == 3
+    assert sending_processes(with_connections(world, 1)) == 1
+    assert sending_processes(world.config(transport="maildir")) == 1
+    memory = replace(with_connections(world, 3), state=replace(
+        world.config().state, database_url="sqlite://"))
+    assert sending_processes(memory) == 1
+
+
 # --- command line -----------------------------------------------------------------------------
 
 
@@ -485,6 +618,21 @@ def test_cli_send_and_status(world: World) -> None:
     assert "2024-11-09  moon 2024: failed 1, sent 1" in lines
     assert any(bad in line and "550 5.1.1 No such user" in line for line in lines)
     assert [m.rcpt_tos[0] for m in world.sink.messages] == [good]
+
+
+def test_cli_send_forks_a_sending_process_per_connection(world: World) -> None:
+    # A fresh command runs no other thread, so its senders are forked copies of it.
+    readers = world.subscribe(60)
+    config = write_config(world)
+    config.write_text(config.read_text(encoding="utf-8") + "connections = 2\n",
+                      encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "publisher", "--config", str(config), "send",
+                           "--date", "2024-11-09"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PUBLISHER_SECRET_KEY": "test-secret-" + "x" * 32})
+    assert done.returncode == 0, done.stderr
+    assert "sent 60, deferred 0, failed 0, bounced 0, skipped 0" in done.stdout
+    assert per_recipient(world.sink) == Counter({r: 1 for r in readers})
+    assert world.statuses() == Counter({"sent": 60})
 
 
 def test_cli_send_exits_1_when_articles_are_broken(world: World) -> None:
