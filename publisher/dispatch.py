@@ -295,10 +295,14 @@ class _Sender:
             if retry_at is None:
                 status = "failed"
                 reply = f"{reply} (gave up after {claim.attempts} attempts)"
-        self.ledger.finish(
-            claim.delivery_id, self.worker, "failed" if status == "bounced" else status,
-            code=outcome.code, reply=reply, message_id=message_id, retry_at=retry_at,
-            bounce=status == "bounced", now=now)
+        if status == "sent":
+            self.ledger.record_sent(claim.delivery_id, code=outcome.code, reply=reply,
+                                    message_id=message_id, now=now)
+        else:
+            self.ledger.finish(
+                claim.delivery_id, self.worker, "failed" if status == "bounced" else status,
+                code=outcome.code, reply=reply, message_id=message_id, retry_at=retry_at,
+                bounce=status == "bounced", now=now)
         if status == "sent":
             report.sent += 1
         elif status == "deferred":
@@ -374,6 +378,8 @@ def send_due(ledger: Ledger, mailer: Mailer, transport: Transport, calendar: Cal
         if batch.handed and not batch.sent and batch.systemic == batch.handed:
             report.stopped = "the mail server could not be reached; deferred rows will be retried"
             break
+    # Each claim folds the accepted messages recorded so far; this folds the last batch's.
+    ledger.settle()
     return report
 
 
@@ -596,5 +602,8 @@ def delivery_status(config: Config, day: date | None = None, *, limit: int = 50,
                     now: datetime | None = None) -> Status:
     """Return delivery counts and failures (for the events of ``day``, or all)."""
     with Ledger.open(config.state.database_url) as ledger:
+        # Messages accepted by a sender that has not folded them in yet (still sending, or
+        # died) count as sent, as they will once folded.
+        ledger.settle()
         return Status(day, ledger.delivery_counts(day), ledger.problems(day, limit),
                       ledger.subscriber_counts(), ledger.count_due(now or utcnow()))

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import csv
 import enum
+import fcntl
 import hashlib
+import os
 import re
+import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -40,6 +43,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     Update,
+    UpdateBase,
     and_,
     bindparam,
     case,
@@ -48,6 +52,7 @@ from sqlalchemy import (
     event,
     exists,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -60,12 +65,12 @@ from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
+# Defined with the configuration (a light module for the command line); named here as before.
+from publisher.config import SUBSCRIBER_STATUSES as SUBSCRIBER_STATUSES
+from publisher.config import SubscriberStatus as SubscriberStatus
 from publisher.errors import LedgerError, SubscriberError
 
-SubscriberStatus = Literal["pending", "confirmed", "unsubscribed", "bounced"]
 DeliveryStatus = Literal["pending", "sending", "sent", "deferred", "failed", "skipped"]
-SUBSCRIBER_STATUSES: tuple[SubscriberStatus, ...] = (
-    "pending", "confirmed", "unsubscribed", "bounced")
 NAME_LENGTH = 200
 BUSY_TIMEOUT_MS = 30_000
 IMPORT_CHUNK = 500
@@ -171,7 +176,27 @@ def _create_v1(conn: Connection) -> None:
         table.create(conn)
 
 
-MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_v1,)
+# Messages the server accepted, each appended in a transaction of its own as its 250 arrives,
+# and folded into ``deliveries`` (marked sent) a batch at a time. Appending a short row costs a
+# fraction of updating an indexed one, and keeps the other sending processes' page caches
+# valid: a sending process's ledger write per message no longer waits for the others'.
+accepted = Table(
+    "accepted", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    # No foreign key: the append must stay cheap; folding skips deliveries that are gone.
+    Column("delivery_id", _Id, nullable=False),
+    Column("code", Integer),
+    Column("reply", Text),
+    Column("message_id", String(400)),
+    Column("accepted_at", UtcDateTime, nullable=False),
+)
+
+
+def _create_v2(conn: Connection) -> None:
+    accepted.create(conn)
+
+
+MIGRATIONS: tuple[Callable[[Connection], None], ...] = (_create_v1, _create_v2)
 
 
 class AllZones(enum.Enum):
@@ -338,8 +363,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 def _finish_statement(*, held: bool) -> Update:
-    # Built once: this runs once per message, and a prepared construct skips most of
-    # SQLAlchemy's per-call statement building.
+    # Built once: it runs for each deferred or failed message, and for each batch of accepted
+    # ones as they are folded in.
     condition = [deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == "sending"]
     if held:
         condition.append(deliveries.c.lease_owner == bindparam("worker"))
@@ -362,6 +387,10 @@ def _finish_statement(*, held: bool) -> Update:
 # "sent" is recorded whoever holds the lease; other outcomes only by the lease holder.
 _FINISH_SENT = _finish_statement(held=False)
 _FINISH_HELD = _finish_statement(held=True)
+_ACCEPT = insert(accepted).values(
+    delivery_id=bindparam("delivery_id", type_=_Id), code=bindparam("code", type_=Integer()),
+    reply=bindparam("reply", type_=Text()), message_id=bindparam("message_id", type_=String()),
+    accepted_at=bindparam("now", type_=UtcDateTime()))
 
 
 def _unchanged(value: Any) -> Any:
@@ -371,14 +400,16 @@ def _unchanged(value: Any) -> Any:
 class _DriverStatement:
     """A statement compiled once for one database and run straight on the driver's connection.
 
-    SQLAlchemy's per-call execution machinery costs more than SQLite takes to update one row;
-    the ledger write made for every message sent is the one place that skips it.
+    SQLAlchemy's per-call execution machinery costs more than SQLite takes to write one row;
+    the ledger writes made for each message sent are the one place that skips it.
     """
 
-    def __init__(self, statement: Update, engine: Engine) -> None:
+    def __init__(self, statement: UpdateBase, engine: Engine, writers: _WriterQueue | None
+                 ) -> None:
         dialect = engine.dialect
         compiled = statement.compile(dialect=dialect)
         self.engine = engine
+        self.writers = writers
         self.sql = compiled.string
         self.positions = compiled.positiontup  # None when the driver takes names
         self.processors: dict[str, Callable[[Any], Any]] = {}
@@ -399,6 +430,10 @@ class _DriverStatement:
             params[name] = process(values[name])
         arguments = (params if self.positions is None
                      else [params[name] for name in self.positions])
+        with _turn(self.writers):
+            return self._run(arguments)
+
+    def _run(self, arguments: Any) -> int:
         try:
             connection = self.engine.raw_connection()
         except DBAPIError as exc:  # the server cannot be reached
@@ -426,6 +461,65 @@ class _DriverStatement:
 _MEMORY = (None, "", ":memory:")
 
 
+class _WriterQueue:
+    """Make the SQLite writers of this host wait their turn on a file lock.
+
+    A writer that finds SQLite's write lock taken sleeps and retries, 1 ms at first and longer
+    after: processes that each write a row per message sent (one per SMTP connection) would
+    spend much of their time asleep. Writers queued on ``flock`` are woken the moment the one
+    ahead is done. Programs that write without it are still kept out by SQLite's own lock.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # flock is held per open file, not per thread: threads take turns on this lock first.
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._descriptor: int | None = None
+        self._pid = 0
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """Hold the host's write turn (re-entrant within a thread)."""
+        with self._lock:
+            if self._depth == 0:
+                fcntl.flock(self._open(), fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._descriptor is not None:
+                    fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+
+    def _open(self) -> int:
+        # A forked copy opens its own file: a lock taken through an inherited one would be
+        # shared with the parent rather than exclude it.
+        if self._descriptor is None or self._pid != os.getpid():
+            try:
+                self._descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                           0o600)
+            except OSError as exc:
+                raise LedgerError(f"cannot open {self.path}: {exc.strerror}") from None
+            self._pid = os.getpid()
+        return self._descriptor
+
+    def close(self) -> None:
+        """Close the lock file (this process's, not one inherited through a fork)."""
+        if self._descriptor is not None and self._pid == os.getpid():
+            os.close(self._descriptor)
+        self._descriptor = None
+
+
+@contextmanager
+def _turn(writers: _WriterQueue | None) -> Iterator[None]:
+    if writers is None:
+        yield
+    else:
+        with writers.turn():
+            yield
+
+
 def _first_line(exc: BaseException) -> str:
     # SQLAlchemy appends a multi-line "background on this error" note; the first line says it.
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -441,8 +535,12 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
-        self._finish_sent = _DriverStatement(_FINISH_SENT, engine)
-        self._finish_held = _DriverStatement(_FINISH_HELD, engine)
+        database = engine.url.database
+        self._writers = (_WriterQueue(Path(f"{database}-writers"))
+                         if self.dialect == "sqlite" and database not in _MEMORY else None)
+        self._finish_sent = _DriverStatement(_FINISH_SENT, engine, self._writers)
+        self._finish_held = _DriverStatement(_FINISH_HELD, engine, self._writers)
+        self._accept = _DriverStatement(_ACCEPT, engine, self._writers)
 
     @classmethod
     def open(cls, url: str) -> Ledger:
@@ -499,6 +597,8 @@ class Ledger:
     def close(self) -> None:
         """Release every pooled connection."""
         self.engine.dispose()
+        if self._writers is not None:
+            self._writers.close()
 
     def __enter__(self) -> Ledger:
         """Return the ledger itself, closed when the block ends."""
@@ -510,6 +610,11 @@ class Ledger:
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:
+        with _turn(self._writers), self._transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Connection]:
         try:
             # preserve_rowcount: SQLAlchemy drops an INSERT's row count unless asked to keep it.
             with self.engine.connect().execution_options(
@@ -841,6 +946,8 @@ class Ledger:
                   .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
                   .limit(limit).with_for_update(skip_locked=True))
         with self._write() as conn:
+            # A dead worker's accepted messages are folded in first, so none is claimed again.
+            self._settle(conn)
             claimed = conn.execute(
                 update(deliveries).where(deliveries.c.id.in_(chosen))
                 .values(status="sending", lease_owner=worker, lease_until=now + lease,
@@ -892,6 +999,36 @@ class Ledger:
                 .values(status=case((deliveries.c.attempts > 1, "deferred"), else_="pending"),
                         attempts=deliveries.c.attempts - 1, lease_owner=None,
                         lease_until=None, updated_at=now)).rowcount)
+
+    def record_sent(self, delivery_id: int, *, code: int | None, reply: str,
+                    message_id: str | None, now: datetime | None = None) -> None:
+        """Record that the server accepted a claimed delivery's message, in its own commit.
+
+        The delivery reads ``sent`` once :meth:`settle` (or the next :meth:`claim`, by any
+        worker) has folded the record in; until then it is ``sending``, and no claim takes it.
+        """
+        self._accept.run({"delivery_id": delivery_id, "code": code, "reply": reply,
+                          "message_id": message_id, "now": now or utcnow()})
+
+    def settle(self) -> int:
+        """Mark sent every delivery whose acceptance is recorded; return how many records."""
+        with self._write() as conn:
+            return self._settle(conn)
+
+    @staticmethod
+    def _settle(conn: Connection) -> int:
+        # SKIP LOCKED: two PostgreSQL workers settling at once fold disjoint records, and one
+        # appended while this runs waits for the next settle rather than being deleted unseen.
+        records = conn.execute(select(accepted).order_by(accepted.c.id)
+                               .with_for_update(skip_locked=True)).all()
+        if not records:
+            return 0
+        conn.execute(_FINISH_SENT, [
+            {"delivery_id": r.delivery_id, "status": "sent", "code": r.code, "reply": r.reply,
+             "message_id": r.message_id, "retry_at": None, "now": r.accepted_at}
+            for r in records])
+        conn.execute(delete(accepted).where(accepted.c.id.in_([r.id for r in records])))
+        return len(records)
 
     def finish(self, delivery_id: int, worker: str,
                status: Literal["sent", "deferred", "failed"], *, code: int | None,

@@ -32,7 +32,7 @@ from publisher.calendar import Calendar, Event
 from publisher.config import Config, from_mapping
 from publisher.content import load_article, load_articles
 from publisher.dispatch import SendPolicy, enqueue_event, send_due
-from publisher.ledger import ALL_ZONES, Ledger, SubscriberRow, deliveries
+from publisher.ledger import ALL_ZONES, Ledger, SubscriberRow, accepted, deliveries
 from publisher.mail import Mailer
 from publisher.schedule import site_lock_name, site_state_key
 from publisher.transports import Envelope, MaildirTransport, Outcome
@@ -117,12 +117,14 @@ class Cluster:
             return Counter(conn.scalars(select(deliveries.c.status)))
 
     def held_by(self, instance: Instance) -> dict[int, bytes | None]:
-        """Return the deliveries an instance holds (claimed, not finished): id to Message-ID."""
-        # The lease owner is "host/pid/random": the pid names the process.
+        """Return the deliveries an instance holds (claimed, no outcome): id to Message-ID."""
+        # The lease owner is "host/pid/random": the pid names the process. A row whose message
+        # was accepted, but not yet folded in, is done: the next claim marks it sent.
+        recorded = select(accepted.c.id).where(accepted.c.delivery_id == deliveries.c.id)
         with self.ledger.engine.connect() as conn:
             rows = conn.execute(
                 select(deliveries.c.id, deliveries.c.message_id)
-                .where(deliveries.c.status == "sending",
+                .where(deliveries.c.status == "sending", ~recorded.exists(),
                        deliveries.c.lease_owner.like(f"%/{instance.pid}/%"))).all()
         return {row.id: row.message_id.encode() if row.message_id else None for row in rows}
 

@@ -18,6 +18,7 @@ from publisher.ledger import (
     MIGRATIONS,
     Ledger,
     ZoneChoice,
+    accepted,
     deliveries,
     schema_migrations,
     subscriber_row,
@@ -220,6 +221,40 @@ def test_finish_records_reply_message_id_and_retry(ledger: Ledger) -> None:
     assert ledger.claim("w", 10, LEASE, T0) == []
     again = ledger.claim("w", 10, LEASE, retry)
     assert [x.delivery_id for x in again] == [b.delivery_id] and again[0].attempts == 2
+
+
+def test_an_accepted_message_is_sent_once_folded_in(ledger: Ledger) -> None:
+    add(ledger, 3)
+    enqueue(ledger)
+    a, *_ = ledger.claim("w", 10, LEASE, T0)
+    accepted_at = T0 + timedelta(seconds=5)
+    ledger.record_sent(a.delivery_id, code=250, reply="250 2.0.0 queued",
+                       message_id="<a@example.org>", now=accepted_at)
+    assert statuses(ledger) == {"sending": 3}  # recorded, not yet folded in
+    assert ledger.settle() == 1
+    assert ledger.settle() == 0  # folding twice changes nothing
+    with ledger.engine.connect() as conn:
+        row = conn.execute(select(deliveries).where(deliveries.c.id == a.delivery_id)).one()
+    assert (row.status, row.last_code, row.last_reply) == ("sent", 250, "250 2.0.0 queued")
+    assert (row.message_id, row.sent_at, row.lease_owner) == ("<a@example.org>", accepted_at,
+                                                              None)
+    assert statuses(ledger) == {"sent": 1, "sending": 2}
+
+
+def test_a_dead_workers_accepted_messages_are_never_claimed_again(ledger: Ledger) -> None:
+    add(ledger, 3)
+    enqueue(ledger)
+    a, b, c = ledger.claim("dead", 10, LEASE, T0)
+    for claim in (a, b):
+        ledger.record_sent(claim.delivery_id, code=250, reply="250 ok",
+                           message_id=f"<{claim.delivery_id}@example.org>", now=T0)
+    # The worker died before folding them in: after its lease only the unsent row goes again.
+    later = T0 + LEASE + timedelta(seconds=1)
+    taken = ledger.claim("alive", 10, LEASE, later)
+    assert [x.delivery_id for x in taken] == [c.delivery_id]
+    assert statuses(ledger) == {"sent": 2, "sending": 1}
+    with ledger.engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(accepted)) == 0
 
 
 def test_deferred_needs_a_retry_time(ledger: Ledger) -> None:
