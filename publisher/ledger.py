@@ -20,7 +20,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, TextIO, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -397,6 +397,49 @@ def _unchanged(value: Any) -> Any:
     return value
 
 
+class _HeldConnections:
+    """One driver connection per thread, kept out of the pool for the per-message writes.
+
+    Taking a connection from the pool and giving it back (with its rollback) for every message
+    costs about as much as SQLite's own write.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[Any] = []
+
+    def get(self) -> Any:
+        """Return this thread's connection, taking one from the pool the first time."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            try:
+                connection = self.engine.raw_connection()
+            except DBAPIError as exc:  # the server cannot be reached
+                raise LedgerError(f"database error: {_first_line(exc)}") from exc
+            self._local.connection = connection
+            with self._lock:
+                self._open.append(connection)
+        return connection
+
+    def discard(self, connection: Any) -> None:
+        """Throw away a connection the server dropped; this thread's next write opens another."""
+        self._local.connection = None
+        with self._lock:
+            self._open.remove(connection)
+        connection.invalidate()
+
+    def close(self) -> None:
+        """Give every held connection back to the pool."""
+        with self._lock:
+            held, self._open = self._open, []
+        for connection in held:
+            with suppress(Exception):  # closing must not fail the ledger's own close
+                connection.close()
+        self._local = threading.local()
+
+
 class _DriverStatement:
     """A statement compiled once for one database and run straight on the driver's connection.
 
@@ -404,11 +447,12 @@ class _DriverStatement:
     the ledger writes made for each message sent are the one place that skips it.
     """
 
-    def __init__(self, statement: UpdateBase, engine: Engine, writers: _WriterQueue | None
-                 ) -> None:
-        dialect = engine.dialect
+    def __init__(self, statement: UpdateBase, connections: _HeldConnections,
+                 writers: _WriterQueue | None) -> None:
+        dialect = connections.engine.dialect
         compiled = statement.compile(dialect=dialect)
-        self.engine = engine
+        self.dialect = dialect
+        self.connections = connections
         self.writers = writers
         self.sql = compiled.string
         self.positions = compiled.positiontup  # None when the driver takes names
@@ -434,28 +478,32 @@ class _DriverStatement:
             return self._run(arguments)
 
     def _run(self, arguments: Any) -> int:
-        try:
-            connection = self.engine.raw_connection()
-        except DBAPIError as exc:  # the server cannot be reached
-            raise LedgerError(f"database error: {_first_line(exc)}") from exc
-        try:
-            cursor = connection.cursor()
+        for attempt in (1, 2):
+            connection = self.connections.get()
             try:
-                # SQLite runs a lone statement as its own transaction (the connection is in
-                # autocommit mode), and an UPDATE takes the write lock before it reads: the
-                # BEGIN IMMEDIATE the other writes need would add nothing.
-                cursor.execute(self.sql, arguments)
-                changed = int(cursor.rowcount)
-            finally:
-                cursor.close()
-            connection.commit()
-        except self.errors as exc:
-            with suppress(self.errors):  # a lost connection cannot roll back
-                connection.rollback()
-            raise LedgerError(f"database error: {_first_line(exc)}") from exc
-        finally:
-            connection.close()
-        return changed
+                cursor = connection.cursor()
+                try:
+                    # SQLite runs a lone statement as its own transaction (the connection is
+                    # in autocommit mode), and a write takes the write lock before it reads:
+                    # the BEGIN IMMEDIATE the other writes need would add nothing.
+                    cursor.execute(self.sql, arguments)
+                    changed = int(cursor.rowcount)
+                finally:
+                    cursor.close()
+                connection.commit()
+                return changed
+            except self.errors as exc:
+                with suppress(self.errors):  # a lost connection cannot roll back
+                    connection.rollback()
+                if not self.dialect.is_disconnect(cast(Any, exc), connection.dbapi_connection,
+                                                  None):
+                    raise LedgerError(f"database error: {_first_line(exc)}") from exc
+                self.connections.discard(connection)
+                if attempt == 2:
+                    raise LedgerError(f"database error: {_first_line(exc)}") from exc
+                # The held connection died while idle (say, the server restarted): running
+                # the same write again is safe, as it changes nothing a first run did.
+        raise AssertionError("unreachable")
 
 
 _MEMORY = (None, "", ":memory:")
@@ -538,9 +586,10 @@ class Ledger:
         database = engine.url.database
         self._writers = (_WriterQueue(Path(f"{database}-writers"))
                          if self.dialect == "sqlite" and database not in _MEMORY else None)
-        self._finish_sent = _DriverStatement(_FINISH_SENT, engine, self._writers)
-        self._finish_held = _DriverStatement(_FINISH_HELD, engine, self._writers)
-        self._accept = _DriverStatement(_ACCEPT, engine, self._writers)
+        self._held = _HeldConnections(engine)
+        self._finish_sent = _DriverStatement(_FINISH_SENT, self._held, self._writers)
+        self._finish_held = _DriverStatement(_FINISH_HELD, self._held, self._writers)
+        self._accept = _DriverStatement(_ACCEPT, self._held, self._writers)
 
     @classmethod
     def open(cls, url: str) -> Ledger:
@@ -596,6 +645,7 @@ class Ledger:
 
     def close(self) -> None:
         """Release every pooled connection."""
+        self._held.close()
         self.engine.dispose()
         if self._writers is not None:
             self._writers.close()

@@ -257,6 +257,27 @@ def test_a_dead_workers_accepted_messages_are_never_claimed_again(ledger: Ledger
         assert conn.scalar(select(func.count()).select_from(accepted)) == 0
 
 
+@pytest.mark.postgres
+def test_a_dropped_server_connection_is_replaced_without_losing_a_record(
+        postgres_url: str) -> None:
+    with Ledger.open(postgres_url) as ledger:
+        add(ledger, 2)
+        enqueue(ledger)
+        first, second = ledger.claim("w", 10, LEASE, T0)
+        ledger.record_sent(first.delivery_id, code=250, reply="250 ok", message_id=None, now=T0)
+        # The server ends every other session of this database (as a restart would), the
+        # connection the ledger holds for its per-message writes among them.
+        with ledger.engine.connect() as conn:
+            ended = conn.scalar(text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+        assert ended
+        ledger.record_sent(second.delivery_id, code=250, reply="250 ok", message_id=None,
+                           now=T0)
+        assert ledger.settle() == 2
+        assert statuses(ledger) == {"sent": 2}
+
+
 def test_deferred_needs_a_retry_time(ledger: Ledger) -> None:
     add(ledger, 1)
     enqueue(ledger)
