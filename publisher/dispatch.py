@@ -275,12 +275,13 @@ class _Sender:
             return Outcome("deferred", None, edition)
         recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone)
         try:
-            data = edition.message(recipient)
+            data, wire = edition.messages(recipient)
         except SubscriberError as exc:
             return Outcome("failed", None, f"cannot address the message: {exc}")
         except PublisherError as exc:
             return Outcome("deferred", None, f"cannot build the message: {exc}")
-        envelope = Envelope(claim.delivery_id, self.mailer.envelope_sender, claim.email, data)
+        envelope = Envelope(claim.delivery_id, self.mailer.envelope_sender, claim.email, data,
+                            wire)
         return envelope, edition.message_id(recipient)
 
     def record(self, claim: Claim, outcome: Outcome, message_id: str | None) -> None:

@@ -29,6 +29,7 @@ from publisher.content import absolute_links
 from publisher.errors import ConfigError, SubscriberError, TemplateError
 from publisher.render import compile_string, make_environment, render, render_template
 from publisher.tokens import unsubscribe_token
+from publisher.transports import dot_stuffed
 
 HTML_TEMPLATE = "email.html"
 TEXT_TEMPLATE = "email.txt"
@@ -62,6 +63,7 @@ TEXT_WIDTH = 72
 _LINE = 78  # RFC 5322's recommended maximum, without CRLF
 _WORD_BYTES = 45  # UTF-8 bytes per encoded-word: 60 base64 characters, 72 with the delimiters
 _SOFT_BREAK = b"=\r\n"
+_END_OF_DATA = b".\r\n"  # the message's last line ends in CRLF already
 
 
 def slot(key: str) -> str:
@@ -225,6 +227,10 @@ def _piece(text: str) -> bytes:
     return encoded
 
 
+def _stuffed_values(values: Mapping[str, bytes]) -> dict[str, bytes]:
+    return {key: dot_stuffed(value) for key, value in values.items()}
+
+
 def _escaped(values: Mapping[str, str]) -> dict[str, str]:
     """Return slot values escaped for HTML text and attribute values alike."""
     return {key: html.escape(value) for key, value in values.items()}
@@ -249,6 +255,8 @@ class _Slotted:
         self.pieces = pieces
         self.slots = frozenset(pieces[1::2])
         self.encoded = [_piece(p) if i % 2 == 0 else b"" for i, p in enumerate(pieces)]
+        # Every piece starts a line, so each can be made SMTP DATA content on its own.
+        self.stuffed = [dot_stuffed(p) for p in self.encoded]
 
     def fill(self, values: Mapping[str, str]) -> str:
         """Return the text with each slot replaced by its value."""
@@ -256,9 +264,12 @@ class _Slotted:
         pieces[1::2] = [values[key] for key in pieces[1::2]]
         return "".join(pieces)
 
-    def encode(self, encoded_values: Mapping[str, bytes]) -> bytes:
-        """Return the quoted-printable text with each slot replaced by its encoded value."""
-        encoded = self.encoded.copy()
+    def encode(self, encoded_values: Mapping[str, bytes], *, wire: bool = False) -> bytes:
+        """Return the quoted-printable text with each slot replaced by its encoded value.
+
+        With ``wire``, the text and the values are SMTP DATA content (leading dots doubled).
+        """
+        encoded = (self.stuffed if wire else self.encoded).copy()
         encoded[1::2] = [encoded_values[key] for key in self.pieces[1::2]]
         return b"".join(encoded)
 
@@ -584,6 +595,14 @@ class Edition:
 
     def message(self, recipient: Recipient) -> bytes:
         """Return the complete RFC 5322 message for one recipient."""
+        return self.messages(recipient)[0]
+
+    def messages(self, recipient: Recipient) -> tuple[bytes, bytes | None]:
+        """Return one recipient's message, and the same as SMTP DATA content (not when signed).
+
+        The DATA content is joined from pieces dot-stuffed once per edition, which spares the
+        transport a pass over every byte of every message.
+        """
         variant, values, token = self._values(recipient)
         text_values = {key: _piece(values[key]) for key in variant.text.slots}
         html_values = {key: _piece(value) for key, value in _escaped(values).items()
@@ -592,7 +611,8 @@ class Edition:
         mailto = self._mailer.unsubscribe_mailto
         if mailto:
             unsubscribe += f", <mailto:{mailto}?subject=unsubscribe%20{token}>"
-        data = b"".join((
+        # Header lines never start with a dot: the head is the same in both forms.
+        head = b"".join((
             self._mailer.from_line,
             _header("To", _mailbox(values[NAME], values[EMAIL])),
             variant.subject_line or _header("Subject", _unstructured(
@@ -602,10 +622,14 @@ class Edition:
             self._middle,
             _header("List-Unsubscribe", unsubscribe),
             self._opening,
-            variant.text.encode(text_values),
-            self._between,
-            variant.html.encode(html_values),
-            self._closing,
         ))
+        data = b"".join((head, variant.text.encode(text_values), self._between,
+                         variant.html.encode(html_values), self._closing))
         signer = self._mailer.signer
-        return signer.sign(data) if signer else data
+        if signer:
+            return signer.sign(data), None
+        wire = b"".join((
+            head, variant.text.encode(_stuffed_values(text_values), wire=True), self._between,
+            variant.html.encode(_stuffed_values(html_values), wire=True), self._closing,
+            _END_OF_DATA))
+        return data, wire

@@ -31,6 +31,7 @@ from publisher.errors import ConfigError, SubscriberError, TemplateError, TokenE
 from publisher.mail import Edition, Mailer, Recipient, message_id_for, reflow
 from publisher.render import make_environment
 from publisher.tokens import read_unsubscribe_token
+from publisher.transports import data_content
 from tests.fixtures.smtp import SmtpSink
 
 SECRET = b"secret for the mail tests"
@@ -304,6 +305,19 @@ def test_body_lines_stay_short_and_values_survive_encoding(edition: Edition) -> 
     # (section 6.2) says to drop; decode_header follows the RFC, as mail clients do.
     raw_to = parse_compat(data)["To"]
     assert str(make_header(decode_header(raw_to))) == f"{name} <bart@example.org>"
+
+
+@pytest.mark.parametrize("name", [None, "Ada Lovelace", ".Dot", "." * 90, "a.\n.b"])
+def test_smtp_content_is_the_message_with_its_leading_dots_doubled(mailer: Mailer,
+                                                                   name: str | None) -> None:
+    # Lines that start with a dot, in the article and in the subscriber's name.
+    body = "\n\n".join([".NET turned twenty.", ".", "..", "Text. " * 40 + "\n.after a break"])
+    edition = mailer.edition(make_event(make_article(body_html=f"<p>{body}</p>",
+                                                     body_text=body)))
+    data, wire = edition.messages(Recipient(7, "dot@example.org", name))
+    assert data == edition.message(Recipient(7, "dot@example.org", name))
+    assert wire == data_content(data)
+    assert b"\r\n.\r\n" not in wire[:-3]  # the end of the content comes only at the end
 
 
 def test_html_is_inlined_with_dark_mode_and_mobile_rules(edition: Edition) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from publisher.transports import SmtpTransport, _dot_stuffed
+from publisher.transports import SmtpTransport, data_content
 from tests.fixtures.smtp import DROP, SmtpSink, running_sink, settings, transports_to
 from tests.test_transports import message, outcomes
 
@@ -168,4 +168,4 @@ def test_parallel_pipelined_connections_deliver_each_message_once(
     (b".a\r\n.\r\nb\r\n", b"..a\r\n..\r\nb\r\n.\r\n"),
 ])
 def test_dot_stuffing(data: bytes, content: bytes) -> None:
-    assert _dot_stuffed(data) == content
+    assert data_content(data) == content
