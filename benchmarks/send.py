@@ -145,17 +145,26 @@ def send_once(args: argparse.Namespace, folder: Path, url: str) -> None:
                 chunk.clear()
         ledger.insert_new(chunk)
     profile = cProfile.Profile() if args.profile else None
+    cpu_before = cpu_seconds()
     started = time.perf_counter()
     if profile is not None:
         profile.enable()
     report = send_date(config, DAY, clock=lambda: datetime.now(UTC))
     seconds = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu_before
     if profile is not None:
         profile.disable()
         pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"sent": report.sent, "seconds": seconds, "peak_kib": peak_kib,
-                      "problems": report.problems}))
+    print(json.dumps({"sent": report.sent, "seconds": seconds, "cpu": cpu,
+                      "peak_kib": peak_kib, "problems": report.problems}))
+
+
+def cpu_seconds() -> float:
+    """Return the processor time of this process and of the sending processes it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def run_child(args: argparse.Namespace, messages: int, port: int, connections: int,
@@ -223,7 +232,8 @@ def speed(args: argparse.Namespace, kind: str, port: int, size: int) -> None:
         ours = run_child(args, args.messages, port, connections, profile=args.profile)
         rates[connections] = ours["sent"] / ours["seconds"]
         line = (f"{connections} connection(s): publisher send {rates[connections]:7,.0f} msg/s "
-                f"({ours['seconds']:.2f} s, peak RSS {ours['peak_kib'] / 1024:.0f} MiB)")
+                f"({ours['seconds']:.2f} s, {ours['cpu'] / ours['sent'] * 1e6:.0f} us of "
+                f"processor time per message, peak RSS {ours['peak_kib'] / 1024:.0f} MiB)")
         if has_baseline:
             theirs = baseline(args, port, size, connections)
             ratios[connections] = rates[connections] / theirs
