@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 import functools
-import socket
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
 from publisher import config as config_module
-from publisher import daemon, dispatch, schedule, site, web
-from publisher.config import Config
-from publisher.content import import_plain
-from publisher.daemon import LOG_FORMATS, LogFormat, configure_logging
-from publisher.errors import ConfigError, ContentError, PublisherError
-from publisher.ledger import (
+from publisher.config import (
+    LOG_FORMATS,
     SUBSCRIBER_STATUSES,
-    Ledger,
+    Config,
+    LogFormat,
     SubscriberStatus,
-    export_csv,
-    import_csv,
-    subscriber_row,
 )
+from publisher.errors import ConfigError, ContentError, PublisherError
+
+# Each command imports what it uses when it runs: the site, the ledger (SQLAlchemy), mail and
+# the web service are each slow to import, and a command needs at most some of them.
+if TYPE_CHECKING:
+    import socket
+
+    from publisher.ledger import Ledger
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,6 +106,8 @@ def _echo_problems(problems: Sequence[PublisherError]) -> None:
 @reports_errors
 def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
     """Write the archive pages and the feeds; broken articles are listed and left out."""
+    from publisher import site
+
     report = site.build_site(load_config(ctx), _as_day(day), out=out)
     _echo_problems(report.errors)
     click.echo(report.summary())
@@ -120,6 +123,8 @@ def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
 @reports_errors
 def check(ctx: click.Context, day: datetime | None) -> None:
     """Load every article and render every page and feed in memory; list every problem."""
+    from publisher import site
+
     problems = site.check_site(load_config(ctx), _as_day(day))
     for problem in problems:
         click.echo(str(problem))
@@ -139,6 +144,8 @@ def check(ctx: click.Context, day: datetime | None) -> None:
 @reports_errors
 def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> None:
     """List the coming appearances: date, years since first publication, slug and title."""
+    from publisher import site
+
     events, errors = site.upcoming_events(load_config(ctx), _as_day(start), days)
     _echo_problems(errors)
     width = max((len(event.article.slug) for event in events), default=0)
@@ -161,6 +168,8 @@ def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> N
 def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
                    keep_source: bool) -> None:
     """Turn plain .txt articles into Markdown with front matter, renaming each source."""
+    from publisher.content import import_plain
+
     failures: list[PublisherError] = []
     for path in files:
         try:
@@ -179,6 +188,8 @@ def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
 
 
 def _ledger(ctx: click.Context) -> Ledger:
+    from publisher.ledger import Ledger
+
     return Ledger.open(load_config(ctx).state.database_url)
 
 
@@ -204,6 +215,8 @@ def subscribers() -> None:
 def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: str | None,
                     resubscribe: bool) -> None:
     """Add a confirmed subscriber, or update a known one's name and time zone."""
+    from publisher.ledger import subscriber_row
+
     with _ledger(ctx) as ledger:
         subscriber, outcome = ledger.add_subscriber(subscriber_row(email, name, timezone),
                                                     resubscribe=resubscribe)
@@ -217,6 +230,8 @@ def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: 
 @reports_errors
 def subscribers_import(ctx: click.Context, file: Path) -> None:
     """Import a CSV of email,name,timezone; bad rows are listed, the good ones imported."""
+    from publisher.ledger import import_csv
+
     with _ledger(ctx) as ledger:
         report = import_csv(ledger, file)
     _echo_problems(report.errors)
@@ -261,6 +276,8 @@ def subscribers_remove(ctx: click.Context, email: str) -> None:
 @reports_errors
 def subscribers_export(ctx: click.Context, status: str | None) -> None:
     """Write subscribers as CSV to stdout; `subscribers import` reads it back."""
+    from publisher.ledger import export_csv
+
     with _ledger(ctx) as ledger:
         export_csv(ledger, sys.stdout, cast("SubscriberStatus | None", status))
 
@@ -292,6 +309,8 @@ class _ProgressBar:
 @reports_errors
 def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
     """Email a day's events to every confirmed subscriber (never twice), then any retries due."""
+    from publisher import dispatch
+
     config = load_config(ctx)
     bar = _ProgressBar() if sys.stdout.isatty() else None
     try:
@@ -314,6 +333,8 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
     """Show deliveries per state, failures, subscriber counts, last tick and next anniversaries."""
+    from publisher import dispatch, schedule
+
     config = load_config(ctx)
     click.echo("\n".join(dispatch.delivery_status(config, _as_day(day)).lines()))
     click.echo("\n".join(schedule.clock_status(config).lines()))
@@ -332,9 +353,11 @@ def status(ctx: click.Context, day: datetime | None) -> None:
 @reports_errors
 def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
     """Keep the site and the email up to date: tick every few seconds until SIGTERM or Ctrl-C."""
+    from publisher import daemon, web
+
     config = load_config(ctx)
     sock = _listen(config, None, None) if serve_web else None
-    configure_logging(log_format)
+    daemon.configure_logging(log_format)
     with web.beside(config, sock):
         daemon.run_daemon(config)
 
@@ -357,13 +380,17 @@ def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
 def serve(ctx: click.Context, host: str | None, port: int | None, access_log: bool,
           log_format: LogFormat) -> None:
     """Serve the built site, sign-up, unsubscribe and previews over HTTP until stopped."""
+    from publisher import daemon, web
+
     config = load_config(ctx)
     sock = _listen(config, host, port)
-    configure_logging(log_format)
+    daemon.configure_logging(log_format)
     web.serve(config, sock, access_log=access_log)
 
 
 def _listen(config: Config, host: str | None, port: int | None) -> socket.socket:
+    from publisher import web
+
     host = host or config.web.host
     port = config.web.port if port is None else port
     try:

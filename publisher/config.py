@@ -21,6 +21,13 @@ LEAP_DAY_POLICIES = ("feb28", "mar1", "skip")
 LeapDay = Literal["feb28", "mar1", "skip"]
 TransportName = Literal["smtp", "maildir"]
 Security = Literal["starttls", "ssl", "none"]
+# Named here, in a module without heavy imports, because the command line offers them as
+# choices: the daemon's log formats and the ledger's subscriber states.
+LogFormat = Literal["text", "json"]
+LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+SubscriberStatus = Literal["pending", "confirmed", "unsubscribed", "bounced"]
+SUBSCRIBER_STATUSES: tuple[SubscriberStatus, ...] = (
+    "pending", "confirmed", "unsubscribed", "bounced")
 
 
 @dataclass(frozen=True)

@@ -9,18 +9,16 @@ import sys
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal, TextIO
+from typing import Any, TextIO
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from publisher.config import Config
+from publisher.config import Config, LogFormat
 from publisher.ledger import Ledger
 from publisher.schedule import Ticker
 
-LogFormat = Literal["text", "json"]
-LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 TICK_JOB_ID = "tick"
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 # How often the main thread looks at the stop event when no signal arrives.

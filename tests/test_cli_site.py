@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,3 +225,13 @@ def test_import_force_overwrites_and_keep_leaves_the_source(write_file: WriteFil
     assert result.stdout == f"{source} -> {existing}\n"
     assert source.exists()
     assert "title: Converted again" in existing.read_text(encoding="utf-8")
+
+
+def test_importing_the_command_line_loads_no_command_modules() -> None:
+    # Each command imports what it needs: `publisher build` never loads the ledger, mail or web.
+    heavy = ["sqlalchemy", "publisher.ledger", "publisher.mail", "publisher.web",
+             "publisher.dispatch", "publisher.daemon", "publisher.site"]
+    code = f"import sys, publisher.cli; print([m for m in {heavy!r} if m in sys.modules])"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert loaded.strip() == "[]"
