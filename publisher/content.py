@@ -206,17 +206,27 @@ def parse_plain(path: Path, text: str) -> Article:
     )
 
 
+_FRONT_MATTER_END = re.compile(r"^(?:---|\.\.\.)[ \t]*$", re.MULTILINE)
+
+
 def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], dict[str, int], str, int]:
     if not text.startswith("---\n"):
         raise ContentError("expected YAML front matter opening with '---'", path=path, line=1,
                            field="front matter")
-    end = re.search(r"^(?:---|\.\.\.)[ \t]*$", text[4:], re.MULTILINE)
+    end = _FRONT_MATTER_END.search(text, 4)
     if end is None:
         raise ContentError("front matter is not closed by '---'", path=path, line=1,
                            field="front matter")
-    block = text[4 : 4 + end.start()]
-    body_start = 4 + end.end() + 1
-    body_line = text[:body_start].count("\n") + 1
+    block = text[4 : end.start()]
+    body_start = end.end() + 1
+    body_line = text.count("\n", 0, body_start) + 1
+    simple = simple_front_matter(block)
+    data, lines = simple if simple is not None else yaml_front_matter(path, block)
+    return data, lines, text[body_start:], body_line
+
+
+def yaml_front_matter(path: Path, block: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """Read a front matter block with libyaml: its fields, and the file line of each key."""
     loader = _FrontMatterLoader(block)
     try:
         node = loader.get_single_node()
@@ -226,6 +236,12 @@ def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], dict[str, int]
         line = mark.line + 2 if mark is not None else None
         raise ContentError(f"invalid YAML: {exc.problem or exc}", path=path, line=line,
                            field="front matter") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow, e.g. a control
+        # Its position counts bytes or characters depending on the parser: find it instead.
+        where = block.find(chr(exc.character))
+        raise ContentError(f"invalid YAML: {exc.reason} (character U+{exc.character:04X})",
+                           path=path, line=block.count("\n", 0, where) + 2 if where >= 0
+                           else None, field="front matter") from None
     finally:
         loader.dispose()
     if not isinstance(data, dict):
@@ -235,7 +251,121 @@ def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], dict[str, int]
     if node is not None:
         for key_node, _ in node.value:
             lines[str(key_node.value)] = key_node.start_mark.line + 2
-    return data, lines, text[body_start:], body_line
+    return data, lines
+
+
+# Most front matter is a few `key: value` lines, which this module reads without libyaml:
+# PyYAML builds libyaml's values in Python, at about the cost of rendering the article's
+# Markdown. Only a subset YAML reads one obvious way is accepted -- plain text without `:` or
+# `#`, text in quotes without escapes, `[a, b]` and `- item` lists of plain text, true/false
+# words and nulls -- and anything else (numbers, escapes, comments after a value, values over
+# several lines, characters YAML rejects) goes to libyaml, so every value is the one YAML gives.
+_NOT_YAML_PRINTABLE = re.compile(
+    "[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
+_KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,99}):(?: +(.*))?")
+_ITEM_LINE = re.compile(r"( *)- +(.*)")
+_PLAIN = re.compile(r"""[^-?:,\[\]{}#&*!|>'"%@` ][^:#]*""")
+_PLAIN_ITEM = re.compile(r"""[^-?:,\[\]{}#&*!|>'"%@` ][^:#,\[\]{}]*""")
+_SINGLE_QUOTED = re.compile(r"'((?:[^']|'')*)'")
+_DOUBLE_QUOTED = re.compile(r'"([^"\\]*)"')
+_BOOLEANS: Mapping[str, bool] = yaml.constructor.SafeConstructor.bool_values
+_UNSURE = object()  # a value outside the simple subset
+
+
+# The loader's own patterns for untagged plain values, by first character, each followed by
+# those for any first character.
+_RESOLVERS = {
+    first: (*resolvers, *_FrontMatterLoader.yaml_implicit_resolvers.get(None, ()))
+    for first, resolvers in _FrontMatterLoader.yaml_implicit_resolvers.items() if first
+}
+_ANY_RESOLVERS = tuple(_FrontMatterLoader.yaml_implicit_resolvers.get(None, ()))
+
+
+def _typed(plain: str) -> object:
+    """Return a plain scalar as YAML types it: text, a boolean or None (else _UNSURE)."""
+    for tag, pattern in _RESOLVERS.get(plain[0], _ANY_RESOLVERS):
+        if pattern.match(plain):
+            if tag == "tag:yaml.org,2002:bool":
+                return _BOOLEANS[plain.lower()]
+            if tag == "tag:yaml.org,2002:null":
+                return None
+            return _UNSURE
+    return plain
+
+
+def _simple_scalar(text: str, plain: re.Pattern[str]) -> object:
+    """Return one value (without trailing spaces) of the simple subset, else _UNSURE."""
+    if text.startswith("'"):
+        match = _SINGLE_QUOTED.fullmatch(text)
+        return match.group(1).replace("''", "'") if match else _UNSURE
+    if text.startswith('"'):
+        match = _DOUBLE_QUOTED.fullmatch(text)
+        return match.group(1) if match else _UNSURE
+    return _typed(text) if plain.fullmatch(text) else _UNSURE
+
+
+def _flow_list(text: str) -> object:
+    """Return ``[a, b]`` as a list of plain values, else _UNSURE."""
+    if not text.endswith("]"):
+        return _UNSURE
+    inner = text[1:-1].strip(" ")
+    if not inner:
+        return []
+    items = [_simple_scalar(item.strip(" "), _PLAIN_ITEM) for item in inner.split(",")]
+    return _UNSURE if _UNSURE in items else items
+
+
+def simple_front_matter(block: str) -> tuple[dict[str, Any], dict[str, int]] | None:
+    """Read a front matter block of the simple subset: its fields, and the file line of each key.
+
+    Return None for a block outside the subset, which :func:`yaml_front_matter` reads instead.
+    """
+    if _NOT_YAML_PRINTABLE.search(block):
+        return None
+    data: dict[str, Any] = {}
+    lines: dict[str, int] = {}
+    rows = block.split("\n")
+    number = 0
+    while number < len(rows):
+        row, key_row = rows[number], number
+        number += 1
+        if not row.strip(" ") or row.startswith("#"):
+            continue  # blank or a comment
+        match = _KEY_LINE.fullmatch(row)
+        if match is None or _typed(match.group(1)) != match.group(1):
+            return None  # not `key: value`, or a key YAML would read as true, a number...
+        text = (match.group(2) or "").rstrip(" ")
+        value: object
+        if text.startswith("["):
+            value = _flow_list(text)
+        elif text:
+            value = _simple_scalar(text, _PLAIN)
+        else:
+            value, number = _block_list(rows, number)
+        if value is _UNSURE:
+            return None
+        data[match.group(1)] = value
+        lines[match.group(1)] = key_row + 2  # the block starts on the file's second line
+    return data, lines
+
+
+def _block_list(rows: list[str], start: int) -> tuple[object, int]:
+    """Return the ``- item`` rows from ``start`` as a list (or None) and the row after them."""
+    items: list[object] = []
+    indent = None
+    number = start
+    while number < len(rows):
+        match = _ITEM_LINE.fullmatch(rows[number])
+        if match is None or indent not in (None, match.group(1)):
+            break  # the next key, or a row that sends the whole block to libyaml
+        indent = match.group(1)
+        item = _simple_scalar(match.group(2).rstrip(" "), _PLAIN)
+        if item is _UNSURE:
+            return _UNSURE, number
+        items.append(item)
+        number += 1
+    return (items or None), number
 
 
 def _optional_text(data: Mapping[str, Any], name: str, path: Path, line: int | None) -> str | None:
@@ -355,39 +485,54 @@ class ArticleCache:
     """Remember parsed articles by path, size and modification time, so reloads are cheap."""
 
     def __init__(self) -> None:
-        self._entries: dict[Path, tuple[int, int, Article | ContentError]] = {}
+        # Keyed by the path as text, as file stamps name it: a Path costs more to make.
+        self._entries: dict[str, tuple[int, int, Article | ContentError]] = {}
 
-    def load(self, path: Path) -> Article:
-        """Return the article at ``path``, parsing it only when the file changed."""
-        stat = path.stat()
-        entry = self._entries.get(path)
-        if entry is not None and entry[0] == stat.st_size and entry[1] == stat.st_mtime_ns:
+    def load(self, path: Path, stamp: tuple[int, int] | None = None) -> Article:
+        """Return the article at ``path``, parsing it only when the file changed.
+
+        ``stamp``: the file's size and modification time as just listed, instead of asking the
+        file system again.
+        """
+        if stamp is None:
+            stat = path.stat()
+            stamp = (stat.st_size, stat.st_mtime_ns)
+        key = str(path)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] == stamp[0] and entry[1] == stamp[1]:
             result = entry[2]
         else:
             try:
                 result = load_article(path)
             except ContentError as exc:
                 result = exc
-            self._entries[path] = (stat.st_size, stat.st_mtime_ns, result)
+            self._entries[key] = (stamp[0], stamp[1], result)
         if isinstance(result, ContentError):
             raise result
         return result
 
-    def stale(self, stamps: Iterable[FileStamp]) -> list[Path]:
+    def stale(self, stamps: Iterable[FileStamp]) -> list[FileStamp]:
         """Return the files among ``stamps`` that :meth:`load` would parse again."""
         stale = []
-        for name, size, mtime_ns in stamps:
-            path = Path(name)
-            entry = self._entries.get(path)
-            if entry is None or entry[0] != size or entry[1] != mtime_ns:
-                stale.append(path)
+        for stamp in stamps:
+            entry = self._entries.get(stamp[0])
+            if entry is None or entry[0] != stamp[1] or entry[1] != stamp[2]:
+                stale.append(stamp)
         return stale
 
-    def parse(self, paths: Iterable[Path]) -> ArticleCache:
-        """Parse ``paths`` into this cache (broken files too, as their errors); return it."""
-        for path in paths:
+    def fresh(self, stamps: Iterable[FileStamp]) -> Iterator[tuple[str, Article]]:
+        """Yield the articles among ``stamps`` held as the files now are, each with its path."""
+        for name, size, mtime_ns in stamps:
+            entry = self._entries.get(name)
+            if (entry is not None and entry[0] == size and entry[1] == mtime_ns
+                    and isinstance(entry[2], Article)):
+                yield name, entry[2]
+
+    def parse(self, files: Iterable[FileStamp]) -> ArticleCache:
+        """Parse the listed files into this cache (broken ones too, as their errors); return it."""
+        for name, size, mtime_ns in files:
             with contextlib.suppress(ContentError, OSError):
-                self.load(path)
+                self.load(Path(name), (size, mtime_ns))
         return self
 
     def absorb(self, other: ArticleCache) -> None:
@@ -396,22 +541,30 @@ class ArticleCache:
 
     def forget_missing(self, seen: Iterable[Path]) -> None:
         """Drop entries for files that no longer exist."""
-        keep = set(seen)
-        for path in list(self._entries):
-            if path not in keep:
-                del self._entries[path]
+        keep = set(map(str, seen))
+        for name in list(self._entries):
+            if name not in keep:
+                del self._entries[name]
 
 
-def load_articles(content_dir: Path, cache: ArticleCache | None = None) -> LoadResult:
-    """Load every article below ``content_dir``; a broken file is reported, never fatal."""
+def load_articles(content_dir: Path, cache: ArticleCache | None = None, *,
+                  stamps: Iterable[FileStamp] | None = None) -> LoadResult:
+    """Load every article below ``content_dir``; a broken file is reported, never fatal.
+
+    ``stamps``: the files as :func:`content_stamps` has just listed them, which are then
+    neither listed nor looked at again (a file changed since is parsed by the next load).
+    """
     result = LoadResult()
     cache = cache or ArticleCache()
     seen: dict[str, Path] = {}
     paths: list[Path] = []
-    for path in article_files(content_dir):
+    files: Iterable[tuple[Path, tuple[int, int] | None]] = (
+        ((path, None) for path in article_files(content_dir)) if stamps is None
+        else ((Path(name), (size, mtime_ns)) for name, size, mtime_ns in stamps))
+    for path, stamp in files:
         paths.append(path)
         try:
-            article = cache.load(path)
+            article = cache.load(path, stamp)
         except ContentError as exc:
             result.errors.append(exc)
             continue

@@ -72,6 +72,44 @@ def clean_text(text: str) -> str:
     return _NOT_XML.sub("", text)
 
 
+# Every byte but those that can begin a character clean_text removes, in UTF-8: the controls
+# below U+0020 (but tab, LF and CR) and DEL, and the lead bytes of U+0080-U+009F (C2) and of
+# U+FFFD-U+FFFF (EF).
+_SAFE_BYTES = bytes(b for b in range(256) if b in (0x09, 0x0A, 0x0D) or 0x20 <= b <= 0x7E
+                    or (b >= 0x80 and b not in (0xC2, 0xEF)))
+
+
+def clean_utf8(text: str) -> bytes:
+    """Return ``clean_text(text)`` encoded as UTF-8, checking bytes rather than characters."""
+    # A page is thousands of characters with at most a few to remove; the byte checks below
+    # run in C at memory speed, where the pattern tests each character in turn.
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates, which clean_text removes
+        return clean_text(text).encode("utf-8")
+    suspects = data.translate(None, _SAFE_BYTES)
+    if suspects and (suspects.strip(b"\xc2\xef") or _removable(data, suspects)):
+        return clean_text(text).encode("utf-8")
+    return data
+
+
+def _removable(data: bytes, leads: bytes) -> bool:
+    """Return whether UTF-8 ``data`` (lead bytes C2, EF: ``leads``) holds U+0080-9F, U+FFFD-F."""
+    if b"\xc2" in leads:
+        at = data.find(b"\xc2")
+        while at != -1:
+            if data[at + 1] <= 0x9F:  # C2 80-9F; C2 A0-BF are U+00A0-U+00BF, which stay
+                return True
+            at = data.find(b"\xc2", at + 2)
+    if b"\xef" in leads:
+        at = data.find(b"\xef\xbf")
+        while at != -1:
+            if data[at + 2] >= 0xBD:
+                return True
+            at = data.find(b"\xef\xbf", at + 3)
+    return False
+
+
 def _clean_optional(text: str | None) -> str | None:
     return clean_text(text) if text is not None else None
 

@@ -8,8 +8,10 @@ import dataclasses
 import errno
 import fcntl
 import functools
+import mmap
 import multiprocessing
 import os
+import pickle
 import shutil
 import tempfile
 import threading
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import jinja2
 from markupsafe import Markup
@@ -36,18 +38,22 @@ from publisher.content import (
     load_articles,
 )
 from publisher.errors import ConfigError, ContentError, OutputError, PublisherError, TemplateError
-from publisher.feeds import FEEDS, build_feeds, clean_text
+from publisher.feeds import FEEDS, build_feeds, clean_text, clean_utf8
 from publisher.render import make_environment, render
 
 INDEX_TEMPLATE = "index.html"
 ARTICLE_TEMPLATE = "article.html"
 STYLESHEET = "style.css"
 RECENT_EVENTS = 12  # how many earlier appearances the index lists under "recent"
-# Threads writing finished pages while the next ones render: creating thousands of folders and
-# files is kernel time that another core can spend while Jinja2 holds the GIL.
+# Threads writing finished pages while the next ones render, in a build without a helper
+# process: creating thousands of folders and files is kernel time that another core can spend
+# while Jinja2 holds the GIL.
 WRITER_THREADS = 2
 WRITES_AHEAD = 64  # rendered pages waiting for a writer, at most
-PARALLEL_FROM = 1000  # from this many files to parse or pages to render, a helper takes half
+PARALLEL_FROM = 1000  # from this many article files or pages, a helper process takes a share
+# The helper's share of the article files: this process also makes the index and the feeds,
+# and takes over what the helper parsed.
+HELPER_SHARE = 0.54
 
 FileMaker = Callable[[], bytes]
 T = TypeVar("T")
@@ -111,40 +117,62 @@ def upcoming_events(config: Config, start: date | None = None, days: int = 30, *
     return list(calendar.between(first, first + timedelta(days=days - 1))), errors
 
 
-def feed_links(site: SiteConfig) -> list[dict[str, str]]:
+class PageFeed(NamedTuple):
+    """One feed as every page links to it (``feed.url`` or ``feed["url"]`` in a template)."""
+
+    url: str
+    type: str  # the media type
+    title: str  # the site's title and the format
+    label: str  # the format: RSS, Atom, JSON Feed
+
+
+def feed_links(site: SiteConfig) -> list[PageFeed]:
     """Return the feeds for ``<link rel="alternate">``: url, type and title of each."""
-    return [{"url": site.url(feed.name), "type": feed.media_type,
-             "title": f"{site.title} ({feed.label})", "label": feed.label} for feed in FEEDS]
+    # Named fields rather than a mapping: a template reads them on every page, and Jinja2
+    # tries an attribute first.
+    return [PageFeed(site.url(feed.name), feed.media_type, f"{site.title} ({feed.label})",
+                     feed.label) for feed in FEEDS]
 
 
 def _page(env: jinja2.Environment, template: str, site: SiteConfig, day: date, root: str,
-          page_url: str, values: Mapping[str, Any]) -> str:
-    context = {"site": site, "day": day, "root": root, "page_url": page_url,
-               "feeds": feed_links(site), **values}
-    # One pass over the finished page removes what HTML and UTF-8 cannot carry, wherever
-    # it came from (article, configuration or template).
-    return clean_text(render(env, template, context))
+          page_url: str, values: Mapping[str, Any], feeds: list[PageFeed]) -> str:
+    """Render one page as the template gives it, before clean_text."""
+    context = {"site": site, "day": day, "root": root, "page_url": page_url, "feeds": feeds,
+               **values}
+    return render(env, template, context)
 
 
 def render_index(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Environment,
                  template: str = INDEX_TEMPLATE) -> str:
     """Render the front page as it stands on ``day`` (``template`` may extend index.html)."""
+    # One pass over the finished page removes what HTML and UTF-8 cannot carry, wherever
+    # it came from (article, configuration or template).
+    return clean_text(_index_page(site, calendar, day, env, feed_links(site), template))
+
+
+def _index_page(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Environment,
+                feeds: list[PageFeed], template: str = INDEX_TEMPLATE) -> str:
     return _page(env, template, site, day, "./", site.url(), {
         "today": calendar.events_on(day),
         "recent": calendar.recent(day - timedelta(days=1), RECENT_EVENTS),
         "archive": calendar.published(day),
-    })
+    }, feeds)
 
 
 def render_article(site: SiteConfig, calendar: Calendar, article: Article, day: date,
                    env: jinja2.Environment) -> str:
     """Render one article's page as it stands on ``day``."""
+    return clean_text(_article_page(site, calendar, article, day, env, feed_links(site)))
+
+
+def _article_page(site: SiteConfig, calendar: Calendar, article: Article, day: date,
+                  env: jinja2.Environment, feeds: list[PageFeed]) -> str:
     return _page(env, ARTICLE_TEMPLATE, site, day, "../../", site.article_url(article.slug), {
         "article": article,
         "body": Markup(article.body_html),
         "history": calendar.history(article, day),
         "next_anniversary": calendar.next_anniversary(article, day),
-    })
+    }, feeds)
 
 
 def render_stylesheet(site: SiteConfig, env: jinja2.Environment) -> str:
@@ -159,7 +187,8 @@ def site_files(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Envi
     ``pages``: only these articles' pages (default: every article published by ``day``).
     """
     yield STYLESHEET, lambda: render_stylesheet(site, env).encode("utf-8")
-    yield "index.html", lambda: render_index(site, calendar, day, env).encode("utf-8")
+    yield "index.html", lambda: clean_utf8(_index_page(site, calendar, day, env,
+                                                       feed_links(site)))
     yield from article_pages(site, calendar, calendar.published(day) if pages is None else pages,
                              day, env)
     feeds = functools.cache(lambda: build_feeds(site, calendar, day, env))
@@ -170,24 +199,22 @@ def site_files(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Envi
 def article_pages(site: SiteConfig, calendar: Calendar, articles: Iterable[Article], day: date,
                   env: jinja2.Environment) -> Iterator[tuple[str, FileMaker]]:
     """Yield the page of each article as (relative path, function making its bytes)."""
+    feeds = feed_links(site)  # the same on every page: built once
     for article in articles:
         yield (f"articles/{article.slug}/index.html",
-               functools.partial(_article_bytes, site, calendar, article, day, env))
+               functools.partial(_article_bytes, site, calendar, article, day, env, feeds))
 
 
 def _article_bytes(site: SiteConfig, calendar: Calendar, article: Article, day: date,
-                   env: jinja2.Environment) -> bytes:
-    return render_article(site, calendar, article, day, env).encode("utf-8")
+                   env: jinja2.Environment, feeds: list[PageFeed]) -> bytes:
+    return clean_utf8(_article_page(site, calendar, article, day, env, feeds))
 
 
 def _loaded(config: Config, articles: LoadResult | Sequence[Article] | None,
             cache: ArticleCache | None, stamps: tuple[FileStamp, ...] | None = None
             ) -> LoadResult:
     if articles is None:
-        cache = cache or ArticleCache()
-        if stamps is not None:
-            _parse_in_parallel(cache, stamps)
-        return load_articles(config.site.content_dir, cache)
+        return load_articles(config.site.content_dir, cache, stamps=stamps)
     if isinstance(articles, LoadResult):
         return articles
     return LoadResult(articles=list(articles))
@@ -293,6 +320,9 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
         if (stamps is not None and previous is not None and templates is not None
                 and previous.still_holds(inputs, stamps, target)):
             built = previous
+        elif stamps is not None and len(stamps) >= PARALLEL_FROM and _Helper.possible():
+            built = _build_shared(config, day, env, target, cache or ArticleCache(), stamps,
+                                  inputs)
         else:
             loaded = _loaded(config, articles, cache, stamps)
             kept = tuple(loaded.articles) if stamps is None else ()
@@ -315,87 +345,145 @@ def _build(config: Config, day: date, env: jinja2.Environment, target: Path,
            loaded: LoadResult, inputs: tuple[object, ...], source: tuple[object, ...],
            kept: tuple[Article, ...]) -> _Built:
     """Build the site into ``target`` and return what was built."""
-    site = config.site
-    calendar = Calendar(loaded.articles, site.leap_day)
+    calendar = Calendar(loaded.articles, config.site.leap_day)
     report = BuildReport(day=day, output_dir=target, errors=list(loaded.errors))
-    relatives = _write_site(config, calendar, day, env, target, report)
+    files = _write_site(config, calendar, day, env, target, report)
+    _count(report, config.site, calendar)
+    return _Built(inputs, source, kept, files, report)
+
+
+def _count(report: BuildReport, site: SiteConfig, calendar: Calendar) -> None:
+    """Fill in the report's counts of pages, feeds and events."""
+    day = report.day
     report.pages = 1 + sum(1 for article in calendar.articles if article.date <= day)
     report.feeds = len(FEEDS)
     report.events_today = len(calendar.events_on(day))
     report.feed_items = len(calendar.recent(day, site.feed_items))
-    return _Built(inputs, source, kept, _stamps(target, relatives), report)
 
 
 @dataclass(frozen=True)
 class _Written:
     """What one process wrote into the staging folder."""
 
-    relatives: list[str]
-    written: int
-    unchanged: int
+    files: list[OutputStamp]  # each file placed, as it was left
+    kept: set[str]  # those linked to the previous site's file rather than written
+
+    @property
+    def written(self) -> int:
+        """Return how many files got new bytes."""
+        return len(self.files) - len(self.kept)
 
 
-def _write_files(files: Iterable[tuple[str, FileMaker]], staging: Path, target: Path
-                 ) -> _Written:
-    """Render each file and have threads write it into ``staging`` meanwhile."""
-    relatives: list[str] = []
-    written = 0
-    with ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="site-writer") as writers:
-        pending: deque[Future[bool]] = deque()
+def _write_files(files: Iterable[tuple[str, FileMaker]], staging: Path, previous: Path | None,
+                 threads: int = WRITER_THREADS) -> _Written:
+    """Render each file and write it into ``staging``; return what was written.
+
+    ``previous``: the site being replaced, whose files are kept where the bytes are the same.
+    ``threads``: how many threads write while the next files render (0: each file in turn).
+    """
+    done = _Written([], set())
+    for relative, placed in _placed(files, staging, previous, threads):
+        if placed is None:
+            continue  # placed by the other process: reconciled at the end
+        new, stat = placed
+        done.files.append((relative, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+        if not new:
+            done.kept.add(relative)
+    return done
+
+
+def _placed(files: Iterable[tuple[str, FileMaker]], staging: Path, previous: Path | None,
+            threads: int) -> Iterator[tuple[str, tuple[bool, os.stat_result] | None]]:
+    """Render and place each file; yield it with what :func:`_place` returned, in order."""
+
+    def place(relative: str, data: bytes) -> tuple[bool, os.stat_result] | None:
+        return _place(os.path.join(staging, relative),
+                      None if previous is None else os.path.join(previous, relative), data)
+
+    if not threads:
+        for relative, make in files:
+            yield relative, place(relative, make())
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="site-writer") as writers:
+        pending: deque[tuple[str, Future[tuple[bool, os.stat_result] | None]]] = deque()
         try:
             for relative, make in files:
-                data = make()
-                relatives.append(relative)
-                pending.append(writers.submit(_place, staging / relative, target / relative,
-                                              data))
-                while len(pending) > WRITES_AHEAD or (pending and pending[0].done()):
-                    written += pending.popleft().result()
+                pending.append((relative, writers.submit(place, relative, make())))
+                while len(pending) > WRITES_AHEAD or (pending and pending[0][1].done()):
+                    done, future = pending.popleft()
+                    yield done, future.result()
             while pending:
-                written += pending.popleft().result()
+                done, future = pending.popleft()
+                yield done, future.result()
         finally:
-            for future in pending:
+            for _, future in pending:
                 future.cancel()
-    return _Written(relatives, written, len(relatives) - written)
+
+
+Post = Callable[[object], None]
 
 
 class _Helper(Generic[T]):
-    """Work running in a forked copy of this process, and the way to its result."""
+    """Work running in a forked copy of this process, and the way to what it sends back.
 
-    def __init__(self, work: Callable[[], T]) -> None:
+    The work is given a function to post one early result before it returns its final one.
+    The posted result travels through ``room`` bytes of memory shared with the copy, when it
+    fits there (only the part used is ever allocated): through a pipe, a large result would
+    take longer, and the copy would wait until this process reads it.
+    """
+
+    def __init__(self, work: Callable[[Post], T], room: int) -> None:
         context = multiprocessing.get_context("fork")
         self._receiver, sender = context.Pipe(duplex=False)
-        self._child = context.Process(target=_send_result, args=(work, sender),
+        self._shared: mmap.mmap | None = None
+        if room:
+            with contextlib.suppress(OSError):  # e.g. more than the system would reserve
+                self._shared = mmap.mmap(-1, room)
+        self._child = context.Process(target=_run_helper, args=(work, sender, self._shared),
                                       name="site-helper", daemon=True)
         self._child.start()
         sender.close()
 
     @staticmethod
-    def start(work: Callable[[], T]) -> _Helper[T] | None:
-        """Start ``work`` in a forked copy of this process; None where that is not safe.
+    def possible() -> bool:
+        """Return whether this process may start a helper.
 
         A copy of a process running other threads (the daemon's clock, the web service)
         could inherit a lock held half-way, so only a single-threaded process forks, and only
         where a second core can run the copy.
         """
-        if ((os.cpu_count() or 1) < 2 or threading.active_count() > 1
-                or "fork" not in multiprocessing.get_all_start_methods()):
-            return None
-        return _Helper(work)
+        return ((os.cpu_count() or 1) >= 2 and threading.active_count() == 1
+                and "fork" in multiprocessing.get_all_start_methods())
+
+    @staticmethod
+    def start(work: Callable[[Post], T], room: int = 0) -> _Helper[T] | None:
+        """Start ``work`` in a forked copy of this process; None where that is not safe."""
+        return _Helper(work, room) if _Helper.possible() else None
+
+    def posted(self) -> object:
+        """Wait for the work's early result and return it (or raise the work's exception)."""
+        return self._receive()
 
     def result(self) -> T:
         """Wait for the work to finish; return its result or raise its exception."""
+        outcome = self._receive()
+        self._child.join()
+        return cast(T, outcome)
+
+    def _receive(self) -> object:
         try:
-            outcome = self._receiver.recv()
+            kind, value = self._receiver.recv()
         except EOFError:
             self._child.join()
             raise OutputError(f"the helper process ended with code {self._child.exitcode}",
                               field="output") from None
-        finally:
-            self._receiver.close()
-        self._child.join()
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return cast(T, outcome)
+        if kind == "raised":
+            raise value
+        if kind == "shared":
+            assert self._shared is not None
+            with memoryview(self._shared)[:value] as posted:
+                return pickle.loads(posted)
+        return value
 
     def stop(self) -> None:
         """End the copy if it still runs (the work it was given is no longer wanted)."""
@@ -403,67 +491,202 @@ class _Helper(Generic[T]):
             self._child.terminate()
         self._child.join()
         self._receiver.close()
+        if self._shared is not None:
+            self._shared.close()
 
 
-def _send_result(work: Callable[[], object], sender: Connection) -> None:
+def _run_helper(work: Callable[[Post], object], sender: Connection,
+                shared: mmap.mmap | None) -> None:
+    def post(value: object) -> None:
+        if shared is not None:
+            try:
+                pickle.Pickler(shared, pickle.HIGHEST_PROTOCOL).dump(value)
+            except ValueError:  # larger than the room reserved: through the pipe instead
+                pass
+            else:
+                sender.send(("shared", shared.tell()))
+                return
+        sender.send(("value", value))
+
     try:
-        outcome = work()
+        outcome: tuple[str, object] = ("value", work(post))
     except BaseException as exc:  # handed to the parent, which raises it
-        outcome = exc
+        outcome = ("raised", exc)
     sender.send(outcome)
     sender.close()
 
 
-def _parse_in_parallel(cache: ArticleCache, stamps: tuple[FileStamp, ...]) -> None:
-    """Parse the files the cache lacks on two cores: a forked copy parses half of them."""
-    stale = cache.stale(stamps)
-    if len(stale) < PARALLEL_FROM:
-        return
-    half = len(stale) // 2
-    helper = _Helper.start(functools.partial(ArticleCache().parse, stale[half:]))
-    if helper is None:
-        return  # load_articles parses them all
+def _split(stamps: Sequence[FileStamp], share: float
+           ) -> tuple[list[FileStamp], list[FileStamp]]:
+    """Return about ``share`` of the files, spread evenly among them, and the others."""
+    # Spread rather than cut: file names often follow dates, and an older article lists more
+    # years, so a cut would hand one process more work.
+    theirs: list[FileStamp] = []
+    ours: list[FileStamp] = []
+    for number, stamp in enumerate(stamps):
+        (theirs if int((number + 1) * share) > int(number * share) else ours).append(stamp)
+    return theirs, ours
+
+
+@dataclass(frozen=True)
+class _Share:
+    """What one process wrote of the article pages, and whose page each is."""
+
+    written: _Written
+    sources: dict[str, str]  # relative path of each page to its article's file
+
+
+def _build_shared(config: Config, day: date, env: jinja2.Environment, target: Path,
+                  cache: ArticleCache, stamps: tuple[FileStamp, ...],
+                  inputs: tuple[object, ...]) -> _Built:
+    """Build the site from the article files on two cores, and return what was built.
+
+    A forked copy of this process parses a share of the files and writes their pages, while
+    this one does the same with the rest, then takes the copy's articles for the index, the
+    feeds and the cache. Neither waits for the other until the end, where the pages written
+    without knowing every article (of a slug that two files claim) are put right.
+    """
+    site = config.site
+    theirs, ours = _split(stamps, HELPER_SHARE)
+    previous = target if target.is_dir() else None  # a first build has nothing to compare
+    staging = _staging_folder(target)
+    # Room for the copy's parsed articles: each file's text twice (Markdown and HTML) and
+    # some more; a larger result takes the pipe instead.
+    room = sum(3 * size + 2048 for _, size, _ in cache.stale(theirs)) + (1 << 20)
+    helper: _Helper[_Share] | None = None
     try:
-        cache.parse(stale[:half])
-        cache.absorb(helper.result())
+        with _output_errors(target):
+            helper = _Helper.start(functools.partial(
+                _write_share, cache, stamps, theirs, site, day, env, staging, previous), room)
+            if helper is None:  # no longer possible: this process takes every share
+                ours = list(stamps)
+            shares = [_write_share(cache, stamps, ours, site, day, env, staging, previous)]
+            if helper is not None:
+                cache.absorb(cast(ArticleCache, helper.posted()))
+        loaded = load_articles(site.content_dir, cache, stamps=stamps)
+        calendar = Calendar(loaded.articles, site.leap_day)
+        with _output_errors(target):
+            rest = _write_files(site_files(site, calendar, day, env, pages=()), staging,
+                                previous, 0)
+            if helper is not None:
+                shares.append(helper.result())
+            pages = _reconcile(site, calendar, day, env, staging, previous, shares)
+            _swap_in(staging, target)
     finally:
-        helper.stop()
+        if helper is not None:
+            helper.stop()
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    report = BuildReport(day=day, output_dir=target, errors=list(loaded.errors),
+                         written=rest.written + pages.written,
+                         unchanged=len(rest.kept) + len(pages.kept))
+    _count(report, site, calendar)
+    return _Built(inputs, stamps, (), (*rest.files, *pages.files), report)
+
+
+def _write_share(cache: ArticleCache, stamps: Sequence[FileStamp], share: Sequence[FileStamp],
+                 site: SiteConfig, day: date, env: jinja2.Environment, staging: Path,
+                 previous: Path | None, post: Post | None = None) -> _Share:
+    """Parse the share's files the cache lacks, then write the pages of its articles.
+
+    ``post``: where a forked copy sends what it parsed, before it writes. A page is written
+    for each article published by ``day`` that is the first, of those known here, to claim
+    its slug.
+    """
+    parsed = ArticleCache().parse(cache.stale(share))
+    if post is not None:
+        post(parsed)
+    cache.absorb(parsed)
+    first: dict[str, str] = {}
+    for name, article in cache.fresh(stamps):
+        first.setdefault(article.slug, name)
+    articles = [article for name, article in cache.fresh(share)
+                if article.date <= day and first[article.slug] == name]
+    calendar = Calendar(articles, site.leap_day)
+    written = _write_files(article_pages(site, calendar, articles, day, env), staging, previous,
+                           0)
+    return _Share(written, {_page_path(article): str(article.source) for article in articles})
+
+
+def _page_path(article: Article) -> str:
+    return f"articles/{article.slug}/index.html"
+
+
+def _reconcile(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Environment,
+               staging: Path, previous: Path | None, shares: Sequence[_Share]) -> _Written:
+    """Keep each page written for the right article, replace the others; return the pages.
+
+    A process that did not know every article may have written a page for an article whose
+    slug an earlier file claims, where the page belongs to that file's article or to none.
+    """
+    pages = {_page_path(article): article for article in calendar.published(day)}
+    right = _Written([], set())
+    for share in shares:
+        for stamp in share.written.files:
+            relative = stamp[0]
+            article = pages.get(relative)
+            if article is not None and share.sources[relative] == str(article.source):
+                right.files.append(stamp)
+                if relative in share.written.kept:
+                    right.kept.add(relative)
+            else:
+                os.unlink(os.path.join(staging, relative))
+                with contextlib.suppress(OSError):  # the folder stays if its page is missing
+                    os.rmdir(os.path.dirname(os.path.join(staging, relative)))
+    placed = {stamp[0] for stamp in right.files}
+    missing = [article for relative, article in pages.items() if relative not in placed]
+    fixed = _write_files(article_pages(site, calendar, missing, day, env), staging, previous, 0)
+    right.files.extend(fixed.files)
+    right.kept.update(fixed.kept)
+    return right
 
 
 def _write_site(config: Config, calendar: Calendar, day: date, env: jinja2.Environment,
-                target: Path, report: BuildReport) -> list[str]:
+                target: Path, report: BuildReport) -> tuple[OutputStamp, ...]:
     """Render every file into a staging folder, then swap it in; return the files written.
 
     A large site's article pages are shared with a forked copy of this process, so that
     rendering runs on two cores; the rest is written by this one.
     """
     published = calendar.published(day)
+    # A first build has no previous files to compare with: it does not look for them.
+    previous = target if target.is_dir() else None
     staging = _staging_folder(target)
     helper: _Helper[_Written] | None = None
     try:
-        ours = published
-        if len(published) >= PARALLEL_FROM:
-            half = len(published) // 2
-            theirs = article_pages(config.site, calendar, published[half:], day, env)
-            helper = _Helper.start(functools.partial(_write_files, theirs, staging, target))
+        with _output_errors(target):
+            ours = published
+            if len(published) >= PARALLEL_FROM:
+                # Every other page each: an older article lists more years, so the newer and
+                # the older half would not be equal work.
+                theirs = article_pages(config.site, calendar, published[1::2], day, env)
+                # Two processes keep both cores busy: writer threads would only add hand-overs.
+                helper = _Helper.start(lambda _post: _write_files(theirs, staging, previous, 0))
+                if helper is not None:
+                    ours = published[0::2]
+            results = [_write_files(site_files(config.site, calendar, day, env, ours), staging,
+                                    previous, WRITER_THREADS if helper is None else 0)]
             if helper is not None:
-                ours = published[:half]
-        results = [_write_files(site_files(config.site, calendar, day, env, ours), staging,
-                                target)]
-        if helper is not None:
-            results.append(helper.result())
-        _swap_in(staging, target)
-    except OSError as exc:
-        raise OutputError(exc.strerror or str(exc), path=exc.filename or target,
-                          field="output") from None
+                results.append(helper.result())
+            _swap_in(staging, target)
     finally:
         if helper is not None:
             helper.stop()
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     report.written += sum(result.written for result in results)
-    report.unchanged += sum(result.unchanged for result in results)
-    return [relative for result in results for relative in result.relatives]
+    report.unchanged += sum(len(result.kept) for result in results)
+    return tuple(stamp for result in results for stamp in result.files)
+
+
+@contextlib.contextmanager
+def _output_errors(target: Path) -> Iterator[None]:
+    """Report a failure to write the site as an OutputError naming the file."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(exc.strerror or str(exc), path=exc.filename or target,
+                          field="output") from None
 
 
 @contextlib.contextmanager
@@ -489,25 +712,52 @@ def _staging_folder(target: Path) -> Path:
     return staging
 
 
-def _place(path: Path, previous: Path, data: bytes) -> bool:
+def _place(path: str, previous: str | None, data: bytes) -> tuple[bool, os.stat_result] | None:
     """Put ``data`` at ``path``; hard-link the previous file instead when its bytes are equal.
 
-    Return whether new bytes were written. An unchanged file keeps its inode and mtime, so
-    HTTP caches and rsync see it as unchanged; the old site is never modified in place.
+    Return whether new bytes were written and the file's status as this build leaves it, or
+    None where ``path`` exists already (placed by the other process of a shared build). An
+    unchanged file keeps its inode and mtime, so HTTP caches and rsync see it as unchanged;
+    the old site is never modified in place, nor is a file once placed.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.path.dirname(path)
     try:
-        same = previous.stat().st_size == len(data) and previous.read_bytes() == data
-    except OSError:
-        same = False
-    if same:
+        os.mkdir(folder)  # a page's own folder: usually new
+    except FileExistsError:
+        pass
+    except FileNotFoundError:
+        os.makedirs(folder, exist_ok=True)
+    if previous is not None:
         try:
-            os.link(previous, path)
-            return False
+            old = os.stat(previous)
+            same = old.st_size == len(data) and _read(previous) == data
         except OSError:
-            pass  # e.g. a file system without hard links: write a copy instead
-    path.write_bytes(data)
-    return True
+            same = False
+        if same:
+            try:
+                os.link(previous, path)
+                return False, old
+            except FileExistsError:
+                return None
+            except OSError:
+                pass  # e.g. a file system without hard links: write a copy instead
+    # os-level calls: a file object would add a status and a terminal check per file.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    except FileExistsError:
+        return None
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        return True, os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 _RENAME_EXCHANGE = 2  # linux/fs.h

@@ -197,6 +197,19 @@ def test_cache_reuses_unchanged_files_and_rereads_changed_ones(
     assert load_articles(content_dir, cache).articles == []
 
 
+def test_loading_from_listed_stamps_gives_the_same_result(
+    write_article: WriteArticle, write_file: WriteFile, content_dir: Path
+) -> None:
+    write_article("moon", date="2021-07-20")
+    write_file("moon.txt", "date 2022-07-20 Another moon text.")
+    write_file("broken.md", "---\ntitle: x\n---\n")
+    write_file("nested/pi.txt", "date 2020-03-14 Pi.")
+    listed = load_articles(content_dir, ArticleCache(), stamps=content.content_stamps(content_dir))
+    walked = load_articles(content_dir, ArticleCache())
+    assert listed.articles == walked.articles
+    assert [str(e) for e in listed.errors] == [str(e) for e in walked.errors]
+
+
 def test_cache_remembers_errors_too(write_file: WriteFile, content_dir: Path) -> None:
     write_file("bad.md", "---\ntitle: x\n---\n")
     cache = ArticleCache()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import re
 from collections.abc import Callable
 from datetime import date, datetime
@@ -364,3 +365,19 @@ def test_empty_site_description_still_gives_valid_feeds(
     assert atom.find("atom:subtitle", NS) is None
     assert atom.findtext("atom:id", namespaces=NS) == "https://example.org/"
     assert feedparser.parse(built[feeds.ATOM_NAME]).bozo == 0
+
+
+CLEANING_PIECES = [
+    "a", " ", "é", "·", "…", "\t", "\n", "\r", "\x00", "\x01", "\x0b", "\x1f", "\x7f", "\x80",
+    "\x85", "\x9f", "\xa0", "\xbf", "\ud7ff", "\ud800", "\udfff", "\ue000", "\uefbf", "\ufeff",
+    "\uffc0", "\ufffc", "\ufffd", "\ufffe", "\uffff", "\U00010000", "\U0010ffff",
+]
+
+
+def test_clean_utf8_gives_the_bytes_of_clean_text() -> None:
+    rng = random.Random(7)
+    texts = ["", "plain ascii", "Title · Site", *CLEANING_PIECES]
+    texts += ["".join(rng.choice(CLEANING_PIECES) for _ in range(rng.randint(1, 12)))
+              for _ in range(5000)]
+    for text in texts:
+        assert feeds.clean_utf8(text) == feeds.clean_text(text).encode("utf-8"), repr(text)

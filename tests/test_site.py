@@ -100,6 +100,22 @@ def test_article_page_shows_history_body_and_feeds(small_site: Config) -> None:
     assert page.count('rel="alternate"') == 3
 
 
+def test_history_lists_each_year_and_how_long_ago(small_site: Config) -> None:
+    site.build_site(small_site, SMALL_SITE_DAY)
+    page = (small_site.site.output_dir / "articles/moon/index.html").read_text(encoding="utf-8")
+    items = re.findall(r'<li id="year-\d{4}"><time datetime="[\d-]+">[^<]+</time>([^<]*)</li>',
+                       page)
+    assert items == ["", " (1 year)", " (2 years)", " (3 years)", " (4 years)"]
+
+
+def test_templates_read_a_feed_link_by_attribute_or_key(small_site: Config) -> None:
+    env = make_environment()
+    template = env.from_string("{% for feed in feeds %}{{ feed.label }}={{ feed['type'] }} "
+                               "{% endfor %}")
+    assert template.render(feeds=site.feed_links(small_site.site)) == (
+        "RSS=application/rss+xml Atom=application/atom+xml JSON Feed=application/feed+json ")
+
+
 def test_first_publication_day_and_last_appearance(small_site: Config) -> None:
     site.build_site(small_site, date(2024, 4, 8))
     output = small_site.site.output_dir

@@ -8,14 +8,21 @@ import dataclasses
 import multiprocessing
 import threading
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from publisher import site
-from publisher.calendar import Calendar
+from publisher import content, site
 from publisher.config import Config
-from publisher.content import ArticleCache, load_articles
+from publisher.content import (
+    Article,
+    ArticleCache,
+    FileStamp,
+    content_stamps,
+    load_articles,
+)
 from publisher.errors import TemplateError
 from tests.fixtures.content import SMALL_SITE_DAY, WriteArticle
 from tests.test_site import leftovers, snapshot, with_templates
@@ -32,9 +39,9 @@ def counting_loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """Record each call of load_articles made by the build."""
     calls: list[Path] = []
 
-    def load(content_dir: Path, cache: ArticleCache | None = None) -> object:
+    def load(content_dir: Path, cache: ArticleCache | None = None, **options: Any) -> object:
         calls.append(content_dir)
-        return load_articles(content_dir, cache)
+        return load_articles(content_dir, cache, **options)
 
     monkeypatch.setattr("publisher.site.load_articles", load)
     return calls
@@ -113,8 +120,8 @@ def helpers(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
     started: list[bool] = []
     real = site._Helper.start
 
-    def start(work: Callable[..., object]) -> object:
-        helper = real(work)
+    def start(work: Callable[..., object], room: int = 0) -> object:
+        helper = real(work, room)
         started.append(helper is not None)
         return helper
 
@@ -129,9 +136,9 @@ def test_a_build_shared_with_a_forked_copy_gives_the_same_bytes(
     write_article("zz-duplicate", slug="moon", date="2022-01-01")
     (small_site.site.content_dir / "broken.md").write_text("no front matter\n", "utf-8")
     shared = site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
-    assert helpers and all(helpers)  # the parsing and the rendering were both shared
+    assert helpers and all(helpers)  # the build was shared with a forked copy
 
-    monkeypatch.setattr(site._Helper, "start", staticmethod(lambda work: None))
+    monkeypatch.setattr(site._Helper, "possible", staticmethod(lambda: False))
     alone = moved(small_site, tmp_path / "alone")
     single = site.build_site(alone, SMALL_SITE_DAY, cache=ArticleCache())
     assert snapshot(small_site.site.output_dir) == snapshot(alone.site.output_dir)
@@ -140,14 +147,108 @@ def test_a_build_shared_with_a_forked_copy_gives_the_same_bytes(
     assert [str(e) for e in shared.errors] == [str(e) for e in single.errors]
 
 
+def tree(folder: Path) -> list[str]:
+    """Return every file and folder below ``folder``."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+def test_pages_of_a_slug_two_files_claim_are_put_right_after_a_shared_build(
+        small_site: Config, write_article: WriteArticle, tmp_path: Path,
+        helpers: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Files named h-* go to the forked copy. Neither process knows the other's articles while
+    # it writes, so each may write a page that an earlier file's article claims.
+    def by_name(stamps: list[FileStamp], share: float) -> tuple[list[FileStamp],
+                                                                list[FileStamp]]:
+        theirs = [stamp for stamp in stamps if Path(stamp[0]).name.startswith("h-")]
+        return theirs, [stamp for stamp in stamps if stamp not in theirs]
+
+    monkeypatch.setattr(site, "_split", by_name)
+    write_article("a-first", slug="one", date="2022-01-01")  # here, and first
+    write_article("h-second", slug="one", date="2022-02-02")  # the copy's, not first
+    write_article("h-third", slug="two", date="2022-03-03")  # the copy's, and first
+    write_article("m-fourth", slug="two", date="2022-04-04")  # here, not first
+    write_article("b-later", slug="three", date="2030-01-01")  # first, but not published yet
+    write_article("h-fifth", slug="three", date="2022-05-05")
+    write_article("h-later", slug="four", date="2030-01-01")  # the copy's, not published yet
+    write_article("z-seventh", slug="four", date="2022-06-06")
+    shared = site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
+    assert helpers and all(helpers)
+
+    monkeypatch.setattr(site._Helper, "possible", staticmethod(lambda: False))
+    alone = moved(small_site, tmp_path / "alone")
+    single = site.build_site(alone, SMALL_SITE_DAY, cache=ArticleCache())
+    output = small_site.site.output_dir
+    assert snapshot(output) == snapshot(alone.site.output_dir)
+    assert tree(output) == tree(alone.site.output_dir)  # no folder of a page taken away
+    assert "articles/three" not in tree(output) and "articles/four" not in tree(output)
+    assert dataclasses.replace(shared, output_dir=alone.site.output_dir) == dataclasses.replace(
+        single, errors=shared.errors)
+    assert [str(e) for e in shared.errors] == [str(e) for e in single.errors]
+
+
+def test_a_shared_build_over_the_previous_site_keeps_unchanged_files(
+        small_site: Config, tmp_path: Path, helpers: list[bool],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = ArticleCache()
+    site.build_site(small_site, SMALL_SITE_DAY, cache=cache)
+    output = small_site.site.output_dir
+    inodes = {name: (output / name).stat().st_ino for name in snapshot(output)}
+    next_day = SMALL_SITE_DAY + timedelta(days=1)
+    later = site.build_site(small_site, next_day, cache=cache)
+    assert helpers and all(helpers)
+    kept = [name for name in snapshot(output) if inodes.get(name) == (output / name).stat().st_ino]
+    assert later.unchanged == len(kept) > 0
+    assert later.written + later.unchanged == len(snapshot(output))
+
+    monkeypatch.setattr(site._Helper, "possible", staticmethod(lambda: False))
+    fresh = moved(small_site, tmp_path / "fresh")
+    site.build_site(fresh, next_day)
+    assert snapshot(output) == snapshot(fresh.site.output_dir)
+    assert site.build_site(small_site, next_day, cache=cache).written == 0
+
+
+def parsed_here(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record each article file this process parses (a forked copy records into its own)."""
+    parsed: list[str] = []
+    load = content.load_article
+
+    def record(path: Path) -> Article:
+        parsed.append(str(path))
+        return load(path)
+
+    monkeypatch.setattr(content, "load_article", record)
+    return parsed
+
+
+@pytest.mark.parametrize("room", [None, 64])
+def test_the_articles_the_copy_parsed_come_back_through_shared_memory_or_the_pipe(
+        small_site: Config, tmp_path: Path, helpers: list[bool],
+        monkeypatch: pytest.MonkeyPatch, room: int | None) -> None:
+    if room is not None:  # too small for them: they take the pipe
+        start = site._Helper.start
+        monkeypatch.setattr(site._Helper, "start",
+                            staticmethod(lambda work, _room=0: start(work, room)))
+    parsed = parsed_here(monkeypatch)
+    shared = site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
+    assert helpers and all(helpers)
+    _, ours = site._split(content_stamps(small_site.site.content_dir), site.HELPER_SHARE)
+    assert sorted(parsed) == sorted(name for name, _, _ in ours)  # none of the copy's again
+
+    monkeypatch.setattr(site._Helper, "possible", staticmethod(lambda: False))
+    alone = moved(small_site, tmp_path / "alone")
+    single = site.build_site(alone, SMALL_SITE_DAY, cache=ArticleCache())
+    assert snapshot(small_site.site.output_dir) == snapshot(alone.site.output_dir)
+    assert (shared.written, shared.pages) == (single.written, single.pages)
+
+
 def test_a_template_error_in_the_forked_copy_leaves_the_previous_site(
         small_site: Config, tmp_path: Path, helpers: list[bool]) -> None:
     site.build_site(small_site, SMALL_SITE_DAY)
     before = snapshot(small_site.site.output_dir)
-    # Fail only on a page the copy renders: the second half of the published articles.
-    calendar = Calendar(load_articles(small_site.site.content_dir).articles)
-    published = calendar.published(SMALL_SITE_DAY)
-    theirs = published[len(published) // 2].slug
+    # Fail only on a page the copy renders: one of the files of its share.
+    share, _ = site._split(content_stamps(small_site.site.content_dir), site.HELPER_SHARE)
+    articles = ArticleCache().parse(share).fresh(share)
+    theirs = next(article.slug for _, article in articles if article.date <= SMALL_SITE_DAY)
     broken = with_templates(small_site, tmp_path / "templates", article_html=(
         '{% extends "base.html" %}{% block content %}'
         f'{{% if article.slug == "{theirs}" %}}{{{{ no_such_value }}}}{{% endif %}}'
