@@ -387,6 +387,15 @@ def _finish_statement(*, held: bool) -> Update:
 # "sent" is recorded whoever holds the lease; other outcomes only by the lease holder.
 _FINISH_SENT = _finish_statement(held=False)
 _FINISH_HELD = _finish_statement(held=True)
+# One statement for a batch: rows still "sending" take their recorded acceptance. (A delivery
+# recorded twice, by a worker that lost its lease and the one that took over, takes either.)
+_SETTLE = (update(deliveries)
+           .where(deliveries.c.id == accepted.c.delivery_id, deliveries.c.status == "sending",
+                  accepted.c.id.in_(bindparam("ids", expanding=True)))
+           .values(status="sent", last_code=accepted.c.code, last_reply=accepted.c.reply,
+                   message_id=func.coalesce(accepted.c.message_id, deliveries.c.message_id),
+                   lease_owner=None, lease_until=None, updated_at=accepted.c.accepted_at,
+                   sent_at=accepted.c.accepted_at))
 _ACCEPT = insert(accepted).values(
     delivery_id=bindparam("delivery_id", type_=_Id), code=bindparam("code", type_=Integer()),
     reply=bindparam("reply", type_=Text()), message_id=bindparam("message_id", type_=String()),
@@ -1069,16 +1078,12 @@ class Ledger:
     def _settle(conn: Connection) -> int:
         # SKIP LOCKED: two PostgreSQL workers settling at once fold disjoint records, and one
         # appended while this runs waits for the next settle rather than being deleted unseen.
-        records = conn.execute(select(accepted).order_by(accepted.c.id)
-                               .with_for_update(skip_locked=True)).all()
-        if not records:
-            return 0
-        conn.execute(_FINISH_SENT, [
-            {"delivery_id": r.delivery_id, "status": "sent", "code": r.code, "reply": r.reply,
-             "message_id": r.message_id, "retry_at": None, "now": r.accepted_at}
-            for r in records])
-        conn.execute(delete(accepted).where(accepted.c.id.in_([r.id for r in records])))
-        return len(records)
+        ids = conn.execute(select(accepted.c.id).order_by(accepted.c.id)
+                           .with_for_update(skip_locked=True)).scalars().all()
+        if ids:
+            conn.execute(_SETTLE, {"ids": ids})
+            conn.execute(delete(accepted).where(accepted.c.id.in_(bindparam("ids", ids))))
+        return len(ids)
 
     def finish(self, delivery_id: int, worker: str,
                status: Literal["sent", "deferred", "failed"], *, code: int | None,
