@@ -40,6 +40,7 @@ from publisher.content import (
 from publisher.errors import ConfigError, ContentError, OutputError, PublisherError, TemplateError
 from publisher.feeds import FEEDS, build_feeds, clean_text, clean_utf8
 from publisher.render import make_environment, render
+from publisher.workers import fork_is_safe
 
 INDEX_TEMPLATE = "index.html"
 ARTICLE_TEMPLATE = "article.html"
@@ -448,12 +449,9 @@ class _Helper(Generic[T]):
     def possible() -> bool:
         """Return whether this process may start a helper.
 
-        A copy of a process running other threads (the daemon's clock, the web service)
-        could inherit a lock held half-way, so only a single-threaded process forks, and only
-        where a second core can run the copy.
+        Only where forking is safe (no other thread runs) and a second core can run the copy.
         """
-        return ((os.cpu_count() or 1) >= 2 and threading.active_count() == 1
-                and "fork" in multiprocessing.get_all_start_methods())
+        return (os.cpu_count() or 1) >= 2 and fork_is_safe()
 
     @staticmethod
     def start(work: Callable[[Post], T], room: int = 0) -> _Helper[T] | None:

@@ -1,4 +1,4 @@
-"""Run work in other processes of this program: the site build's helper and extra senders."""
+"""Run work in other processes of this program: where forking is safe, and the extra senders."""
 
 from __future__ import annotations
 
