@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import uuid
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -260,17 +261,20 @@ def test_a_dead_workers_accepted_messages_are_never_claimed_again(ledger: Ledger
 @pytest.mark.postgres
 def test_a_dropped_server_connection_is_replaced_without_losing_a_record(
         postgres_url: str) -> None:
-    with Ledger.open(postgres_url) as ledger:
+    # A name of its own, so that only this ledger's sessions are ended below.
+    name = f"ledger-test-{uuid.uuid4().hex}"
+    separator = "&" if "?" in postgres_url else "?"
+    with Ledger.open(f"{postgres_url}{separator}application_name={name}") as ledger:
         add(ledger, 2)
         enqueue(ledger)
         first, second = ledger.claim("w", 10, LEASE, T0)
         ledger.record_sent(first.delivery_id, code=250, reply="250 ok", message_id=None, now=T0)
-        # The server ends every other session of this database (as a restart would), the
-        # connection the ledger holds for its per-message writes among them.
-        with ledger.engine.connect() as conn:
+        # The server ends the ledger's sessions (as a restart would), the connection it holds
+        # for its per-message writes among them.
+        with Ledger.open(postgres_url) as admin, admin.engine.connect() as conn:
             ended = conn.scalar(text(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"))
+                "WHERE application_name = :name"), {"name": name})
         assert ended
         ledger.record_sent(second.delivery_id, code=250, reply="250 ok", message_id=None,
                            now=T0)
