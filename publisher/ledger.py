@@ -957,13 +957,19 @@ class Ledger:
                        self._zone_condition(zone, site_zone), ~queued)) or 0)
 
     @staticmethod
-    def _due(now: datetime) -> ColumnElement[bool]:
-        return or_(
-            and_(deliveries.c.status.in_(("pending", "deferred")),
-                 deliveries.c.next_attempt_at <= now),
-            # A lease that ran out means its holder died: the row is free again.
+    def _due_queues(now: datetime) -> tuple[ColumnElement[bool], ...]:
+        # Claimed queue by queue, each in the order of the due index (status, next attempt):
+        # one condition over all of them would make every claim sort every due row.
+        return (
+            # A lease that ran out means its holder died: its rows have waited longest.
             and_(deliveries.c.status == "sending", deliveries.c.lease_until < now),
+            and_(deliveries.c.status == "deferred", deliveries.c.next_attempt_at <= now),
+            and_(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now),
         )
+
+    @classmethod
+    def _due(cls, now: datetime) -> ColumnElement[bool]:
+        return or_(*cls._due_queues(now))
 
     def due_slugs(self, now: datetime | None = None) -> list[str]:
         """Return the articles that have deliveries which could be claimed now."""
@@ -1001,17 +1007,21 @@ class Ledger:
         waiting. SQLite: the transaction began IMMEDIATE, so claims run one at a time.
         """
         now = now or utcnow()
-        chosen = (select(deliveries.c.id).where(self._due(now))
-                  .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-                  .limit(limit).with_for_update(skip_locked=True))
         with self._write() as conn:
             # A dead worker's accepted messages are folded in first, so none is claimed again.
             self._settle(conn)
-            claimed = conn.execute(
-                update(deliveries).where(deliveries.c.id.in_(chosen))
-                .values(status="sending", lease_owner=worker, lease_until=now + lease,
-                        attempts=deliveries.c.attempts + 1, updated_at=now)
-                .returning(deliveries.c.id)).scalars().all()
+            claimed: list[int] = []
+            for queue in self._due_queues(now):
+                if len(claimed) == limit:
+                    break
+                chosen = (select(deliveries.c.id).where(queue)
+                          .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+                          .limit(limit - len(claimed)).with_for_update(skip_locked=True))
+                claimed += conn.execute(
+                    update(deliveries).where(deliveries.c.id.in_(chosen))
+                    .values(status="sending", lease_owner=worker, lease_until=now + lease,
+                            attempts=deliveries.c.attempts + 1, updated_at=now)
+                    .returning(deliveries.c.id)).scalars()
             if not claimed:
                 return []
             rows = conn.execute(
