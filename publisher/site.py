@@ -571,10 +571,7 @@ def _build_shared(config: Config, day: date, env: jinja2.Environment, target: Pa
             pages = _reconcile(site, calendar, day, env, staging, previous, shares)
             _swap_in(staging, target)
     finally:
-        if helper is not None:
-            helper.stop()
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        _clean_up(helper, staging)
     report = BuildReport(day=day, output_dir=target, errors=list(loaded.errors),
                          written=rest.written + pages.written,
                          unchanged=len(rest.kept) + len(pages.kept))
@@ -639,6 +636,14 @@ def _reconcile(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Envi
     return right
 
 
+def _clean_up(helper: _Helper[Any] | None, staging: Path) -> None:
+    """Stop the helper if it still runs, and remove what is left of the staging folder."""
+    if helper is not None:
+        helper.stop()
+    if staging.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def _write_site(config: Config, calendar: Calendar, day: date, env: jinja2.Environment,
                 target: Path, report: BuildReport) -> tuple[OutputStamp, ...]:
     """Render every file into a staging folder, then swap it in; return the files written.
@@ -668,10 +673,7 @@ def _write_site(config: Config, calendar: Calendar, day: date, env: jinja2.Envir
                 results.append(helper.result())
             _swap_in(staging, target)
     finally:
-        if helper is not None:
-            helper.stop()
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+        _clean_up(helper, staging)
     report.written += sum(result.written for result in results)
     report.unchanged += sum(len(result.kept) for result in results)
     return tuple(stamp for result in results for stamp in result.files)
