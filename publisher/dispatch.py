@@ -461,9 +461,12 @@ def send_all(config: Config, ledger: Ledger, mailer: Mailer, calendar: Calendar,
     # for each other, so every connection gets a process, each claiming its own batches
     # from the ledger exactly as separate instances would.
     own = _one_connection(config, processes)
-    due = set(ledger.due_slugs(clock()))
-    share = _Share(own, mailer.secret, tuple(a for a in calendar.articles if a.slug in due),
-                   policy, clock, open_transport)
+    articles = tuple(calendar.articles)
+    if method == "forkserver":
+        # Everything a fork server hands over is pickled: only the articles with due mail.
+        due = set(ledger.due_slugs(clock()))
+        articles = tuple(a for a in articles if a.slug in due)
+    share = _Share(own, mailer.secret, articles, policy, clock, open_transport)
     senders = _start_senders(share, processes - 1, method, progress is not None)
     counts = senders.counts
     if progress is not None and counts is not None:
@@ -508,6 +511,9 @@ class _Senders:
                     report.problems.append(
                         f"a sending process ended with code {exc.exitcode}: the rows it held "
                         "go out again once their lease runs out")
+                except Exception as exc:  # a bug in one process must not hide the others' work
+                    logger.exception("a sending process failed")
+                    report.problems.append(f"a sending process failed: {exc!r}")
 
 
 def _start_senders(share: _Share, count: int, method: StartMethod, counted: bool) -> _Senders:
