@@ -448,6 +448,19 @@ def test_confirmation_greeting_and_closing_read_the_same_in_html(
                           r"If you did not ask [^.]+\.")
 
 
+@pytest.mark.parametrize("kind", ["edition", "confirmation"])
+def test_charset_is_declared_first_in_the_head(mailer: Mailer, edition: Edition,
+                                               kind: str) -> None:
+    data = (edition.message(ADA) if kind == "edition"
+            else mailer.confirmation(ADA, BASE_URL + "confirm/abc.def"))
+    html = text_of(parse(data), "html").encode("utf-8")
+    declaration = re.search(rb'<head><meta charset="utf-8">', html)
+    assert declaration is not None
+    # A parser looks for the encoding in the first 1,024 bytes only.
+    assert declaration.end() <= 1024
+    assert declaration.end() <= html.index(b"<style")
+
+
 def test_reflow_rewraps_prose_and_keeps_structure() -> None:
     source = (
         "A paragraph whose source lines\nbreak early, and then run on far past the width of"
