@@ -153,3 +153,15 @@ class Calendar:
             if when is not None and when > day:
                 return when
         return None
+
+    def last_appearance(self, article: Article, day: date) -> date | None:
+        """Return the article's latest appearance on or before ``day`` (None: not yet)."""
+        if article.date > day:
+            return None
+        if article.recurring:
+            # Under "skip" the latest Feb 29 anniversary can lie eight years back.
+            for year in range(day.year, max(article.date.year, day.year - 9), -1):
+                when = anniversary_in(article.anniversary, year, self.leap_day)
+                if when is not None and when <= day:
+                    return when
+        return article.date

@@ -108,9 +108,16 @@ def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
     """Write the archive pages and the feeds; broken articles are listed and left out."""
     from publisher import site
 
-    report = site.build_site(load_config(ctx), _as_day(day), out=out)
+    config = load_config(ctx)
+    report = site.build_site(config, _as_day(day), out=out)
     _echo_problems(report.errors)
     click.echo(report.summary())
+    if out is None or out.absolute() == config.site.output_dir.absolute():
+        # Only the folder served at base_url is what the feed URLs name: tell the hub.
+        from publisher import websub
+
+        for ping in websub.announce(config, report.changed_feeds):
+            click.echo(f"websub:{ping.line()}")
     if not report.ok:
         sys.exit(EXIT_PROBLEMS)
 
@@ -332,12 +339,13 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @click.pass_context
 @reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
-    """Show deliveries per state, failures, subscriber counts, last tick and next anniversaries."""
-    from publisher import dispatch, schedule
+    """Show deliveries, failures, subscribers, last tick, next anniversaries, WebSub pings."""
+    from publisher import dispatch, schedule, websub
 
     config = load_config(ctx)
     click.echo("\n".join(dispatch.delivery_status(config, _as_day(day)).lines()))
     click.echo("\n".join(schedule.clock_status(config).lines()))
+    click.echo("\n".join(websub.websub_status(config).lines()))
 
 
 # --- the daemon ---------------------------------------------------------------------------

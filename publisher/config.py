@@ -46,6 +46,7 @@ class SiteConfig:
     description: str
     author: str | None
     templates_dir: Path | None
+    websub_hub: str | None = None
 
     @property
     def zone(self) -> ZoneInfo:
@@ -242,8 +243,7 @@ class _Table:
 
 def _site(t: _Table, base: Path) -> SiteConfig:
     base_url = t.text("base_url", "http://127.0.0.1:8000/")
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not _absolute_http(base_url):
         raise t._fail("base_url", f"must be an absolute http(s) URL, got {base_url!r}")
     if not base_url.endswith("/"):
         base_url += "/"
@@ -253,6 +253,9 @@ def _site(t: _Table, base: Path) -> SiteConfig:
     except (ZoneInfoNotFoundError, ValueError):
         raise t._fail("timezone", f"unknown IANA time zone {zone!r}") from None
     publish = parse_time(t.text("publish_time", "09:00"), t, "publish_time")
+    hub = t.optional_text("websub_hub")
+    if hub is not None and not _absolute_http(hub):
+        raise t._fail("websub_hub", f"must be an absolute http(s) URL, got {hub!r}")
     feed_items = t.number("feed_items", 50, minimum=1)
     return SiteConfig(
         title=t.text("title", "Anniversaries"),
@@ -267,7 +270,13 @@ def _site(t: _Table, base: Path) -> SiteConfig:
         description=t.text("description", "Articles brought back on their anniversaries."),
         author=t.optional_text("author"),
         templates_dir=t.path_value("templates_dir", None, base),
+        websub_hub=hub,
     )
+
+
+def _absolute_http(url: str) -> bool:
+    parts = urlsplit(url)
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def parse_time(value: str, table: _Table | None = None, key: str = "") -> time:

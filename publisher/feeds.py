@@ -9,9 +9,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import jinja2
+from feedgen.ext.base import BaseExtension
 from feedgen.feed import FeedGenerator
 from markupsafe import Markup
 
@@ -201,11 +203,39 @@ def feed_item(site: SiteConfig, event: Event, env: jinja2.Environment,
     )
 
 
+ATOM_NS = "http://www.w3.org/2005/Atom"
+
+
+class _HubLink(BaseExtension):  # type: ignore[misc]
+    """Name the WebSub hub in an RSS channel, after the channel's ``atom:link rel="self"``."""
+
+    hub: str | None = None
+
+    def extend_ns(self) -> dict[str, str]:
+        """Declare the Atom namespace, which the hub link uses."""
+        return {"atom": ATOM_NS}
+
+    def extend_rss(self, feed: Any) -> Any:
+        """Add ``<atom:link rel="hub">`` to the channel (feedgen writes only the self link)."""
+        if self.hub is not None:
+            channel = feed[0]
+            self_link = channel.find(f"{{{ATOM_NS}}}link")
+            link = channel.makeelement(f"{{{ATOM_NS}}}link", {"href": self.hub, "rel": "hub"})
+            if self_link is not None:
+                self_link.addnext(link)
+            else:
+                channel.append(link)
+        return feed
+
+
 def _generator(site: SiteConfig, self_name: str, updated: datetime) -> FeedGenerator:
     fg = FeedGenerator()
     fg.title(site.title)
     feed = next(f for f in FEEDS if f.name == self_name)
     fg.link(href=site.url(self_name), rel="self", type=feed.media_type)
+    if site.websub_hub is not None:
+        # WebSub discovery (W3C WebSub 4): the hub and the topic's own URL, side by side.
+        fg.link(href=site.websub_hub, rel="hub")
     # feedgen takes the last link added as the RSS channel's <link>: the home page.
     fg.link(href=site.url(), rel="alternate", type="text/html")
     fg.language(site.language)
@@ -221,6 +251,9 @@ def rss_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime) -> 
     fg = _generator(site, RSS_NAME, updated)
     # RSS <author> must be an e-mail address; Dublin Core's creator takes a plain name.
     fg.load_extension("dc", atom=False, rss=True)
+    if site.websub_hub is not None:
+        fg.register_extension("websub", _HubLink, atom=False, rss=True)
+        fg.websub.hub = site.websub_hub
     fg.description(site.description or site.title)  # RSS requires a non-empty description
     for item in items:
         fe = fg.add_entry(order="append")
@@ -273,6 +306,7 @@ def json_feed(site: SiteConfig, items: Sequence[FeedItem]) -> bytes:
         "home_page_url": site.url(),
         "feed_url": site.url(JSON_NAME),
         "description": site.description,
+        **({"hubs": [{"type": "WebSub", "url": site.websub_hub}]} if site.websub_hub else {}),
         "language": site.language,
         "authors": [{"name": site.author or site.title}],
         "items": [_json_item(item) for item in items],

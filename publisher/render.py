@@ -38,12 +38,18 @@ def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
     )
     env.filters["isodate"] = lambda d: d.isoformat()
     env.filters["longdate"] = longdate
+    env.filters["webcal"] = webcal_url
     return env
 
 
 # strftime("%B") once per month rather than once per date: an archive page lists every year an
 # article came back, and the site renders thousands of them.
 _MONTHS = tuple(date(2001, month, 1).strftime("%B") for month in range(1, 13))
+
+
+def webcal_url(url: str) -> str:
+    """Return the ``webcal://`` form of an http(s) URL: calendar programs offer to subscribe."""
+    return "webcal://" + url.split("://", 1)[1]
 
 
 def longdate(day: date) -> str:

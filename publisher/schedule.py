@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from publisher import transports
+from publisher import transports, websub
 from publisher.calendar import Calendar, Event, publish_moment
 from publisher.config import Config
 from publisher.content import Article, ArticleCache, LoadResult, load_articles
@@ -185,6 +185,7 @@ class TickReport:
     skipped: int = 0
     events: set[tuple[str, int]] = field(default_factory=set)
     sent: SendReport | None = None
+    pings: list[websub.PingState] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -197,7 +198,8 @@ class TickReport:
     @property
     def did_work(self) -> bool:
         """Return whether the tick built, queued, skipped, sent or met a problem."""
-        return bool(self.built or self.queued or self.skipped or self.handled or self.problems)
+        return bool(self.built or self.queued or self.skipped or self.handled or self.pings
+                    or self.problems)
 
     def fields(self) -> dict[str, object]:
         """Return the figures of the tick, for structured logs."""
@@ -224,6 +226,9 @@ class TickReport:
         if sent is not None and self.handled:
             parts.append(f"sent {sent.sent}, deferred {sent.deferred}, failed {sent.failed}, "
                          f"bounced {sent.bounced}, expired {sent.skipped}")
+        if self.pings:
+            accepted = sum(1 for ping in self.pings if ping.last_ok)
+            parts.append(f"WebSub hub accepted {accepted} of {len(self.pings)} ping(s)")
         if self.problems:
             parts.append(f"{len(self.problems)} problem(s)")
         return f"tick {self.now.isoformat(timespec='seconds')}: " + ("; ".join(parts) or "idle")
@@ -351,6 +356,8 @@ class Ticker:
                 report.problems.append(f"site not rebuilt for {day.isoformat()}: {exc}")
                 return
         self._failed_build = None
+        if report.built.changed_feeds and site.websub_hub is not None:
+            websub.mark_changed(self.config, self.ledger, report.built.changed_feeds, now)
         self.ledger.set_state(self.site_key, wanted, now)
 
     # -- deliveries ----------------------------------------------------------------------------
@@ -403,6 +410,11 @@ class Ticker:
             # Recorded before sending: what is queued stays queued however the send ends.
             self.ledger.set_state(LAST_TICK_KEY, now.isoformat(), now)
             self._send(report)
+        if not self.stop.is_set():
+            # After the emails: a slow hub delays nothing else.
+            report.pings = websub.deliver_due(self.config, self.ledger, now)
+            report.problems.extend(f"WebSub ping of {ping.topic} failed: {ping.last_detail}"
+                                   for ping in report.pings if not ping.last_ok)
         for problem in report.problems:
             logger.warning("%s", problem)
         if report.did_work:

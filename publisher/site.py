@@ -39,7 +39,15 @@ from publisher.content import (
 )
 from publisher.errors import ConfigError, ContentError, OutputError, PublisherError, TemplateError
 from publisher.feeds import FEEDS, build_feeds, clean_text, clean_utf8
+from publisher.ics import ICS_NAME, build_ics
 from publisher.render import make_environment, render
+from publisher.sitemap import (
+    ROBOTS_NAME,
+    robots_txt,
+    sitemap_entries,
+    sitemap_files,
+    sitemap_names,
+)
 from publisher.workers import fork_is_safe
 
 INDEX_TEMPLATE = "index.html"
@@ -74,6 +82,7 @@ class BuildReport:
     written: int = 0
     unchanged: int = 0
     errors: list[ContentError] = field(default_factory=list)
+    changed_feeds: list[str] = field(default_factory=list)  # feed files given new bytes
 
     @property
     def ok(self) -> bool:
@@ -195,6 +204,11 @@ def site_files(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Envi
     feeds = functools.cache(lambda: build_feeds(site, calendar, day, env))
     for feed in FEEDS:
         yield feed.name, functools.partial(lambda name: feeds()[name], feed.name)
+    yield ICS_NAME, lambda: build_ics(site, calendar, day)
+    maps = functools.cache(lambda: sitemap_files(site, sitemap_entries(site, calendar, day)))
+    for name in sitemap_names(1 + len(calendar.published(day))):
+        yield name, functools.partial(lambda name: maps()[name], name)
+    yield ROBOTS_NAME, lambda: robots_txt(site)
 
 
 def article_pages(site: SiteConfig, calendar: Calendar, articles: Iterable[Article], day: date,
@@ -265,7 +279,7 @@ class _Built:
     def again(self) -> BuildReport:
         """Return this build's report for a rebuild that found nothing to do."""
         return dataclasses.replace(self.report, errors=list(self.report.errors), written=0,
-                                   unchanged=len(self.files))
+                                   unchanged=len(self.files), changed_feeds=[])
 
 
 # What this process last built into each output folder (the daemon and benchmarks rebuild in
@@ -373,6 +387,11 @@ class _Written:
     def written(self) -> int:
         """Return how many files got new bytes."""
         return len(self.files) - len(self.kept)
+
+    def changed_feeds(self) -> list[str]:
+        """Return the feed files among those that got new bytes, in the order of FEEDS."""
+        new = {stamp[0] for stamp in self.files} - self.kept
+        return [feed.name for feed in FEEDS if feed.name in new]
 
 
 def _write_files(files: Iterable[tuple[str, FileMaker]], staging: Path, previous: Path | None,
@@ -574,7 +593,8 @@ def _build_shared(config: Config, day: date, env: jinja2.Environment, target: Pa
         _clean_up(helper, staging)
     report = BuildReport(day=day, output_dir=target, errors=list(loaded.errors),
                          written=rest.written + pages.written,
-                         unchanged=len(rest.kept) + len(pages.kept))
+                         unchanged=len(rest.kept) + len(pages.kept),
+                         changed_feeds=rest.changed_feeds())
     _count(report, site, calendar)
     return _Built(inputs, stamps, (), (*rest.files, *pages.files), report)
 
@@ -676,6 +696,7 @@ def _write_site(config: Config, calendar: Calendar, day: date, env: jinja2.Envir
         _clean_up(helper, staging)
     report.written += sum(result.written for result in results)
     report.unchanged += sum(len(result.kept) for result in results)
+    report.changed_feeds += [name for result in results for name in result.changed_feeds()]
     return tuple(stamp for result in results for stamp in result.files)
 
 

@@ -104,6 +104,7 @@ _MEDIA_TYPES = {
     ".txt": "text/plain; charset=utf-8",
     ".xml": "application/xml",
     ".json": "application/json",
+    ".ics": "text/calendar; charset=utf-8",
 }
 # The builder's feeds by file name, each with the media type feed readers look for.
 _FEED_TYPES = {feed.name: feed.media_type for feed in FEEDS}

@@ -23,7 +23,8 @@ from tests.fixtures.content import BASE_URL, SMALL_SITE_DAY, WriteArticle, Write
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SITE_FILES = {
-    "style.css", "index.html", "feed.xml", "atom.xml", "feed.json",
+    "style.css", "index.html", "feed.xml", "atom.xml", "feed.json", "anniversaries.ics",
+    "sitemap.xml", "robots.txt",
     *(f"articles/{slug}/index.html" for slug in ("eclipse", "flight", "leap", "moon", "pi")),
 }
 
@@ -97,7 +98,7 @@ def test_article_page_shows_history_body_and_feeds(small_site: Config) -> None:
     assert "Next anniversary: <time datetime=\"2026-07-20\">" in page
     # The page keeps the author's relative links: they resolve against the page itself.
     assert '<a href="../leap/">the leap day</a>' in page
-    assert page.count('rel="alternate"') == 3
+    assert page.count('rel="alternate"') == 4  # three feeds and the calendar
 
 
 def test_history_lists_each_year_and_how_long_ago(small_site: Config) -> None:
@@ -141,7 +142,8 @@ def test_rebuild_gives_identical_bytes_and_keeps_unchanged_files(
                   recurring=False)
     edited = site.build_site(small_site, SMALL_SITE_DAY)
     changed = {name for name, data in snapshot(output).items() if data != before[name]}
-    assert changed == {"articles/eclipse/index.html", "feed.xml", "atom.xml", "feed.json"}
+    assert changed == {"articles/eclipse/index.html", "feed.xml", "atom.xml", "feed.json",
+                       "anniversaries.ics"}  # the summary, in the calendar's description
     assert edited.written == len(changed)
     for name in set(before) - changed:
         assert (output / name).stat().st_ino == inodes[name], name
@@ -352,7 +354,7 @@ def test_pages_fit_a_phone_screen(small_site: Config, chromium: Browser) -> None
             feeds = page.eval_on_selector_all(
                 'link[rel="alternate"]', "links => links.map(l => l.href)")
             assert feeds == [f"{BASE_URL}feed.xml", f"{BASE_URL}atom.xml",
-                             f"{BASE_URL}feed.json"]
+                             f"{BASE_URL}feed.json", f"{BASE_URL}anniversaries.ics"]
         page.goto((output / "articles/moon/index.html").as_uri() + "#year-2024")
         assert page.evaluate("document.querySelector(':target').id") == "year-2024"
     finally:

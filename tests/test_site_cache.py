@@ -55,7 +55,10 @@ def test_a_rebuild_with_nothing_changed_loads_renders_and_writes_nothing(
     again = site.build_site(small_site, SMALL_SITE_DAY)
     assert loads == []
     assert (again.written, again.unchanged) == (0, first.written)
-    assert dataclasses.replace(again, written=first.written, unchanged=0) == first
+    assert first.changed_feeds == ["feed.xml", "atom.xml", "feed.json"]
+    assert again.changed_feeds == []  # nothing for a WebSub hub to hear about
+    assert dataclasses.replace(again, written=first.written, unchanged=0,
+                               changed_feeds=first.changed_feeds) == first
     assert snapshot(small_site.site.output_dir) == before
 
 

@@ -1,0 +1,119 @@
+"""The anniversary calendar (RFC 5545, through icalendar): one yearly all-day event per article."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, date, timedelta
+from typing import Any
+
+import icalendar
+
+from publisher.calendar import FEB_29, Calendar, anniversary_in, publish_moment
+from publisher.config import LeapDay, SiteConfig
+from publisher.content import Article
+from publisher.feeds import clean_article, clean_site
+
+ICS_NAME = "anniversaries.ics"
+MEDIA_TYPE = "text/calendar"
+PRODUCT_ID = "-//anniversary-publisher//anniversaries//EN"
+REFRESH = timedelta(days=1)  # how often a subscribed calendar should be fetched again
+
+
+def yearly_rule(month_day: tuple[int, int], leap_day: LeapDay) -> dict[str, Any]:
+    """Return the RRULE that repeats ``month_day`` every year under the Feb 29 policy."""
+    month, day = month_day
+    if month_day != FEB_29 or leap_day == "skip":
+        # A plain yearly rule on Feb 29 skips common years (RFC 5545 3.3.10: invalid dates
+        # are ignored), which is what "skip" asks for.
+        return {"freq": "yearly", "bymonth": month, "bymonthday": day}
+    if leap_day == "feb28":
+        return {"freq": "yearly", "bymonth": 2, "bymonthday": -1}  # the last day of February
+    return {"freq": "yearly", "byyearday": 60}  # Feb 29 in a leap year, else 1 March
+
+
+def first_anniversary(article: Article, leap_day: LeapDay) -> date | None:
+    """Return the article's first anniversary (None: it never comes back)."""
+    if not article.recurring:
+        return None
+    # Under "skip" a Feb 29 anniversary can wait up to eight years (e.g. 2096 to 2104).
+    for year in range(article.date.year + 1, article.date.year + 9):
+        when = anniversary_in(article.anniversary, year, leap_day)
+        if when is not None:
+            return when
+    return None
+
+
+def _uid(site: SiteConfig, article: Article, suffix: str = "") -> str:
+    # The article's date and slug: stable across builds, unique on the site, and no comma,
+    # which iCalendar would have to escape.
+    return f"{article.slug}-{article.date.isoformat()}{suffix}@{site.domain}"
+
+
+def _event(site: SiteConfig, article: Article, start: date, uid: str,
+           rule: dict[str, Any] | None) -> icalendar.Event:
+    event = icalendar.Event()
+    event.add("uid", uid)
+    # The moment the article was first published, not the build time: the same bytes each day.
+    event.add("dtstamp", publish_moment(article.date, site.publish_time, site.zone)
+              .astimezone(UTC))
+    event.add("dtstart", start)
+    event.add("dtend", start + timedelta(days=1))
+    if rule is not None:
+        event.add("rrule", rule)
+    event.add("summary", article.title)
+    url = site.article_url(article.slug)
+    description = f"{article.summary}\n\n{url}" if article.summary else url
+    event.add("description", description)
+    event.add("url", url)
+    if article.tags:
+        event.add("categories", list(article.tags))
+    event.add("transp", "TRANSPARENT")  # an anniversary does not make anyone busy
+    return event
+
+
+def article_events(site: SiteConfig, article: Article, leap_day: LeapDay
+                   ) -> list[icalendar.Event]:
+    """Return the events of one article: its first publication, then every anniversary.
+
+    One recurring event when the anniversaries fall on the article's own month-day; else a
+    single event for the first publication and a recurring one from the first anniversary.
+    """
+    first = first_anniversary(article, leap_day)
+    rule = yearly_rule(article.anniversary, leap_day)
+    if first is not None and (article.date.month, article.date.day) == article.anniversary:
+        return [_event(site, article, article.date, _uid(site, article), rule)]
+    events = [_event(site, article, article.date, _uid(site, article, "-published"), None)]
+    if first is not None:
+        events.append(_event(site, article, first, _uid(site, article), rule))
+    return events
+
+
+def calendar_ics(site: SiteConfig, articles: Iterable[Article], leap_day: LeapDay,
+                 name: str | None = None) -> bytes:
+    """Return the iCalendar file of ``articles``; ``name`` is the calendar's display name."""
+    # iCalendar text admits no control characters (RFC 5545 3.3.11): the feeds' cleaning.
+    site = clean_site(site)
+    ical = icalendar.Calendar()
+    ical.add("prodid", PRODUCT_ID)
+    ical.add("version", "2.0")
+    ical.add("calscale", "GREGORIAN")
+    title = name or site.title
+    ical.add("name", title)  # RFC 7986
+    ical.add("x-wr-calname", title)  # the same, for clients older than RFC 7986
+    if site.description:
+        ical.add("description", site.description)
+        ical.add("x-wr-caldesc", site.description)
+    ical.add("url", site.url())
+    ical.add("source", site.url(ICS_NAME))
+    ical.add("refresh-interval", REFRESH, parameters={"VALUE": "DURATION"})
+    ical.add("x-published-ttl", icalendar.vDuration(REFRESH))
+    for article in sorted(map(clean_article, articles), key=lambda a: a.slug):
+        for event in article_events(site, article, leap_day):
+            ical.add_component(event)
+    return bytes(ical.to_ical())
+
+
+def build_ics(site: SiteConfig, calendar: Calendar, day: date) -> bytes:
+    """Return ``anniversaries.ics`` as it stands on ``day``: every article published by then."""
+    return calendar_ics(site, calendar.published(day), calendar.leap_day)
+
