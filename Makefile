@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench golden clean system-test-deps system-bench-deps
+.PHONY: run test lint bench golden catalogs clean system-test-deps system-bench-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -71,3 +71,13 @@ golden: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+
+## catalogs: extract the strings of the templates and the code into publisher/locale/messages.pot,
+## merge them into each language's messages.po, and compile the .mo files the package loads
+catalogs: $(STAMP)
+	$(VENV)/bin/pybabel extract -F babel.cfg -c Translators: --add-location=file --sort-by-file \
+		--project=anniversary-publisher --copyright-holder="the anniversary-publisher authors" \
+		-o publisher/locale/messages.pot .
+	$(VENV)/bin/pybabel update -i publisher/locale/messages.pot -d publisher/locale \
+		--ignore-obsolete
+	$(VENV)/bin/pybabel compile -d publisher/locale --statistics

@@ -157,6 +157,7 @@ class Config:
     base_dir: Path = field(default_factory=Path.cwd)
 
 
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*")
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -253,6 +254,10 @@ def _site(t: _Table, base: Path) -> SiteConfig:
     except (ZoneInfoNotFoundError, ValueError):
         raise t._fail("timezone", f"unknown IANA time zone {zone!r}") from None
     publish = parse_time(t.text("publish_time", "09:00"), t, "publish_time")
+    language = t.text("language", "en")
+    if not _LANGUAGE_TAG.fullmatch(language):
+        raise t._fail("language", f"expected a BCP 47 language tag such as 'de' or 'pt-BR', "
+                                  f"got {language!r}")
     hub = t.optional_text("websub_hub")
     if hub is not None and not _absolute_http(hub):
         raise t._fail("websub_hub", f"must be an absolute http(s) URL, got {hub!r}")
@@ -262,7 +267,7 @@ def _site(t: _Table, base: Path) -> SiteConfig:
         base_url=base_url,
         timezone=zone,
         publish_time=publish,
-        language=t.text("language", "en"),
+        language=language,
         content_dir=cast(Path, t.path_value("content_dir", "content", base)),
         output_dir=cast(Path, t.path_value("output_dir", "var/site", base)),
         leap_day=cast(LeapDay, t.choice("leap_day", "feb28", LEAP_DAY_POLICIES)),
@@ -343,7 +348,7 @@ def _email(t: _Table, base: Path, site: SiteConfig) -> EmailConfig:
     return EmailConfig(
         sender=sender,
         reply_to=t.optional_text("reply_to"),
-        subject=t.text("subject", "{{ article.title }} — {{ event.ago }}"),
+        subject=t.text("subject", "{{ article.title }} — {{ event|ago }}"),
         transport=cast(TransportName, t.choice("transport", "maildir", ("smtp", "maildir"))),
         maildir=cast(Path, t.path_value("maildir", "var/outbox", base)),
         smtp=smtp,

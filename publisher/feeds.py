@@ -20,7 +20,7 @@ from markupsafe import Markup
 from publisher.calendar import Calendar, Event, publish_moment
 from publisher.config import SiteConfig
 from publisher.content import Article, absolute_links
-from publisher.render import render
+from publisher.render import Language, language_of, render
 
 RSS_NAME = "feed.xml"
 ATOM_NAME = "atom.xml"
@@ -168,12 +168,13 @@ def event_url(site: SiteConfig, event: Event) -> str:
     return f"{site.article_url(event.article.slug)}#year-{event.year}"
 
 
-def event_title(event: Event) -> str:
+def event_title(event: Event, locale: Language) -> str:
     """Return the item title: the article's title, plus how long ago for an anniversary."""
     if event.is_first:
         return event.article.title
-    unit = "year" if event.years_since == 1 else "years"
-    return f"{event.article.title} ({event.years_since} {unit} ago)"
+    return locale.ngettext("%(title)s (%(n)s year ago)", "%(title)s (%(n)s years ago)",
+                           event.years_since) % {"title": event.article.title,
+                                                 "n": locale.number(event.years_since)}
 
 
 def feed_item(site: SiteConfig, event: Event, env: jinja2.Environment,
@@ -184,14 +185,16 @@ def feed_item(site: SiteConfig, event: Event, env: jinja2.Environment,
     event = dataclasses.replace(event, article=article)
     page = site.article_url(article.slug)
     body = Markup(absolute_links(article.body_html, page))
+    locale = language_of(article.lang, site.language)
     content = render(env, ITEM_TEMPLATE, {
+        "locale": locale,
         "site": site, "event": event, "article": article, "body": body,
         "article_url": page, "item_url": event_url(site, event),
     })
     return FeedItem(
         id=event_id(site, event),
         url=event_url(site, event),
-        title=clean_text(event_title(event)),
+        title=clean_text(event_title(event, locale)),
         # A second earlier per place (``position``) among the day's items: no two share a date
         # (the W3C validator warns about equal Atom ``updated`` values), newest still first.
         published=publish_instant(site, event.on) - timedelta(seconds=position),

@@ -27,7 +27,13 @@ from publisher.calendar import Event, publish_moment
 from publisher.config import CONFIG_NAME, Config, DkimConfig
 from publisher.content import absolute_links
 from publisher.errors import ConfigError, SubscriberError, TemplateError
-from publisher.render import compile_string, make_environment, render, render_template
+from publisher.render import (
+    compile_string,
+    config_environment,
+    language_of,
+    render,
+    render_template,
+)
 from publisher.tokens import unsubscribe_token
 from publisher.transports import dot_stuffed
 
@@ -66,6 +72,7 @@ _WORD_BYTES = 45  # UTF-8 bytes per encoded-word: 60 base64 characters, 72 with 
 _HEAD = re.compile(r"<head(?:\s[^>]*)?>")
 _META_CHARSET = re.compile(r"<meta charset=[^>]*>\s*")
 _SOFT_BREAK = b"=\r\n"
+_LANGUAGE_TAG = re.compile(r"[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*")
 _END_OF_DATA = b".\r\n"  # the message's last line ends in CRLF already
 
 
@@ -383,6 +390,12 @@ def _charset_first(document: str) -> str:
     return document[:head.end()] + declaration + "\n" + document[head.end():]
 
 
+def _content_language(tag: str) -> bytes:
+    """Return the Content-Language header (RFC 3282) naming a BCP 47 tag, if it is one."""
+    tag = tag.strip()
+    return _header("Content-Language", tag) if _LANGUAGE_TAG.fullmatch(tag) else b""
+
+
 def _multipart(boundary: str) -> tuple[bytes, bytes, bytes]:
     """Return the bytes before the text part, between the parts, and after the HTML part."""
     part = ("Content-Type: text/{}; charset=\"utf-8\"\r\n"
@@ -444,7 +457,7 @@ class Mailer:
                  clock: Callable[[], datetime] | None = None) -> None:
         self.config = config
         self.secret = secret
-        self.env = env or make_environment(config.site.templates_dir)
+        self.env = env or config_environment(config)
         self.clock = clock or (lambda: datetime.now(UTC))
         email = config.email
         sender_name, self.envelope_sender = self._configured_mailbox("from", email.sender)
@@ -498,7 +511,9 @@ class Mailer:
         """Render one event's email once, ready to be filled in for each recipient."""
         article, site = event.article, self.config.site
         web_url = site.article_url(article.slug)
+        locale = language_of(article.lang, site.language)
         context = {
+            "locale": locale,
             "article": article, "event": event, "site": site, "web_url": web_url,
             "body_html": Markup(absolute_links(article.body_html, web_url)),
             "body_text": reflow(article.body_text),
@@ -551,6 +566,7 @@ class Mailer:
             _header("Message-ID", f"<confirm.{digest[:32]}@{_dot_atom(self.domain)}>"),
             self.reply_to_line,
             b"Auto-Submitted: auto-generated\r\n",
+            _content_language(self.config.site.language),
             opening, text, between, html_part, closing,
         ))
         return self.signer.sign(data) if self.signer else data
@@ -569,7 +585,8 @@ class Edition:
         self._zones: dict[str | None, bytes] = {}
         self._middle = mailer.reply_to_line + mailer.list_id_line
         opening, self._between, self._closing = _multipart(_boundary(*event.key))
-        self._opening = (b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        self._opening = (_content_language(event.article.lang or config.site.language)
+                         + b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
                          b"Auto-Submitted: auto-generated\r\n" + opening)
         self.size_warning: str | None = None
         size = max(named.html_bytes, anonymous.html_bytes)

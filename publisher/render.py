@@ -1,18 +1,123 @@
-"""The Jinja2 environment: packaged templates, user overrides, strict about unknown names."""
+"""The Jinja2 environment: packaged templates, user overrides, strict about unknown names.
+
+Every fixed string of the templates goes through gettext (Jinja2's i18n extension); the
+catalogs ship in ``publisher/locale``. Which language a template speaks is the ``locale``
+variable of its context (a :class:`Language`): the site's by default, an article's own on its
+page, its feed item and its email. Dates, numbers and plurals follow the same language.
+"""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import jinja2
+from babel import Locale, UnknownLocaleError
+from babel.dates import format_date
+from babel.numbers import format_decimal
+from babel.support import NullTranslations, Translations
 
-from publisher.errors import TemplateError
+from publisher.calendar import Event
+from publisher.config import Config
+from publisher.errors import ConfigError, TemplateError
 
 _HERE = Path(__file__).resolve().parent
+LOCALE_DIR = _HERE / "locale"
+DOMAIN = "messages"
+SHIPPED_LANGUAGES = ("en", "de", "az", "ar")
+# The date pattern of a language without a catalog: CLDR's long format (e.g. "20 juillet 1969").
+# A catalog gives its own pattern (see Language.longdate).
+_CLDR_LONG = "long"
+
+
+def parse_locale(tag: str) -> Locale:
+    """Return the Babel locale of a BCP 47 tag (``de``, ``pt-BR``, ``az-Latn``).
+
+    Raise ValueError for a tag that names no language Babel knows.
+    """
+    try:
+        return Locale.parse(tag.strip().replace("_", "-"), sep="-")
+    except (UnknownLocaleError, ValueError, TypeError) as exc:
+        raise ValueError(f"unknown language {tag!r} ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Language:
+    """One language as the templates use it: tag, writing direction, catalog, formats."""
+
+    tag: str  # as configured or written in the article, e.g. "de-AT"
+    locale: Locale
+    translations: NullTranslations
+    shipped: bool  # whether a catalog of the package translates it
+
+    @property
+    def direction(self) -> Literal["ltr", "rtl"]:
+        """Return the writing direction, for ``dir``: ``rtl`` for Arabic, Hebrew, Persian…"""
+        return "rtl" if self.locale.character_order == "right-to-left" else "ltr"
+
+    def gettext(self, message: str) -> str:
+        """Return the translation of ``message``."""
+        return str(self.translations.gettext(message))
+
+    def ngettext(self, singular: str, plural: str, n: int) -> str:
+        """Return the translation of ``singular``/``plural`` for the number ``n``."""
+        return str(self.translations.ngettext(singular, plural, n))
+
+    def pgettext(self, context: str, message: str) -> str:
+        """Return the translation of ``message`` in ``context``."""
+        return str(self.translations.pgettext(context, message))
+
+    def npgettext(self, context: str, singular: str, plural: str, n: int) -> str:
+        """Return the translation of ``singular``/``plural`` in ``context`` for ``n``."""
+        return str(self.translations.npgettext(context, singular, plural, n))
+
+    def longdate(self, day: date) -> str:
+        """Format a date with the month's name: ``20 July 1969``, ``20. Juli 1969``."""
+        if not self.shipped:
+            return str(format_date(day, _CLDR_LONG, locale=self.locale))
+        # Translators: a CLDR date pattern for a full date with the month's name, e.g.
+        # "d. MMMM y" in German (d: day, MMMM: month name, y: year).
+        return str(format_date(day, self.pgettext("date pattern", "d MMMM y"),
+                               locale=self.locale))
+
+    def number(self, value: int | float) -> str:
+        """Format a number with the language's digits and separators."""
+        return str(format_decimal(value, locale=self.locale))
+
+    def ago(self, event: Event) -> str:
+        """Return how long ago an appearance was first published: ``3 years ago today``."""
+        if event.is_first:
+            return self.gettext("published today")
+        return self.ngettext("%(n)s year ago today", "%(n)s years ago today",
+                             event.years_since) % {"n": self.number(event.years_since)}
+
+    def years(self, n: int) -> str:
+        """Return a number of years: ``1 year``, ``3 years``."""
+        return self.ngettext("%(n)s year", "%(n)s years", n) % {"n": self.number(n)}
+
+
+@functools.lru_cache(maxsize=64)
+def language(tag: str, fallback: str | None = None) -> Language:
+    """Return the :class:`Language` of a BCP 47 tag.
+
+    A tag Babel does not know (e.g. an article's ``lang: xx``) keeps its name but speaks the
+    ``fallback`` tag's language; without one it raises ValueError.
+    """
+    try:
+        locale = parse_locale(tag)
+    except ValueError:
+        if fallback is None:
+            raise
+        known = language(fallback)
+        return Language(tag.strip(), known.locale, known.translations, known.shipped)
+    found = Translations.load(str(LOCALE_DIR), [locale], DOMAIN)
+    shipped = isinstance(found, Translations) or locale.language == "en"
+    return Language(tag.strip(), locale, found, shipped)
 
 
 def packaged_templates() -> Path:
@@ -23,8 +128,79 @@ def packaged_templates() -> Path:
     return installed if installed.is_dir() else _HERE.parent / "templates"
 
 
-def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
-    """Build the environment: the user's folder first, then the packaged templates."""
+def config_environment(config: Config) -> jinja2.Environment:
+    """Return the environment of a configuration; a missing templates folder or an unknown
+    language is a ConfigError naming the key."""
+    site = config.site
+    if site.templates_dir is not None and not site.templates_dir.is_dir():
+        raise ConfigError(f"templates folder {site.templates_dir} does not exist",
+                          path=config.path, field="site.templates_dir")
+    try:
+        return make_environment(site.templates_dir, site.language)
+    except ValueError as exc:
+        raise ConfigError(str(exc), path=config.path, field="site.language") from None
+
+
+def language_of(article_lang: str | None, site_language: str) -> Language:
+    """Return the language of an article: its own ``lang`` if set, else the site's."""
+    return language(article_lang or site_language, site_language)
+
+
+def _locale_of(context: jinja2.runtime.Context) -> Language:
+    found = context.get("locale")
+    if not isinstance(found, Language):
+        raise TemplateError("the variable 'locale' is not a language", path=context.name,
+                            field="locale")
+    return found
+
+
+@jinja2.pass_context
+def _gettext(context: jinja2.runtime.Context, message: str) -> str:
+    return _locale_of(context).gettext(message)
+
+
+@jinja2.pass_context
+def _ngettext(context: jinja2.runtime.Context, singular: str, plural: str, n: int) -> str:
+    return _locale_of(context).ngettext(singular, plural, n)
+
+
+@jinja2.pass_context
+def _pgettext(context: jinja2.runtime.Context, message_context: str, message: str) -> str:
+    return _locale_of(context).pgettext(message_context, message)
+
+
+@jinja2.pass_context
+def _npgettext(context: jinja2.runtime.Context, message_context: str, singular: str,
+               plural: str, n: int) -> str:
+    return _locale_of(context).npgettext(message_context, singular, plural, n)
+
+
+@jinja2.pass_context
+def _longdate(context: jinja2.runtime.Context, day: date) -> str:
+    return _locale_of(context).longdate(day)
+
+
+@jinja2.pass_context
+def _number(context: jinja2.runtime.Context, value: int | float) -> str:
+    return _locale_of(context).number(value)
+
+
+@jinja2.pass_context
+def _ago(context: jinja2.runtime.Context, event: Event) -> str:
+    return _locale_of(context).ago(event)
+
+
+@jinja2.pass_context
+def _years(context: jinja2.runtime.Context, n: int) -> str:
+    return _locale_of(context).years(n)
+
+
+def make_environment(templates_dir: Path | None = None,
+                     language_tag: str = "en") -> jinja2.Environment:
+    """Build the environment: the user's folder first, then the packaged templates.
+
+    ``language_tag``: the language of every template whose context names no other ``locale``.
+    """
     searchpath = [str(packaged_templates())]
     if templates_dir is not None:
         searchpath.insert(0, str(templates_dir))
@@ -35,26 +211,28 @@ def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
+        extensions=["jinja2.ext.i18n"],
     )
+    # A message spread over several template lines is one line in the catalog.
+    env.policies["ext.i18n.trimmed"] = True
+    env.install_gettext_callables(  # type: ignore[attr-defined]
+        gettext=_gettext, ngettext=_ngettext, pgettext=_pgettext, npgettext=_npgettext,
+        newstyle=True)
+    env.globals["locale"] = language(language_tag)
     env.filters["isodate"] = lambda d: d.isoformat()
-    env.filters["longdate"] = longdate
+    env.filters["longdate"] = _longdate
+    env.filters["number"] = _number
+    env.filters["ago"] = _ago
+    env.filters["years"] = _years
     env.filters["webcal"] = webcal_url
+    # Upper-cases the first letter only: capitalize would lower-case a German noun.
+    env.filters["upperfirst"] = lambda text: text[:1].upper() + text[1:]
     return env
-
-
-# strftime("%B") once per month rather than once per date: an archive page lists every year an
-# article came back, and the site renders thousands of them.
-_MONTHS = tuple(date(2001, month, 1).strftime("%B") for month in range(1, 13))
 
 
 def webcal_url(url: str) -> str:
     """Return the ``webcal://`` form of an http(s) URL: calendar programs offer to subscribe."""
     return "webcal://" + url.split("://", 1)[1]
-
-
-def longdate(day: date) -> str:
-    """Format a date as ``17 May 2020``."""
-    return f"{day.day} {_MONTHS[day.month - 1]} {day.year}"
 
 
 def _template_line(tb: TracebackType | None, names: set[str]) -> tuple[str | None, int | None]:

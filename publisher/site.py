@@ -37,10 +37,10 @@ from publisher.content import (
     content_stamps,
     load_articles,
 )
-from publisher.errors import ConfigError, ContentError, OutputError, PublisherError, TemplateError
+from publisher.errors import ContentError, OutputError, PublisherError, TemplateError
 from publisher.feeds import FEEDS, build_feeds, clean_text, clean_utf8
 from publisher.ics import ICS_NAME, build_ics
-from publisher.render import make_environment, render
+from publisher.render import config_environment, language_of, render
 from publisher.sitemap import (
     ROBOTS_NAME,
     robots_txt,
@@ -105,11 +105,7 @@ def site_today(site: SiteConfig, now: datetime | None = None) -> date:
 
 def site_environment(config: Config) -> jinja2.Environment:
     """Return the Jinja2 environment of the site, checking that ``templates_dir`` exists."""
-    templates = config.site.templates_dir
-    if templates is not None and not templates.is_dir():
-        raise ConfigError(f"templates folder {templates} does not exist", path=config.path,
-                          field="site.templates_dir")
-    return make_environment(templates)
+    return config_environment(config)
 
 
 def load_calendar(config: Config, cache: ArticleCache | None = None
@@ -178,6 +174,7 @@ def render_article(site: SiteConfig, calendar: Calendar, article: Article, day: 
 def _article_page(site: SiteConfig, calendar: Calendar, article: Article, day: date,
                   env: jinja2.Environment, feeds: list[PageFeed]) -> str:
     return _page(env, ARTICLE_TEMPLATE, site, day, "../../", site.article_url(article.slug), {
+        "locale": language_of(article.lang, site.language),
         "article": article,
         "body": Markup(article.body_html),
         "history": calendar.history(article, day),

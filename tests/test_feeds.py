@@ -22,7 +22,7 @@ from publisher import content, feeds
 from publisher.calendar import Calendar, Event
 from publisher.config import Config
 from publisher.content import load_articles
-from publisher.render import make_environment
+from publisher.render import language, make_environment
 from tests.fixtures.content import BASE_URL, SMALL_SITE_DAY, WriteArticle, WriteFile
 
 GOLDEN = Path(__file__).parent / "golden" / "feeds"
@@ -316,7 +316,11 @@ def test_event_identity_helpers(small_site: Config) -> None:
     event = Event(leap, date(2026, 2, 28), 2)
     assert feeds.event_id(small_site.site, event) == "tag:example.org,2024-02-29:leap/2026"
     assert feeds.event_url(small_site.site, event) == f"{BASE_URL}articles/leap/#year-2026"
-    assert feeds.event_title(Event(leap, leap.date, 0)) == "Leap day"
+    english, german = language("en"), language("de")
+    assert feeds.event_title(Event(leap, leap.date, 0), english) == "Leap day"
+    assert feeds.event_title(event, english) == "Leap day (2 years ago)"
+    assert feeds.event_title(Event(leap, date(2025, 2, 28), 1), english) == "Leap day (1 year ago)"
+    assert feeds.event_title(event, german) == "Leap day (vor 2 Jahren)"
     assert feeds.publish_instant(small_site.site, date(2026, 2, 28)) == datetime.fromisoformat(
         "2026-02-28T09:00:00+01:00")
 
