@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import quote
+from zoneinfo import ZoneInfoNotFoundError
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -171,7 +172,8 @@ def announce(config: Config, preview_root: str | None = None, ledger: Ledger | N
             if ledger is None:
                 ledger = stack.enter_context(Ledger.open(config.state.database_url))
             coming = coming_up(config, ledger, now, cache=cache)
-    except PublisherError as exc:
+    except (PublisherError, ZoneInfoNotFoundError) as exc:
+        # Only a log line is lost: the daemon carries on, and its ticks report the problem.
         logger.warning("cannot tell what comes next: %s", exc)
         return
     if not coming:

@@ -53,6 +53,7 @@ from publisher.transports import Transport
 
 logger = logging.getLogger(__name__)
 
+
 def publish_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
     """Return the UTC instant at which local date ``day`` reaches wall time ``at`` in ``zone``."""
     return publish_moment(day, at, zone).astimezone(UTC)

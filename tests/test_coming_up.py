@@ -17,10 +17,11 @@ from typing import Any
 
 import httpx2
 import pytest
+from sqlalchemy import update
 
 from publisher import daemon, dispatch, web
 from publisher.config import from_mapping
-from publisher.ledger import Ledger, subscriber_row
+from publisher.ledger import Ledger, subscriber_row, subscribers
 from publisher.schedule import coming_up
 from tests.fixtures.browser import wait_for
 from tests.fixtures.content import WriteArticle
@@ -77,6 +78,20 @@ def test_the_log_says_when_nothing_comes(make_world: MakeWorld, tmp_path: Path,
         daemon.announce(world.config, "http://127.0.0.1:8000/", world.ledger, now=NOW)
     assert [r.getMessage() for r in caplog.records if r.name == "publisher.daemon"] == [
         "next appearance: none ahead"]
+
+
+def test_a_time_zone_the_system_no_longer_knows_costs_only_the_log_line(
+        make_world: MakeWorld, write_article: WriteArticle, tmp_path: Path,
+        caplog: pytest.LogCaptureFixture) -> None:
+    world = _quiet_world(make_world, write_article, f"sqlite:///{tmp_path / 'ledger.db'}")
+    with world.ledger.engine.begin() as conn:  # e.g. a zone dropped by a tzdata update
+        conn.execute(update(subscribers).values(timezone="Mars/Olympus_Mons"))
+    with caplog.at_level(logging.INFO, logger="publisher.daemon"):
+        daemon.announce(world.config, ledger=world.ledger, now=NOW)
+    [record] = [r for r in caplog.records if r.name == "publisher.daemon"]
+    assert record.levelname == "WARNING"
+    assert record.getMessage().startswith("cannot tell what comes next: ")
+    assert "Mars/Olympus_Mons" in record.getMessage()
 
 
 def test_a_wildcard_address_is_reached_through_loopback() -> None:
