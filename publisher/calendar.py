@@ -13,6 +13,14 @@ from publisher.config import LeapDay
 from publisher.content import Article
 
 FEB_29 = (2, 29)
+# The longest gap between two appearances of one month-day: Feb 29 under the "skip" policy
+# across a century year that is not a leap year (2096 to 2104).
+LONGEST_GAP_DAYS = 8 * 366
+
+
+def count_years(years: int) -> str:
+    """Return a number of years in English: ``1 year``, ``7 years``."""
+    return f"{years} year{'' if years == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -50,8 +58,14 @@ class Event:
         """Return an English phrase for the distance in time, e.g. ``3 years ago today``."""
         if self.years_since == 0:
             return "published today"
-        unit = "year" if self.years_since == 1 else "years"
-        return f"{self.years_since} {unit} ago today"
+        return f"{count_years(self.years_since)} ago today"
+
+    @property
+    def years_on(self) -> str:
+        """Return an English phrase for the years since first publication, e.g. ``7 years on``."""
+        if self.years_since == 0:
+            return "first publication"
+        return f"{count_years(self.years_since)} on"
 
     @property
     def key(self) -> tuple[str, int]:
@@ -127,6 +141,18 @@ class Calendar:
             found.extend(self.events_on(day)[: limit - len(found)])
             day -= timedelta(days=1)
         return found
+
+    def next_anniversaries(self, day: date) -> list[Event]:
+        """Return the anniversaries of published articles on the next day that has any, by slug."""
+        # Empty when none comes within the longest gap, or before the calendar's last day.
+        probe, last = day, day + timedelta(days=min(LONGEST_GAP_DAYS, (date.max - day).days))
+        while self._by_month_day and probe < last:
+            probe += timedelta(days=1)
+            # Only articles already published: the others have no page yet.
+            found = [e for e in self.events_on(probe) if not e.is_first and e.article.date <= day]
+            if found:
+                return found
+        return []
 
     def published(self, day: date) -> list[Article]:
         """Return the articles dated on or before ``day``, newest first."""

@@ -359,7 +359,7 @@ def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
     sock = _listen(config, None, None) if serve_web else None
     daemon.configure_logging(log_format)
     with web.beside(config, sock):
-        daemon.run_daemon(config)
+        daemon.run_daemon(config, preview_root=web.own_url(sock) if sock is not None else None)
 
 
 # --- web: the HTTP service ----------------------------------------------------------------
@@ -385,6 +385,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, access_log: bo
     config = load_config(ctx)
     sock = _listen(config, host, port)
     daemon.configure_logging(log_format)
+    daemon.announce(config, web.own_url(sock))
     web.serve(config, sock, access_log=access_log)
 
 

@@ -156,6 +156,7 @@ def _index_page(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Env
     return _page(env, template, site, day, "./", site.url(), {
         "today": calendar.events_on(day),
         "recent": calendar.recent(day - timedelta(days=1), RECENT_EVENTS),
+        "next_anniversaries": calendar.next_anniversaries(day),
         "archive": calendar.published(day),
     }, feeds)
 

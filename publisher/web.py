@@ -1002,6 +1002,15 @@ def _address(sock: socket.socket) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def own_url(sock: socket.socket) -> str:
+    """Return the ``http://`` root at which this machine reaches a bound socket."""
+    host, port = sock.getsockname()[:2]
+    # A wildcard address listens on loopback too, the address previews without a token answer.
+    if ipaddress.ip_address(host).is_unspecified:
+        host = "::1" if ":" in host else "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+
+
 @contextlib.contextmanager
 def beside(config: Config, sock: socket.socket | None, *, access_log: bool = True
            ) -> Iterator[None]:

@@ -85,6 +85,32 @@ def test_index_lists_today_recent_and_archive(small_site: Config) -> None:
         assert f'href="{BASE_URL}{feed}"' in index
 
 
+def test_index_on_a_quiet_day_names_the_next_anniversary_with_a_link(small_site: Config,
+                                                                     tmp_path: Path) -> None:
+    # 30 November 2026: nothing comes back; "future" is first published the next day, but it
+    # is not published yet, so the next anniversary is the flight's, on 17 December.
+    site.build_site(small_site, date(2026, 11, 30))
+    output = small_site.site.output_dir
+    today = (output / "index.html").read_text(encoding="utf-8").split('id="recent"', 1)[0]
+    assert "Nothing comes back today." in today
+    found = re.search(r'Next: <time datetime="2026-12-17">17 December 2026</time> — '
+                      r'<a href="\./articles/([a-z]+)/">Twelve seconds of powered flight</a>, '
+                      r'7 years on</p>', today)
+    assert found is not None, today
+    assert (output / "articles" / found.group(1) / "index.html").is_file()
+    assert "future" not in today
+    # The same content, configuration and day give the same bytes.
+    site.build_site(small_site, date(2026, 11, 30), out=tmp_path / "again")
+    assert snapshot(tmp_path / "again") == snapshot(output)
+
+
+def test_index_on_a_day_with_anniversaries_does_not_look_ahead(small_site: Config) -> None:
+    site.build_site(small_site, date(2026, 2, 28))
+    index = (small_site.site.output_dir / "index.html").read_text(encoding="utf-8")
+    assert "2 years ago today" in index
+    assert "Next:" not in index and "Nothing comes back today." not in index
+
+
 def test_article_page_shows_history_body_and_feeds(small_site: Config) -> None:
     site.build_site(small_site, SMALL_SITE_DAY)
     page = (small_site.site.output_dir / "articles/moon/index.html").read_text(encoding="utf-8")
