@@ -39,12 +39,13 @@ from publisher.content import (
 )
 from publisher.errors import ConfigError, ContentError, OutputError, PublisherError, TemplateError
 from publisher.feeds import FEEDS, build_feeds, clean_text, clean_utf8
-from publisher.render import make_environment, render
+from publisher.render import make_environment, render, template_file
 from publisher.workers import fork_is_safe
 
 INDEX_TEMPLATE = "index.html"
 ARTICLE_TEMPLATE = "article.html"
 STYLESHEET = "style.css"
+ICON = "favicon.ico"  # copied as it is: browsers and feed readers ask for /favicon.ico
 RECENT_EVENTS = 12  # how many earlier appearances the index lists under "recent"
 # Threads writing finished pages while the next ones render, in a build without a helper
 # process: creating thousands of folders and files is kernel time that another core can spend
@@ -138,8 +139,8 @@ def feed_links(site: SiteConfig) -> list[PageFeed]:
 def _page(env: jinja2.Environment, template: str, site: SiteConfig, day: date, root: str,
           page_url: str, values: Mapping[str, Any], feeds: list[PageFeed]) -> str:
     """Render one page as the template gives it, before clean_text."""
-    context = {"site": site, "day": day, "root": root, "page_url": page_url, "feeds": feeds,
-               **values}
+    context = {"site": site, "day": day, "root": root, "service_root": site.url(),
+               "page_url": page_url, "feeds": feeds, **values}
     return render(env, template, context)
 
 
@@ -188,6 +189,7 @@ def site_files(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Envi
     ``pages``: only these articles' pages (default: every article published by ``day``).
     """
     yield STYLESHEET, lambda: render_stylesheet(site, env).encode("utf-8")
+    yield ICON, lambda: template_file(env, ICON)
     yield "index.html", lambda: clean_utf8(_index_page(site, calendar, day, env,
                                                        feed_links(site)))
     yield from article_pages(site, calendar, calendar.published(day) if pages is None else pages,

@@ -23,7 +23,7 @@ from tests.fixtures.content import BASE_URL, SMALL_SITE_DAY, WriteArticle, Write
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SITE_FILES = {
-    "style.css", "index.html", "feed.xml", "atom.xml", "feed.json",
+    "style.css", "favicon.ico", "index.html", "feed.xml", "atom.xml", "feed.json",
     *(f"articles/{slug}/index.html" for slug in ("eclipse", "flight", "leap", "moon", "pi")),
 }
 

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import anyio
 import feedparser
@@ -59,6 +60,12 @@ def status_of(ledger: Ledger, email: str) -> str | None:
 def path_of(url: str) -> str:
     """Return the path of an absolute URL, for the TestClient."""
     return urlsplit(url).path
+
+
+def form_action(page: httpx2.Response, url: str) -> str:
+    """Return the absolute address the only form of a page posts to, as shown at ``url``."""
+    [action] = re.findall(r'<form [^>]*action="([^"]*)"', page.text)
+    return urljoin(url, action)
 
 
 def sign_up(client: TestClient, email: str, name: str = "", timezone: str = "",
@@ -323,6 +330,20 @@ def test_no_site_folder_is_404(web_site: WebSite) -> None:
     assert web_site.client().get("/").status_code == 404
 
 
+def test_the_icon_is_served_as_an_image(web_site: WebSite) -> None:
+    response = web_site.client().get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("image/")
+    data = response.content
+    # An icon directory (reserved 0, type 1) whose entries each point at a PNG inside the file.
+    reserved, kind, count = struct.unpack_from("<HHH", data)
+    assert (reserved, kind) == (0, 1) and count >= 1
+    for number in range(count):
+        width, height, *_, size, offset = struct.unpack_from("<BBBBHHII", data, 6 + 16 * number)
+        assert width == height and offset + size <= len(data)
+        assert data[offset:offset + 8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_the_subscribe_script_is_served_with_validators(web_site: WebSite) -> None:
     client = web_site.client()
     script = client.get("/subscribe.js")
@@ -395,7 +416,7 @@ def test_sign_up_sends_a_link_that_confirms(make_web_site: MakeWebSite, ledger: 
     shown = client.get(path_of(link))
     assert shown.status_code == 200
     assert "Yes, confirm my subscription" in shown.text
-    assert f'action="{link}"' in shown.text
+    assert form_action(shown, link) == link  # the button posts back to the same address
     assert status_of(ledger, "reader@example.org") == "pending"
 
     done = client.post(path_of(link))
@@ -756,8 +777,9 @@ def test_the_preview_lists_coming_appearances(web_site: WebSite) -> None:
     text = response.text
     assert "Pi day &amp; &lt;circles&gt;" in text and "A birthday" in text
     assert "Equinox" in text  # 20 March is within 7 days of the clock's 14 March
-    assert f"{TEST_ORIGIN}/preview/email/2026-03-14/pi.html" in text
-    assert f"{TEST_ORIGIN}/preview/feeds/2026-03-20/feed.json" in text
+    # Relative to /preview/: the links stay on the host that served the listing.
+    assert 'href="../preview/email/2026-03-14/pi.html"' in text
+    assert 'href="../preview/feeds/2026-03-20/feed.json"' in text
     shorter = web_site.client().get("/preview/?from=2026-03-15&days=3").text
     assert "Equinox" not in shorter and "A birthday" not in shorter
 
@@ -876,6 +898,45 @@ def test_subscribe_page_stands_alone(web_site: WebSite) -> None:
     assert page.status_code == 200
     assert 'class="subscribe-form"' in page.text
     assert page.headers["cache-control"] == "no-store"
+
+
+STAGING = "http://staging.example:8080"  # a name other than base_url's host
+
+
+def page_references(page_url: str, html: str) -> dict[str, list[str]]:
+    """Return the stylesheets, icons, scripts and form actions of a page, as absolute URLs."""
+    found = {
+        "stylesheet": re.findall(r'<link rel="stylesheet" href="([^"]*)"', html),
+        "icon": re.findall(r'<link rel="icon" href="([^"]*)"', html),
+        "script": re.findall(r'<script src="([^"]*)"', html),
+        "form": re.findall(r'<form [^>]*action="([^"]*)"', html),
+    }
+    return {kind: [urljoin(page_url, url) for url in urls] for kind, urls in found.items()}
+
+
+def test_service_pages_load_their_assets_from_the_host_that_served_them(
+        web_site: WebSite) -> None:
+    client = web_site.client(base_url=STAGING)
+    _, unsubscribe = _confirmed(web_site)
+    sent = sign_up(client, "reader@example.org")
+    [mail] = web_site.mails()
+    confirm = path_of(link_in(mail, web_site.config.site.base_url, "confirm"))
+    pages = {"/subscribe": client.get("/subscribe"), "/subscribe (sent)": sent,
+             "/preview/": client.get("/preview/"), unsubscribe: client.get(unsubscribe),
+             confirm: client.get(confirm), "/articles/none/here": client.get("/articles/none/here")}
+    assert [response.status_code for response in pages.values()] == [200] * 5 + [404]
+    for path, response in pages.items():
+        url = STAGING + path.split(" ")[0]
+        references = page_references(url, response.text)
+        assert len(references["stylesheet"]) == len(references["icon"]) == 1, path
+        for kind, urls in references.items():
+            for reference in urls:
+                assert reference.startswith(STAGING + "/"), (path, kind, reference)
+                if kind != "form":  # each asset is there to load, on the same host
+                    assert client.get(reference).status_code == 200, (path, reference)
+    assert page_references(STAGING + "/subscribe", pages["/subscribe"].text)["script"] == [
+        f"{STAGING}/subscribe.js"]
+    assert form_action(pages[confirm], STAGING + confirm) == STAGING + confirm
 
 
 # ---------------------------------------------------------------------------------------------
