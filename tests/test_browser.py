@@ -10,7 +10,7 @@ from email.parser import BytesParser
 
 import httpx2
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, Route
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from publisher import web
@@ -179,6 +179,94 @@ def test_one_click_and_forged_tokens_over_http(live_site: LiveSite, browser_page
 # ---------------------------------------------------------------------------------------------
 # How the pages look and load: form controls, assets from the serving host, the icon
 # ---------------------------------------------------------------------------------------------
+
+PHONE = {"width": 375, "height": 740}
+MIN_TOUCH_PX = 44
+
+MEASURE_CONTROLS = """() => {
+    const body = getComputedStyle(document.body);
+    const controls = [...document.querySelectorAll(
+        "input:not([type=hidden]), button, select, textarea")];
+    return {
+        fontSize: body.fontSize,
+        scrollWidth: document.documentElement.scrollWidth,
+        controls: controls.map(control => {
+            const box = control.getBoundingClientRect();
+            const style = getComputedStyle(control);
+            return {name: control.id || control.textContent.trim(), height: box.height,
+                    fontSize: style.fontSize, background: style.backgroundColor,
+                    color: style.color};
+        }),
+    };
+}"""
+
+
+def _luminance(css_colour: str) -> float:
+    """Return the WCAG relative luminance of an ``rgb()``/``rgba()`` colour from the browser."""
+    red, green, blue = (int(part) for part in re.findall(r"[\d.]+", css_colour)[:3])
+
+    def linear(channel: int) -> float:
+        value = channel / 255
+        return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * linear(red) + 0.7152 * linear(green) + 0.0722 * linear(blue)
+
+
+def _contrast(first: str, second: str) -> float:
+    lighter, darker = sorted((_luminance(first), _luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def _form_pages(live: LiveSite) -> list[str]:
+    """Return a page of each kind that has form controls: sign-up, confirm, unsubscribe, preview."""
+    email = "measured@example.org"
+    with httpx2.Client() as client:
+        assert client.post(live.url + "subscribe", data={"email": email}).status_code == 200
+    confirm = link_in(_confirmation_for(live, email), live.url, "confirm")
+    subscriber, _ = live.ledger.add_subscriber(subscriber_row("member@example.org", "M"))
+    return [live.url, live.url + "subscribe", confirm, _list_unsubscribe_url(live, subscriber),
+            live.url + "preview/"]
+
+
+def test_form_controls_fit_a_finger_in_light_and_dark(live_site: LiveSite,
+                                                       chromium: Browser) -> None:
+    pages = _form_pages(live_site)
+    for scheme in ("light", "dark"):
+        context = chromium.new_context(viewport=PHONE, color_scheme=scheme)
+        try:
+            page = context.new_page()
+            for url in pages:
+                page.goto(url)
+                measured = page.evaluate(MEASURE_CONTROLS)
+                assert measured["controls"], url
+                assert measured["scrollWidth"] <= PHONE["width"], url
+                for control in measured["controls"]:
+                    where = (scheme, url, control["name"])
+                    assert control["height"] >= MIN_TOUCH_PX, where
+                    assert control["fontSize"] == measured["fontSize"], where
+                    assert _contrast(control["color"], control["background"]) >= 4.5, where
+                    if scheme == "dark":  # no white boxes on the dark page
+                        assert _luminance(control["background"]) < 0.2, where
+        finally:
+            context.close()
+
+
+def test_form_controls_show_where_the_focus_is(live_site: LiveSite, browser_page: Page) -> None:
+    page = browser_page
+    page.goto(live_site.url + "subscribe")
+    page.focus("#subscribe-email")
+    focused = []
+    for _ in range(3):  # the address, the name and the button, as the keyboard reaches them
+        focused.append(page.evaluate("""() => {
+            const style = getComputedStyle(document.activeElement);
+            return [document.activeElement.id || document.activeElement.tagName,
+                    style.outlineStyle, parseFloat(style.outlineWidth)];
+        }"""))
+        page.keyboard.press("Tab")
+    assert [name for name, _, _ in focused] == ["subscribe-email", "subscribe-name", "BUTTON"]
+    for name, style, width in focused:
+        assert style != "none" and width >= 2, name
+
 
 class _Answers:
     """ASGI middleware remembering the status of each response by path."""
