@@ -14,6 +14,8 @@ import struct
 import subprocess
 import sys
 import threading
+import time
+from dataclasses import dataclass
 from datetime import date, timedelta
 from email import policy
 from email.message import EmailMessage
@@ -35,6 +37,7 @@ from publisher.ledger import Ledger, subscriber_row
 from publisher.mail import Mailer, Recipient
 from publisher.site import build_site, load_calendar
 from publisher.tokens import confirm_token, unsubscribe_token
+from tests.fixtures import tool_missing
 from tests.fixtures.browser import (
     LOOPBACK_CLIENT,
     SECRET,
@@ -42,6 +45,7 @@ from tests.fixtures.browser import (
     TEST_ORIGIN,
     MakeWebSite,
     WebSite,
+    WriteArticle,
     link_in,
     wait_for,
 )
@@ -268,6 +272,74 @@ def test_a_rebuild_is_served_at_once_and_unchanged_files_keep_their_etag(
     assert new_index.headers["etag"] != index.headers["etag"]
     assert new_style.headers["etag"] == style.headers["etag"]
     assert client.get("/", headers={"if-none-match": index.headers["etag"]}).status_code == 200
+
+
+@pytest.fixture
+def curl_command() -> str:
+    """Return the path of the real curl; skip where it is missing (fail in CI)."""
+    found = shutil.which("curl")
+    if found is None:
+        tool_missing("curl is not installed (make test installs Debian's curl package)")
+    return found
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What curl got: the status, the response headers (names in lower case) and the body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def curl(command: str, url: str, folder: Path, *options: str) -> Fetched:
+    """GET ``url`` with the real curl command, as a libcurl feed reader would."""
+    headers, body = folder / "headers.txt", folder / "body"
+    body.unlink(missing_ok=True)
+    done = subprocess.run([command, "--silent", "--show-error", "--dump-header", str(headers),
+                           "--output", str(body), "--write-out", "%{http_code}", *options, url],
+                          capture_output=True, text=True, timeout=30, check=True)
+    fields = {}
+    for line in headers.read_text(encoding="latin-1").splitlines()[1:]:
+        name, _, value = line.partition(":")
+        if value:
+            fields[name.strip().lower()] = value.strip()
+    return Fetched(int(done.stdout), fields, body.read_bytes() if body.exists() else b"")
+
+
+def test_curl_gets_a_feed_rebuilt_within_the_same_second(
+        web_site: WebSite, write_article: WriteArticle, curl_command: str,
+        tmp_path: Path) -> None:
+    feed_file = web_site.config.site.output_dir / "feed.xml"
+    with web.serving(web_site.app(), web.bind("127.0.0.1", 0), access_log=False) as url:
+        feed = url + "/feed.xml"
+        for attempt in range(5):
+            time.sleep(1 - time.time() % 1)  # from the start of a second, so both builds fit
+            started = int(time.time())
+            write_article("pi", f"The first version{'.' * attempt}", title="Pi day",
+                          date="2020-03-14")
+            web_site.rebuild()
+            first = curl(curl_command, feed, tmp_path)
+            write_article("pi", f"The second version, a little longer{'.' * attempt}",
+                          title="Pi day", date="2020-03-14")
+            web_site.rebuild()
+            if int(time.time()) == started:
+                break
+        else:
+            pytest.fail("no two builds fell within one second in five tries")
+        assert first.status == 200 and b"The first version" in first.body
+        # libcurl sends both validators; given an answer whose Last-Modified is not later
+        # than its If-Modified-Since, it throws the body away and keeps the new ETag.
+        second = curl(curl_command, feed, tmp_path, "--time-cond", first.headers["last-modified"],
+                      "--header", f"If-None-Match: {first.headers['etag']}")
+        assert second.status == 200
+        assert second.body == feed_file.read_bytes()
+        assert b"The second version" in second.body
+        assert second.headers["etag"] != first.headers["etag"]
+        # The next poll, with what the reader now holds, is told nothing changed.
+        third = curl(curl_command, feed, tmp_path, "--time-cond", second.headers["last-modified"],
+                     "--header", f"If-None-Match: {second.headers['etag']}")
+        assert (third.status, third.body) == (304, b"")
 
 
 def test_a_request_during_the_swap_waits_for_the_new_folder(web_site: WebSite) -> None:
