@@ -665,8 +665,12 @@ class WebService:
     def page(self, template: str, request: Request, status: int = 200,
              headers: Mapping[str, str] | None = None, **values: Any) -> HTMLResponse:
         """Render one of the service's pages inside the site's layout."""
-        context = {"site": self.site, "root": self.site.url(), "feeds": feed_links(self.site),
-                   "page_url": self.site.url(request.url.path), **values}
+        # Relative: the page loads its stylesheet and script, and posts its forms, to the host
+        # that served it (a local preview, a staging name), whatever base_url says.
+        root = relative_root(request.url.path)
+        context = {"site": self.site, "root": root, "service_root": root,
+                   "feeds": feed_links(self.site), "page_url": self.site.url(request.url.path),
+                   **values}
         html_text = render(self.env, template, context)
         return HTMLResponse(html_text, status_code=status, headers={
             "cache-control": PAGE_CACHE, "x-robots-tag": "noindex", **(headers or {})})
@@ -744,7 +748,7 @@ class WebService:
         except TokenError as exc:
             raise HTTPException(400, str(exc)) from None
         return self.page(SUBSCRIBE_CONFIRM_TEMPLATE, request, email=email,
-                         action=self.site.url(f"confirm/{token}"))
+                         action=f"{relative_root(request.url.path)}confirm/{token}")
 
     async def confirm(self, request: Request) -> Response:
         """Confirm a sign-up."""
@@ -766,7 +770,7 @@ class WebService:
         except TokenError as exc:
             raise HTTPException(400, str(exc)) from None
         return self.page(UNSUBSCRIBE_TEMPLATE, request, email=email,
-                         action=self.site.url(f"unsubscribe/{token}"),
+                         action=f"{relative_root(request.url.path)}unsubscribe/{token}",
                          headers={"referrer-policy": "no-referrer"})
 
     async def unsubscribe(self, request: Request) -> Response:
@@ -893,6 +897,12 @@ class WebService:
             Route("/preview/feeds/{day}/{name}", self.preview_feed, methods=["GET"]),
             Route("/{path:path}", self.static, methods=["GET"]),
         ]
+
+
+def relative_root(url_path: str) -> str:
+    """Return the relative URL of the service's root from a page at ``url_path``."""
+    depth = url_path.count("/") - 1
+    return "../" * depth if depth > 0 else "./"
 
 
 def _form_error(exc: SubscriberError) -> str:
