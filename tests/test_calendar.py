@@ -154,3 +154,12 @@ def test_event_describes_itself() -> None:
     assert Event(moon, date(2022, 7, 20), 1).ago == "1 year ago today"
     assert later.years_since_commemorated == 55
     assert later.original_date == date(2021, 7, 20)
+
+
+def test_look_ups_reach_the_first_and_last_days_there_are() -> None:
+    first = article("first", date.min, recurring=False)
+    last = article("last", date(2020, 12, 31))
+    cal = Calendar([first, last])
+    assert [e.on for e in cal.between(date(9999, 12, 30), date.max)] == [date.max]
+    assert [e.article for e in cal.recent(date(1, 1, 2), 10)] == [first]
+    assert [e.article for e in cal.recent(date(2021, 1, 1), 10)] == [last, first]
