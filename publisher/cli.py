@@ -203,10 +203,10 @@ def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
 # --- email: subscribers, send, status ------------------------------------------------------
 
 
-def _ledger(ctx: click.Context) -> Ledger:
+def _ledger(ctx: click.Context, *, read_only: bool = False) -> Ledger:
     from publisher.ledger import Ledger
 
-    return Ledger.open(load_config(ctx).state.database_url)
+    return Ledger.open(load_config(ctx).state.database_url, read_only=read_only)
 
 
 STATUS_CHOICE = click.Choice(SUBSCRIBER_STATUSES)
@@ -265,7 +265,7 @@ def subscribers_import(ctx: click.Context, file: Path) -> None:
 @reports_errors
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers, one per line: address, status, time zone, name (tab-separated)."""
-    with _ledger(ctx) as ledger:
+    with _ledger(ctx, read_only=True) as ledger:
         for s in ledger.iter_subscribers(cast("SubscriberStatus | None", status)):
             click.echo("\t".join(map(printable, (s.email, s.status, s.timezone or "-",
                                                  s.name or ""))))
@@ -295,7 +295,7 @@ def subscribers_export(ctx: click.Context, status: str | None) -> None:
     """Write subscribers as CSV to stdout; `subscribers import` reads it back."""
     from publisher.ledger import export_csv
 
-    with _ledger(ctx) as ledger:
+    with _ledger(ctx, read_only=True) as ledger:
         export_csv(ledger, sys.stdout, cast("SubscriberStatus | None", status))
 
 

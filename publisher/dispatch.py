@@ -610,7 +610,7 @@ class Status:
 def delivery_status(config: Config, day: date | None = None, *, limit: int = 50,
                     now: datetime | None = None) -> Status:
     """Return delivery counts and failures (for the events of ``day``, or all)."""
-    with Ledger.open(config.state.database_url) as ledger:
+    with Ledger.open(config.state.database_url, read_only=True) as ledger:
         # Messages accepted by a sender that has not folded them in yet (still sending, or
         # died) count as sent, as they will once folded.
         ledger.settle()

@@ -459,7 +459,7 @@ def clock_status(config: Config, now: datetime | None = None,
     except ContentError:
         articles = []  # no content folder: nothing is coming
     calendar = Calendar(articles, config.site.leap_day)
-    with Ledger.open(config.state.database_url) as ledger:
+    with Ledger.open(config.state.database_url, read_only=True) as ledger:
         zones = zone_groups(config, ledger) or [config.site.timezone]
         last_tick = _parse_instant(ledger.get_state(LAST_TICK_KEY))
         built = ledger.get_state(site_state_key(config))
