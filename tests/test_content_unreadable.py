@@ -44,11 +44,14 @@ def hostile_entries(content_dir: Path) -> set[Path]:
 
 def load_watched(content_dir: Path, *, stamped: bool) -> LoadResult:
     """Load the folder in a thread; fail (after unblocking it) if the load hangs on a pipe."""
-    results: list[LoadResult] = []
+    results: list[LoadResult | BaseException] = []
 
     def load() -> None:
-        stamps = content.content_stamps(content_dir) if stamped else None
-        results.append(load_articles(content_dir, ArticleCache(), stamps=stamps))
+        try:
+            stamps = content.content_stamps(content_dir) if stamped else None
+            results.append(load_articles(content_dir, ArticleCache(), stamps=stamps))
+        except BaseException as exc:  # handed to the test's own thread
+            results.append(exc)
 
     worker = threading.Thread(target=load, daemon=True)
     worker.start()
@@ -60,6 +63,8 @@ def load_watched(content_dir: Path, *, stamped: bool) -> LoadResult:
         worker.join(WATCHDOG_SECONDS)
         raise AssertionError("loading the content folder blocked on a named pipe")
     (result,) = results
+    if isinstance(result, BaseException):
+        raise result
     return result
 
 
