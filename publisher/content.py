@@ -116,17 +116,23 @@ def read_article_bytes(path: Path) -> bytes:
         # O_NONBLOCK: opening a named pipe must not wait for a writer.
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
-            mode = os.fstat(descriptor).st_mode
-            if not stat.S_ISREG(mode):
-                raise UnreadableError(f"not a regular file but {_kind_of(mode)}", path=path,
-                                      field="file")
-            with open(descriptor, "rb", closefd=False) as file:
-                raw = file.read(MAX_ARTICLE_BYTES + 1)
+            found = os.fstat(descriptor)
+            if not stat.S_ISREG(found.st_mode):
+                raise UnreadableError(f"not a regular file but {_kind_of(found.st_mode)}",
+                                      path=path, field="file")
+            raw = b""
+            if found.st_size <= MAX_ARTICLE_BYTES:
+                with open(descriptor, "rb", closefd=False) as file:
+                    # As much as the file holds: a buffer of the limit's size for each file
+                    # would cost more than reading it.
+                    raw = file.read(found.st_size + 1)
+                    if len(raw) > found.st_size:  # it grew meanwhile: read on, to the limit
+                        raw += file.read(MAX_ARTICLE_BYTES + 1 - len(raw))
         finally:
             os.close(descriptor)
     except OSError as exc:
         raise UnreadableError(_unreadable(path, exc), path=path, field="file") from None
-    if len(raw) > MAX_ARTICLE_BYTES:
+    if found.st_size > MAX_ARTICLE_BYTES or len(raw) > MAX_ARTICLE_BYTES:
         raise ContentError(f"larger than {MAX_ARTICLE_BYTES // 1024} KiB, the most an article "
                            "may be", path=path, field="file")
     return raw
