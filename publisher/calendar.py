@@ -127,19 +127,19 @@ class Calendar:
 
     def between(self, start: date, end: date) -> Iterator[Event]:
         """Yield the events from ``start`` to ``end`` inclusive, oldest day first."""
-        day = start
-        while day <= end:
-            yield from self.events_on(day)
-            day += timedelta(days=1)
+        # By ordinal: a range ending on date.max has no day after its last to step to.
+        for ordinal in range(start.toordinal(), end.toordinal() + 1):
+            yield from self.events_on(date.fromordinal(ordinal))
 
     def recent(self, day: date, limit: int) -> list[Event]:
         """Return up to ``limit`` events on or before ``day``, newest day first."""
         found: list[Event] = []
         if self.first_date is None:
             return found
-        while day >= self.first_date and len(found) < limit:
-            found.extend(self.events_on(day)[: limit - len(found)])
-            day -= timedelta(days=1)
+        for ordinal in range(day.toordinal(), self.first_date.toordinal() - 1, -1):
+            if len(found) >= limit:
+                break
+            found.extend(self.events_on(date.fromordinal(ordinal))[: limit - len(found)])
         return found
 
     def next_anniversaries(self, day: date) -> list[Event]:

@@ -521,7 +521,7 @@ def clock_status(config: Config, now: datetime | None = None,
     """Return the last tick, the day the site was last built for and the next publish moments."""
     now = now or utcnow()
     calendar = _coming_calendar(config)
-    with Ledger.open(config.state.database_url) as ledger:
+    with Ledger.open(config.state.database_url, read_only=True) as ledger:
         zones = zone_groups(config, ledger) or [config.site.timezone]
         last_tick = _parse_instant(ledger.get_state(LAST_TICK_KEY))
         built = ledger.get_state(site_state_key(config))

@@ -120,7 +120,12 @@ def upcoming_events(config: Config, start: date | None = None, days: int = 30, *
     """Return the appearances in ``days`` days from ``start`` (default today), and load errors."""
     calendar, errors = load_calendar(config, cache)
     first = start or site_today(config.site)
-    return list(calendar.between(first, first + timedelta(days=days - 1))), errors
+    return list(calendar.between(first, last_day(first, days))), errors
+
+
+def last_day(first: date, days: int) -> date:
+    """Return the last of ``days`` days from ``first``, or the last day there is."""
+    return date.fromordinal(min(first.toordinal() + days - 1, date.max.toordinal()))
 
 
 class PageFeed(NamedTuple):

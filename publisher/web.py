@@ -31,6 +31,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -110,6 +111,7 @@ _FEED_TYPES = {feed.name: feed.media_type for feed in FEEDS}
 _COMPRESSIBLE = ("text/", "application/rss+xml", "application/atom+xml", "application/xml",
                  "application/json", "application/feed+json", "image/svg+xml")
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers name them
 _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
@@ -421,6 +423,14 @@ def preview_allowed(request: Request, token: str | None) -> bool:
     client = request.client.host if request.client else None
     forwarded = any(name in request.headers for name in _FORWARDING_HEADERS)
     return is_loopback(client) and not forwarded
+
+
+def allowed_hosts(config: Config) -> list[str]:
+    """Return the host names answered: base_url's, this machine's and ``[web] allowed_hosts``."""
+    # Any other name in the Host header may be a name an attacker points at this machine
+    # (DNS rebinding), to make a visitor's browser read what only this machine may see.
+    own = config.site.domain
+    return [f"[{own}]" if ":" in own else own, *_LOOPBACK_HOSTS, *config.web.allowed_hosts]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -809,6 +819,9 @@ class WebService:
                        PREVIEW_MAX_DAYS)
         except ValueError:
             raise HTTPException(400, "days must be a whole number") from None
+        if start.toordinal() + days - 1 > date.max.toordinal():
+            raise HTTPException(400, f"{days} days from {start.isoformat()} go past "
+                                     f"{date.max.isoformat()}, the last day there is.")
         events, errors = await anyio.to_thread.run_sync(self.previews.events, start, days)
         query = f"?{urlencode(keep)}" if keep else ""
         return self.page(PREVIEW_TEMPLATE, request, start=start, days=days, events=events,
@@ -947,6 +960,8 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
     )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(config),
+                       www_redirect=False)
     app.add_middleware(SecurityHeaders, headers=security_headers(config))
     app.state.service = service
     return app

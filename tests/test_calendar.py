@@ -192,3 +192,12 @@ def test_next_anniversaries_are_empty_when_none_comes() -> None:
 def test_years_on_names_the_years_since_first_publication(years: int, phrase: str) -> None:
     flight = article("flight", date(2019, 12, 17))
     assert Event(flight, date(2019 + years, 12, 17), years).years_on == phrase
+
+
+def test_look_ups_reach_the_first_and_last_days_there_are() -> None:
+    first = article("first", date.min, recurring=False)
+    last = article("last", date(2020, 12, 31))
+    cal = Calendar([first, last])
+    assert [e.on for e in cal.between(date(9999, 12, 30), date.max)] == [date.max]
+    assert [e.article for e in cal.recent(date(1, 1, 2), 10)] == [first]
+    assert [e.article for e in cal.recent(date(2021, 1, 1), 10)] == [last, first]
