@@ -96,6 +96,13 @@ class Language:
         return self.ngettext("%(n)s year ago today", "%(n)s years ago today",
                              event.years_since) % {"n": self.number(event.years_since)}
 
+    def years_on(self, event: Event) -> str:
+        """Return the years since first publication: ``7 years on``, ``first publication``."""
+        if event.is_first:
+            return self.gettext("first publication")
+        return self.ngettext("%(n)s year on", "%(n)s years on",
+                             event.years_since) % {"n": self.number(event.years_since)}
+
     def years(self, n: int) -> str:
         """Return a number of years: ``1 year``, ``3 years``."""
         return self.ngettext("%(n)s year", "%(n)s years", n) % {"n": self.number(n)}
@@ -191,6 +198,11 @@ def _ago(context: jinja2.runtime.Context, event: Event) -> str:
 
 
 @jinja2.pass_context
+def _years_on(context: jinja2.runtime.Context, event: Event) -> str:
+    return _locale_of(context).years_on(event)
+
+
+@jinja2.pass_context
 def _years(context: jinja2.runtime.Context, n: int) -> str:
     return _locale_of(context).years(n)
 
@@ -224,6 +236,7 @@ def make_environment(templates_dir: Path | None = None,
     env.filters["number"] = _number
     env.filters["ago"] = _ago
     env.filters["years"] = _years
+    env.filters["years_on"] = _years_on
     env.filters["webcal"] = webcal_url
     # Upper-cases the first letter only: capitalize would lower-case a German noun.
     env.filters["upperfirst"] = lambda text: text[:1].upper() + text[1:]
@@ -233,6 +246,22 @@ def make_environment(templates_dir: Path | None = None,
 def webcal_url(url: str) -> str:
     """Return the ``webcal://`` form of an http(s) URL: calendar programs offer to subscribe."""
     return "webcal://" + url.split("://", 1)[1]
+
+
+def template_file(env: jinja2.Environment, name: str) -> bytes:
+    """Return the bytes of a file that is not a template (e.g. the icon), the user's first."""
+    loader = env.loader
+    folders = (loader.searchpath if isinstance(loader, jinja2.FileSystemLoader)
+               else [str(packaged_templates())])
+    for folder in folders:
+        try:
+            return (Path(folder) / name).read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise TemplateError(exc.strerror or str(exc), path=Path(folder) / name,
+                                field="template") from None
+    raise TemplateError("template not found", path=name, field="template")
 
 
 def _template_line(tb: TracebackType | None, names: set[str]) -> tuple[str | None, int | None]:

@@ -23,7 +23,7 @@ from lxml import html as lxml_html
 from playwright.sync_api import Browser
 
 from publisher import feeds, site
-from publisher.calendar import Calendar, Event
+from publisher.calendar import Calendar
 from publisher.config import Config
 from publisher.content import load_articles
 from publisher.errors import ConfigError
@@ -123,9 +123,9 @@ def test_dates_and_numbers_follow_the_language() -> None:
 
 
 def test_an_unknown_language_is_a_configuration_error(make_config: Callable[..., Config]) -> None:
-    with pytest.raises(ConfigError, match="site.language"):
+    with pytest.raises(ConfigError, match=r"site\.language"):
         config_environment(make_config(language="xx"))
-    with pytest.raises(ConfigError, match="site.language: expected a BCP 47 language tag"):
+    with pytest.raises(ConfigError, match=r"site\.language: expected a BCP 47 language tag"):
         make_config(language="German!")
 
 
