@@ -46,7 +46,7 @@ def parse_locale(tag: str) -> Locale:
         raise ValueError(f"unknown language {tag!r} ({exc})") from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Language:
     """One language as the templates use it: tag, writing direction, catalog, formats."""
 
@@ -76,18 +76,21 @@ class Language:
         """Return the translation of ``singular``/``plural`` in ``context`` for ``n``."""
         return str(self.translations.npgettext(context, singular, plural, n))
 
-    def longdate(self, day: date) -> str:
-        """Format a date with the month's name: ``20 July 1969``, ``20. Juli 1969``."""
+    @functools.cached_property
+    def _date_pattern(self) -> str:
         if not self.shipped:
-            return str(format_date(day, _CLDR_LONG, locale=self.locale))
+            return _CLDR_LONG
         # Translators: a CLDR date pattern for a full date with the month's name, e.g.
         # "d. MMMM y" in German (d: day, MMMM: month name, y: year).
-        return str(format_date(day, self.pgettext("date pattern", "d MMMM y"),
-                               locale=self.locale))
+        return self.pgettext("date pattern", "d MMMM y")
+
+    def longdate(self, day: date) -> str:
+        """Format a date with the month's name: ``20 July 1969``, ``20. Juli 1969``."""
+        return _format_date(self.locale, self._date_pattern, day)
 
     def number(self, value: int | float) -> str:
         """Format a number with the language's digits and separators."""
-        return str(format_decimal(value, locale=self.locale))
+        return _format_number(self.locale, value)
 
     def ago(self, event: Event) -> str:
         """Return how long ago an appearance was first published: ``3 years ago today``."""
@@ -106,6 +109,18 @@ class Language:
     def years(self, n: int) -> str:
         """Return a number of years: ``1 year``, ``3 years``."""
         return self.ngettext("%(n)s year", "%(n)s years", n) % {"n": self.number(n)}
+
+
+# Babel formats a date in tens of microseconds, and a site prints the same dates (anniversaries,
+# years) on page after page: each is formatted once.
+@functools.lru_cache(maxsize=1 << 16)
+def _format_date(locale: Locale, pattern: str, day: date) -> str:
+    return str(format_date(day, pattern, locale=locale))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _format_number(locale: Locale, value: int | float) -> str:
+    return str(format_decimal(value, locale=locale))
 
 
 @functools.lru_cache(maxsize=64)
