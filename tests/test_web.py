@@ -987,7 +987,8 @@ def page_references(page_url: str, html: str) -> dict[str, list[str]]:
 
 
 def test_service_pages_load_their_assets_from_the_host_that_served_them(
-        web_site: WebSite) -> None:
+        make_web_site: MakeWebSite) -> None:
+    web_site = make_web_site(web_table={"allowed_hosts": ["staging.example"]})
     client = web_site.client(base_url=STAGING)
     _, unsubscribe = _confirmed(web_site)
     sent = sign_up(client, "reader@example.org")
