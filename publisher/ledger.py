@@ -1205,6 +1205,22 @@ _IMPORT_STATUSES: dict[str, SubscriberStatus | None] = {
 }
 
 
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection"):
+# the export puts a single quote before it, which spreadsheets show as text, and the import
+# takes one leading quote away. A value starting with a quote gets one too, so both round-trip.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def as_cell(value: str) -> str:
+    """Return a value as a CSV cell that no spreadsheet runs as a formula."""
+    return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
+
+
+def from_cell(cell: str) -> str:
+    """Return the value of a CSV cell written by :func:`as_cell`."""
+    return cell[1:] if cell.startswith("'") else cell
+
+
 def _header(first: list[str]) -> list[str] | None:
     names = [cell.strip().lower() for cell in first]
     return names if "email" in names else None
@@ -1252,7 +1268,7 @@ def _parse_record(record: list[str], columns: list[str], path: Path, line: int
     if len(record) > len(columns):
         return SubscriberError(f"expected at most {len(columns)} columns, got {len(record)}",
                                path=path, line=line)
-    values = dict(zip(columns, record, strict=False))
+    values = dict(zip(columns, map(from_cell, record), strict=False))
     status_text = values.get("status", "").strip().lower()
     if status_text not in _IMPORT_STATUSES:
         return SubscriberError(f"unknown status {status_text!r}", path=path, line=line,
@@ -1309,7 +1325,8 @@ def export_csv(ledger: Ledger, out: TextIO, status: SubscriberStatus | None = No
     writer.writerow(EXPORT_COLUMNS)
     count = 0
     for s in ledger.iter_subscribers(status):
-        writer.writerow([s.email, s.name or "", s.timezone or "", s.status, _iso(s.created_at),
-                         _iso(s.confirmed_at), _iso(s.unsubscribed_at)])
+        writer.writerow([as_cell(s.email), as_cell(s.name or ""), as_cell(s.timezone or ""),
+                         s.status, _iso(s.created_at), _iso(s.confirmed_at),
+                         _iso(s.unsubscribed_at)])
         count += 1
     return count

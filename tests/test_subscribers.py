@@ -17,8 +17,10 @@ from publisher.ledger import (
     ALL_ZONES,
     EXPORT_COLUMNS,
     Ledger,
+    as_cell,
     clean_name,
     export_csv,
+    from_cell,
     import_csv,
     normalise_address,
     subscriber_row,
@@ -277,6 +279,45 @@ def test_export_round_trip_keeps_unsubscribed_addresses_suppressed(
         fresh.close()
     assert statuses == {"ada@example.org": "confirmed", "carl@example.org": "unsubscribed",
                         "fred@example.org": "confirmed"}
+
+
+FORMULAS = ['=HYPERLINK("https://evil.example","click")', "+1+2", "-2+3", "@SUM(A1:A9)",
+            "'quoted", "''twice", "=", "plain"]
+FORMULA_ADDRESSES = ["=cmd@example.org", "-dash@example.org", "+plus@example.org",
+                     "'quote@example.org"]
+STARTS_A_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def test_export_neutralises_formulas_and_import_restores_them(
+        ledger: Ledger, tmp_path: Path) -> None:
+    for n, name in enumerate(FORMULAS):
+        ledger.add_subscriber(subscriber_row(f"reader{n}@example.org", name), now=T0)
+    for email in FORMULA_ADDRESSES:
+        ledger.add_subscriber(subscriber_row(email, "Name"), now=T0)
+    exported = export_text(ledger)
+    rows = list(csv.reader(io.StringIO(exported)))[1:]
+    cells = [cell for row in rows for cell in row[:3]]
+    assert [c for c in cells if c.startswith(STARTS_A_FORMULA)] == []
+    assert "'" + FORMULAS[0] in cells
+    assert {"''quoted", "'''twice", "'-dash@example.org", "''quote@example.org"} <= set(cells)
+
+    fresh = Ledger.open(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        report = import_csv(fresh, write_csv(tmp_path, exported, "export.csv"))
+        assert (report.added, report.errors) == (len(FORMULAS) + len(FORMULA_ADDRESSES), [])
+        restored = {s.email: s.name for s in fresh.iter_subscribers()}
+    finally:
+        fresh.close()
+    assert restored == {s.email: s.name for s in ledger.iter_subscribers()}
+    assert [restored[f"reader{n}@example.org"] for n in range(len(FORMULAS))] == FORMULAS
+    assert set(FORMULA_ADDRESSES) <= set(restored)
+
+
+@pytest.mark.parametrize("value", ["=1+1", "+1", "-1", "@A1", "\tx", "\rx", "'x", "''", "",
+                                   "x=1", " =1"])
+def test_cells_round_trip(value: str) -> None:
+    assert from_cell(as_cell(value)) == value
+    assert not as_cell(value).startswith(STARTS_A_FORMULA)
 
 
 def test_export_streams_in_chunks(ledger: Ledger, tmp_path: Path) -> None:
