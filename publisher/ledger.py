@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import secrets
+import sqlite3
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, TextIO, cast
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from email_validator import EmailNotValidError, validate_email
@@ -64,7 +66,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import QueuePool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
 # Defined with the configuration (a light module for the command line); named here as before.
@@ -607,6 +609,18 @@ class _DriverStatement:
 _MEMORY = (None, "", ":memory:")
 
 
+def _writable(database: str | None) -> bool:
+    """Return whether this process may write an SQLite file, its folder and its lock file."""
+    if database in _MEMORY:
+        return True
+    assert database is not None
+    folder = os.path.dirname(os.path.abspath(database))
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+        return False
+    return all(os.access(name, os.W_OK) for name in (database, f"{database}-writers")
+               if os.path.exists(name))
+
+
 class _WriterQueue:
     """Make the SQLite writers of this host wait their turn on a file lock.
 
@@ -678,25 +692,34 @@ def _describe(url: str) -> str:
 class Ledger:
     """The database of subscribers and deliveries; every method is one short transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.read_only = read_only
         database = engine.url.database
         self._writers = (_WriterQueue(Path(f"{database}-writers"))
-                         if self.dialect == "sqlite" and database not in _MEMORY else None)
+                         if self.dialect == "sqlite" and database not in _MEMORY
+                         and not read_only else None)
         self._held = _HeldConnections(engine)
         self._finish_sent = _DriverStatement(_FINISH_SENT, self._held, self._writers)
         self._finish_held = _DriverStatement(_FINISH_HELD, self._held, self._writers)
         self._accept = _DriverStatement(_ACCEPT, self._held, self._writers)
 
     @classmethod
-    def open(cls, url: str) -> Ledger:
-        """Connect to ``url`` (SQLite or PostgreSQL) and apply any pending migrations."""
+    def open(cls, url: str, *, read_only: bool = False) -> Ledger:
+        """Connect to ``url`` (SQLite or PostgreSQL) and apply any pending migrations.
+
+        ``read_only``: the caller only reads, so an SQLite file this process may not write is
+        opened read-only (no lock file, no migration, nothing settled) rather than refused.
+        """
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
             raise LedgerError(f"invalid database URL {url!r}: {exc}") from None
         backend = parsed.get_backend_name()
+        if backend == "sqlite" and read_only and not _writable(parsed.database):
+            assert parsed.database is not None
+            return cls._read_only_sqlite(parsed.database, url)
         if backend == "sqlite":
             engine = cls._sqlite_engine(parsed.database)
         elif backend == "postgresql":
@@ -714,6 +737,32 @@ class Ledger:
         except LedgerError as exc:
             engine.dispose()
             raise LedgerError(f"cannot open {_describe(url)}: {exc}") from None
+        return ledger
+
+    @classmethod
+    def _read_only_sqlite(cls, database: str, url: str) -> Ledger:
+        # The last connection to close removes the write-ahead log: without one nobody is
+        # writing, and SQLite may read the file as immutable, needing no -shm file (which it
+        # could not create here). With one, it reads through the -shm its writer keeps.
+        options = "mode=ro" if os.path.exists(f"{database}-wal") else "mode=ro&immutable=1"
+        uri = f"file:{quote(os.path.abspath(database))}?{options}"
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+
+        engine = create_engine("sqlite://", creator=connect, poolclass=QueuePool)
+        _configure_sqlite(engine)
+        ledger = cls(engine, read_only=True)
+        try:
+            version = ledger.schema_version()
+            if version != len(MIGRATIONS):
+                raise LedgerError(f"its schema is at version {version} and this publisher "
+                                  f"needs {len(MIGRATIONS)}: run a command that writes where "
+                                  "the database can be written")
+        except LedgerError as exc:
+            engine.dispose()
+            raise LedgerError(f"cannot open {_describe(url)} read-only: {exc}") from None
         return ledger
 
     @staticmethod
@@ -1274,7 +1323,12 @@ class Ledger:
                           "message_id": message_id, "now": now or utcnow()})
 
     def settle(self) -> int:
-        """Mark sent every delivery whose acceptance is recorded; return how many records."""
+        """Mark sent every delivery whose acceptance is recorded; return how many records.
+
+        A read-only ledger settles nothing: such deliveries still read as ``sending``.
+        """
+        if self.read_only:
+            return 0
         with self._write() as conn:
             return self._settle(conn)
 

@@ -31,6 +31,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -107,6 +108,7 @@ _FEED_TYPES = {feed.name: feed.media_type for feed in FEEDS}
 _COMPRESSIBLE = ("text/", "application/rss+xml", "application/atom+xml", "application/xml",
                  "application/json", "application/feed+json", "image/svg+xml")
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers name them
 _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
@@ -420,6 +422,14 @@ def preview_allowed(request: Request, token: str | None) -> bool:
     return is_loopback(client) and not forwarded
 
 
+def allowed_hosts(config: Config) -> list[str]:
+    """Return the host names answered: base_url's, this machine's and ``[web] allowed_hosts``."""
+    # Any other name in the Host header may be a name an attacker points at this machine
+    # (DNS rebinding), to make a visitor's browser read what only this machine may see.
+    own = config.site.domain
+    return [f"[{own}]" if ":" in own else own, *_LOOPBACK_HOSTS, *config.web.allowed_hosts]
+
+
 # ---------------------------------------------------------------------------------------------
 # Security headers
 # ---------------------------------------------------------------------------------------------
@@ -559,8 +569,12 @@ class WebService:
     def page(self, template: str, request: Request, status: int = 200,
              headers: Mapping[str, str] | None = None, **values: Any) -> HTMLResponse:
         """Render one of the service's pages inside the site's layout."""
-        context = {"site": self.site, "root": self.site.url(), "feeds": feed_links(self.site),
-                   "page_url": self.site.url(request.url.path), **values}
+        # Relative: the page loads its stylesheet and script, and posts its forms, to the host
+        # that served it (a local preview, a staging name), whatever base_url says.
+        root = relative_root(request.url.path)
+        context = {"site": self.site, "root": root, "service_root": root,
+                   "feeds": feed_links(self.site), "page_url": self.site.url(request.url.path),
+                   **values}
         html_text = render(self.env, template, context)
         return HTMLResponse(html_text, status_code=status, headers={
             "cache-control": PAGE_CACHE, "x-robots-tag": "noindex", **(headers or {})})
@@ -638,7 +652,7 @@ class WebService:
         except TokenError as exc:
             raise HTTPException(400, str(exc)) from None
         return self.page(SUBSCRIBE_CONFIRM_TEMPLATE, request, email=email,
-                         action=self.site.url(f"confirm/{token}"))
+                         action=f"{relative_root(request.url.path)}confirm/{token}")
 
     async def confirm(self, request: Request) -> Response:
         """Confirm a sign-up."""
@@ -663,7 +677,7 @@ class WebService:
             return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=None, changed=False,
                              headers={"referrer-policy": "no-referrer"})
         return self.page(UNSUBSCRIBE_TEMPLATE, request, email=email,
-                         action=self.site.url(f"unsubscribe/{token}"),
+                         action=f"{relative_root(request.url.path)}unsubscribe/{token}",
                          headers={"referrer-policy": "no-referrer"})
 
     async def unsubscribe(self, request: Request) -> Response:
@@ -701,6 +715,9 @@ class WebService:
                        PREVIEW_MAX_DAYS)
         except ValueError:
             raise HTTPException(400, "days must be a whole number") from None
+        if start.toordinal() + days - 1 > date.max.toordinal():
+            raise HTTPException(400, f"{days} days from {start.isoformat()} go past "
+                                     f"{date.max.isoformat()}, the last day there is.")
         events, errors = await anyio.to_thread.run_sync(self.previews.events, start, days)
         query = f"?{urlencode(keep)}" if keep else ""
         return self.page(PREVIEW_TEMPLATE, request, start=start, days=days, events=events,
@@ -791,6 +808,12 @@ class WebService:
         ]
 
 
+def relative_root(url_path: str) -> str:
+    """Return the relative URL of the service's root from a page at ``url_path``."""
+    depth = url_path.count("/") - 1
+    return "../" * depth if depth > 0 else "./"
+
+
 def _form_error(exc: SubscriberError) -> str:
     if exc.field == "name":
         return f"Please shorten the name: it is {exc.message}."
@@ -833,6 +856,8 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
     )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(config),
+                       www_redirect=False)
     app.add_middleware(SecurityHeaders, headers=security_headers(config))
     app.state.service = service
     return app
@@ -896,6 +921,15 @@ def serve(config: Config, sock: socket.socket, *, access_log: bool = True) -> No
 def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def own_url(sock: socket.socket) -> str:
+    """Return the ``http://`` root at which this machine reaches a bound socket."""
+    host, port = sock.getsockname()[:2]
+    # A wildcard address listens on loopback too, the address previews without a token answer.
+    if ipaddress.ip_address(host).is_unspecified:
+        host = "::1" if ":" in host else "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 @contextlib.contextmanager

@@ -13,16 +13,19 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
 import zlib
+from dataclasses import dataclass
 from datetime import date, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import anyio
 import feedparser
@@ -40,6 +43,7 @@ from publisher.ledger import Ledger, import_csv, new_key, subscriber_row
 from publisher.mail import Mailer, Recipient
 from publisher.site import build_site, load_calendar
 from publisher.tokens import SECRET_ENV, UNSUBSCRIBE_SALT, confirm_token, unsubscribe_token
+from tests.fixtures import tool_missing
 from tests.fixtures.browser import (
     LOOPBACK_CLIENT,
     SECRET,
@@ -47,6 +51,7 @@ from tests.fixtures.browser import (
     TEST_ORIGIN,
     MakeWebSite,
     WebSite,
+    WriteArticle,
     link_in,
     text_part,
     wait_for,
@@ -66,6 +71,12 @@ def status_of(ledger: Ledger, email: str) -> str | None:
 def path_of(url: str) -> str:
     """Return the path of an absolute URL, for the TestClient."""
     return urlsplit(url).path
+
+
+def form_action(page: httpx2.Response, url: str) -> str:
+    """Return the absolute address the only form of a page posts to, as shown at ``url``."""
+    [action] = re.findall(r'<form [^>]*action="([^"]*)"', page.text)
+    return urljoin(url, action)
 
 
 def sign_up(client: TestClient, email: str, name: str = "", timezone: str = "",
@@ -270,6 +281,74 @@ def test_a_rebuild_is_served_at_once_and_unchanged_files_keep_their_etag(
     assert client.get("/", headers={"if-none-match": index.headers["etag"]}).status_code == 200
 
 
+@pytest.fixture
+def curl_command() -> str:
+    """Return the path of the real curl; skip where it is missing (fail in CI)."""
+    found = shutil.which("curl")
+    if found is None:
+        tool_missing("curl is not installed (make test installs Debian's curl package)")
+    return found
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What curl got: the status, the response headers (names in lower case) and the body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def curl(command: str, url: str, folder: Path, *options: str) -> Fetched:
+    """GET ``url`` with the real curl command, as a libcurl feed reader would."""
+    headers, body = folder / "headers.txt", folder / "body"
+    body.unlink(missing_ok=True)
+    done = subprocess.run([command, "--silent", "--show-error", "--dump-header", str(headers),
+                           "--output", str(body), "--write-out", "%{http_code}", *options, url],
+                          capture_output=True, text=True, timeout=30, check=True)
+    fields = {}
+    for line in headers.read_text(encoding="latin-1").splitlines()[1:]:
+        name, _, value = line.partition(":")
+        if value:
+            fields[name.strip().lower()] = value.strip()
+    return Fetched(int(done.stdout), fields, body.read_bytes() if body.exists() else b"")
+
+
+def test_curl_gets_a_feed_rebuilt_within_the_same_second(
+        web_site: WebSite, write_article: WriteArticle, curl_command: str,
+        tmp_path: Path) -> None:
+    feed_file = web_site.config.site.output_dir / "feed.xml"
+    with web.serving(web_site.app(), web.bind("127.0.0.1", 0), access_log=False) as url:
+        feed = url + "/feed.xml"
+        for attempt in range(5):
+            time.sleep(1 - time.time() % 1)  # from the start of a second, so both builds fit
+            started = int(time.time())
+            write_article("pi", f"The first version{'.' * attempt}", title="Pi day",
+                          date="2020-03-14")
+            web_site.rebuild()
+            first = curl(curl_command, feed, tmp_path)
+            write_article("pi", f"The second version, a little longer{'.' * attempt}",
+                          title="Pi day", date="2020-03-14")
+            web_site.rebuild()
+            if int(time.time()) == started:
+                break
+        else:
+            pytest.fail("no two builds fell within one second in five tries")
+        assert first.status == 200 and b"The first version" in first.body
+        # libcurl sends both validators; given an answer whose Last-Modified is not later
+        # than its If-Modified-Since, it throws the body away and keeps the new ETag.
+        second = curl(curl_command, feed, tmp_path, "--time-cond", first.headers["last-modified"],
+                      "--header", f"If-None-Match: {first.headers['etag']}")
+        assert second.status == 200
+        assert second.body == feed_file.read_bytes()
+        assert b"The second version" in second.body
+        assert second.headers["etag"] != first.headers["etag"]
+        # The next poll, with what the reader now holds, is told nothing changed.
+        third = curl(curl_command, feed, tmp_path, "--time-cond", second.headers["last-modified"],
+                     "--header", f"If-None-Match: {second.headers['etag']}")
+        assert (third.status, third.body) == (304, b"")
+
+
 def test_a_request_during_the_swap_waits_for_the_new_folder(web_site: WebSite) -> None:
     root = web_site.config.site.output_dir
     files = web.SiteFiles(root)
@@ -328,6 +407,20 @@ def test_large_files_are_streamed_with_validators(web_site: WebSite) -> None:
 def test_no_site_folder_is_404(web_site: WebSite) -> None:
     shutil.rmtree(web_site.config.site.output_dir)
     assert web_site.client().get("/").status_code == 404
+
+
+def test_the_icon_is_served_as_an_image(web_site: WebSite) -> None:
+    response = web_site.client().get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("image/")
+    data = response.content
+    # An icon directory (reserved 0, type 1) whose entries each point at a PNG inside the file.
+    reserved, kind, count = struct.unpack_from("<HHH", data)
+    assert (reserved, kind) == (0, 1) and count >= 1
+    for number in range(count):
+        width, height, *_, size, offset = struct.unpack_from("<BBBBHHII", data, 6 + 16 * number)
+        assert width == height and offset + size <= len(data)
+        assert data[offset:offset + 8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_subscribe_script_is_served_with_validators(web_site: WebSite) -> None:
@@ -402,7 +495,7 @@ def test_sign_up_sends_a_link_that_confirms(make_web_site: MakeWebSite, ledger: 
     shown = client.get(path_of(link))
     assert shown.status_code == 200
     assert "Yes, confirm my subscription" in shown.text
-    assert f'action="{link}"' in shown.text
+    assert form_action(shown, link) == link  # the button posts back to the same address
     assert status_of(ledger, "reader@example.org") == "pending"
 
     done = client.post(path_of(link))
@@ -912,8 +1005,9 @@ def test_the_preview_lists_coming_appearances(web_site: WebSite) -> None:
     text = response.text
     assert "Pi day &amp; &lt;circles&gt;" in text and "A birthday" in text
     assert "Equinox" in text  # 20 March is within 7 days of the clock's 14 March
-    assert f"{TEST_ORIGIN}/preview/email/2026-03-14/pi.html" in text
-    assert f"{TEST_ORIGIN}/preview/feeds/2026-03-20/feed.json" in text
+    # Relative to /preview/: the links stay on the host that served the listing.
+    assert 'href="../preview/email/2026-03-14/pi.html"' in text
+    assert 'href="../preview/feeds/2026-03-20/feed.json"' in text
     shorter = web_site.client().get("/preview/?from=2026-03-15&days=3").text
     assert "Equinox" not in shorter and "A birthday" not in shorter
 
@@ -1032,6 +1126,45 @@ def test_subscribe_page_stands_alone(web_site: WebSite) -> None:
     assert page.status_code == 200
     assert 'class="subscribe-form"' in page.text
     assert page.headers["cache-control"] == "no-store"
+
+
+STAGING = "http://staging.example:8080"  # a name other than base_url's host
+
+
+def page_references(page_url: str, html: str) -> dict[str, list[str]]:
+    """Return the stylesheets, icons, scripts and form actions of a page, as absolute URLs."""
+    found = {
+        "stylesheet": re.findall(r'<link rel="stylesheet" href="([^"]*)"', html),
+        "icon": re.findall(r'<link rel="icon" href="([^"]*)"', html),
+        "script": re.findall(r'<script src="([^"]*)"', html),
+        "form": re.findall(r'<form [^>]*action="([^"]*)"', html),
+    }
+    return {kind: [urljoin(page_url, url) for url in urls] for kind, urls in found.items()}
+
+
+def test_service_pages_load_their_assets_from_the_host_that_served_them(
+        web_site: WebSite) -> None:
+    client = web_site.client(base_url=STAGING)
+    _, unsubscribe = _confirmed(web_site)
+    sent = sign_up(client, "reader@example.org")
+    [mail] = web_site.mails()
+    confirm = path_of(link_in(mail, web_site.config.site.base_url, "confirm"))
+    pages = {"/subscribe": client.get("/subscribe"), "/subscribe (sent)": sent,
+             "/preview/": client.get("/preview/"), unsubscribe: client.get(unsubscribe),
+             confirm: client.get(confirm), "/articles/none/here": client.get("/articles/none/here")}
+    assert [response.status_code for response in pages.values()] == [200] * 5 + [404]
+    for path, response in pages.items():
+        url = STAGING + path.split(" ")[0]
+        references = page_references(url, response.text)
+        assert len(references["stylesheet"]) == len(references["icon"]) == 1, path
+        for kind, urls in references.items():
+            for reference in urls:
+                assert reference.startswith(STAGING + "/"), (path, kind, reference)
+                if kind != "form":  # each asset is there to load, on the same host
+                    assert client.get(reference).status_code == 200, (path, reference)
+    assert page_references(STAGING + "/subscribe", pages["/subscribe"].text)["script"] == [
+        f"{STAGING}/subscribe.js"]
+    assert form_action(pages[confirm], STAGING + confirm) == STAGING + confirm
 
 
 # ---------------------------------------------------------------------------------------------
