@@ -250,18 +250,31 @@ def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: 
 @subscribers.command("import")
 @config_option
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--include-suppressed", is_flag=True,
+              help="Subscribe again the addresses in FILE that unsubscribed or bounced.")
 @click.pass_context
 @reports_errors
-def subscribers_import(ctx: click.Context, file: Path) -> None:
-    """Import a CSV of email,name,timezone; bad rows are listed, the good ones imported."""
+def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool) -> None:
+    """Import a CSV of email,name,timezone; bad rows are listed, the good ones imported.
+
+    Addresses that unsubscribed or bounced are listed and left out.
+    """
     from publisher.ledger import import_csv
 
     with _ledger(ctx) as ledger:
-        report = import_csv(ledger, file)
+        report = import_csv(ledger, file, include_suppressed=include_suppressed)
     _echo_problems(report.errors)
+    for email, status in report.suppressed:
+        click.echo(f"suppressed: {email} is {status}; left out (--include-suppressed "
+                   "subscribes it again)", err=True)
+    counts = [f"{report.added} added", f"{report.unchanged} already known"]
+    if report.suppressed:
+        counts.append(f"{len(report.suppressed)} suppressed")
+    if report.resubscribed:
+        counts.append(f"{report.resubscribed} resubscribed")
+    counts.append(f"{len(report.errors)} rejected")
     pending = f", {report.skipped_pending} pending left out" if report.skipped_pending else ""
-    click.echo(f"{report.added} added, {report.unchanged} already known, "
-               f"{len(report.errors)} rejected{pending}")
+    click.echo(", ".join(counts) + pending)
     if report.errors:
         sys.exit(EXIT_PROBLEMS)
 
@@ -282,16 +295,25 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
 @subscribers.command("remove")
 @config_option
 @click.argument("email")
+@click.option("--forget", is_flag=True,
+              help="Delete the address itself too: nothing then stops it being added again.")
 @click.pass_context
 @reports_errors
-def subscribers_remove(ctx: click.Context, email: str) -> None:
-    """Delete a subscriber and their delivery history (a removed address may be re-imported)."""
+def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
+    """Remove a subscriber: name, zone and delivery history go; the address stays suppressed.
+
+    A sign-up never confirmed, or any address with --forget, is deleted outright.
+    """
     with _ledger(ctx) as ledger:
-        found = ledger.remove(email)
-    if not found:
+        outcome = ledger.remove(email, forget=forget)
+    if outcome is None:
         click.echo(f"error: {email} is not a subscriber", err=True)
         sys.exit(EXIT_PROBLEMS)
-    click.echo(f"removed {email}")
+    if outcome == "deleted":
+        click.echo(f"removed {email}")
+    else:
+        click.echo(f"removed {email}; kept as suppressed, so no import or unconfirmed "
+                   "sign-up adds it back")
 
 
 @subscribers.command("export")

@@ -275,7 +275,8 @@ class _Sender:
         if isinstance(edition, str):
             # The operator can fix the article or template: retry on the usual schedule.
             return Outcome("deferred", None, edition)
-        recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone)
+        recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone,
+                              claim.unsubscribe_key)
         try:
             data, wire = edition.messages(recipient)
         except SubscriberError as exc:

@@ -61,7 +61,8 @@ def _event(live: LiveSite, slug: str) -> Event:
 def _list_unsubscribe_url(live: LiveSite, subscriber: Subscriber) -> str:
     # The link a real edition carries, as a subscriber's mail program shows it.
     data = Mailer(live.config, live.secret).edition(_event(live, "pi")).message(
-        Recipient(subscriber.id, subscriber.email, subscriber.name))
+        Recipient(subscriber.id, subscriber.email, subscriber.name,
+                  unsubscribe_key=str(subscriber.unsubscribe_key)))
     header = BytesParser(policy=policy.default).parsebytes(data)["List-Unsubscribe"]
     found = re.search(r"<(http[^>]+)>", str(header))
     assert found is not None
@@ -162,8 +163,8 @@ def test_one_click_and_forged_tokens_over_http(live_site: LiveSite, browser_page
     subscriber, _ = live_site.ledger.add_subscriber(subscriber_row("member@example.org", "M"))
     url = _list_unsubscribe_url(live_site, subscriber)
     token = url.rsplit("/", 1)[1]
-    forged = url[: -len(token)] + unsubscribe_token(b"another secret", subscriber.id,
-                                                    subscriber.email)
+    forged = url[: -len(token)] + unsubscribe_token(b"another secret",
+                                                    str(subscriber.unsubscribe_key))
     # A mail provider's POST: no cookies, no Origin, no browser.
     with httpx2.Client() as client:
         assert _one_click(client, forged) == 400
