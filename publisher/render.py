@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from types import TracebackType
@@ -76,6 +76,11 @@ class Language:
         """Return the translation of ``singular``/``plural`` in ``context`` for ``n``."""
         return str(self.translations.npgettext(context, singular, plural, n))
 
+    # Babel formats a date or a number in microseconds, and a site prints the same dates and
+    # counts of years on page after page: each is formatted once per language.
+    _dates: dict[date, str] = field(default_factory=dict, repr=False)
+    _years: dict[int, str] = field(default_factory=dict, repr=False)
+
     @functools.cached_property
     def _date_pattern(self) -> str:
         if not self.shipped:
@@ -86,11 +91,15 @@ class Language:
 
     def longdate(self, day: date) -> str:
         """Format a date with the month's name: ``20 July 1969``, ``20. Juli 1969``."""
-        return _format_date(self.locale, self._date_pattern, day)
+        found = self._dates.get(day)
+        if found is None:
+            found = self._dates[day] = str(format_date(day, self._date_pattern,
+                                                       locale=self.locale))
+        return found
 
     def number(self, value: int | float) -> str:
         """Format a number with the language's digits and separators."""
-        return _format_number(self.locale, value)
+        return str(format_decimal(value, locale=self.locale))
 
     def ago(self, event: Event) -> str:
         """Return how long ago an appearance was first published: ``3 years ago today``."""
@@ -108,19 +117,11 @@ class Language:
 
     def years(self, n: int) -> str:
         """Return a number of years: ``1 year``, ``3 years``."""
-        return self.ngettext("%(n)s year", "%(n)s years", n) % {"n": self.number(n)}
-
-
-# Babel formats a date in tens of microseconds, and a site prints the same dates (anniversaries,
-# years) on page after page: each is formatted once.
-@functools.lru_cache(maxsize=1 << 16)
-def _format_date(locale: Locale, pattern: str, day: date) -> str:
-    return str(format_date(day, pattern, locale=locale))
-
-
-@functools.lru_cache(maxsize=1 << 12)
-def _format_number(locale: Locale, value: int | float) -> str:
-    return str(format_decimal(value, locale=locale))
+        found = self._years.get(n)
+        if found is None:
+            found = self._years[n] = self.ngettext("%(n)s year", "%(n)s years", n) % {
+                "n": self.number(n)}
+        return found
 
 
 @functools.lru_cache(maxsize=64)

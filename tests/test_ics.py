@@ -128,3 +128,19 @@ def test_every_page_links_the_calendar_as_webcal_and_https(tmp_path: Path,
         assert 'href="webcal://example.org/days/anniversaries.ics"' in html
         assert 'href="https://example.org/days/anniversaries.ics" type="text/calendar"' in html
         assert ('<link rel="alternate" type="text/calendar"' in html)
+
+
+def test_long_lines_fold_within_75_octets_and_read_back_whole(tmp_path: Path,
+                                                             write_article: WriteArticle) -> None:
+    title = "ذكرى, افتتاح; الأرشيف \\ " * 9 + "é" * 40
+    summary = "Ein Satz, der lang ist; mit Kommas, Semikolons und Ümlauten. " * 6
+    write_article("long", title=title, date="2021-07-20", summary=summary)
+    config = site_config(tmp_path, "feb28")
+    assert CliRunner().invoke(cli, ["--config", str(config), "build", "--date",
+                                    "2026-03-01"]).exit_code == 0
+    data = (tmp_path / "public" / ics.ICS_NAME).read_bytes()
+    assert all(len(line) <= 75 for line in data.split(b"\r\n"))
+    data.decode("utf-8")  # no character cut in two
+    [event] = icalendar.Calendar.from_ical(data).walk("VEVENT")
+    assert str(event["SUMMARY"]) == title
+    assert str(event["DESCRIPTION"]).startswith(summary.strip())
