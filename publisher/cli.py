@@ -332,12 +332,29 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @click.pass_context
 @reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
-    """Show deliveries per state, failures, subscriber counts, last tick and next anniversaries."""
-    from publisher import dispatch, schedule
+    """Show deliveries per state, failures, bounces, subscribers, last tick and what comes next."""
+    from publisher import bounces, dispatch, schedule
 
     config = load_config(ctx)
     click.echo("\n".join(dispatch.delivery_status(config, _as_day(day)).lines()))
+    click.echo("\n".join(bounces.return_status(config, _as_day(day)).lines()))
     click.echo("\n".join(schedule.clock_status(config).lines()))
+
+
+@cli.command("bounces")
+@config_option
+@click.pass_context
+@reports_errors
+def bounces_command(ctx: click.Context) -> None:
+    """Read every configured mailbox of bounces and complaints once; print what was found."""
+    from publisher import bounces
+
+    report = bounces.process(load_config(ctx))
+    for problem in report.problems:
+        click.echo(f"error: {problem}", err=True)
+    click.echo(report.line())
+    if report.problems:
+        sys.exit(EXIT_PROBLEMS)
 
 
 # --- the daemon ---------------------------------------------------------------------------

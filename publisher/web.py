@@ -64,6 +64,7 @@ from publisher.tokens import (
     read_confirm_token,
     read_unsubscribe_token,
 )
+from publisher.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -543,7 +544,7 @@ class Subscriptions:
     def send_confirmation(self, recipient: Recipient) -> transports.Outcome:
         """Send the confirmation email through the configured transport and log the outcome."""
         data = self.mailer.confirmation(recipient, self.confirmation_url(recipient))
-        envelope = transports.Envelope(0, self.mailer.envelope_sender, recipient.email, data)
+        envelope = transports.Envelope(0, self.mailer.return_path(), recipient.email, data)
         transport = self.open_transport(self.config)
         try:
             outcome = next((result for _, result in transport.send([envelope])),
@@ -652,6 +653,7 @@ class WebService:
         self.subscriptions = Subscriptions(config, ledger, secret, self.mailer, clock,
                                            open_transport)
         self.previews = Previews(config, self.mailer, self.env)
+        self.webhooks = Webhooks(config, ledger, secret, clock=clock)
         self.files = SiteFiles(config.site.output_dir)
         self.per_ip = SlidingWindow(config.web.rate_limit_per_ip, RATE_WINDOW_SECONDS)
         self.per_address = SlidingWindow(config.web.rate_limit_per_address, RATE_WINDOW_SECONDS)
@@ -891,6 +893,7 @@ class WebService:
             Route("/preview/", self.preview_index, methods=["GET"]),
             Route("/preview/email/{day}/{name}", self.preview_email, methods=["GET"]),
             Route("/preview/feeds/{day}/{name}", self.preview_feed, methods=["GET"]),
+            *self.webhooks.routes(),
             Route("/{path:path}", self.static, methods=["GET"]),
         ]
 
