@@ -12,12 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from publisher import config as config_module
-from publisher.bounces import POLL_STATE_KEY, BounceReport, Recorder, read_maildir, return_status
+from publisher.bounces import POLL_STATE_KEY, read_maildir, return_status
 from publisher.cli import EXIT_CONFIG, EXIT_PROBLEMS, cli
 from publisher.errors import ConfigError
 from publisher.ledger import Ledger, subscriber_row
 from publisher.schedule import Ticker
-from publisher.tokens import load_secret
 from tests.fixtures.returns import DAY, SENT_AT, BounceWorld, sample_bytes
 
 READERS = [f"reader{n}@example.org" for n in range(6)]
@@ -214,21 +213,8 @@ def test_a_run_that_dies_mid_way_records_each_return_once(bounce_world: BounceWo
     world = sent_world(bounce_world)
     for reader in READERS[:3]:
         world.deliver(world.report("gmail_failure.eml", reader))
-    config = world.config()
-    handled: list[bytes] = []
-
-    with world.ledger() as ledger:
-        recorder = Recorder(config, ledger, load_secret(config), clock=lambda: LATER)
-        tally = BounceReport()
-
-        def dies_on_the_second(data: bytes) -> None:
-            recorder.take(data, "maildir", tally)
-            handled.append(data)
-            if len(handled) == 2:
-                raise KeyboardInterrupt  # killed after recording, before the move
-
-        with pytest.raises(KeyboardInterrupt):
-            read_maildir(world.maildir, dies_on_the_second)
+    tally = world.read_until_killed(lambda handle: read_maildir(world.maildir, handle),
+                                    "maildir")
     assert tally.hard == 2
     assert len(list(mailbox.Maildir(world.maildir))) == 2  # the second was never moved
     again = world.read_returns()

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from publisher.bounces import BounceReport, Recorder, read_imap
-from publisher.ledger import Ledger
-from publisher.tokens import load_secret
+from publisher.bounces import read_imap
 from tests.fixtures.imap import IMAP_PASSWORD, ImapServer, running_dovecot
-from tests.fixtures.returns import SENT_AT, BounceWorld
+from tests.fixtures.returns import BounceWorld
 
 READERS = [f"reader{n}@example.org" for n in range(4)]
 
@@ -78,21 +76,10 @@ def test_a_run_that_dies_mid_way_leaves_the_rest_for_the_next_run(
         world: BounceWorld, imap_server: ImapServer) -> None:
     for reader in READERS[:3]:
         imap_server.deliver(world.report("gmail_failure.eml", reader))
-    config = world.config()
-    assert config.bounces.imap is not None
-    handled: list[bytes] = []
-    with Ledger.open(world.database_url) as ledger:
-        recorder = Recorder(config, ledger, load_secret(config), clock=lambda: SENT_AT)
-        tally = BounceReport()
-
-        def dies_on_the_second(data: bytes) -> None:
-            recorder.take(data, "imap", tally)
-            handled.append(data)
-            if len(handled) == 2:
-                raise KeyboardInterrupt  # recorded, not moved
-
-        with pytest.raises(KeyboardInterrupt):
-            read_imap(config.bounces.imap, dies_on_the_second)
+    settings = world.config().bounces.imap
+    assert settings is not None
+    tally = world.read_until_killed(lambda handle: read_imap(settings, handle), "imap")
+    assert tally.hard == 2
     assert len(imap_server.messages("INBOX")) == 2
     again = world.read_returns()
     assert (again.read, again.repeated, again.hard) == (2, 1, 1)
