@@ -183,47 +183,35 @@ _TAG_SIGNATURE_BYTES = 8
 
 
 @functools.lru_cache(maxsize=8)
-def _return_path_mac(secret: bytes) -> Any:
-    # Keyed once per secret and copied per message: a tag is signed for every message sent.
-    key = hmac.new(secret, RETURN_PATH_SALT, hashlib.sha256).digest()
-    return hmac.new(key, digestmod=hashlib.sha256)
+def _return_path_key(secret: bytes) -> bytes:
+    return hmac.new(secret, RETURN_PATH_SALT, hashlib.sha256).digest()
 
 
 def _tag_signature(secret: bytes, delivery_id: int, slug: str, year: int,
                    subscriber_id: int) -> str:
-    mac = _return_path_mac(secret).copy()
-    mac.update(f"{delivery_id}\n{slug}\n{year}\n{subscriber_id}".encode())
-    return base64.b32encode(mac.digest()[:_TAG_SIGNATURE_BYTES]).decode("ascii").rstrip(
-        "=").lower()
-
-
-def _base36(number: int) -> str:
-    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
-    out = ""
-    while True:
-        number, rest = divmod(number, 36)
-        out = digits[rest] + out
-        if not number:
-            return out
+    # Keyed BLAKE2 is a MAC of its own, and a tag is signed for every message sent.
+    message = f"{delivery_id}\n{slug}\n{year}\n{subscriber_id}".encode()
+    return hashlib.blake2b(message, key=_return_path_key(secret),
+                           digest_size=_TAG_SIGNATURE_BYTES).hexdigest()
 
 
 def return_path_tag(secret: bytes, delivery_id: int, slug: str, year: int,
                     subscriber_id: int) -> str:
     """Sign a short tag naming one delivery, for the envelope sender ``local+TAG@domain``.
 
-    Lower case letters and digits only: mail servers may change the case of a local part.
+    Lower-case hexadecimal only: mail servers may change the case of a local part.
     """
     signature = _tag_signature(secret, delivery_id, slug, year, subscriber_id)
-    return f"{_base36(delivery_id)}-{signature}"
+    return f"{delivery_id:x}-{signature}"
 
 
 def read_return_path_tag(tag: str) -> tuple[int, str] | None:
     """Return the delivery id a tag names and its signature, or None if it is not a tag."""
     number, dash, signature = tag.lower().partition("-")
-    if not dash or not number.isalnum() or not number.isascii() or not signature:
+    if not dash or not signature or not 0 < len(number) <= 16 or not number.isalnum():
         return None
     try:
-        return int(number, 36), signature
+        return int(number, 16), signature
     except ValueError:
         return None
 

@@ -7,6 +7,7 @@ import pytest
 
 from publisher.bounces import edition_of, read_report, return_key, status_code
 from publisher.mail import message_id_for
+from publisher.tokens import check_return_path_tag, read_return_path_tag, return_path_tag
 from tests.fixtures.returns import (
     SAMPLE_MESSAGE_ID,
     SAMPLE_RETURN_PATH,
@@ -115,3 +116,16 @@ def test_raw_8bit_headers_are_read_as_utf8() -> None:
     [item] = read_report(hard).returns
     assert item.diagnostic is not None
     assert item.diagnostic.endswith("Benutzer unbekannt, gelöscht")
+
+
+def test_a_return_path_tag_names_one_delivery_under_one_secret() -> None:
+    tag = return_path_tag(b"secret", 123456, "moon", 2024, 7)
+    assert tag == tag.lower() and len(tag) <= 40
+    parsed = read_return_path_tag(tag.upper())  # a server may change the case
+    assert parsed is not None and parsed[0] == 123456
+    assert check_return_path_tag(b"secret", parsed[1], 123456, "moon", 2024, 7)
+    for other in ((b"secret", 123456, "moon", 2025, 7), (b"secret", 123456, "moon", 2024, 8),
+                  (b"secret", 123456, "sun", 2024, 7), (b"other", 123456, "moon", 2024, 7)):
+        assert not check_return_path_tag(other[0], parsed[1], *other[1:])
+    assert read_return_path_tag("not-hex") is None
+    assert read_return_path_tag("+1-00") is None
