@@ -576,7 +576,8 @@ def read_imap(settings: ImapConfig, handle: Callable[[bytes], None]) -> None:
         offered = b" ".join(d for d in _ok(connection.capability(), "CAPABILITY")
                             if isinstance(d, bytes))
         moves = b"MOVE" in offered.upper().split()
-        listed = _ok(connection.uid("SEARCH", "ALL"), "cannot list the messages")
+        # Not those flagged deleted: copied already by a run that died before its expunge.
+        listed = _ok(connection.uid("SEARCH", "UNDELETED"), "cannot list the messages")
         uids = listed[0].decode("ascii").split() if listed and isinstance(listed[0], bytes) else []
         for uid in uids:
             fetched = _ok(connection.uid("FETCH", uid, "(BODY.PEEK[])"), "cannot fetch")
