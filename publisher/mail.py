@@ -76,12 +76,17 @@ def slot(key: str) -> str:
 
 @dataclass(frozen=True)
 class Recipient:
-    """Who one message goes to; ``timezone`` (IANA name) sets the Date, else the site's zone."""
+    """Who one message goes to; ``timezone`` (IANA name) sets the Date, else the site's zone.
+
+    ``unsubscribe_key`` is the subscriber's key, which their unsubscribe link names (a sample
+    recipient's link, with none, unsubscribes nobody).
+    """
 
     subscriber_id: int
     email: str
     name: str | None
     timezone: str | None = None
+    unsubscribe_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -617,7 +622,7 @@ class Edition:
     def _values(self, recipient: Recipient) -> tuple[_Variant, dict[str, str], str]:
         address = _recipient_address(recipient)
         name = _clean(recipient.name) if recipient.name else ""
-        token = unsubscribe_token(self._mailer.secret, recipient.subscriber_id, recipient.email)
+        token = unsubscribe_token(self._mailer.secret, recipient.unsubscribe_key)
         values = {NAME: name, EMAIL: address, UNSUBSCRIBE: self._unsubscribe_base + token}
         return (self._named if name else self._anonymous), values, token
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import create_engine
 
 from publisher import config as config_module
 from publisher.bounces import POLL_STATE_KEY, read_maildir, return_status
 from publisher.cli import EXIT_CONFIG, EXIT_PROBLEMS, cli
 from publisher.errors import ConfigError
-from publisher.ledger import Ledger, subscriber_row
+from publisher.ledger import MIGRATIONS, Ledger, schema_migrations, subscriber_row
 from publisher.schedule import Ticker
 from tests.fixtures.returns import DAY, SENT_AT, BounceWorld, sample_bytes
 
@@ -410,3 +411,16 @@ def test_the_poll_time_survives_a_damaged_state_value(bounce_world: BounceWorld)
         ledger.set_state(POLL_STATE_KEY, (LATER - timedelta(minutes=1)).isoformat())
         assert not ticker.returns.due(LATER)
         assert ticker.returns.due(datetime.fromisoformat("2030-01-01T00:00:00+00:00"))
+
+
+def test_a_database_of_the_previous_version_gains_the_returns_table(database_url: str) -> None:
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        schema_migrations.create(conn)
+        for version, step in enumerate(MIGRATIONS[:-1], start=1):
+            step(conn)
+            conn.execute(schema_migrations.insert().values(version=version, applied_at=SENT_AT))
+    engine.dispose()
+    with Ledger.open(database_url) as ledger:
+        assert ledger.schema_version() == len(MIGRATIONS)
+        assert ledger.return_counts() == []

@@ -40,6 +40,7 @@ SUBSCRIBE_URL = ("https://sns.eu-west-1.amazonaws.com/?Action=ConfirmSubscriptio
                  f"{TOPIC}&Token=2336412f37fb687f5d51e6e2425c464de1e2b1a8")
 POSTMARK_AUTH = ("postmark", "horse battery staple")
 MAILGUN_KEY = "key-3ax6xnjp29jd6fds4gc373sgvjxteol0"
+SITE = "https://example.org"  # the host of the world's base_url, which the service answers for
 
 
 def _certificate(key: rsa.RSAPrivateKey, days: int = 30) -> bytes:
@@ -141,7 +142,7 @@ def hooks(bounce_world: BounceWorld, sns_key: rsa.RSAPrivateKey,
     with Ledger.open(bounce_world.database_url) as ledger:
         app = create_app(bounce_world.config(), ledger=ledger, secret=SECRET.encode(),
                          purge=False)
-        with TestClient(app) as client:
+        with TestClient(app, base_url=SITE) as client:
             yield Hooks(bounce_world, client, sns, sendgrid_key, sns_key)
 
 
@@ -332,7 +333,7 @@ def test_a_webhook_that_is_not_configured_refuses_everything(
     with Ledger.open(bounce_world.database_url) as ledger:
         app = create_app(bounce_world.config(), ledger=ledger, secret=SECRET.encode(),
                          purge=False)
-        with TestClient(app) as client:
+        with TestClient(app, base_url=SITE) as client:
             answer = client.post(f"/webhooks/{provider}", json={}, auth=POSTMARK_AUTH)
     assert answer.status_code == 403
     assert answer.text == "this webhook is not configured\n"
