@@ -744,7 +744,7 @@ class ReturnStatus:
 
 def return_status(config: Config, day: date | None = None) -> ReturnStatus:
     """Return the bounce and complaint counts and rates per edition (of ``day``, or all)."""
-    with Ledger.open(config.state.database_url) as ledger:
+    with Ledger.open(config.state.database_url, read_only=True) as ledger:
         counts = ledger.return_counts()
         deliveries = ledger.delivery_counts(day)
     sent: dict[tuple[str, int], tuple[date, int]] = {}
