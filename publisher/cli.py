@@ -378,13 +378,29 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @click.pass_context
 @reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
-    """Show deliveries, failures, subscribers, last tick, next anniversaries, WebSub pings."""
-    from publisher import dispatch, schedule, websub
+    """Show deliveries, failures, bounces, subscribers, the clock, what comes next, WebSub."""
+    from publisher import bounces, dispatch, schedule, websub
 
     config = load_config(ctx)
     echo_lines(dispatch.delivery_status(config, _as_day(day)).lines())
+    echo_lines(bounces.return_status(config, _as_day(day)).lines())
     echo_lines(schedule.clock_status(config).lines())
     echo_lines(websub.websub_status(config).lines())
+
+
+@cli.command("bounces")
+@config_option
+@click.pass_context
+@reports_errors
+def bounces_command(ctx: click.Context) -> None:
+    """Read every configured mailbox of bounces and complaints once; print what was found."""
+    from publisher import bounces
+
+    report = bounces.process(load_config(ctx))
+    _echo_problems(report.problems)
+    echo_lines([report.line()])
+    if report.problems:
+        sys.exit(EXIT_PROBLEMS)
 
 
 # --- the daemon ---------------------------------------------------------------------------

@@ -220,5 +220,5 @@ def websub_status(config: Config) -> WebSubStatus:
     """Return the hub and the last ping of each feed, as recorded in the ledger."""
     if config.site.websub_hub is None:
         return WebSubStatus(None, [])
-    with Ledger.open(config.state.database_url) as ledger:
+    with Ledger.open(config.state.database_url, read_only=True) as ledger:
         return WebSubStatus(config.site.websub_hub, _states(config, ledger))
