@@ -425,7 +425,8 @@ class _HeldConnections:
         if connection is None:
             try:
                 connection = self.engine.raw_connection()
-            except DBAPIError as exc:  # the server cannot be reached
+            # The pool hands out the driver's own error, not SQLAlchemy's wrapper.
+            except (DBAPIError, self.engine.dialect.loaded_dbapi.Error) as exc:
                 raise LedgerError(f"database error: {_first_line(exc)}") from exc
             self._local.connection = connection
             with self._lock:

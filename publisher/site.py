@@ -40,7 +40,6 @@ from publisher.content import (
 from publisher.errors import ConfigError, ContentError, OutputError, PublisherError, TemplateError
 from publisher.feeds import FEEDS, build_feeds, clean_text, clean_utf8
 from publisher.render import make_environment, render
-from publisher.workers import fork_is_safe
 
 INDEX_TEMPLATE = "index.html"
 ARTICLE_TEMPLATE = "article.html"
@@ -451,7 +450,10 @@ class _Helper(Generic[T]):
 
         Only where forking is safe (no other thread runs) and a second core can run the copy.
         """
-        return (os.cpu_count() or 1) >= 2 and fork_is_safe()
+        # A copy of a process running other threads (the daemon's clock, the web service)
+        # could inherit a lock held half-way by one of them.
+        return ((os.cpu_count() or 1) >= 2 and threading.active_count() == 1
+                and "fork" in multiprocessing.get_all_start_methods())
 
     @staticmethod
     def start(work: Callable[[Post], T], room: int = 0) -> _Helper[T] | None:

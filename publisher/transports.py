@@ -26,7 +26,8 @@ from publisher.errors import TransportError
 
 logger = logging.getLogger(__name__)
 
-OutcomeStatus = Literal["sent", "deferred", "failed", "bounced"]
+# "unsent": the send was asked to stop before the message went out; the row goes back.
+OutcomeStatus = Literal["sent", "deferred", "failed", "bounced", "unsent"]
 Stage = Literal["connect", "mail", "rcpt", "data"]
 # RFC 3463 enhanced status code at the start of a reply's text, e.g. "5.1.1".
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?!\d)")
@@ -57,11 +58,27 @@ class Outcome:
     reply: str
 
 
+UNSENT = Outcome("unsent", None, "not sent: the send was asked to stop")
+
+
+class Stop(Protocol):
+    """A flag that asks a send to stop after the messages in flight (a threading.Event)."""
+
+    def is_set(self) -> bool:
+        """Return whether the send should stop."""
+        ...
+
+
 class Transport(Protocol):
     """Something that delivers envelopes and says, per envelope, how it went."""
 
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
-        """Deliver the envelopes, yielding each with its outcome as soon as it is known."""
+    def send(self, envelopes: Iterable[Envelope], stop: Stop | None = None
+             ) -> Iterator[tuple[Envelope, Outcome]]:
+        """Deliver the envelopes, yielding each with its outcome as soon as it is known.
+
+        Once ``stop`` is set, no message's content goes out any more: each envelope not sent
+        yet comes back with the outcome ``unsent``.
+        """
         ...
 
     def close(self) -> None:
@@ -141,8 +158,9 @@ class MaildirTransport:
         except OSError as exc:
             raise TransportError(f"cannot create the maildir {path}: {exc.strerror}") from None
 
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
-        """Store each message as a file in ``new/``."""
+    def send(self, envelopes: Iterable[Envelope], stop: Stop | None = None
+             ) -> Iterator[tuple[Envelope, Outcome]]:
+        """Store each message as a file in ``new/`` (one at a time: ``stop`` has no effect)."""
         for envelope in envelopes:
             try:
                 # Maildir files conventionally end lines with LF, as an MTA would store them.
@@ -239,6 +257,10 @@ class SmtpConnection:
         logger.debug("connected to %s", self.where)
         return smtp
 
+    def reset(self) -> None:
+        """Drop the session (if any): the next message opens a new one."""
+        self._discard()
+
     def _discard(self) -> None:
         if self._smtp is not None:
             self._smtp.close()
@@ -256,8 +278,8 @@ class SmtpConnection:
             return outcome
         raise AssertionError("unreachable: one envelope has one outcome")
 
-    def stream(self, envelopes: Iterable[Envelope], pace: Callable[[], None] | None = None
-               ) -> Iterator[tuple[Envelope, Outcome]]:
+    def stream(self, envelopes: Iterable[Envelope], pace: Callable[[], None] | None = None,
+               halted: Callable[[], bool] | None = None) -> Iterator[tuple[Envelope, Outcome]]:
         """Send messages one after another, yielding each with its outcome, in their order.
 
         Every failure becomes an outcome, never an exception. Where the server offers
@@ -265,7 +287,9 @@ class SmtpConnection:
         the previous message's content, and the previous outcome is handed back while the
         server takes in that content: the caller records one message while the next one
         travels, so at most two messages are unrecorded at any moment. ``pace`` is called
-        before each message goes out (the rate limit).
+        before each message goes out (the rate limit). Once ``halted()`` is true no content
+        goes out any more: the message in flight is finished, the next one comes back
+        ``unsent``, and no other is taken from ``envelopes``.
         """
         source = iter(envelopes)
         current = next(source, None)
@@ -275,6 +299,12 @@ class SmtpConnection:
         ready: tuple[Envelope, bytes, bytes] | None = None
         while current is not None:
             message = current
+            if halted is not None and halted():
+                if announced:
+                    # The server waits for content after DATA: only closing the connection
+                    # ends that transaction without delivering anything.
+                    self._discard()
+                break
             following: Envelope | None = None
             ahead = False  # following's MAIL, RCPT and DATA went out behind current's content
             fresh = self._smtp is None
@@ -346,6 +376,8 @@ class SmtpConnection:
             announced = retrying = False
         if finished is not None:
             yield finished
+        if current is not None:
+            yield current, UNSENT
 
     def _lost(self, exc: BaseException) -> Outcome:
         what = ("cannot connect to" if self.stage == "connect"
@@ -461,13 +493,19 @@ class SmtpConnection:
             self._discard()
 
 
+_Reported = tuple[Envelope, Outcome, "queue.SimpleQueue[None] | None"]
+
+
 class SmtpTransport:
     """Send through an SMTP server over ``connections`` parallel sessions, rate-limited.
 
-    One connection is driven by the caller's own thread: nothing is handed over ahead and no
-    thread waits for the interpreter lock while the ledger is written. Several connections each
-    get a thread owning one :class:`SmtpConnection`; envelopes are then taken lazily from the
-    caller's iterable, at most two per connection ahead, so memory stays flat. Connections are
+    One connection is driven by the caller's own thread. Several are driven by one thread each,
+    all in this process: a connection waits for its server nearly all the time, and a thread
+    costs far less memory than a process. Each thread streams the messages it takes (pipelined
+    where the server offers it) and hands every outcome back to the caller's thread, which
+    alone writes the ledger. Envelopes are taken lazily from the caller's iterable, at most
+    three per connection ahead (the one whose reply is awaited, the next one announced behind
+    it, and the one whose outcome is being recorded), so memory stays flat. Connections are
     kept open across batches.
     """
 
@@ -480,11 +518,18 @@ class SmtpTransport:
         self.local_hostname = local_hostname
         self.limiter = limiter or RateLimiter(settings.rate_limit)
         self._inbox: queue.SimpleQueue[Envelope | None] = queue.SimpleQueue()
-        self._outbox: queue.SimpleQueue[tuple[Envelope, Outcome]] = queue.SimpleQueue()
+        # Each outcome comes with the queue its thread waits on until the outcome is recorded.
+        self._outbox: queue.SimpleQueue[_Reported] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._unreported: list[tuple[Envelope, Outcome]] = []
+        self._stop: Stop | None = None  # the current send's
+        self._abandoned = threading.Event()  # the caller stopped reading outcomes
         self._inline = (SmtpConnection(settings, local_hostname)
                         if settings.connections == 1 else None)
+
+    def _halted(self) -> bool:
+        stop = self._stop
+        return self._abandoned.is_set() or (stop is not None and stop.is_set())
 
     def _start(self) -> None:
         if self._threads:
@@ -496,46 +541,83 @@ class SmtpTransport:
             thread.start()
             self._threads.append(thread)
 
-    def _deliver(self, connection: SmtpConnection, envelope: Envelope) -> Outcome:
-        self.limiter.wait()
+    def _take(self) -> Envelope | None:
+        """Return an envelope waiting to be sent, without waiting for one."""
+        if self._halted():
+            return None
         try:
-            return connection.deliver(envelope)
-        except Exception as exc:
-            # A bug here must still produce an outcome, or the caller would wait forever.
-            logger.exception("sending delivery %d failed", envelope.delivery_id)
-            return Outcome("deferred", None, f"internal error: {exc!r}")
+            envelope = self._inbox.get_nowait()
+        except queue.Empty:
+            return None
+        if envelope is None:
+            self._inbox.put(None)  # closing: the thread's own loop ends on it
+        return envelope
 
     def _work(self, connection: SmtpConnection) -> None:
-        while (envelope := self._inbox.get()) is not None:
-            self._outbox.put((envelope, self._deliver(connection, envelope)))
+        while (first := self._inbox.get()) is not None:
+            if self._halted():
+                self._outbox.put((first, UNSENT, None))
+                continue
+            self._drive(connection, first)
         connection.close()
 
-    def send(self, envelopes: Iterable[Envelope]
+    def _drive(self, connection: SmtpConnection, first: Envelope) -> None:
+        """Stream ``first`` and whatever else is waiting over one connection."""
+        taken: dict[int, Envelope] = {}
+        recorded: queue.SimpleQueue[None] = queue.SimpleQueue()
+
+        def feed() -> Iterator[Envelope]:
+            envelope: Envelope | None = first
+            while envelope is not None:
+                taken[envelope.delivery_id] = envelope
+                yield envelope
+                envelope = self._take()
+
+        try:
+            for envelope, outcome in connection.stream(feed(), self.limiter.wait, self._halted):
+                taken.pop(envelope.delivery_id, None)
+                # Wait until the caller has recorded it: with the message in flight (whose
+                # content travels meanwhile), at most two per connection are unrecorded.
+                self._outbox.put((envelope, outcome, recorded))
+                recorded.get()
+        except Exception as exc:
+            # A bug here must still produce an outcome per envelope, or the caller would wait
+            # forever.
+            logger.exception("sending over %s failed", connection.where)
+            connection.reset()
+            for envelope in taken.values():
+                self._outbox.put((envelope, Outcome("deferred", None, f"internal error: {exc!r}"),
+                                  None))
+
+    def send(self, envelopes: Iterable[Envelope], stop: Stop | None = None
              ) -> Generator[tuple[Envelope, Outcome], None, None]:
         """Deliver the envelopes, yielding each one's outcome in the order they complete."""
         if self._inline is not None:
-            return self._send_inline(self._inline, envelopes)
-        return self._send_threaded(envelopes)
+            return self._send_inline(self._inline, envelopes, stop)
+        return self._send_threaded(envelopes, stop)
 
-    def _send_inline(self, connection: SmtpConnection, envelopes: Iterable[Envelope]
-                     ) -> Generator[tuple[Envelope, Outcome], None, None]:
+    def _send_inline(self, connection: SmtpConnection, envelopes: Iterable[Envelope],
+                     stop: Stop | None) -> Generator[tuple[Envelope, Outcome], None, None]:
         while connection.leftover:
             yield connection.leftover.pop(0)
-        yield from connection.stream(envelopes, self.limiter.wait)
+        yield from connection.stream(envelopes, self.limiter.wait,
+                                     stop.is_set if stop is not None else None)
 
-    def _send_threaded(self, envelopes: Iterable[Envelope]
+    def _send_threaded(self, envelopes: Iterable[Envelope], stop: Stop | None
                        ) -> Generator[tuple[Envelope, Outcome], None, None]:
         self._start()
+        self._stop = stop
+        self._abandoned.clear()
         while self._unreported:
             yield self._unreported.pop()
-        window = 2 * len(self._threads)
+        window = 3 * len(self._threads)
         source = iter(envelopes)
         in_flight = 0
         more = True
         try:
             while True:
                 while more and in_flight < window:
-                    envelope = next(source, None)
+                    envelope = None if self._halted() else next(source, None)
                     if envelope is None:
                         more = False
                     else:
@@ -543,14 +625,23 @@ class SmtpTransport:
                         in_flight += 1
                 if not in_flight:
                     return
-                result = self._outbox.get()
+                envelope, outcome, recorded = self._outbox.get()
                 in_flight -= 1
-                yield result
+                try:
+                    yield envelope, outcome
+                finally:
+                    if recorded is not None:
+                        recorded.put(None)
         finally:
-            # A caller that stops early still owns the messages already handed over: keep their
-            # outcomes for the next call rather than lose what the server said.
-            for _ in range(in_flight):
-                self._unreported.append(self._outbox.get())
+            if in_flight:
+                # The caller stopped early (an error): no more content goes out, and what the
+                # servers say about the messages in flight is kept for the next call.
+                self._abandoned.set()
+                for _ in range(in_flight):
+                    envelope, outcome, recorded = self._outbox.get()
+                    self._unreported.append((envelope, outcome))
+                    if recorded is not None:
+                        recorded.put(None)
 
     def close(self) -> None:
         """Stop the threads, each saying QUIT to its server."""

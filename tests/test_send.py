@@ -36,14 +36,13 @@ from publisher.dispatch import (
     send_all,
     send_date,
     send_due,
-    sending_processes,
     skip_event,
 )
 from publisher.errors import TransportError
 from publisher.ledger import ALL_ZONES, Ledger, deliveries, subscriber_row
 from publisher.mail import Edition, Mailer, message_id_for
 from publisher.tokens import load_secret
-from publisher.transports import Envelope, Outcome, Transport, open_transport
+from publisher.transports import Envelope, Outcome, Stop, Transport, open_transport
 from tests.fixtures.smtp import DROP, SmtpSink
 
 DAY = date(2024, 11, 9)
@@ -368,7 +367,8 @@ class DiesAfterFirstAcceptance:
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
 
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
+    def send(self, envelopes: Iterable[Envelope], stop: Stop | None = None
+             ) -> Iterator[tuple[Envelope, Outcome]]:
         first = next(iter(envelopes))
         for _, outcome in self.inner.send([first]):
             assert outcome.status == "sent"
@@ -467,119 +467,73 @@ def with_connections(world: World, connections: int, **email: Any) -> Config:
     return world.config(smtp=smtp, **email)
 
 
-def run_send_all(world: World, config: Config,
-                 transports: Callable[[Config], Transport] = open_transport) -> SendReport:
+def run_send_all(world: World, config: Config) -> SendReport:
     calendar = Calendar(load_articles(config.site.content_dir).articles, config.site.leap_day)
     with world.ledger() as ledger:
         return send_all(config, ledger, Mailer(config, load_secret(config)), calendar,
-                        world.clock, policy=SendPolicy.from_config(config),
-                        open_transport=transports)
+                        world.clock, policy=SendPolicy.from_config(config))
 
 
-def wait_for(path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
-
-
-class GatedTransport:
-    """The starting process's transport: sends only once another process holds a batch."""
-
-    def __init__(self, inner: Transport, marker: Path) -> None:
-        self.inner = inner
-        self.marker = marker
-
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
-        wait_for(self.marker)
-        yield from self.inner.send(envelopes)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class AnnouncingTransport:
-    """Another process's transport: says it holds a batch, then sends (or dies after one)."""
-
-    def __init__(self, inner: Transport, marker: Path, die: bool) -> None:
-        self.inner = inner
-        self.marker = marker
-        self.die = die
-
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
-        self.marker.touch()
-        if not self.die:
-            yield from self.inner.send(envelopes)
-            return
-        for _, outcome in self.inner.send([next(iter(envelopes))]):
-            assert outcome.status == "sent"
-        os.kill(os.getpid(), signal.SIGKILL)  # accepted, and never written to the ledger
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-@dataclass(frozen=True)
-class TwoProcessTransports:
-    """Open transports that make the other process claim a batch before this one sends.
-
-    Module-level and picklable: a fork server hands it to the other process.
-    """
-
-    parent: int
-    marker: Path
-    die: bool = False
-
-    def __call__(self, config: Config) -> Transport:
-        inner = open_transport(config)
-        if os.getpid() == self.parent:
-            return GatedTransport(inner, self.marker)
-        return AnnouncingTransport(inner, self.marker, self.die)
-
-
-def test_each_connection_sends_from_a_process_of_its_own(world: World) -> None:
+def test_connections_are_sessions_of_one_process_each_message_sent_once(world: World) -> None:
     readers = world.subscribe(40)
     queue_day(world)
-    config = with_connections(world, 2, batch_size=5)
-    assert sending_processes(config) == 2
-    report = run_send_all(world, config, TwoProcessTransports(os.getpid(), world.root / "go"))
+    config = with_connections(world, 4, batch_size=5)
+    threads_before = threading.active_count()
+    report = run_send_all(world, config)
     assert report.ok, report.problems
     assert (report.sent, report.deferred, report.failed) == (40, 0, 0)
     assert per_recipient(world.sink) == Counter({r: 1 for r in readers})
-    assert len({m.peer for m in world.sink.messages}) == 2
+    assert len({m.peer for m in world.sink.messages}) == 4
     assert world.statuses() == Counter({"sent": 40})
+    # The connections' threads end with the send.
+    assert threading.active_count() == threads_before
 
 
-def test_a_sending_process_killed_mid_batch_loses_nothing(world: World) -> None:
+def test_a_crash_with_several_connections_repeats_only_unrecorded_messages(
+        world: World) -> None:
     readers = world.subscribe(30)
     queue_day(world)
-    config = with_connections(world, 2, batch_size=5)
-    report = run_send_all(world, config,
-                          TwoProcessTransports(os.getpid(), world.root / "go", die=True))
-    assert report.sent == 25
-    assert any("ended with code -9" in problem for problem in report.problems)
-    # The killed process's batch waits for its lease: one message accepted, four never sent.
-    assert world.statuses() == Counter({"sent": 25, "sending": 5})
-    assert len(world.sink.messages) == 26
+    config = with_connections(world, 3, batch_size=5)
+    calendar = Calendar(load_articles(config.site.content_dir).articles, config.site.leap_day)
+    with world.ledger() as ledger:
+        real_record = ledger.record_sent
+        recorded = Counter[str]()
+
+        def record_sent(*args: Any, **kwargs: Any) -> None:
+            recorded["calls"] += 1
+            if recorded["calls"] == 10:
+                raise ProcessDied  # the process dies as it records the tenth acceptance
+            real_record(*args, **kwargs)
+
+        ledger.record_sent = record_sent  # type: ignore[method-assign]
+        transport = open_transport(config)
+        try:
+            with pytest.raises(ProcessDied):
+                send_due(ledger, Mailer(config, load_secret(config)), transport, calendar,
+                         world.clock, "dies", policy=SendPolicy.from_config(config))
+        finally:
+            transport.close()
+    arrived = len(world.sink.messages)
+    with world.ledger() as ledger:
+        ledger.settle()  # what a dead sender recorded is folded in by the next claim anyway
+    statuses = world.statuses()
+    assert statuses["sent"] == 9 and set(statuses) <= {"sent", "sending", "pending"}
+    # No content goes out once the sender stopped reading outcomes: besides the message whose
+    # record failed, at most the one in flight on each connection.
+    assert 10 <= arrived <= 10 + 3
 
     world.clock.advance(seconds=config.schedule.lease_seconds + 1)
     again = run_send_all(world, config)
-    assert (again.sent, again.problems) == (5, [])
+    assert again.problems == []
     counts = per_recipient(world.sink)
+    assert set(counts) == set(readers)
     twice = [r for r in readers if counts[r] == 2]
-    assert len(twice) == 1 and all(counts[r] == 1 for r in readers if r not in twice)
-    copies = world.sink.received_by(twice[0])
-    assert copies[0].message["Message-ID"] == copies[1].message["Message-ID"]
+    assert len(twice) == arrived - 9 and max(counts.values()) == 2
+    for reader in twice:
+        copies = world.sink.received_by(reader)
+        assert copies[0].message["Message-ID"] == copies[1].message["Message-ID"]
+        assert copies[0].data == copies[1].data
     assert world.statuses() == Counter({"sent": 30})
-
-
-def test_one_sending_process_where_others_cannot_share_the_work(world: World) -> None:
-    assert sending_processes(with_connections(world, 3)) == 3
-    assert sending_processes(with_connections(world, 1)) == 1
-    assert sending_processes(world.config(transport="maildir")) == 1
-    memory = replace(with_connections(world, 3), state=replace(
-        world.config().state, database_url="sqlite://"))
-    assert sending_processes(memory) == 1
 
 
 # --- command line -----------------------------------------------------------------------------

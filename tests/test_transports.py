@@ -289,17 +289,48 @@ def test_smtp_international_address_uses_smtputf8(
 
 def test_caller_stopping_early_gets_the_outcomes_on_the_next_call(
         smtp_server: SmtpSink, smtp_transport: Callable[..., SmtpTransport]) -> None:
-    # Two connections, one thread each: two envelopes per connection are taken ahead.
+    # Two connections, one thread each: three envelopes per connection are taken ahead.
     transport = smtp_transport(connections=2)
-    stream = transport.send([message(n) for n in range(1, 9)])
+    stream = transport.send([message(n) for n in range(1, 13)])
     first = next(stream)
-    stream.close()  # the envelopes already handed over are still sent...
-    rest = list(transport.send([]))  # ...and their outcomes are not lost
-    assert sorted([first[0].delivery_id] + [e.delivery_id for e, _ in rest]) == [1, 2, 3, 4]
-    assert [o.status for _, o in rest] == ["sent"] * 3
-    # Envelopes never taken from the caller's iterable are never sent.
-    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == [
-        f"reader{n}@example.org" for n in range(1, 5)]
+    stream.close()  # no more content goes out once the messages in flight are done...
+    rest = list(transport.send([]))  # ...and no outcome of what was handed over is lost
+    assert sorted([first[0].delivery_id] + [e.delivery_id for e, _ in rest]) == list(range(1, 7))
+    assert {o.status for _, o in rest} <= {"sent", "unsent"}
+    # What arrived is exactly what was reported sent; envelopes never taken were never sent.
+    reported = sorted(e.recipient for e, o in [first, *rest] if o.status == "sent")
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == reported
+
+
+class StopAfter:
+    """A stop flag that is set once ``count`` outcomes have been seen."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.seen = 0
+
+    def is_set(self) -> bool:
+        return self.seen >= self.count
+
+
+def test_a_stop_finishes_the_message_in_flight_on_each_connection(
+        smtp_server: SmtpSink, smtp_transport: Callable[..., SmtpTransport]) -> None:
+    transport = smtp_transport(connections=3)
+    stop = StopAfter(4)
+    results = []
+    for envelope, outcome in transport.send((message(n) for n in range(1, 41)), stop):
+        results.append((envelope, outcome))
+        stop.seen += 1
+    statuses = [o.status for _, o in results]
+    # At most one message per connection was in flight when the stop came; everything else
+    # handed over comes back unsent, and nothing more is taken from the caller.
+    assert set(statuses) == {"sent", "unsent"}
+    assert 4 <= statuses.count("sent") <= 4 + 3
+    assert len(results) <= 4 + 3 * 3
+    sent = sorted(e.recipient for e, o in results if o.status == "sent")
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == sent
+    # The next send goes on over the same transport.
+    assert outcomes(transport, [message(99)])[99].status == "sent"
 
 
 # --- rate limit -------------------------------------------------------------------------------
