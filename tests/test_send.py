@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -43,6 +43,7 @@ from publisher.ledger import ALL_ZONES, Ledger, deliveries, subscriber_row
 from publisher.mail import Edition, Mailer, message_id_for
 from publisher.tokens import load_secret
 from publisher.transports import Envelope, Outcome, Stop, Transport, open_transport
+from tests.fixtures.database import Relay
 from tests.fixtures.smtp import DROP, SmtpSink
 
 DAY = date(2024, 11, 9)
@@ -539,13 +540,13 @@ def test_a_crash_with_several_connections_repeats_only_unrecorded_messages(
 # --- command line -----------------------------------------------------------------------------
 
 
-def write_config(world: World) -> Path:
+def write_config(world: World, database_url: str | None = None) -> Path:
     path = world.root / "publisher.toml"
     smtp = world.sink.email_table()["smtp"]
     path.write_text(
         '[site]\ntitle = "Anniversaries"\nbase_url = "https://example.org/"\n'
         f'timezone = "UTC"\ncontent_dir = "{world.content}"\n'
-        f'[state]\ndatabase_url = "{world.database_url}"\n'
+        f'[state]\ndatabase_url = "{database_url or world.database_url}"\n'
         '[email]\ntransport = "smtp"\n'
         f'[email.smtp]\nhost = "{smtp["host"]}"\nport = {smtp["port"]}\nsecurity = "none"\n',
         encoding="utf-8")
@@ -574,19 +575,138 @@ def test_cli_send_and_status(world: World) -> None:
     assert [m.rcpt_tos[0] for m in world.sink.messages] == [good]
 
 
-def test_cli_send_forks_a_sending_process_per_connection(world: World) -> None:
-    # A fresh command runs no other thread, so its senders are forked copies of it.
-    readers = world.subscribe(60)
-    config = write_config(world)
-    config.write_text(config.read_text(encoding="utf-8") + "connections = 2\n",
+SECRET_ENV = {"PUBLISHER_SECRET_KEY": "test-secret-" + "x" * 32}
+CONNECTIONS = 4
+
+
+def start_send(world: World, connections: int = CONNECTIONS,
+               database_url: str | None = None) -> subprocess.Popen[str]:
+    """Start `publisher send` for DAY in a process of its own, with ``connections``."""
+    config = write_config(world, database_url)
+    config.write_text(config.read_text(encoding="utf-8") + f"connections = {connections}\n",
                       encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "publisher", "--config", str(config), "send",
-                           "--date", "2024-11-09"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PUBLISHER_SECRET_KEY": "test-secret-" + "x" * 32})
-    assert done.returncode == 0, done.stderr
-    assert "sent 60, deferred 0, failed 0, bounced 0, skipped 0" in done.stdout
+    return subprocess.Popen([sys.executable, "-m", "publisher", "--config", str(config), "send",
+                             "--date", DAY.isoformat()], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **SECRET_ENV})
+
+
+def wait_for_messages(sink: SmtpSink, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while len(sink.messages) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{len(sink.messages)} messages arrived"
+        time.sleep(0.01)
+
+
+def now_past_the_lease(world: World) -> None:
+    """Move the test clock to the real time, past the lease of a send started just now."""
+    lease = world.config().schedule.lease_seconds
+    world.clock.now = datetime.now(UTC) + timedelta(seconds=lease + 1)
+
+
+def test_cli_send_with_several_connections(world: World) -> None:
+    readers = world.subscribe(60)
+    done = start_send(world)
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0, err
+    assert "sent 60, deferred 0, failed 0, bounced 0, skipped 0" in out
     assert per_recipient(world.sink) == Counter({r: 1 for r in readers})
+    assert len({m.peer for m in world.sink.messages}) == CONNECTIONS
     assert world.statuses() == Counter({"sent": 60})
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_ends_every_connection_after_the_message_in_flight(
+        world: World, signum: signal.Signals, code: int) -> None:
+    readers = world.subscribe(300)
+    world.sink.delay = 0.02  # a slow server: the signal surely comes in the middle
+    sending = start_send(world)
+    wait_for_messages(world.sink, 20, sending)
+    signalled = time.monotonic()
+    sending.send_signal(signum)
+    out, err = sending.communicate(timeout=60)
+    assert sending.returncode == code, err
+    assert "Traceback" not in err and "Aborted" not in err
+    arrived = len(world.sink.messages)
+    # After the signal, each connection finished at most the message it had in flight.
+    late = Counter(m.peer for m in world.sink.messages if m.at > signalled)
+    assert max(late.values(), default=0) <= 1 and len(late) <= CONNECTIONS
+    time.sleep(0.5)
+    assert len(world.sink.messages) == arrived  # nothing goes on once the command ended
+    # The usual summary, counting every message that arrived; the rest went back to the queue.
+    assert f"sent {arrived}, deferred 0, failed 0, bounced 0, skipped 0" in out
+    assert f"stopped by {signum.name}" in out
+    assert world.statuses() == Counter({"sent": arrived, "pending": 300 - arrived})
+    assert len({m.message["Message-ID"] for m in world.sink.messages}) == arrived
+    world.sink.delay = 0
+    now_past_the_lease(world)
+    assert world.send().sent == 300 - arrived
+    assert per_recipient(world.sink) == Counter({r: 1 for r in readers})
+
+
+def assert_sent_again_only_with_the_same_message_id(world: World, readers: list[str],
+                                                    connections: int) -> None:
+    """Check every reader got the event, and that a second copy is an exact repeat."""
+    counts = per_recipient(world.sink)
+    assert set(counts) == set(readers)
+    twice = [reader for reader, count in counts.items() if count > 1]
+    # With a server that does not pipeline: at most the message being recorded per connection.
+    assert len(twice) <= connections and max(counts.values()) <= 2
+    for reader in twice:
+        first, second = world.sink.received_by(reader)
+        assert first.message["Message-ID"] == second.message["Message-ID"]
+        assert first.data == second.data
+    assert world.statuses() == Counter({"sent": len(readers)})
+
+
+def test_a_send_killed_mid_way_loses_nothing_and_nothing_goes_on_sending(world: World) -> None:
+    readers = world.subscribe(300)
+    world.sink.delay = 0.02
+    sending = start_send(world)
+    wait_for_messages(world.sink, 20, sending)
+    sending.kill()
+    assert sending.wait(timeout=30) == -signal.SIGKILL
+    arrived = len(world.sink.messages)
+    time.sleep(0.5)
+    assert len(world.sink.messages) == arrived  # no connection outlives its process
+    for pipe in (sending.stdout, sending.stderr):
+        assert pipe is not None
+        pipe.close()
+
+    world.sink.delay = 0
+    now_past_the_lease(world)
+    world.email["smtp"] = {**world.sink.email_table()["smtp"], "connections": CONNECTIONS}
+    world.send()
+    assert_sent_again_only_with_the_same_message_id(world, readers, CONNECTIONS)
+
+
+@pytest.mark.postgres
+def test_the_database_going_away_mid_send_is_one_line_and_loses_nothing(
+        tmp_path: Path, postgres_url: str, smtp_server: SmtpSink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(*next(iter(SECRET_ENV.items())))
+    world = World(tmp_path, postgres_url, smtp_server)
+    world.article("moon", date(2020, 11, 9))
+    readers = world.subscribe(300)
+    world.sink.delay = 0.02
+    relay = Relay()
+    try:
+        sending = start_send(world, database_url=relay.url(postgres_url))
+        wait_for_messages(world.sink, 20, sending)
+        relay.cut()
+        out, err = sending.communicate(timeout=60)
+    finally:
+        relay.cut()
+    assert sending.returncode == EXIT_PROBLEMS, (out, err)
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith("error: database error: ")
+
+    world.sink.delay = 0
+    now_past_the_lease(world)
+    world.email["smtp"] = {**world.sink.email_table()["smtp"], "connections": CONNECTIONS}
+    world.send()
+    assert_sent_again_only_with_the_same_message_id(world, readers, CONNECTIONS)
 
 
 def test_cli_send_exits_1_when_articles_are_broken(world: World) -> None:
