@@ -537,17 +537,31 @@ class SmtpConnection:
                     outcome = await self._transaction(message, data, wire)
                 else:
                     self.stage = "mail"
-                    refusal = None if announced else await self._announce(message, data, pace)
+                    refusal: Outcome | None = None
+                    if not announced:
+                        line = await self._announcement(message, data, pace)
+                        if isinstance(line, bytes):
+                            self._write(line)
+                        else:
+                            refusal = line
                     refusal = refusal or await self._envelope_replies()
+                    if refusal is None and halted():
+                        self.reset()  # the server waits for content that will not come
+                        break
                     if refusal is None:
-                        # From here a lost connection may have taken the message: no retry.
-                        self._write(wire)
                         following = take()
+                        announcement = b""
                         if following is not None:
                             following_data, following_wire = _prepared(following)
-                            ahead = await self._announce(following, following_data,
-                                                         pace) is None
                             ready = (following, following_data, following_wire)
+                            line = await self._announcement(following, following_data, pace)
+                            if isinstance(line, bytes):
+                                announcement, ahead = line, True
+                        # The content and the next envelope in one write: a server answers
+                        # both at once, where two writes could each wait for their own
+                        # round trip. From here a lost connection may have taken the
+                        # message: no retry.
+                        self._write(wire + announcement)
                         await self._flush()
                         if finished is not None:
                             await report(*finished)
@@ -636,15 +650,15 @@ class SmtpConnection:
             self.reset()
         return classify(code, _reply_text(reply), "data")
 
-    async def _announce(self, envelope: Envelope, data: bytes, pace: Pace) -> Outcome | None:
-        """Send one message's MAIL, RCPT and DATA in one write; an outcome says it cannot go."""
+    async def _announcement(self, envelope: Envelope, data: bytes, pace: Pace
+                            ) -> bytes | Outcome:
+        """Return one message's MAIL, RCPT and DATA as one write, or why it cannot go."""
         options = self._mail_options(envelope, data)
         if isinstance(options, Outcome):
             return options
         await pace()
         mail, rcpt = self._envelope_lines(envelope, options)
-        self._write(mail + rcpt + b"DATA\r\n")
-        return None
+        return mail + rcpt + b"DATA\r\n"
 
     async def _envelope_replies(self) -> Outcome | None:
         """Read the replies to MAIL, RCPT and DATA; None when the content may follow.
