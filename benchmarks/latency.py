@@ -62,9 +62,11 @@ async def serve(listen: int, target: int, rtt_ms: float, seconds: float) -> None
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(pipe(client_reader, server_writer, delay),
-                             pipe(server_reader, client_writer, delay),
-                             return_exceptions=True)
+        # Stopping the proxy cancels the connections still open: they end with it.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(pipe(client_reader, server_writer, delay),
+                                 pipe(server_reader, client_writer, delay),
+                                 return_exceptions=True)
 
     server = await asyncio.start_server(connect, "127.0.0.1", listen, backlog=512)
     stopped = asyncio.Event()

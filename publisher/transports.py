@@ -903,6 +903,8 @@ class SmtpTransport:
 
     async def _close_connections(self) -> None:
         await asyncio.gather(*(connection.close() for connection in self._connections))
+        # Each socket is closed by a callback the loop runs next: let it run before it ends.
+        await asyncio.sleep(0)
 
 
 def open_transport(config: Config) -> Transport:
