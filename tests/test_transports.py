@@ -407,3 +407,16 @@ def test_smtp_transport_waits_for_the_rate_limiter(
         transport.close()
     assert fake.sleeps == [0.5, 1.0]
     assert len(smtp_server.messages) == 3
+
+
+def test_the_rate_limit_is_shared_by_every_connection(smtp_server: SmtpSink) -> None:
+    fake = FakeTime()
+    transport = SmtpTransport(settings(smtp_server, rate_limit=2.0, connections=3),
+                              "client.example.org", RateLimiter(2.0, fake.clock, fake.sleep))
+    try:
+        outcomes(transport, [message(n) for n in range(6)])
+    finally:
+        transport.close()
+    # Six messages over three connections still take one half-second slot each.
+    assert sorted(fake.sleeps) == [0.5, 1.0, 1.5, 2.0, 2.5]
+    assert len(smtp_server.messages) == 6
