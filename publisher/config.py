@@ -141,6 +141,8 @@ class WebConfig:
     confirm_hours: int
     rate_limit_per_ip: int
     rate_limit_per_address: int
+    # Host names answered besides base_url's and loopback's: "name", "*.name", or "*" for any.
+    allowed_hosts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,8 @@ class Config:
 
 
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_HOST_PATTERN = re.compile(r"\*|(?:\*\.)?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\]",
+                           re.IGNORECASE)
 
 
 class _Table:
@@ -372,7 +376,17 @@ def _web(t: _Table) -> WebConfig:
         confirm_hours=t.number("confirm_hours", 48, minimum=1),
         rate_limit_per_ip=t.number("rate_limit_per_ip", 10, minimum=1),
         rate_limit_per_address=t.number("rate_limit_per_address", 3, minimum=1),
+        allowed_hosts=_host_names(t, "allowed_hosts"),
     )
+
+
+def _host_names(t: _Table, key: str) -> tuple[str, ...]:
+    names = t.get(key, list, [])
+    for name in names:
+        if not isinstance(name, str) or not _HOST_PATTERN.fullmatch(name):
+            raise t._fail(key, "expected host names without ports, such as \"example.org\", "
+                               f"\"*.example.org\", \"[::1]\" or \"*\"; got {name!r}")
+    return tuple(name.lower() for name in names)
 
 
 def from_mapping(data: Mapping[str, Any], *, path: Path | None = None,

@@ -160,6 +160,7 @@ class _Batch:
         self.handed = 0
         self.awaited = 0  # handed to the transport, outcome not known yet
         self.systemic = 0  # outcomes that blame the connection rather than the message
+        self.systemic_reply = ""  # the last of them, which says what is wrong
         self.sent = 0
         self.renewed = now  # when the lease was last pushed forward
         self.lost = False  # the lease ran out and another worker took rows over
@@ -221,7 +222,8 @@ class _Sender:
         if isinstance(edition, str):
             # The operator can fix the article or template: retry on the usual schedule.
             return Outcome("deferred", None, edition)
-        recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone)
+        recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone,
+                              claim.unsubscribe_key)
         try:
             data, wire = edition.messages(recipient)
         except SubscriberError as exc:
@@ -275,6 +277,7 @@ class _Sender:
                 batch.sent += 1
             elif outcome.status == "deferred" and outcome.code in (None, 421):
                 batch.systemic += 1
+                batch.systemic_reply = outcome.reply
         if batch.exhausted:
             self.close(batch)
         for held in self.batches:
@@ -345,12 +348,11 @@ class _Sender:
         logger.info("batch: %d claimed, %d handed to the transport, %d sent", claimed,
                     batch.handed, batch.sent,
                     extra={"claimed": claimed, "handed": batch.handed, "sent": batch.sent})
-        # The server could not be reached at all: the rows wait for their retry time instead
-        # of every remaining row failing the same way.
+        # The server could not be reached at all, or the maildir not written: the rows wait
+        # for their retry time instead of every remaining row failing the same way.
         if batch.handed and not batch.sent and batch.systemic == batch.handed:
             self.unreachable = True
-            self.report.stopped = ("the mail server could not be reached; deferred rows will "
-                                   "be retried")
+            self.report.stopped = f"{batch.systemic_reply}; deferred rows will be retried"
 
     def finish(self) -> None:
         """Close every batch still open (the transport took no more of them)."""
@@ -490,7 +492,7 @@ class Status:
 def delivery_status(config: Config, day: date | None = None, *, limit: int = 50,
                     now: datetime | None = None) -> Status:
     """Return delivery counts and failures (for the events of ``day``, or all)."""
-    with Ledger.open(config.state.database_url) as ledger:
+    with Ledger.open(config.state.database_url, read_only=True) as ledger:
         # Messages accepted by a sender that has not folded them in yet (still sending, or
         # died) count as sent, as they will once folded.
         ledger.settle()

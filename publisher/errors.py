@@ -50,6 +50,10 @@ class DuplicateSlugError(ContentError):
     """Two articles claim the same slug."""
 
 
+class UnreadableError(ContentError):
+    """A content entry cannot be read: a link loop or to nothing, not a file, no permission."""
+
+
 class TemplateError(LocatedError):
     """A template failed to load or render (syntax error, unknown variable)."""
 

@@ -62,6 +62,9 @@ _QUOTE = re.compile(r"\s{0,3}>\s?(.*)")
 TEXT_WIDTH = 72
 _LINE = 78  # RFC 5322's recommended maximum, without CRLF
 _WORD_BYTES = 45  # UTF-8 bytes per encoded-word: 60 base64 characters, 72 with the delimiters
+# Tags as the CSS inliner writes them: lower case, attributes in double quotes.
+_HEAD = re.compile(r"<head(?:\s[^>]*)?>")
+_META_CHARSET = re.compile(r"<meta charset=[^>]*>\s*")
 _SOFT_BREAK = b"=\r\n"
 _END_OF_DATA = b".\r\n"  # the message's last line ends in CRLF already
 
@@ -73,12 +76,17 @@ def slot(key: str) -> str:
 
 @dataclass(frozen=True)
 class Recipient:
-    """Who one message goes to; ``timezone`` (IANA name) sets the Date, else the site's zone."""
+    """Who one message goes to; ``timezone`` (IANA name) sets the Date, else the site's zone.
+
+    ``unsubscribe_key`` is the subscriber's key, which their unsubscribe link names (a sample
+    recipient's link, with none, unsubscribes nobody).
+    """
 
     subscriber_id: int
     email: str
     name: str | None
     timezone: str | None = None
+    unsubscribe_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -365,6 +373,21 @@ def article_links(body_html: str, base: str) -> list[Link]:
     return list(collector.links.values())
 
 
+def _charset_first(document: str) -> str:
+    """Move an HTML document's ``<meta charset>`` to the start of its ``<head>``."""
+    # The CSS inliner writes the @media rules it keeps as the first child of <head>, which pushes
+    # the declaration towards the end of the 1,024 bytes a parser scans for it.
+    head = _HEAD.search(document)
+    if head is None:
+        return document
+    meta = _META_CHARSET.search(document, head.end(), document.find("</head>", head.end()))
+    if meta is None or meta.start() == head.end():
+        return document
+    declaration = meta.group().rstrip()
+    document = document[:meta.start()] + document[meta.end():]
+    return document[:head.end()] + declaration + "\n" + document[head.end():]
+
+
 def _multipart(boundary: str) -> tuple[bytes, bytes, bytes]:
     """Return the bytes before the text part, between the parts, and after the HTML part."""
     part = ("Content-Type: text/{}; charset=\"utf-8\"\r\n"
@@ -470,10 +493,11 @@ class Mailer:
 
     def _render_html(self, name: str, context: Mapping[str, Any]) -> str:
         try:
-            return str(css_inline.inline(render(self.env, name, context), keep_at_rules=True,
-                                         load_remote_stylesheets=False))
+            inlined = str(css_inline.inline(render(self.env, name, context), keep_at_rules=True,
+                                            load_remote_stylesheets=False))
         except css_inline.InlineError as exc:
             raise TemplateError(f"cannot inline its CSS: {exc}", path=name, field="css") from None
+        return _charset_first(inlined)
 
     def edition(self, event: Event) -> Edition:
         """Render one event's email once, ready to be filled in for each recipient."""
@@ -583,7 +607,7 @@ class Edition:
     def _values(self, recipient: Recipient) -> tuple[_Variant, dict[str, str], str]:
         address = _recipient_address(recipient)
         name = _clean(recipient.name) if recipient.name else ""
-        token = unsubscribe_token(self._mailer.secret, recipient.subscriber_id, recipient.email)
+        token = unsubscribe_token(self._mailer.secret, recipient.unsubscribe_key)
         values = {NAME: name, EMAIL: address, UNSUBSCRIBE: self._unsubscribe_base + token}
         return (self._named if name else self._anonymous), values, token
 
