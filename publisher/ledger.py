@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import errno
 import hashlib
 import os
 import re
@@ -608,15 +609,16 @@ class _DriverStatement:
 _MEMORY = (None, "", ":memory:")
 
 
-def _writable(database: str | None) -> bool:
-    """Return whether this process may write an SQLite file and its folder."""
+def _write_problem(database: str | None) -> str | None:
+    """Return why this process cannot write an SQLite file or its folder, or None."""
     if database in _MEMORY:
-        return True
+        return None
     assert database is not None
-    folder = os.path.dirname(os.path.abspath(database))
-    if os.path.isdir(folder) and not os.access(folder, os.W_OK):
-        return False
-    return not os.path.exists(database) or os.access(database, os.W_OK)
+    for path in (os.path.dirname(os.path.abspath(database)), database):
+        if os.path.exists(path) and not os.access(path, os.W_OK):
+            read_only = os.statvfs(path).f_flag & os.ST_RDONLY
+            return f"{path}: {os.strerror(errno.EROFS if read_only else errno.EACCES)}"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -652,9 +654,12 @@ class Ledger:
         except ArgumentError as exc:
             raise LedgerError(f"invalid database URL {url!r}: {exc}") from None
         backend = parsed.get_backend_name()
-        if backend == "sqlite" and read_only and not _writable(parsed.database):
+        problem = _write_problem(parsed.database) if backend == "sqlite" else None
+        if problem is not None and read_only:
             assert parsed.database is not None
             return cls._read_only_sqlite(parsed.database, url)
+        if problem is not None:
+            raise LedgerError(f"cannot open {_describe(url)} to write: {problem}")
         if backend == "sqlite":
             engine = cls._sqlite_engine(parsed.database)
         elif backend == "postgresql":

@@ -220,12 +220,12 @@ def ehlo_name(domain: str) -> str:
     return f"[IPv6:{address}]" if address.version == 6 else f"[{address}]"
 
 
-class SmtpProtocolError(Exception):
-    """The server closed the connection, or answered outside the protocol."""
+class SmtpProtocolError(TransportError):
+    """The server closed the connection, or answered outside the protocol (never leaves here)."""
 
 
-class SessionRefused(Exception):
-    """The server refused the session itself (greeting, STARTTLS or login)."""
+class SessionRefused(TransportError):
+    """The server refused the session itself: greeting, STARTTLS or login (never leaves here)."""
 
     def __init__(self, code: int, reply: str) -> None:
         super().__init__(f"{code} {reply}")
