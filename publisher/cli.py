@@ -405,12 +405,28 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @click.pass_context
 @reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
-    """Show deliveries per state, failures, subscriber counts, last tick and next anniversaries."""
-    from publisher import dispatch, schedule
+    """Show deliveries per state, failures, bounces, subscribers, last tick and what comes next."""
+    from publisher import bounces, dispatch, schedule
 
     config = load_config(ctx)
     echo_lines(dispatch.delivery_status(config, _as_day(day)).lines())
+    echo_lines(bounces.return_status(config, _as_day(day)).lines())
     echo_lines(schedule.clock_status(config).lines())
+
+
+@cli.command("bounces")
+@config_option
+@click.pass_context
+@reports_errors
+def bounces_command(ctx: click.Context) -> None:
+    """Read every configured mailbox of bounces and complaints once; print what was found."""
+    from publisher import bounces
+
+    report = bounces.process(load_config(ctx))
+    _echo_problems(report.problems)
+    echo_lines([report.line()])
+    if report.problems:
+        sys.exit(EXIT_PROBLEMS)
 
 
 # --- the daemon ---------------------------------------------------------------------------

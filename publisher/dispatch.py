@@ -230,8 +230,9 @@ class _Sender:
             return Outcome("failed", None, f"cannot address the message: {exc}")
         except PublisherError as exc:
             return Outcome("deferred", None, f"cannot build the message: {exc}")
-        envelope = Envelope(claim.delivery_id, self.mailer.envelope_sender, claim.email, data,
-                            wire)
+        sender = self.mailer.return_path(claim.delivery_id, slug=claim.slug, year=claim.year,
+                                         subscriber_id=claim.subscriber_id)
+        envelope = Envelope(claim.delivery_id, sender, claim.email, data, wire)
         return envelope, edition.message_id(recipient)
 
     def envelopes(self) -> Generator[Envelope, None, None]:

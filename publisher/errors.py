@@ -80,3 +80,11 @@ class TokenError(PublisherError):
 
 class SecretKeyError(LocatedError):
     """The key that signs link tokens cannot be read or created."""
+
+
+class MailboxError(PublisherError):
+    """A mailbox of bounces and complaints cannot be reached, logged into or read."""
+
+
+class WebhookError(PublisherError):
+    """A provider's webhook request is not authentic or not in the provider's format."""

@@ -28,7 +28,7 @@ from publisher.config import CONFIG_NAME, Config, DkimConfig
 from publisher.content import absolute_links
 from publisher.errors import ConfigError, SubscriberError, TemplateError
 from publisher.render import compile_string, make_environment, render, render_template
-from publisher.tokens import unsubscribe_token
+from publisher.tokens import return_path_tag, unsubscribe_token
 from publisher.transports import dot_stuffed
 
 HTML_TEMPLATE = "email.html"
@@ -469,6 +469,10 @@ class Mailer:
                                                f"<{label}.{_dot_atom(self.domain)}>")
         self.signer = (_DkimSigner(email.dkim, self.envelope_sender.rpartition("@")[2])
                        if email.dkim else None)
+        self.bounce_address: str | None = None
+        if email.bounce_address:
+            _, self.bounce_address = self._configured_mailbox("bounce_address",
+                                                              email.bounce_address)
         # Compiled once, now: a syntax error stops start-up, not a send.
         self._subject = compile_string(self.env, email.subject, self._origin("subject"))
         self._confirm_subject = compile_string(self.env, email.confirm_subject,
@@ -476,6 +480,17 @@ class Mailer:
 
     def _origin(self, key: str) -> str:
         return f"{self.config.path or CONFIG_NAME} [email] {key}"
+
+    def return_path(self, delivery_id: int | None = None, *, slug: str = "", year: int = 0,
+                    subscriber_id: int = 0) -> str:
+        """Return the envelope sender: with a bounce address, tagged with the delivery (VERP)."""
+        if self.bounce_address is None:
+            return self.envelope_sender
+        if delivery_id is None:
+            return self.bounce_address
+        local, _, domain = self.bounce_address.rpartition("@")
+        tag = return_path_tag(self.secret, delivery_id, slug, year, subscriber_id)
+        return f"{local}+{tag}@{domain}"
 
     def _configured_mailbox(self, key: str, value: str) -> tuple[str, str]:
         name, address = parseaddr(_clean(value))

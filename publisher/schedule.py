@@ -27,6 +27,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher import transports
+from publisher.bounces import BounceReport, Poller
 from publisher.calendar import (
     LONGEST_GAP_DAYS,
     Calendar,
@@ -343,6 +344,7 @@ class Ticker:
         self.mailer = mailer or Mailer(config, load_secret(config), self.env, clock=clock)
         self.open_transport = open_transport
         self.policy = SendPolicy.from_config(config)
+        self.returns = Poller(config, ledger, self.mailer.secret, clock=clock)
         self.cache = ArticleCache()
         self.site_key = site_state_key(config)
         self._loaded: LoadResult | None = None
@@ -448,6 +450,8 @@ class Ticker:
             # Recorded before sending: what is queued stays queued however the send ends.
             self.ledger.set_state(LAST_TICK_KEY, now.isoformat(), now)
             self._send(report)
+            # Bounces and complaints, every [bounces] poll_minutes, after the mail went out.
+            report.problems.extend((self.returns.poll(now) or BounceReport()).problems)
         for problem in report.problems:
             logger.warning("%s", problem)
         if report.did_work:

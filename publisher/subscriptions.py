@@ -94,7 +94,7 @@ class Subscriptions:
         recipient = Recipient(pending.subscriber_id, pending.email, pending.name,
                               pending.timezone)
         data = self.mailer.confirmation(recipient, self.confirmation_url(pending))
-        envelope = transports.Envelope(0, self.mailer.envelope_sender, recipient.email, data)
+        envelope = transports.Envelope(0, self.mailer.return_path(), recipient.email, data)
         transport = self.open_transport(self.config)
         try:
             outcome = next((result for _, result in transport.send([envelope])),

@@ -61,6 +61,7 @@ from publisher.site import (
 )
 from publisher.subscriptions import Subscriptions
 from publisher.tokens import load_secret
+from publisher.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -556,6 +557,7 @@ class WebService:
         self.subscriptions = Subscriptions(config, ledger, secret, self.mailer, clock,
                                            open_transport)
         self.previews = Previews(config, self.mailer, self.env)
+        self.webhooks = Webhooks(config, ledger, secret, clock=clock)
         self.files = SiteFiles(config.site.output_dir)
         self.per_ip = SlidingWindow(config.web.rate_limit_per_ip, RATE_WINDOW_SECONDS)
         self.per_address = SlidingWindow(config.web.rate_limit_per_address, RATE_WINDOW_SECONDS)
@@ -804,6 +806,7 @@ class WebService:
             Route("/preview/", self.preview_index, methods=["GET"]),
             Route("/preview/email/{day}/{name}", self.preview_email, methods=["GET"]),
             Route("/preview/feeds/{day}/{name}", self.preview_feed, methods=["GET"]),
+            *self.webhooks.routes(),
             Route("/{path:path}", self.static, methods=["GET"]),
         ]
 

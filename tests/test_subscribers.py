@@ -228,7 +228,7 @@ def test_upgrade_gives_every_subscriber_a_key_and_suppresses_again(database_url:
     engine.dispose()
 
     with Ledger.open(database_url) as ledger:
-        assert ledger.schema_version() == len(MIGRATIONS) == 3
+        assert ledger.schema_version() == len(MIGRATIONS) >= 3
         found = list(ledger.iter_subscribers())
         keys = {s.unsubscribe_key for s in found}
         assert len(found) == len(keys) == len(rows) and None not in keys
