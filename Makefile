@@ -58,6 +58,7 @@ bench: $(STAMP) system-bench-deps
 	$(PY) benchmarks/build.py
 	$(PY) benchmarks/calendar_day.py
 	$(PY) benchmarks/send.py --memory
+	$(PY) benchmarks/send.py --rtt 20 --connections 1,16,64
 	$(PY) benchmarks/mail_messages.py
 	$(PY) benchmarks/tick.py
 	$(PY) benchmarks/web.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
@@ -347,6 +348,34 @@ class _ProgressBar:
             self.bar.__exit__(None, None, None)
 
 
+class _StopSignals:
+    """SIGINT and SIGTERM ask the send to stop after the messages in flight; a second ends it."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def is_set(self) -> bool:
+        """Return whether a stop signal arrived."""
+        return bool(self.signum)
+
+    def _received(self, signum: int, _frame: object) -> None:
+        # Only a flag is set: a handler raising here could cut a server's 250 off its record.
+        self.signum = self.signum or signum
+        for sig in self.SIGNALS:  # the next one ends the process (the leases cover it)
+            signal.signal(sig, signal.SIG_DFL)
+
+    def __enter__(self) -> _StopSignals:
+        self._previous = {sig: signal.signal(sig, self._received) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 @cli.command()
 @config_option
 @click.option("--date", "day", type=DATE, default=None,
@@ -360,13 +389,19 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 
     config = load_config(ctx)
     bar = _ProgressBar() if sys.stdout.isatty() else None
-    try:
-        report = dispatch.send_date(config, _as_day(day), dry_run=dry_run, progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
+    with _StopSignals() as stop:
+        try:
+            report = dispatch.send_date(config, _as_day(day), dry_run=dry_run, progress=bar,
+                                        stop=stop)
+        finally:
+            if bar is not None:
+                bar.close()
     _echo_problems(report.problems)
     echo_lines(report.lines())
+    if stop.signum:
+        click.echo(f"stopped by {signal.Signals(stop.signum).name}: the messages in flight were "
+                   "finished; the rest stays queued for the next run")
+        sys.exit(128 + stop.signum)
     if not report.ok:
         sys.exit(EXIT_PROBLEMS)
 

@@ -5,16 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import signal
 import socket
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from functools import partial
-from multiprocessing import synchronize
-from multiprocessing.connection import Connection, wait
-from multiprocessing.sharedctypes import SynchronizedArray
-from typing import Protocol, cast
 
 from publisher.calendar import Calendar, Event
 from publisher.config import Config
@@ -32,23 +26,13 @@ from publisher.ledger import (
 )
 from publisher.mail import Edition, Mailer, Recipient
 from publisher.tokens import load_secret
-from publisher.transports import Envelope, Outcome, Transport, open_transport
-from publisher.workers import StartMethod, Worker, WorkerDied, context, start_method
+from publisher.transports import Envelope, Outcome, Stop, Transport, open_transport
 
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 Progress = Callable[[int, int], None]
 MAX_LISTED_FAILURES = 20
-# How often a parent waiting for its sending processes looks at its stop flag.
-STOP_POLL_SECONDS = 0.5
-
-
-class Stop(Protocol):
-    """A flag that asks a send to stop after the message in flight (a threading.Event)."""
-
-    def is_set(self) -> bool:
-        """Return whether the send should stop."""
 
 
 @dataclass(frozen=True)
@@ -144,20 +128,6 @@ class SendReport:
         if len(self.failures) < MAX_LISTED_FAILURES:
             self.failures.append(f"{claim.email} ({claim.slug} {claim.year}): {reply}")
 
-    def absorb(self, other: SendReport) -> None:
-        """Add what another sending process did; each of its notes is kept once."""
-        self.sent += other.sent
-        self.deferred += other.deferred
-        self.failed += other.failed
-        self.bounced += other.bounced
-        self.skipped += other.skipped
-        room = MAX_LISTED_FAILURES - len(self.failures)
-        self.failures.extend(other.failures[:max(room, 0)])
-        # Every process builds the same editions, so their warnings and problems repeat.
-        self.problems.extend(p for p in other.problems if p not in self.problems)
-        self.warnings.extend(w for w in other.warnings if w not in self.warnings)
-        self.stopped = self.stopped or other.stopped
-
 
 def worker_name() -> str:
     """Return a lease owner name unique to this process and call."""
@@ -182,66 +152,43 @@ def skip_event(ledger: Ledger, event: Event, due_at: datetime, zone: ZoneChoice,
 
 
 class _Batch:
-    """Send one claimed batch: build each message lazily, record each outcome as it arrives."""
+    """One claimed batch: its rows, those not recorded yet, and how its messages went."""
 
-    def __init__(self, sender: _Sender, claims: list[Claim], stop: Stop | None
-                 ) -> None:
-        self.sender = sender
+    def __init__(self, claims: list[Claim], now: datetime) -> None:
         self.claims = {c.delivery_id: c for c in claims}
-        self.stop = stop
         self.open = set(self.claims)  # claimed and not yet recorded
-        self.message_ids: dict[int, str] = {}
         self.handed = 0
+        self.awaited = 0  # handed to the transport, outcome not known yet
         self.systemic = 0  # outcomes that blame the connection rather than the message
         self.systemic_reply = ""  # the last of them, which says what is wrong
         self.sent = 0
-        self.renewed = sender.clock()  # when the lease was last pushed forward
+        self.renewed = now  # when the lease was last pushed forward
         self.lost = False  # the lease ran out and another worker took rows over
-
-    def envelopes(self) -> Iterator[Envelope]:
-        """Yield one envelope per claim until told to stop or the lease is lost."""
-        for claim in self.claims.values():
-            if self.stop is not None and self.stop.is_set():
-                return
-            if not self.sender.keep_lease(self):
-                return
-            built = self.sender.build(claim)
-            if isinstance(built, Outcome):
-                self.record(claim, built)
-                continue
-            envelope, self.message_ids[claim.delivery_id] = built
-            self.handed += 1
-            yield envelope
-
-    def record(self, claim: Claim, outcome: Outcome) -> None:
-        """Write one outcome to the ledger and the report."""
-        self.open.discard(claim.delivery_id)
-        self.sender.record(claim, outcome, self.message_ids.get(claim.delivery_id))
-
-    def delivered(self, envelope: Envelope, outcome: Outcome) -> None:
-        """Record the transport's outcome for a message it was handed."""
-        self.record(self.claims[envelope.delivery_id], outcome)
-        if outcome.status == "sent":
-            self.sent += 1
-        elif outcome.status == "deferred" and outcome.code in (None, 421):
-            self.systemic += 1
-            self.systemic_reply = outcome.reply
+        self.exhausted = False  # nothing more of it will be handed to the transport
 
 
 class _Sender:
-    """The state shared by the batches of one :func:`send_due` call."""
+    """The state of one :func:`send_due` call: editions, open batches, messages in flight."""
 
     def __init__(self, ledger: Ledger, mailer: Mailer, calendar: Calendar, policy: SendPolicy,
-                 worker: str, clock: Clock, report: SendReport) -> None:
+                 worker: str, clock: Clock, report: SendReport, stop: Stop | None) -> None:
         self.ledger = ledger
         self.mailer = mailer
         self.policy = policy
         self.worker = worker
         self.clock = clock
         self.report = report
+        self.stop = stop
         self.articles: dict[str, Article] = {a.slug: a for a in calendar.articles}
         self.editions: dict[tuple[str, int], Edition | str] = {}
+        self.batches: list[_Batch] = []  # claimed, not yet closed
+        self.in_flight: dict[int, tuple[_Batch, str]] = {}  # delivery id: batch, Message-ID
+        self.unreachable = False
         self.done = 0
+
+    def stopped(self) -> bool:
+        """Return whether no more messages should be handed to the transport."""
+        return self.unreachable or (self.stop is not None and self.stop.is_set())
 
     def edition(self, claim: Claim) -> Edition | str:
         """Return the event's Edition, built on first use; a string says why there is none."""
@@ -288,8 +235,59 @@ class _Sender:
         envelope = Envelope(claim.delivery_id, sender, claim.email, data, wire)
         return envelope, edition.message_id(recipient)
 
-    def record(self, claim: Claim, outcome: Outcome, message_id: str | None) -> None:
+    def envelopes(self) -> Generator[Envelope, None, None]:
+        """Claim batch after batch and yield one envelope per claim, until told to stop.
+
+        The next batch is claimed as soon as the last envelope of one is handed over, so that
+        every connection stays busy across batches.
+        """
+        while not self.stopped():
+            claims = self.ledger.claim(self.worker, self.policy.batch_size, self.policy.lease,
+                                       self.clock())
+            if not claims:
+                return
+            batch = _Batch(claims, self.clock())
+            self.batches.append(batch)
+            for claim in claims:
+                if self.stopped() or not self.keep_lease(batch):
+                    break
+                built = self.build(claim)
+                if isinstance(built, Outcome):
+                    self.record(batch, claim, built, None)
+                    continue
+                envelope, message_id = built
+                self.in_flight[claim.delivery_id] = (batch, message_id)
+                batch.handed += 1
+                batch.awaited += 1
+                yield envelope
+            batch.exhausted = True
+            self.close(batch)
+
+    def delivered(self, envelope: Envelope, outcome: Outcome) -> None:
+        """Record the transport's outcome for a message it was handed."""
+        entry = self.in_flight.pop(envelope.delivery_id, None)
+        if entry is None:
+            return  # handed over by an earlier call that ended in an error
+        batch, message_id = entry
+        batch.awaited -= 1
+        if outcome.status == "unsent":
+            batch.handed -= 1  # stays open: handed back when the batch closes
+        else:
+            self.record(batch, batch.claims[envelope.delivery_id], outcome, message_id)
+            if outcome.status == "sent":
+                batch.sent += 1
+            elif outcome.status == "deferred" and outcome.code in (None, 421):
+                batch.systemic += 1
+                batch.systemic_reply = outcome.reply
+        if batch.exhausted:
+            self.close(batch)
+        for held in self.batches:
+            self.keep_lease(held)
+
+    def record(self, batch: _Batch, claim: Claim, outcome: Outcome, message_id: str | None
+               ) -> None:
         """Write one outcome to the ledger, counting it in the report."""
+        batch.open.discard(claim.delivery_id)
         now = self.clock()
         report = self.report
         status = outcome.status
@@ -305,7 +303,7 @@ class _Sender:
                                     message_id=message_id, now=now)
         else:
             self.ledger.finish(
-                claim.delivery_id, self.worker, "failed" if status == "bounced" else status,
+                claim.delivery_id, self.worker, "deferred" if status == "deferred" else "failed",
                 code=outcome.code, reply=reply, message_id=message_id, retry_at=retry_at,
                 bounce=status == "bounced", now=now)
         if status == "sent":
@@ -338,19 +336,30 @@ class _Sender:
                                "of its rows: stopping this batch", len(batch.open) - held)
         return not batch.lost
 
-    def run(self, claims: list[Claim], transport: Transport, stop: Stop | None,
-            progress: Progress | None, total: int) -> _Batch:
-        """Send one batch, keep its lease alive, and hand back what was never sent."""
-        batch = _Batch(self, claims, stop)
-        for envelope, outcome in transport.send(batch.envelopes()):
-            batch.delivered(envelope, outcome)
-            if progress is not None:
-                progress(self.done, max(total, self.done))
-            self.keep_lease(batch)
+    def close(self, batch: _Batch) -> None:
+        """Once a batch's messages all have their outcome, hand back the rows never sent."""
+        if batch.awaited or batch not in self.batches:
+            return
+        self.batches.remove(batch)
         if batch.open:
             # Stopped before these were handed over: give them back for the next run.
             self.ledger.release(batch.open, self.worker, self.clock())
-        return batch
+        # One line per batch for the daemon's log (`publisher run`).
+        claimed = len(batch.claims)
+        logger.info("batch: %d claimed, %d handed to the transport, %d sent", claimed,
+                    batch.handed, batch.sent,
+                    extra={"claimed": claimed, "handed": batch.handed, "sent": batch.sent})
+        # The server could not be reached at all, or the maildir not written: the rows wait
+        # for their retry time instead of every remaining row failing the same way.
+        if batch.handed and not batch.sent and batch.systemic == batch.handed:
+            self.unreachable = True
+            self.report.stopped = f"{batch.systemic_reply}; deferred rows will be retried"
+
+    def finish(self) -> None:
+        """Close every batch still open (the transport took no more of them)."""
+        for batch in list(self.batches):
+            batch.exhausted = True
+            self.close(batch)
 
 
 def send_due(ledger: Ledger, mailer: Mailer, transport: Transport, calendar: Calendar,
@@ -367,81 +376,23 @@ def send_due(ledger: Ledger, mailer: Mailer, transport: Transport, calendar: Cal
     skipped, failed = ledger.expire(clock())
     report.skipped += skipped
     report.failed += failed
-    sender = _Sender(ledger, mailer, calendar, policy, worker_id, clock, report)
+    sender = _Sender(ledger, mailer, calendar, policy, worker_id, clock, report, stop)
     total = ledger.count_due(clock()) if progress is not None else 0
-    while stop is None or not stop.is_set():
-        claims = ledger.claim(worker_id, policy.batch_size, policy.lease, clock())
-        if not claims:
-            break
-        batch = sender.run(claims, transport, stop, progress, total)
-        # One line per batch for the daemon's log (`publisher run`).
-        logger.info("batch: %d claimed, %d handed to the transport, %d sent", len(claims),
-                    batch.handed, batch.sent,
-                    extra={"claimed": len(claims), "handed": batch.handed, "sent": batch.sent})
-        # The server could not be reached at all, or the maildir not written: the rows wait
-        # for their retry time instead of every remaining row failing the same way.
-        if batch.handed and not batch.sent and batch.systemic == batch.handed:
-            report.stopped = f"{batch.systemic_reply}; deferred rows will be retried"
-            break
+    envelopes = sender.envelopes()
+    outcomes = transport.send(envelopes, stop)
+    try:
+        for envelope, outcome in outcomes:
+            sender.delivered(envelope, outcome)
+            if progress is not None:
+                progress(sender.done, max(total, sender.done))
+    finally:
+        # On an error, the transport stops sending before the claims go away with this call.
+        if isinstance(outcomes, Generator):
+            outcomes.close()
+        envelopes.close()
+    sender.finish()
     # Each claim folds the accepted messages recorded so far; this folds the last batch's.
     ledger.settle()
-    return report
-
-
-@dataclass(frozen=True)
-class _Share:
-    """What one more sending process needs: picklable, for a fork server."""
-
-    config: Config
-    secret: bytes
-    articles: tuple[Article, ...]
-    policy: SendPolicy
-    clock: Clock
-    open_transport: Callable[[Config], Transport]
-
-
-def sending_processes(config: Config) -> int:
-    """Return how many processes send: one per SMTP connection, where each can have its own."""
-    connections = config.email.smtp.connections
-    if (config.email.transport != "smtp" or connections < 2 or start_method() is None
-            or Ledger.in_memory(config.state.database_url)):
-        return 1
-    return connections
-
-
-def _one_connection(config: Config, processes: int) -> Config:
-    # Each process drives one connection in its own thread, and takes its part of the rate.
-    smtp = config.email.smtp
-    return replace(config, email=replace(config.email, smtp=replace(
-        smtp, connections=1, rate_limit=smtp.rate_limit / processes)))
-
-
-def _count_progress(counts: SynchronizedArray[int], slot: int, done: int, _total: int) -> None:
-    counts[slot] = done
-
-
-def _send_share(share: _Share, stop: Stop, counts: SynchronizedArray[int] | None, slot: int
-                ) -> SendReport:
-    """Claim and send due deliveries in this process, alongside the one that started it."""
-    # The parent decides when to stop (through ``stop``): a Ctrl-C reaching the whole process
-    # group must not cut this process off between a server's 250 and its ledger write.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    report = SendReport()
-    config = share.config
-    progress = None if counts is None else partial(_count_progress, counts, slot)
-    try:
-        with Ledger.open(config.state.database_url) as ledger:
-            transport = share.open_transport(config)
-            try:
-                send_due(ledger, Mailer(config, share.secret, clock=share.clock), transport,
-                         Calendar(share.articles, config.site.leap_day), share.clock,
-                         worker_name(), stop, policy=share.policy, progress=progress,
-                         report=report)
-            finally:
-                transport.close()
-    except PublisherError as exc:
-        report.problems.append(f"a sending process stopped: {exc}")
     return report
 
 
@@ -450,83 +401,13 @@ def send_all(config: Config, ledger: Ledger, mailer: Mailer, calendar: Calendar,
              open_transport: Callable[[Config], Transport] = open_transport,
              progress: Progress | None = None, report: SendReport | None = None
              ) -> SendReport:
-    """Send everything due over the configured connections, each in a process of its own."""
-    report = report or SendReport()
-    processes = sending_processes(config)
-    method = start_method()
-    if processes == 1 or method is None:
-        transport = open_transport(config)
-        try:
-            return send_due(ledger, mailer, transport, calendar, clock, worker_name(), stop,
-                            policy=policy, progress=progress, report=report)
-        finally:
-            transport.close()
-    # One interpreter runs one core: SMTP connections driven by threads of one process wait
-    # for each other, so every connection gets a process, each claiming its own batches
-    # from the ledger exactly as separate instances would.
-    own = _one_connection(config, processes)
-    articles = tuple(calendar.articles)
-    if method == "forkserver":
-        # Everything a fork server hands over is pickled: only the articles with due mail.
-        due = set(ledger.due_slugs(clock()))
-        articles = tuple(a for a in articles if a.slug in due)
-    share = _Share(own, mailer.secret, articles, policy, clock, open_transport)
-    senders = _start_senders(share, processes - 1, method, progress is not None)
-    counts = senders.counts
-    if progress is not None and counts is not None:
-        shown = progress
-
-        def progress(done: int, total: int) -> None:
-            counts[0] = done
-            shown(sum(counts[:]), total)
-
+    """Send everything due over the configured transport and its connections."""
+    transport = open_transport(config)
     try:
-        transport = open_transport(own)
-        try:
-            send_due(ledger, mailer, transport, calendar, clock, worker_name(), stop,
-                     policy=policy, progress=progress, report=report)
-        finally:
-            transport.close()
+        return send_due(ledger, mailer, transport, calendar, clock, worker_name(), stop,
+                        policy=policy, progress=progress, report=report)
     finally:
-        senders.finish(stop, report)
-    return report
-
-
-class _Senders:
-    """The extra sending processes of one :func:`send_all` call."""
-
-    def __init__(self, workers: list[Worker[SendReport]], halt: synchronize.Event,
-                 counts: SynchronizedArray[int] | None) -> None:
-        self.workers = workers
-        self.halt = halt
-        self.counts = counts
-
-    def finish(self, stop: Stop | None, report: SendReport) -> None:
-        """Wait for every process (passing ``stop`` on), adding what each did to ``report``."""
-        waiting = {worker.receiver: worker for worker in self.workers}
-        while waiting:
-            if stop is not None and stop.is_set():
-                self.halt.set()
-            for ready in wait(list(waiting), timeout=STOP_POLL_SECONDS):
-                worker = waiting.pop(cast(Connection, ready))
-                try:
-                    report.absorb(worker.result())
-                except WorkerDied as exc:
-                    report.problems.append(
-                        f"a sending process ended with code {exc.exitcode}: the rows it held "
-                        "go out again once their lease runs out")
-                except Exception as exc:  # a bug in one process must not hide the others' work
-                    logger.exception("a sending process failed")
-                    report.problems.append(f"a sending process failed: {exc!r}")
-
-
-def _start_senders(share: _Share, count: int, method: StartMethod, counted: bool) -> _Senders:
-    ctx = context(method)
-    halt = ctx.Event()
-    counts = ctx.Array("q", count + 1, lock=False) if counted else None
-    workers = [Worker(partial(_send_share, share, halt, counts, slot), name=f"sender-{slot}",
-                      method=method) for slot in range(1, count + 1)]
-    return _Senders(workers, halt, counts)
+        transport.close()
 
 
 def send_date(config: Config, day: date | None = None, *, dry_run: bool = False,

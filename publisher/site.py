@@ -49,7 +49,6 @@ from publisher.sitemap import (
     sitemap_files,
     sitemap_names,
 )
-from publisher.workers import fork_is_safe
 
 INDEX_TEMPLATE = "index.html"
 ARTICLE_TEMPLATE = "article.html"
@@ -530,7 +529,10 @@ class _Helper(Generic[T]):
 
         Only where forking is safe (no other thread runs) and a second core can run the copy.
         """
-        return (os.cpu_count() or 1) >= 2 and fork_is_safe()
+        # A copy of a process running other threads (the daemon's clock, the web service)
+        # could inherit a lock held half-way by one of them.
+        return ((os.cpu_count() or 1) >= 2 and threading.active_count() == 1
+                and "fork" in multiprocessing.get_all_start_methods())
 
     @staticmethod
     def start(work: Callable[[Post], T], room: int = 0) -> _Helper[T] | None:

@@ -35,7 +35,7 @@ from publisher.dispatch import SendPolicy, enqueue_event, send_due
 from publisher.ledger import ALL_ZONES, Ledger, SubscriberRow, accepted, deliveries
 from publisher.mail import Mailer
 from publisher.schedule import site_lock_name, site_state_key
-from publisher.transports import Envelope, MaildirTransport, Outcome
+from publisher.transports import Envelope, MaildirTransport, Outcome, Stop
 from tests.fixtures.content import BASE_URL, WriteArticle
 from tests.fixtures.ticks import FakeClock, MakeWorld, write_config
 
@@ -345,9 +345,10 @@ class StallingTransport:
         self.inner = inner
         self.stall = stall
 
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
+    def send(self, envelopes: Iterable[Envelope], stop: Stop | None = None
+             ) -> Iterator[tuple[Envelope, Outcome]]:
         """Store the messages; after the first one, stall past the lease."""
-        for number, result in enumerate(self.inner.send(envelopes)):
+        for number, result in enumerate(self.inner.send(envelopes, stop)):
             yield result
             if number == 0:
                 self.stall()

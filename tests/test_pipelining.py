@@ -7,6 +7,7 @@ EHLO reply and records, for each MAIL FROM, whether RCPT TO and DATA had arrived
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -169,3 +170,20 @@ def test_parallel_pipelined_connections_deliver_each_message_once(
 ])
 def test_dot_stuffing(data: bytes, content: bytes) -> None:
     assert data_content(data) == content
+
+
+def test_a_stop_sends_no_content_after_the_message_in_flight(
+        pipelining_server: PipeliningSink, transport: Callable[..., SmtpTransport]) -> None:
+    sender = transport()
+    stop = threading.Event()
+    results = []
+    for envelope, outcome in sender.send((message(n) for n in range(1, 11)), stop):
+        results.append((envelope.delivery_id, outcome.status))
+        stop.set()
+    # When the first outcome came, the second message's content was on its way and the third
+    # was announced behind it: the second is finished, the third's transaction is dropped.
+    assert results == [(1, "sent"), (2, "sent"), (3, "unsent")]
+    assert [m.rcpt_tos[0] for m in pipelining_server.messages] == [
+        "reader1@example.org", "reader2@example.org"]
+    assert outcomes(sender, [message(11)])[11].status == "sent"
+    assert pipelining_server.connections == 2

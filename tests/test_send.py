@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -36,14 +36,14 @@ from publisher.dispatch import (
     send_all,
     send_date,
     send_due,
-    sending_processes,
     skip_event,
 )
 from publisher.errors import TransportError
 from publisher.ledger import ALL_ZONES, Ledger, deliveries, subscriber_row
 from publisher.mail import Edition, Mailer, message_id_for
 from publisher.tokens import load_secret
-from publisher.transports import Envelope, Outcome, Transport, open_transport
+from publisher.transports import Envelope, Outcome, Stop, Transport, open_transport
+from tests.fixtures.database import Relay
 from tests.fixtures.smtp import DROP, SmtpSink
 
 DAY = date(2024, 11, 9)
@@ -368,7 +368,8 @@ class DiesAfterFirstAcceptance:
     def __init__(self, inner: Transport) -> None:
         self.inner = inner
 
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
+    def send(self, envelopes: Iterable[Envelope], stop: Stop | None = None
+             ) -> Iterator[tuple[Envelope, Outcome]]:
         first = next(iter(envelopes))
         for _, outcome in self.inner.send([first]):
             assert outcome.status == "sent"
@@ -467,131 +468,85 @@ def with_connections(world: World, connections: int, **email: Any) -> Config:
     return world.config(smtp=smtp, **email)
 
 
-def run_send_all(world: World, config: Config,
-                 transports: Callable[[Config], Transport] = open_transport) -> SendReport:
+def run_send_all(world: World, config: Config) -> SendReport:
     calendar = Calendar(load_articles(config.site.content_dir).articles, config.site.leap_day)
     with world.ledger() as ledger:
         return send_all(config, ledger, Mailer(config, load_secret(config)), calendar,
-                        world.clock, policy=SendPolicy.from_config(config),
-                        open_transport=transports)
+                        world.clock, policy=SendPolicy.from_config(config))
 
 
-def wait_for(path: Path) -> None:
-    deadline = time.monotonic() + 30
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.01)
-
-
-class GatedTransport:
-    """The starting process's transport: sends only once another process holds a batch."""
-
-    def __init__(self, inner: Transport, marker: Path) -> None:
-        self.inner = inner
-        self.marker = marker
-
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
-        wait_for(self.marker)
-        yield from self.inner.send(envelopes)
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-class AnnouncingTransport:
-    """Another process's transport: says it holds a batch, then sends (or dies after one)."""
-
-    def __init__(self, inner: Transport, marker: Path, die: bool) -> None:
-        self.inner = inner
-        self.marker = marker
-        self.die = die
-
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
-        self.marker.touch()
-        if not self.die:
-            yield from self.inner.send(envelopes)
-            return
-        for _, outcome in self.inner.send([next(iter(envelopes))]):
-            assert outcome.status == "sent"
-        os.kill(os.getpid(), signal.SIGKILL)  # accepted, and never written to the ledger
-
-    def close(self) -> None:
-        self.inner.close()
-
-
-@dataclass(frozen=True)
-class TwoProcessTransports:
-    """Open transports that make the other process claim a batch before this one sends.
-
-    Module-level and picklable: a fork server hands it to the other process.
-    """
-
-    parent: int
-    marker: Path
-    die: bool = False
-
-    def __call__(self, config: Config) -> Transport:
-        inner = open_transport(config)
-        if os.getpid() == self.parent:
-            return GatedTransport(inner, self.marker)
-        return AnnouncingTransport(inner, self.marker, self.die)
-
-
-def test_each_connection_sends_from_a_process_of_its_own(world: World) -> None:
+def test_connections_are_sessions_of_one_process_each_message_sent_once(world: World) -> None:
     readers = world.subscribe(40)
     queue_day(world)
-    config = with_connections(world, 2, batch_size=5)
-    assert sending_processes(config) == 2
-    report = run_send_all(world, config, TwoProcessTransports(os.getpid(), world.root / "go"))
+    config = with_connections(world, 4, batch_size=5)
+    threads_before = threading.active_count()
+    report = run_send_all(world, config)
     assert report.ok, report.problems
     assert (report.sent, report.deferred, report.failed) == (40, 0, 0)
     assert per_recipient(world.sink) == Counter({r: 1 for r in readers})
-    assert len({m.peer for m in world.sink.messages}) == 2
+    assert len({m.peer for m in world.sink.messages}) == 4
     assert world.statuses() == Counter({"sent": 40})
+    # The connections' threads end with the send.
+    assert threading.active_count() == threads_before
 
 
-def test_a_sending_process_killed_mid_batch_loses_nothing(world: World) -> None:
+def test_a_crash_with_several_connections_repeats_only_unrecorded_messages(
+        world: World) -> None:
     readers = world.subscribe(30)
     queue_day(world)
-    config = with_connections(world, 2, batch_size=5)
-    report = run_send_all(world, config,
-                          TwoProcessTransports(os.getpid(), world.root / "go", die=True))
-    assert report.sent == 25
-    assert any("ended with code -9" in problem for problem in report.problems)
-    # The killed process's batch waits for its lease: one message accepted, four never sent.
-    assert world.statuses() == Counter({"sent": 25, "sending": 5})
-    assert len(world.sink.messages) == 26
+    config = with_connections(world, 3, batch_size=5)
+    calendar = Calendar(load_articles(config.site.content_dir).articles, config.site.leap_day)
+    with world.ledger() as ledger:
+        real_record = ledger.record_sent
+        recorded = Counter[str]()
+
+        def record_sent(*args: Any, **kwargs: Any) -> None:
+            recorded["calls"] += 1
+            if recorded["calls"] == 10:
+                raise ProcessDied  # the process dies as it records the tenth acceptance
+            real_record(*args, **kwargs)
+
+        ledger.record_sent = record_sent  # type: ignore[method-assign]
+        transport = open_transport(config)
+        try:
+            with pytest.raises(ProcessDied):
+                send_due(ledger, Mailer(config, load_secret(config)), transport, calendar,
+                         world.clock, "dies", policy=SendPolicy.from_config(config))
+        finally:
+            transport.close()
+    arrived = len(world.sink.messages)
+    with world.ledger() as ledger:
+        ledger.settle()  # what a dead sender recorded is folded in by the next claim anyway
+    statuses = world.statuses()
+    assert statuses["sent"] == 9 and set(statuses) <= {"sent", "sending", "pending"}
+    # No content goes out once the sender stopped reading outcomes: besides the message whose
+    # record failed, at most the one in flight on each connection.
+    assert 10 <= arrived <= 10 + 3
 
     world.clock.advance(seconds=config.schedule.lease_seconds + 1)
     again = run_send_all(world, config)
-    assert (again.sent, again.problems) == (5, [])
+    assert again.problems == []
     counts = per_recipient(world.sink)
+    assert set(counts) == set(readers)
     twice = [r for r in readers if counts[r] == 2]
-    assert len(twice) == 1 and all(counts[r] == 1 for r in readers if r not in twice)
-    copies = world.sink.received_by(twice[0])
-    assert copies[0].message["Message-ID"] == copies[1].message["Message-ID"]
+    assert len(twice) == arrived - 9 and max(counts.values()) == 2
+    for reader in twice:
+        copies = world.sink.received_by(reader)
+        assert copies[0].message["Message-ID"] == copies[1].message["Message-ID"]
+        assert copies[0].data == copies[1].data
     assert world.statuses() == Counter({"sent": 30})
-
-
-def test_one_sending_process_where_others_cannot_share_the_work(world: World) -> None:
-    assert sending_processes(with_connections(world, 3)) == 3
-    assert sending_processes(with_connections(world, 1)) == 1
-    assert sending_processes(world.config(transport="maildir")) == 1
-    memory = replace(with_connections(world, 3), state=replace(
-        world.config().state, database_url="sqlite://"))
-    assert sending_processes(memory) == 1
 
 
 # --- command line -----------------------------------------------------------------------------
 
 
-def write_config(world: World) -> Path:
+def write_config(world: World, database_url: str | None = None) -> Path:
     path = world.root / "publisher.toml"
     smtp = world.sink.email_table()["smtp"]
     path.write_text(
         '[site]\ntitle = "Anniversaries"\nbase_url = "https://example.org/"\n'
         f'timezone = "UTC"\ncontent_dir = "{world.content}"\n'
-        f'[state]\ndatabase_url = "{world.database_url}"\n'
+        f'[state]\ndatabase_url = "{database_url or world.database_url}"\n'
         '[email]\ntransport = "smtp"\n'
         f'[email.smtp]\nhost = "{smtp["host"]}"\nport = {smtp["port"]}\nsecurity = "none"\n',
         encoding="utf-8")
@@ -620,19 +575,138 @@ def test_cli_send_and_status(world: World) -> None:
     assert [m.rcpt_tos[0] for m in world.sink.messages] == [good]
 
 
-def test_cli_send_forks_a_sending_process_per_connection(world: World) -> None:
-    # A fresh command runs no other thread, so its senders are forked copies of it.
-    readers = world.subscribe(60)
-    config = write_config(world)
-    config.write_text(config.read_text(encoding="utf-8") + "connections = 2\n",
+SECRET_ENV = {"PUBLISHER_SECRET_KEY": "test-secret-" + "x" * 32}
+CONNECTIONS = 4
+
+
+def start_send(world: World, connections: int = CONNECTIONS,
+               database_url: str | None = None) -> subprocess.Popen[str]:
+    """Start `publisher send` for DAY in a process of its own, with ``connections``."""
+    config = write_config(world, database_url)
+    config.write_text(config.read_text(encoding="utf-8") + f"connections = {connections}\n",
                       encoding="utf-8")
-    done = subprocess.run([sys.executable, "-m", "publisher", "--config", str(config), "send",
-                           "--date", "2024-11-09"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PUBLISHER_SECRET_KEY": "test-secret-" + "x" * 32})
-    assert done.returncode == 0, done.stderr
-    assert "sent 60, deferred 0, failed 0, bounced 0, skipped 0" in done.stdout
+    return subprocess.Popen([sys.executable, "-m", "publisher", "--config", str(config), "send",
+                             "--date", DAY.isoformat()], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **SECRET_ENV})
+
+
+def wait_for_messages(sink: SmtpSink, count: int, process: subprocess.Popen[str]) -> None:
+    deadline = time.monotonic() + 60
+    while len(sink.messages) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"{len(sink.messages)} messages arrived"
+        time.sleep(0.01)
+
+
+def now_past_the_lease(world: World) -> None:
+    """Move the test clock to the real time, past the lease of a send started just now."""
+    lease = world.config().schedule.lease_seconds
+    world.clock.now = datetime.now(UTC) + timedelta(seconds=lease + 1)
+
+
+def test_cli_send_with_several_connections(world: World) -> None:
+    readers = world.subscribe(60)
+    done = start_send(world)
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0, err
+    assert "sent 60, deferred 0, failed 0, bounced 0, skipped 0" in out
     assert per_recipient(world.sink) == Counter({r: 1 for r in readers})
+    assert len({m.peer for m in world.sink.messages}) == CONNECTIONS
     assert world.statuses() == Counter({"sent": 60})
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_stop_signal_ends_every_connection_after_the_message_in_flight(
+        world: World, signum: signal.Signals, code: int) -> None:
+    readers = world.subscribe(300)
+    world.sink.delay = 0.02  # a slow server: the signal surely comes in the middle
+    sending = start_send(world)
+    wait_for_messages(world.sink, 20, sending)
+    signalled = time.monotonic()
+    sending.send_signal(signum)
+    out, err = sending.communicate(timeout=60)
+    assert sending.returncode == code, err
+    assert "Traceback" not in err and "Aborted" not in err
+    arrived = len(world.sink.messages)
+    # After the signal, each connection finished at most the message it had in flight.
+    late = Counter(m.peer for m in world.sink.messages if m.at > signalled)
+    assert max(late.values(), default=0) <= 1 and len(late) <= CONNECTIONS
+    time.sleep(0.5)
+    assert len(world.sink.messages) == arrived  # nothing goes on once the command ended
+    # The usual summary, counting every message that arrived; the rest went back to the queue.
+    assert f"sent {arrived}, deferred 0, failed 0, bounced 0, skipped 0" in out
+    assert f"stopped by {signum.name}" in out
+    assert world.statuses() == Counter({"sent": arrived, "pending": 300 - arrived})
+    assert len({m.message["Message-ID"] for m in world.sink.messages}) == arrived
+    world.sink.delay = 0
+    now_past_the_lease(world)
+    assert world.send().sent == 300 - arrived
+    assert per_recipient(world.sink) == Counter({r: 1 for r in readers})
+
+
+def assert_sent_again_only_with_the_same_message_id(world: World, readers: list[str],
+                                                    connections: int) -> None:
+    """Check every reader got the event, and that a second copy is an exact repeat."""
+    counts = per_recipient(world.sink)
+    assert set(counts) == set(readers)
+    twice = [reader for reader, count in counts.items() if count > 1]
+    # With a server that does not pipeline: at most the message being recorded per connection.
+    assert len(twice) <= connections and max(counts.values()) <= 2
+    for reader in twice:
+        first, second = world.sink.received_by(reader)
+        assert first.message["Message-ID"] == second.message["Message-ID"]
+        assert first.data == second.data
+    assert world.statuses() == Counter({"sent": len(readers)})
+
+
+def test_a_send_killed_mid_way_loses_nothing_and_nothing_goes_on_sending(world: World) -> None:
+    readers = world.subscribe(300)
+    world.sink.delay = 0.02
+    sending = start_send(world)
+    wait_for_messages(world.sink, 20, sending)
+    sending.kill()
+    assert sending.wait(timeout=30) == -signal.SIGKILL
+    arrived = len(world.sink.messages)
+    time.sleep(0.5)
+    assert len(world.sink.messages) == arrived  # no connection outlives its process
+    for pipe in (sending.stdout, sending.stderr):
+        assert pipe is not None
+        pipe.close()
+
+    world.sink.delay = 0
+    now_past_the_lease(world)
+    world.email["smtp"] = {**world.sink.email_table()["smtp"], "connections": CONNECTIONS}
+    world.send()
+    assert_sent_again_only_with_the_same_message_id(world, readers, CONNECTIONS)
+
+
+@pytest.mark.postgres
+def test_the_database_going_away_mid_send_is_one_line_and_loses_nothing(
+        tmp_path: Path, postgres_url: str, smtp_server: SmtpSink,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(*next(iter(SECRET_ENV.items())))
+    world = World(tmp_path, postgres_url, smtp_server)
+    world.article("moon", date(2020, 11, 9))
+    readers = world.subscribe(300)
+    world.sink.delay = 0.02
+    relay = Relay()
+    try:
+        sending = start_send(world, database_url=relay.url(postgres_url))
+        wait_for_messages(world.sink, 20, sending)
+        relay.cut()
+        out, err = sending.communicate(timeout=60)
+    finally:
+        relay.cut()
+    assert sending.returncode == EXIT_PROBLEMS, (out, err)
+    assert "Traceback" not in err
+    (line,) = err.splitlines()
+    assert line.startswith("error: database error: ")
+
+    world.sink.delay = 0
+    now_past_the_lease(world)
+    world.email["smtp"] = {**world.sink.email_table()["smtp"], "connections": CONNECTIONS}
+    world.send()
+    assert_sent_again_only_with_the_same_message_id(world, readers, CONNECTIONS)
 
 
 def test_cli_send_exits_1_when_articles_are_broken(world: World) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from publisher.config import Config
 from publisher.ledger import Ledger
 from publisher.schedule import Ticker
-from publisher.transports import Envelope, MaildirTransport, Outcome, open_transport
+from publisher.transports import Envelope, MaildirTransport, Outcome, Stop, open_transport
 from tests.fixtures.content import WriteArticle
 from tests.fixtures.database import sqlite_url
 from tests.fixtures.ticks import FakeClock, MakeWorld
@@ -26,9 +26,10 @@ class StopAfterFirst:
         self.inner = inner
         self.stop = stop
 
-    def send(self, envelopes: Iterable[Envelope]) -> Iterator[tuple[Envelope, Outcome]]:
+    def send(self, envelopes: Iterable[Envelope], stop: Stop | None = None
+             ) -> Iterator[tuple[Envelope, Outcome]]:
         """Send through the maildir, requesting a stop as the first message goes out."""
-        for delivered in self.inner.send(envelopes):
+        for delivered in self.inner.send(envelopes, stop):
             self.stop.set()
             yield delivered
 

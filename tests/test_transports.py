@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import mailbox
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -230,6 +230,20 @@ def test_smtp_starttls_and_login(smtp_server_tls: SmtpSink, monkeypatch: pytest.
     assert len(smtp_server_tls.messages) == 1
 
 
+def test_smtp_starttls_and_login_on_several_connections(
+        smtp_server_tls: SmtpSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert smtp_server_tls.cafile is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(smtp_server_tls.cafile))
+    monkeypatch.setenv("PUBLISHER_SMTP_PASSWORD", SMTP_PASSWORD)
+    transport = SmtpTransport(settings(smtp_server_tls, connections=3), "client.example.org")
+    try:
+        results = outcomes(transport, [message(n) for n in range(12)])
+    finally:
+        transport.close()
+    assert {o.status for o in results.values()} == {"sent"}
+    assert len(smtp_server_tls.messages) == 12 and smtp_server_tls.connections == 3
+
+
 # aiosmtpd cannot tell that an implicit-TLS connection is encrypted, and warns about AUTH.
 @pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
 def test_smtp_implicit_tls_and_login(smtp_server_ssl: SmtpSink, monkeypatch: pytest.MonkeyPatch
@@ -289,17 +303,49 @@ def test_smtp_international_address_uses_smtputf8(
 
 def test_caller_stopping_early_gets_the_outcomes_on_the_next_call(
         smtp_server: SmtpSink, smtp_transport: Callable[..., SmtpTransport]) -> None:
-    # Two connections, one thread each: two envelopes per connection are taken ahead.
+    # Two connections: each takes the envelopes it sends lazily, at most three at a time.
     transport = smtp_transport(connections=2)
-    stream = transport.send([message(n) for n in range(1, 9)])
+    stream = transport.send([message(n) for n in range(1, 13)])
     first = next(stream)
-    stream.close()  # the envelopes already handed over are still sent...
-    rest = list(transport.send([]))  # ...and their outcomes are not lost
-    assert sorted([first[0].delivery_id] + [e.delivery_id for e, _ in rest]) == [1, 2, 3, 4]
-    assert [o.status for _, o in rest] == ["sent"] * 3
-    # Envelopes never taken from the caller's iterable are never sent.
-    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == [
-        f"reader{n}@example.org" for n in range(1, 5)]
+    stream.close()  # no more content goes out once the messages in flight are done...
+    rest = list(transport.send([]))  # ...and no outcome of what was handed over is lost
+    handed = sorted([first[0].delivery_id] + [e.delivery_id for e, _ in rest])
+    assert handed == list(range(1, len(handed) + 1)) and 2 <= len(handed) <= 6
+    assert {o.status for _, o in rest} <= {"sent", "unsent"}
+    # What arrived is exactly what was reported sent; envelopes never taken were never sent.
+    reported = sorted(e.recipient for e, o in [first, *rest] if o.status == "sent")
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == reported
+
+
+class StopAfter:
+    """A stop flag that is set once ``count`` outcomes have been seen."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.seen = 0
+
+    def is_set(self) -> bool:
+        return self.seen >= self.count
+
+
+def test_a_stop_finishes_the_message_in_flight_on_each_connection(
+        smtp_server: SmtpSink, smtp_transport: Callable[..., SmtpTransport]) -> None:
+    transport = smtp_transport(connections=3)
+    stop = StopAfter(4)
+    results = []
+    for envelope, outcome in transport.send((message(n) for n in range(1, 41)), stop):
+        results.append((envelope, outcome))
+        stop.seen += 1
+    statuses = [o.status for _, o in results]
+    # At most one message per connection was in flight when the stop came; everything else
+    # handed over comes back unsent, and nothing more is taken from the caller.
+    assert "sent" in statuses and set(statuses) <= {"sent", "unsent"}
+    assert 4 <= statuses.count("sent") <= 4 + 3
+    assert len(results) <= 4 + 3 * 3
+    sent = sorted(e.recipient for e, o in results if o.status == "sent")
+    assert sorted(m.rcpt_tos[0] for m in smtp_server.messages) == sent
+    # The next send goes on over the same transport.
+    assert outcomes(transport, [message(99)])[99].status == "sent"
 
 
 # --- rate limit -------------------------------------------------------------------------------
@@ -311,47 +357,42 @@ class FakeTime:
     def __init__(self) -> None:
         self.now = 100.0
         self.sleeps: list[float] = []
-        self.lock = threading.Lock()
 
     def clock(self) -> float:
-        with self.lock:
-            return self.now
+        return self.now
 
-    def sleep(self, seconds: float) -> None:
-        with self.lock:
-            self.sleeps.append(round(seconds, 6))
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
 
 
 def test_rate_limiter_spaces_messages_evenly() -> None:
     fake = FakeTime()
     limiter = RateLimiter(4.0, fake.clock, fake.sleep)
-    for _ in range(5):
-        limiter.wait()
     # The clock stands still, so each caller is given the next free quarter-second slot.
-    assert fake.sleeps == [0.25, 0.5, 0.75, 1.0]
+    assert [round(limiter.reserve(), 6) for _ in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-def test_rate_limiter_is_shared_by_threads() -> None:
+def test_rate_limiter_is_shared_by_connections() -> None:
     fake = FakeTime()
     limiter = RateLimiter(10.0, fake.clock, fake.sleep)
-    def five() -> None:
-        for _ in range(5):
-            limiter.wait()
 
-    threads = [threading.Thread(target=five) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    # Twenty messages, one slot each, a tenth of a second apart: no two threads share a slot.
+    async def five() -> None:
+        for _ in range(5):
+            await limiter.wait()
+
+    async def four_connections() -> None:
+        await asyncio.gather(*(five() for _ in range(4)))
+
+    asyncio.run(four_connections())
+    # Twenty messages, one slot each, a tenth of a second apart: no two connections share one.
     assert sorted(fake.sleeps) == [round(n / 10, 6) for n in range(1, 20)]
 
 
 def test_rate_limit_zero_means_unlimited() -> None:
     fake = FakeTime()
     limiter = RateLimiter(0.0, fake.clock, fake.sleep)
-    for _ in range(3):
-        limiter.wait()
+    assert [limiter.reserve() for _ in range(3)] == [0.0, 0.0, 0.0]
+    asyncio.run(limiter.wait())
     assert fake.sleeps == []
 
 
@@ -366,3 +407,16 @@ def test_smtp_transport_waits_for_the_rate_limiter(
         transport.close()
     assert fake.sleeps == [0.5, 1.0]
     assert len(smtp_server.messages) == 3
+
+
+def test_the_rate_limit_is_shared_by_every_connection(smtp_server: SmtpSink) -> None:
+    fake = FakeTime()
+    transport = SmtpTransport(settings(smtp_server, rate_limit=2.0, connections=3),
+                              "client.example.org", RateLimiter(2.0, fake.clock, fake.sleep))
+    try:
+        outcomes(transport, [message(n) for n in range(6)])
+    finally:
+        transport.close()
+    # Six messages over three connections still take one half-second slot each.
+    assert sorted(fake.sleeps) == [0.5, 1.0, 1.5, 2.0, 2.5]
+    assert len(smtp_server.messages) == 6
