@@ -21,10 +21,9 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TextIO, cast
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from email_validator import EmailNotValidError, ValidatedEmail, validate_email
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -74,6 +73,9 @@ from sqlalchemy.sql.elements import ColumnElement
 from publisher.config import SUBSCRIBER_STATUSES as SUBSCRIBER_STATUSES
 from publisher.config import SubscriberStatus as SubscriberStatus
 from publisher.errors import LedgerError, SubscriberError
+
+if TYPE_CHECKING:
+    from email_validator import ValidatedEmail
 
 DeliveryStatus = Literal["pending", "sending", "sent", "deferred", "failed", "skipped"]
 NAME_LENGTH = 200
@@ -346,6 +348,10 @@ def _plain_domain(domain: str) -> str | None:
 
 
 def _validate(text: str) -> ValidatedEmail:
+    # Imported on first use: commands that read the ledger without checking an address
+    # (`publisher status`) need not compile its Unicode tables.
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         # No SMTPUTF8: a non-ASCII local part cannot be written in the To header we send, so it
         # is refused here, where the operator or the subscriber sees why.
