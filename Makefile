@@ -27,7 +27,8 @@ system-test-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) chromium fonts-dejavu-core; }
 
 ## system-bench-deps: Debian packages the benchmarks drive (wrk, for benchmarks/web.py;
-## postfix's smtp-sink and smtp-source, for benchmarks/send.py; hugo, for benchmarks/build.py).
+## postfix's smtp-sink and smtp-source, for benchmarks/send.py and million.py; hugo, for
+## benchmarks/build.py).
 ## Postfix is installed unconfigured ("No configuration"): its mail daemon never starts, and a
 ## daemon started by an earlier install is stopped.
 system-bench-deps:
@@ -49,6 +50,7 @@ bench: $(STAMP) system-bench-deps
 	$(PY) benchmarks/build.py
 	$(PY) benchmarks/calendar_day.py
 	$(PY) benchmarks/send.py --memory
+	$(PY) benchmarks/million.py --rtt 20
 	$(PY) benchmarks/mail_messages.py
 	$(PY) benchmarks/tick.py
 	$(PY) benchmarks/web.py
