@@ -21,10 +21,19 @@ run: $(STAMP)
 	$(VENV)/bin/publisher subscribers import examples/subscribers.csv
 	$(VENV)/bin/publisher run --serve
 
-## system-test-deps: Debian packages the tests drive (the browser), installed where missing
+## system-test-deps: Debian packages the tests drive (the browser, the spam filter, curl as
+## feed readers fetch, the IMAP server), installed where missing. The tests start Dovecot on
+## their own; the system service the package starts is stopped again.
 system-test-deps:
 	@command -v chromium >/dev/null 2>&1 || { \
 		$(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) chromium fonts-dejavu-core; }
+	@command -v spamassassin >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) spamassassin; }
+	@command -v curl >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) ca-certificates curl; }
+	@PATH="$$PATH:/usr/sbin" command -v dovecot >/dev/null 2>&1 || { \
+		$(SUDO) apt-get update -qq && $(SUDO) $(APT_INSTALL) dovecot-imapd \
+		&& { $(SUDO) env PATH="$$PATH:/usr/sbin" dovecot stop >/dev/null 2>&1 || true; }; }
 
 ## system-bench-deps: Debian packages the benchmarks drive (wrk, for benchmarks/web.py;
 ## postfix's smtp-sink and smtp-source, for benchmarks/send.py and million.py; hugo, for

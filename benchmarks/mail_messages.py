@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from publisher.calendar import Event
 from publisher.config import Config, from_mapping
 from publisher.content import Article, render_markdown
+from publisher.ledger import new_key
 from publisher.mail import Mailer, Recipient
 
 # Made-up words, a few with non-ASCII letters, as quoted-printable meets them in real text.
@@ -64,8 +65,8 @@ def make_config(folder: Path, dkim: bool) -> Config:
 
 def rate(build: Callable[[Recipient], bytes], count: int) -> float:
     """Return messages per second for ``count`` recipients, half of them with a name."""
-    recipients = [Recipient(i, f"reader{i}@example.org", f"Reader {i}" if i % 2 else None)
-                  for i in range(count)]
+    recipients = [Recipient(i, f"reader{i}@example.org", f"Reader {i}" if i % 2 else None,
+                            unsubscribe_key=new_key()) for i in range(count)]
     start = time.perf_counter()
     for recipient in recipients:
         build(recipient)

@@ -13,6 +13,14 @@ from publisher.config import LeapDay
 from publisher.content import Article
 
 FEB_29 = (2, 29)
+# The longest gap between two appearances of one month-day: Feb 29 under the "skip" policy
+# across a century year that is not a leap year (2096 to 2104).
+LONGEST_GAP_DAYS = 8 * 366
+
+
+def count_years(years: int) -> str:
+    """Return a number of years in English: ``1 year``, ``7 years``."""
+    return f"{years} year{'' if years == 1 else 's'}"
 
 
 @dataclass(frozen=True)
@@ -50,8 +58,14 @@ class Event:
         """Return an English phrase for the distance in time, e.g. ``3 years ago today``."""
         if self.years_since == 0:
             return "published today"
-        unit = "year" if self.years_since == 1 else "years"
-        return f"{self.years_since} {unit} ago today"
+        return f"{count_years(self.years_since)} ago today"
+
+    @property
+    def years_on(self) -> str:
+        """Return an English phrase for the years since first publication, e.g. ``7 years on``."""
+        if self.years_since == 0:
+            return "first publication"
+        return f"{count_years(self.years_since)} on"
 
     @property
     def key(self) -> tuple[str, int]:
@@ -113,20 +127,32 @@ class Calendar:
 
     def between(self, start: date, end: date) -> Iterator[Event]:
         """Yield the events from ``start`` to ``end`` inclusive, oldest day first."""
-        day = start
-        while day <= end:
-            yield from self.events_on(day)
-            day += timedelta(days=1)
+        # By ordinal: a range ending on date.max has no day after its last to step to.
+        for ordinal in range(start.toordinal(), end.toordinal() + 1):
+            yield from self.events_on(date.fromordinal(ordinal))
 
     def recent(self, day: date, limit: int) -> list[Event]:
         """Return up to ``limit`` events on or before ``day``, newest day first."""
         found: list[Event] = []
         if self.first_date is None:
             return found
-        while day >= self.first_date and len(found) < limit:
-            found.extend(self.events_on(day)[: limit - len(found)])
-            day -= timedelta(days=1)
+        for ordinal in range(day.toordinal(), self.first_date.toordinal() - 1, -1):
+            if len(found) >= limit:
+                break
+            found.extend(self.events_on(date.fromordinal(ordinal))[: limit - len(found)])
         return found
+
+    def next_anniversaries(self, day: date) -> list[Event]:
+        """Return the anniversaries of published articles on the next day that has any, by slug."""
+        # Empty when none comes within the longest gap, or before the calendar's last day.
+        probe, last = day, day + timedelta(days=min(LONGEST_GAP_DAYS, (date.max - day).days))
+        while self._by_month_day and probe < last:
+            probe += timedelta(days=1)
+            # Only articles already published: the others have no page yet.
+            found = [e for e in self.events_on(probe) if not e.is_first and e.article.date <= day]
+            if found:
+                return found
+        return []
 
     def published(self, day: date) -> list[Article]:
         """Return the articles dated on or before ``day``, newest first."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
@@ -57,6 +58,21 @@ def load_config(ctx: click.Context) -> Config:
     return cached
 
 
+# C0 and C1 controls and DEL: a title or a server's reply could otherwise move the cursor,
+# recolour the terminal or fake lines of the report.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """Return text with its control characters escaped (``\\r``, ``\\x1b``), for a terminal."""
+    return _CONTROL.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def echo_lines(lines: Sequence[str], *, err: bool = False) -> None:
+    """Print lines of a report, each with its control characters escaped."""
+    click.echo("\n".join(map(printable, lines)), err=err)
+
+
 def reports_errors(func: F) -> F:
     """Turn a PublisherError into a message on stderr and a non-zero exit code."""
 
@@ -66,10 +82,10 @@ def reports_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(str(exc))}", err=True)
             sys.exit(EXIT_CONFIG)
         except PublisherError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {printable(str(exc))}", err=True)
             sys.exit(EXIT_PROBLEMS)
 
     return wrapper  # type: ignore[return-value]
@@ -91,9 +107,9 @@ def _as_day(value: datetime | None) -> date | None:
     return value.date() if value is not None else None
 
 
-def _echo_problems(problems: Sequence[PublisherError]) -> None:
+def _echo_problems(problems: Sequence[PublisherError | str]) -> None:
     for problem in problems:
-        click.echo(f"error: {problem}", err=True)
+        click.echo(f"error: {printable(str(problem))}", err=True)
 
 
 @cli.command()
@@ -127,7 +143,7 @@ def check(ctx: click.Context, day: datetime | None) -> None:
 
     problems = site.check_site(load_config(ctx), _as_day(day))
     for problem in problems:
-        click.echo(str(problem))
+        click.echo(printable(str(problem)))
     if problems:
         click.echo(f"{len(problems)} problem(s) found", err=True)
         sys.exit(EXIT_PROBLEMS)
@@ -151,7 +167,7 @@ def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> N
     width = max((len(event.article.slug) for event in events), default=0)
     for event in events:
         click.echo(f"{event.on.isoformat()}  {event.years_since:>3}  "
-                   f"{event.article.slug:<{width}}  {event.article.title}")
+                   f"{event.article.slug:<{width}}  {printable(event.article.title)}")
     if errors:
         sys.exit(EXIT_PROBLEMS)
 
@@ -187,10 +203,10 @@ def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
 # --- email: subscribers, send, status ------------------------------------------------------
 
 
-def _ledger(ctx: click.Context) -> Ledger:
+def _ledger(ctx: click.Context, *, read_only: bool = False) -> Ledger:
     from publisher.ledger import Ledger
 
-    return Ledger.open(load_config(ctx).state.database_url)
+    return Ledger.open(load_config(ctx).state.database_url, read_only=read_only)
 
 
 STATUS_CHOICE = click.Choice(SUBSCRIBER_STATUSES)
@@ -226,18 +242,31 @@ def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: 
 @subscribers.command("import")
 @config_option
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--include-suppressed", is_flag=True,
+              help="Subscribe again the addresses in FILE that unsubscribed or bounced.")
 @click.pass_context
 @reports_errors
-def subscribers_import(ctx: click.Context, file: Path) -> None:
-    """Import a CSV of email,name,timezone; bad rows are listed, the good ones imported."""
+def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool) -> None:
+    """Import a CSV of email,name,timezone; bad rows are listed, the good ones imported.
+
+    Addresses that unsubscribed or bounced are listed and left out.
+    """
     from publisher.ledger import import_csv
 
     with _ledger(ctx) as ledger:
-        report = import_csv(ledger, file)
+        report = import_csv(ledger, file, include_suppressed=include_suppressed)
     _echo_problems(report.errors)
+    for email, status in report.suppressed:
+        click.echo(f"suppressed: {email} is {status}; left out (--include-suppressed "
+                   "subscribes it again)", err=True)
+    counts = [f"{report.added} added", f"{report.unchanged} already known"]
+    if report.suppressed:
+        counts.append(f"{len(report.suppressed)} suppressed")
+    if report.resubscribed:
+        counts.append(f"{report.resubscribed} resubscribed")
+    counts.append(f"{len(report.errors)} rejected")
     pending = f", {report.skipped_pending} pending left out" if report.skipped_pending else ""
-    click.echo(f"{report.added} added, {report.unchanged} already known, "
-               f"{len(report.errors)} rejected{pending}")
+    click.echo(", ".join(counts) + pending)
     if report.errors:
         sys.exit(EXIT_PROBLEMS)
 
@@ -249,24 +278,34 @@ def subscribers_import(ctx: click.Context, file: Path) -> None:
 @reports_errors
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers, one per line: address, status, time zone, name (tab-separated)."""
-    with _ledger(ctx) as ledger:
+    with _ledger(ctx, read_only=True) as ledger:
         for s in ledger.iter_subscribers(cast("SubscriberStatus | None", status)):
-            click.echo(f"{s.email}\t{s.status}\t{s.timezone or '-'}\t{s.name or ''}")
+            click.echo("\t".join(map(printable, (s.email, s.status, s.timezone or "-",
+                                                 s.name or ""))))
 
 
 @subscribers.command("remove")
 @config_option
 @click.argument("email")
+@click.option("--forget", is_flag=True,
+              help="Delete the address itself too: nothing then stops it being added again.")
 @click.pass_context
 @reports_errors
-def subscribers_remove(ctx: click.Context, email: str) -> None:
-    """Delete a subscriber and their delivery history (a removed address may be re-imported)."""
+def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
+    """Remove a subscriber: name, zone and delivery history go; the address stays suppressed.
+
+    A sign-up never confirmed, or any address with --forget, is deleted outright.
+    """
     with _ledger(ctx) as ledger:
-        found = ledger.remove(email)
-    if not found:
+        outcome = ledger.remove(email, forget=forget)
+    if outcome is None:
         click.echo(f"error: {email} is not a subscriber", err=True)
         sys.exit(EXIT_PROBLEMS)
-    click.echo(f"removed {email}")
+    if outcome == "deleted":
+        click.echo(f"removed {email}")
+    else:
+        click.echo(f"removed {email}; kept as suppressed, so no import or unconfirmed "
+                   "sign-up adds it back")
 
 
 @subscribers.command("export")
@@ -278,7 +317,7 @@ def subscribers_export(ctx: click.Context, status: str | None) -> None:
     """Write subscribers as CSV to stdout; `subscribers import` reads it back."""
     from publisher.ledger import export_csv
 
-    with _ledger(ctx) as ledger:
+    with _ledger(ctx, read_only=True) as ledger:
         export_csv(ledger, sys.stdout, cast("SubscriberStatus | None", status))
 
 
@@ -318,9 +357,8 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
     finally:
         if bar is not None:
             bar.close()
-    for problem in report.problems:
-        click.echo(f"error: {problem}", err=True)
-    click.echo("\n".join(report.lines()))
+    _echo_problems(report.problems)
+    echo_lines(report.lines())
     if not report.ok:
         sys.exit(EXIT_PROBLEMS)
 
@@ -332,12 +370,28 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @click.pass_context
 @reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
-    """Show deliveries per state, failures, subscriber counts, last tick and next anniversaries."""
-    from publisher import dispatch, schedule
+    """Show deliveries per state, failures, bounces, subscribers, last tick and what comes next."""
+    from publisher import bounces, dispatch, schedule
 
     config = load_config(ctx)
-    click.echo("\n".join(dispatch.delivery_status(config, _as_day(day)).lines()))
-    click.echo("\n".join(schedule.clock_status(config).lines()))
+    echo_lines(dispatch.delivery_status(config, _as_day(day)).lines())
+    echo_lines(bounces.return_status(config, _as_day(day)).lines())
+    echo_lines(schedule.clock_status(config).lines())
+
+
+@cli.command("bounces")
+@config_option
+@click.pass_context
+@reports_errors
+def bounces_command(ctx: click.Context) -> None:
+    """Read every configured mailbox of bounces and complaints once; print what was found."""
+    from publisher import bounces
+
+    report = bounces.process(load_config(ctx))
+    _echo_problems(report.problems)
+    echo_lines([report.line()])
+    if report.problems:
+        sys.exit(EXIT_PROBLEMS)
 
 
 # --- the daemon ---------------------------------------------------------------------------
@@ -359,7 +413,7 @@ def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
     sock = _listen(config, None, None) if serve_web else None
     daemon.configure_logging(log_format)
     with web.beside(config, sock):
-        daemon.run_daemon(config)
+        daemon.run_daemon(config, preview_root=web.own_url(sock) if sock is not None else None)
 
 
 # --- web: the HTTP service ----------------------------------------------------------------
@@ -385,6 +439,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, access_log: bo
     config = load_config(ctx)
     sock = _listen(config, host, port)
     daemon.configure_logging(log_format)
+    daemon.announce(config, web.own_url(sock))
     web.serve(config, sock, access_log=access_log)
 
 

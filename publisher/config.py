@@ -118,6 +118,7 @@ class EmailConfig:
     give_up_hours: int
     unsubscribe_mailto: str | None
     confirm_subject: str = "Confirm your subscription to {{ site.title }}"
+    bounce_address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,73 @@ class WebConfig:
     confirm_hours: int
     rate_limit_per_ip: int
     rate_limit_per_address: int
+    # Host names answered besides base_url's and loopback's: "name", "*.name", or "*" for any.
+    allowed_hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImapConfig:
+    """The ``[bounces.imap]`` table: the mailbox that receives bounces and complaints."""
+
+    host: str
+    port: int
+    security: Security
+    username: str
+    folder: str
+    processed_folder: str
+    timeout: float
+
+    @property
+    def password(self) -> str | None:
+        """Return the password from ``PUBLISHER_IMAP_PASSWORD``, if set."""
+        return os.environ.get("PUBLISHER_IMAP_PASSWORD")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One provider's table in ``[bounces]`` (``ses``, ``postmark``, …): present turns it on."""
+
+    name: str
+    settings: Mapping[str, str]
+    secret_key: str | None = None
+
+    @property
+    def secret_env(self) -> str | None:
+        """Return the environment variable that may hold the secret instead of the file."""
+        return f"PUBLISHER_{self.name}_{self.secret_key}".upper() if self.secret_key else None
+
+    def get(self, key: str) -> str | None:
+        """Return a setting; the secret comes from its environment variable when that is set."""
+        if key == self.secret_key and self.secret_env and os.environ.get(self.secret_env):
+            return os.environ[self.secret_env]
+        return self.settings.get(key)
+
+
+# Each provider's table: the keys it takes, the one that must be set, and the secret (which
+# its environment variable, e.g. PUBLISHER_MAILGUN_SIGNING_KEY, may hold instead).
+WEBHOOKS: dict[str, tuple[tuple[str, ...], str | None, str | None]] = {
+    "ses": (("topic_arn",), "topic_arn", None),
+    "postmark": (("username", "password"), "username", "password"),
+    "sendgrid": (("public_key",), None, "public_key"),
+    "mailgun": (("signing_key",), None, "signing_key"),
+}
+
+
+@dataclass(frozen=True)
+class BouncesConfig:
+    """The ``[bounces]`` table: where returns are read, and what they do to a subscriber."""
+
+    maildir: Path | None = None
+    imap: ImapConfig | None = None
+    poll_minutes: int = 5
+    soft_limit: int = 3
+    soft_days: int = 30
+    webhooks: Mapping[str, WebhookConfig] = field(default_factory=dict)
+
+    @property
+    def mailboxes(self) -> bool:
+        """Return whether any mailbox is configured to be read."""
+        return self.maildir is not None or self.imap is not None
 
 
 @dataclass(frozen=True)
@@ -154,9 +222,12 @@ class Config:
     web: WebConfig
     path: Path | None = None
     base_dir: Path = field(default_factory=Path.cwd)
+    bounces: BouncesConfig = field(default_factory=BouncesConfig)
 
 
 _TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+_HOST_PATTERN = re.compile(r"\*|(?:\*\.)?[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\.?|\[[0-9a-f:.]+\]",
+                           re.IGNORECASE)
 
 
 class _Table:
@@ -345,6 +416,54 @@ def _email(t: _Table, base: Path, site: SiteConfig) -> EmailConfig:
         give_up_hours=t.number("give_up_hours", 48, minimum=1),
         unsubscribe_mailto=t.optional_text("unsubscribe_mailto"),
         confirm_subject=t.text("confirm_subject", EmailConfig.confirm_subject),
+        bounce_address=_bounce_address(t),
+    )
+
+
+def _bounce_address(t: _Table) -> str | None:
+    value = t.optional_text("bounce_address")
+    if value is not None and (value.count("@") != 1 or "<" in value or " " in value.strip()):
+        raise t._fail("bounce_address", f"expected a bare address, got {value!r}")
+    return value.strip() if value is not None else None
+
+
+def _bounces(t: _Table, base: Path) -> BouncesConfig:
+    imap: ImapConfig | None = None
+    if t.has("imap"):
+        i = t.table("imap")
+        security = cast(Security, i.choice("security", "ssl", ("starttls", "ssl", "none")))
+        imap = ImapConfig(
+            host=i.text("host", "localhost"),
+            port=i.number("port", 993 if security == "ssl" else 143, minimum=1),
+            security=security,
+            username=i.text("username", ""),
+            folder=i.text("folder", "INBOX"),
+            processed_folder=i.text("processed_folder", "processed"),
+            timeout=i.real("timeout", 30.0),
+        )
+        if not imap.username:
+            raise i._fail("username", "the mailbox's login name is required")
+        i.reject_unknown()
+    else:
+        t.used.add("imap")
+    webhooks: dict[str, WebhookConfig] = {}
+    for name, (keys, required, secret_key) in WEBHOOKS.items():
+        if not t.has(name):
+            t.used.add(name)
+            continue
+        w = t.table(name)
+        settings = {key: value for key in keys if (value := w.optional_text(key)) is not None}
+        w.reject_unknown()
+        if required is not None and required not in settings:
+            raise w._fail(required, "required when the table is present")
+        webhooks[name] = WebhookConfig(name, settings, secret_key)
+    return BouncesConfig(
+        maildir=t.path_value("maildir", None, base),
+        imap=imap,
+        poll_minutes=t.number("poll_minutes", 5, minimum=1),
+        soft_limit=t.number("soft_limit", 3, minimum=1),
+        soft_days=t.number("soft_days", 30, minimum=1),
+        webhooks=webhooks,
     )
 
 
@@ -372,7 +491,17 @@ def _web(t: _Table) -> WebConfig:
         confirm_hours=t.number("confirm_hours", 48, minimum=1),
         rate_limit_per_ip=t.number("rate_limit_per_ip", 10, minimum=1),
         rate_limit_per_address=t.number("rate_limit_per_address", 3, minimum=1),
+        allowed_hosts=_host_names(t, "allowed_hosts"),
     )
+
+
+def _host_names(t: _Table, key: str) -> tuple[str, ...]:
+    names = t.get(key, list, [])
+    for name in names:
+        if not isinstance(name, str) or not _HOST_PATTERN.fullmatch(name):
+            raise t._fail(key, "expected host names without ports, such as \"example.org\", "
+                               f"\"*.example.org\", \"[::1]\" or \"*\"; got {name!r}")
+    return tuple(name.lower() for name in names)
 
 
 def from_mapping(data: Mapping[str, Any], *, path: Path | None = None,
@@ -389,7 +518,7 @@ def from_mapping(data: Mapping[str, Any], *, path: Path | None = None,
         return table
 
     site_t, state_t, email_t = section("site"), section("state"), section("email")
-    schedule_t, web_t = section("schedule"), section("web")
+    schedule_t, web_t, bounces_t = section("schedule"), section("web"), section("bounces")
     site = _site(site_t, base)
     config = Config(
         site=site,
@@ -399,8 +528,9 @@ def from_mapping(data: Mapping[str, Any], *, path: Path | None = None,
         web=_web(web_t),
         path=path,
         base_dir=base,
+        bounces=_bounces(bounces_t, base),
     )
-    for table in (site_t, state_t, email_t, schedule_t, web_t):
+    for table in (site_t, state_t, email_t, schedule_t, web_t, bounces_t):
         table.reject_unknown()
     unknown = sorted(set(data) - root.used)
     if unknown:

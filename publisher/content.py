@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import html
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -16,9 +18,14 @@ from urllib.parse import urljoin
 import yaml
 from markdown_it_pyrs import MarkdownIt
 
-from publisher.errors import ContentError, DuplicateSlugError
+from publisher.errors import ContentError, DuplicateSlugError, UnreadableError
 
 ARTICLE_SUFFIXES = (".md", ".txt")
+# What one article may cost: its file, and each field that every page, feed and email repeats.
+MAX_ARTICLE_BYTES = 1 << 20
+FIELD_LIMITS = {"title": 300, "summary": 1000, "author": 200, "lang": 35, "slug": 200}
+MAX_TAGS = 50
+TAG_LENGTH = 100
 IMPORTED_SUFFIX = ".imported"  # what `publisher import` appends to a converted source
 TITLE_LENGTH = 80
 SUMMARY_LENGTH = 280
@@ -100,9 +107,58 @@ _FrontMatterLoader.yaml_implicit_resolvers = {
 }
 
 
+def read_article_bytes(path: Path) -> bytes:
+    """Read an article file, refusing what is not a regular file or is over the size limit.
+
+    Never blocks: a named pipe or a device is refused before anything is read from it.
+    """
+    try:
+        # O_NONBLOCK: opening a named pipe must not wait for a writer.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            found = os.fstat(descriptor)
+            if not stat.S_ISREG(found.st_mode):
+                raise UnreadableError(f"not a regular file but {_kind_of(found.st_mode)}",
+                                      path=path, field="file")
+            raw = b""
+            if found.st_size <= MAX_ARTICLE_BYTES:
+                with open(descriptor, "rb", closefd=False) as file:
+                    # As much as the file holds: a buffer of the limit's size for each file
+                    # would cost more than reading it.
+                    raw = file.read(found.st_size + 1)
+                    if len(raw) > found.st_size:  # it grew meanwhile: read on, to the limit
+                        raw += file.read(MAX_ARTICLE_BYTES + 1 - len(raw))
+        finally:
+            os.close(descriptor)
+    except OSError as exc:
+        raise UnreadableError(_unreadable(path, exc), path=path, field="file") from None
+    if found.st_size > MAX_ARTICLE_BYTES or len(raw) > MAX_ARTICLE_BYTES:
+        raise ContentError(f"larger than {MAX_ARTICLE_BYTES // 1024} KiB, the most an article "
+                           "may be", path=path, field="file")
+    return raw
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
+def _unreadable(path: Path, exc: OSError) -> str:
+    reason = f"cannot read: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOENT, errno.ELOOP) and os.path.islink(path):
+        with contextlib.suppress(OSError):
+            reason += f" (a symbolic link to {os.readlink(path)})"
+    return reason
+
+
 def read_text(path: Path) -> str:
     """Read a file as UTF-8 text with ``\\n`` line ends; name the line of the first bad byte."""
-    raw = path.read_bytes()
+    raw = read_article_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -230,6 +286,8 @@ def yaml_front_matter(path: Path, block: str) -> tuple[dict[str, Any], dict[str,
     loader = _FrontMatterLoader(block)
     try:
         node = loader.get_single_node()
+        if node is not None and "*" in block:  # no alias without its star
+            _refuse_aliases(path, node)
         data = loader.construct_document(node) if node is not None else {}
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -252,6 +310,28 @@ def yaml_front_matter(path: Path, block: str) -> tuple[dict[str, Any], dict[str,
         for key_node, _ in node.value:
             lines[str(key_node.value)] = key_node.start_mark.line + 2
     return data, lines
+
+
+def _refuse_aliases(path: Path, document: yaml.Node) -> None:
+    """Raise for a YAML alias (``*name``): a few bytes of one can stand for megabytes."""
+    # The composer turns an alias into the node it names, so a node met twice is an alias.
+    if not isinstance(document, yaml.MappingNode):
+        return  # refused as it is, whatever it holds
+    seen: set[int] = set()
+    for key, value in document.value:
+        pending: list[yaml.Node] = [key, value]
+        while pending:
+            node = pending.pop()
+            if id(node) in seen:
+                raise ContentError("YAML aliases (*name) are not accepted in front matter",
+                                   path=path, line=key.start_mark.line + 2,
+                                   field=str(key.value) if isinstance(key, yaml.ScalarNode)
+                                   else "front matter")
+            seen.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                pending.extend(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                pending.extend(item for pair in node.value for item in pair)
 
 
 # Most front matter is a few `key: value` lines, which this module reads without libyaml:
@@ -375,7 +455,15 @@ def _optional_text(data: Mapping[str, Any], name: str, path: Path, line: int | N
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise ContentError(f"expected text, got {type(value).__name__}", path=path, line=line,
                            field=name)
-    return str(value).strip() or None
+    text = str(value).strip()
+    _check_length(text, FIELD_LIMITS[name], path, line, name)
+    return text or None
+
+
+def _check_length(text: str, limit: int, path: Path, line: int | None, name: str) -> None:
+    if len(text) > limit:
+        raise ContentError(f"{len(text)} characters long, more than the {limit} allowed",
+                           path=path, line=line, field=name)
 
 
 def parse_markdown(path: Path, text: str) -> Article:
@@ -409,6 +497,11 @@ def parse_markdown(path: Path, text: str) -> Article:
         tags = [t.strip() for t in tags.split(",")]
     if not isinstance(tags, list) or not all(isinstance(t, str | int) for t in tags):
         raise ContentError("expected a list of tags", path=path, line=where("tags"), field="tags")
+    if len(tags) > MAX_TAGS:
+        raise ContentError(f"{len(tags)} tags, more than the {MAX_TAGS} allowed", path=path,
+                           line=where("tags"), field="tags")
+    for tag in tags:
+        _check_length(str(tag).strip(), TAG_LENGTH, path, where("tags"), "tags")
     recurring = data.get("recurring", True)
     if not isinstance(recurring, bool):
         raise ContentError(f"expected true or false, got {recurring!r}", path=path,
@@ -443,42 +536,44 @@ def load_article(path: Path) -> Article:
     return parse_plain(path, text)
 
 
-def article_files(content_dir: Path) -> Iterator[Path]:
-    """Yield the article files below a folder in a stable order, skipping hidden ones."""
-    if not content_dir.is_dir():
-        raise ContentError("content folder does not exist", path=content_dir)
-    for entry in _article_entries(str(content_dir)):
-        yield Path(entry.path)
-
-
 FileStamp = tuple[str, int, int]  # path, size, modification time (ns)
+# The size in the stamp of an entry that could not even be looked at: loading it reports why.
+UNREADABLE = -1
 
 
 def content_stamps(content_dir: Path) -> tuple[FileStamp, ...]:
     """Return each article file with its size and modification time, in the order it loads.
 
     Equal stamps mean :func:`load_articles` would read the same files as before, so a rebuild
-    can compare them instead of loading anything.
+    can compare them instead of loading anything. An entry that cannot be looked at (a link
+    loop, a folder without permission, a file gone meanwhile) is listed too, for its load to
+    report it.
     """
     if not content_dir.is_dir():
         raise ContentError("content folder does not exist", path=content_dir)
-    stamps = []
-    for entry in _article_entries(str(content_dir)):
-        stat = entry.stat()
-        stamps.append((entry.path, stat.st_size, stat.st_mtime_ns))
-    return tuple(stamps)
+    try:
+        return tuple(_article_stamps(str(content_dir)))
+    except OSError as exc:  # the folder itself: each entry below has its own stamp
+        raise ContentError(f"cannot read the content folder: {exc.strerror or exc}",
+                           path=content_dir) from None
 
 
-def _article_entries(folder: str) -> Iterator[os.DirEntry[str]]:
+def _article_stamps(folder: str) -> Iterator[FileStamp]:
     # os.scandir reads each entry's type with its name, so a rebuild of a large archive does not
     # stat every file twice; sorting each folder's names gives the order of sorted paths.
     with os.scandir(folder) as scan:
         entries = sorted((e for e in scan if not e.name.startswith(".")), key=lambda e: e.name)
     for entry in entries:
-        if entry.is_dir(follow_symlinks=False):
-            yield from _article_entries(entry.path)
-        elif entry.name.endswith(ARTICLE_SUFFIXES) and entry.is_file():
-            yield entry
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                yield from _article_stamps(entry.path)
+            elif entry.name.endswith(ARTICLE_SUFFIXES):
+                # Not only regular files: a pipe, a folder or a link to nothing with an
+                # article's name is reported by its load rather than passed over.
+                found = entry.stat()
+                yield entry.path, found.st_size, found.st_mtime_ns
+        except OSError:  # a link loop, a folder without permission, an entry gone meanwhile
+            yield entry.path, UNREADABLE, 0
 
 
 class ArticleCache:
@@ -495,8 +590,12 @@ class ArticleCache:
         file system again.
         """
         if stamp is None:
-            stat = path.stat()
-            stamp = (stat.st_size, stat.st_mtime_ns)
+            try:
+                found = path.stat()
+            except OSError:
+                stamp = (UNREADABLE, 0)
+            else:
+                stamp = (found.st_size, found.st_mtime_ns)
         key = str(path)
         entry = self._entries.get(key)
         if entry is not None and entry[0] == stamp[0] and entry[1] == stamp[1]:
@@ -504,6 +603,10 @@ class ArticleCache:
         else:
             try:
                 result = load_article(path)
+            except UnreadableError:
+                # Not remembered: a permission given back changes no stamp.
+                self._entries.pop(key, None)
+                raise
             except ContentError as exc:
                 result = exc
             self._entries[key] = (stamp[0], stamp[1], result)
@@ -558,10 +661,9 @@ def load_articles(content_dir: Path, cache: ArticleCache | None = None, *,
     cache = cache or ArticleCache()
     seen: dict[str, Path] = {}
     paths: list[Path] = []
-    files: Iterable[tuple[Path, tuple[int, int] | None]] = (
-        ((path, None) for path in article_files(content_dir)) if stamps is None
-        else ((Path(name), (size, mtime_ns)) for name, size, mtime_ns in stamps))
-    for path, stamp in files:
+    for name, size, mtime_ns in content_stamps(content_dir) if stamps is None else stamps:
+        path = Path(name)
+        stamp = (size, mtime_ns)
         paths.append(path)
         try:
             article = cache.load(path, stamp)

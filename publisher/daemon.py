@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -10,14 +11,19 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TextIO
+from urllib.parse import quote
+from zoneinfo import ZoneInfoNotFoundError
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from publisher.calendar import Event
 from publisher.config import Config, LogFormat
+from publisher.content import ArticleCache
+from publisher.errors import PublisherError
 from publisher.ledger import Ledger
-from publisher.schedule import Ticker
+from publisher.schedule import Ticker, coming_up
 
 TICK_JOB_ID = "tick"
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
@@ -152,9 +158,46 @@ def run(config: Config, tick: Callable[[], object], stop: threading.Event) -> No
             signal.signal(sig, handler)
 
 
-def run_daemon(config: Config, stop: threading.Event | None = None) -> None:
-    """Open the ledger and tick on the clock until SIGTERM or SIGINT (or ``stop`` is set)."""
+def email_preview_url(root: str, event: Event) -> str:
+    """Return the address of the preview of an event's email, below the web service's ``root``."""
+    return f"{root}preview/email/{event.on.isoformat()}/{quote(event.article.slug)}.html"
+
+
+def announce(config: Config, preview_root: str | None = None, ledger: Ledger | None = None,
+             *, cache: ArticleCache | None = None, now: datetime | None = None) -> None:
+    """Log the next appearances and the address of the first one's email preview."""
+    root = preview_root or config.site.base_url
+    try:
+        with contextlib.ExitStack() as stack:
+            if ledger is None:
+                ledger = stack.enter_context(Ledger.open(config.state.database_url))
+            coming = coming_up(config, ledger, now, cache=cache)
+    except (PublisherError, ZoneInfoNotFoundError) as exc:
+        # Only a log line is lost: the daemon carries on, and its ticks report the problem.
+        logger.warning("cannot tell what comes next: %s", exc)
+        return
+    if not coming:
+        logger.info("next appearance: none ahead")
+        return
+    for appearance in coming:
+        logger.info("next appearance: %s", appearance.line(), extra={
+            "day": appearance.event.on.isoformat(), "slug": appearance.event.article.slug,
+            "publish_at": appearance.first.instant.isoformat(), "reach": appearance.reach})
+    url = email_preview_url(root, coming[0].event)
+    # The token is a secret and logs travel further than the configuration: it is named, not
+    # written out.
+    token = " (add ?token= and web.preview_token)" if config.web.preview_token else ""
+    logger.info("preview of the next email: %s%s", url, token, extra={"preview_url": url})
+
+
+def run_daemon(config: Config, stop: threading.Event | None = None, *,
+               preview_root: str | None = None) -> None:
+    """Open the ledger, log what comes next, and tick on the clock until SIGTERM or SIGINT.
+
+    ``preview_root``: the address of the web service that shows previews (default: base_url).
+    """
     stop = stop or threading.Event()
     with Ledger.open(config.state.database_url) as ledger:
         ticker = Ticker(config, ledger, stop=stop)
+        announce(config, preview_root, ledger, cache=ticker.cache)
         run(config, ticker.tick_safely, stop)

@@ -193,6 +193,7 @@ class _Batch:
         self.message_ids: dict[int, str] = {}
         self.handed = 0
         self.systemic = 0  # outcomes that blame the connection rather than the message
+        self.systemic_reply = ""  # the last of them, which says what is wrong
         self.sent = 0
         self.renewed = sender.clock()  # when the lease was last pushed forward
         self.lost = False  # the lease ran out and another worker took rows over
@@ -224,6 +225,7 @@ class _Batch:
             self.sent += 1
         elif outcome.status == "deferred" and outcome.code in (None, 421):
             self.systemic += 1
+            self.systemic_reply = outcome.reply
 
 
 class _Sender:
@@ -273,15 +275,17 @@ class _Sender:
         if isinstance(edition, str):
             # The operator can fix the article or template: retry on the usual schedule.
             return Outcome("deferred", None, edition)
-        recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone)
+        recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone,
+                              claim.unsubscribe_key)
         try:
             data, wire = edition.messages(recipient)
         except SubscriberError as exc:
             return Outcome("failed", None, f"cannot address the message: {exc}")
         except PublisherError as exc:
             return Outcome("deferred", None, f"cannot build the message: {exc}")
-        envelope = Envelope(claim.delivery_id, self.mailer.envelope_sender, claim.email, data,
-                            wire)
+        sender = self.mailer.return_path(claim.delivery_id, slug=claim.slug, year=claim.year,
+                                         subscriber_id=claim.subscriber_id)
+        envelope = Envelope(claim.delivery_id, sender, claim.email, data, wire)
         return envelope, edition.message_id(recipient)
 
     def record(self, claim: Claim, outcome: Outcome, message_id: str | None) -> None:
@@ -374,10 +378,10 @@ def send_due(ledger: Ledger, mailer: Mailer, transport: Transport, calendar: Cal
         logger.info("batch: %d claimed, %d handed to the transport, %d sent", len(claims),
                     batch.handed, batch.sent,
                     extra={"claimed": len(claims), "handed": batch.handed, "sent": batch.sent})
-        # The server could not be reached at all: the rows wait for their retry time instead
-        # of every remaining row failing the same way.
+        # The server could not be reached at all, or the maildir not written: the rows wait
+        # for their retry time instead of every remaining row failing the same way.
         if batch.handed and not batch.sent and batch.systemic == batch.handed:
-            report.stopped = "the mail server could not be reached; deferred rows will be retried"
+            report.stopped = f"{batch.systemic_reply}; deferred rows will be retried"
             break
     # Each claim folds the accepted messages recorded so far; this folds the last batch's.
     ledger.settle()
@@ -608,7 +612,7 @@ class Status:
 def delivery_status(config: Config, day: date | None = None, *, limit: int = 50,
                     now: datetime | None = None) -> Status:
     """Return delivery counts and failures (for the events of ``day``, or all)."""
-    with Ledger.open(config.state.database_url) as ledger:
+    with Ledger.open(config.state.database_url, read_only=True) as ledger:
         # Read only: messages accepted by a sender that has not folded them in yet (still
         # sending, or died) count as sent, as they will once folded.
         return Status(day, ledger.delivery_counts(day), ledger.problems(day, limit),

@@ -50,6 +50,10 @@ class DuplicateSlugError(ContentError):
     """Two articles claim the same slug."""
 
 
+class UnreadableError(ContentError):
+    """A content entry cannot be read: a link loop or to nothing, not a file, no permission."""
+
+
 class TemplateError(LocatedError):
     """A template failed to load or render (syntax error, unknown variable)."""
 
@@ -76,3 +80,11 @@ class TokenError(PublisherError):
 
 class SecretKeyError(LocatedError):
     """The key that signs link tokens cannot be read or created."""
+
+
+class MailboxError(PublisherError):
+    """A mailbox of bounces and complaints cannot be reached, logged into or read."""
+
+
+class WebhookError(PublisherError):
+    """A provider's webhook request is not authentic or not in the provider's format."""

@@ -201,6 +201,11 @@ def feed_item(site: SiteConfig, event: Event, env: jinja2.Environment,
     )
 
 
+def feed_author(site: SiteConfig) -> str:
+    """Return the name the feeds give as their author: ``site.author``, else the title."""
+    return site.author or site.title
+
+
 def _generator(site: SiteConfig, self_name: str, updated: datetime) -> FeedGenerator:
     fg = FeedGenerator()
     fg.title(site.title)
@@ -240,11 +245,11 @@ def rss_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime) -> 
 
 
 def atom_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime) -> bytes:
-    """Write Atom: a feed-level author so every entry has one, HTML content, text summary."""
+    """Write Atom: an author on the feed and on every entry, HTML content, text summary."""
     site = clean_site(site)
     fg = _generator(site, ATOM_NAME, updated)
     fg.id(canonical_url(site.url()))  # the validator warns about a non-canonical id
-    fg.author(name=site.author or site.title)
+    fg.author(name=feed_author(site))
     if site.description:
         fg.subtitle(site.description)
     for item in items:
@@ -254,8 +259,8 @@ def atom_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime) ->
         fe.link(href=item.url, rel="alternate", type="text/html")
         fe.updated(item.published)
         fe.published(item.published)
-        if item.author and item.author != site.author:
-            fe.author(name=item.author)
+        # Readers show an entry's own author and ignore the feed's (RFC 4287 allows either).
+        fe.author(name=item.author or feed_author(site))
         fe.content(item.content_html, type="html")
         if item.summary:
             fe.summary(item.summary, type="text")
@@ -274,7 +279,7 @@ def json_feed(site: SiteConfig, items: Sequence[FeedItem]) -> bytes:
         "feed_url": site.url(JSON_NAME),
         "description": site.description,
         "language": site.language,
-        "authors": [{"name": site.author or site.title}],
+        "authors": [{"name": feed_author(site)}],
         "items": [_json_item(item) for item in items],
     }
     return (json.dumps(document, ensure_ascii=False, indent=2) + "\n").encode("utf-8")

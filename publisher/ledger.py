@@ -14,6 +14,8 @@ import functools
 import hashlib
 import os
 import re
+import secrets
+import sqlite3
 import threading
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
+from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy import (
@@ -66,7 +69,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import QueuePool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
 # Defined with the configuration (a light module for the command line); named here as before.
@@ -122,22 +125,39 @@ schema_migrations = Table(
     Column("applied_at", UtcDateTime, nullable=False),
 )
 
-subscribers = Table(
-    "subscribers", metadata,
-    Column("id", _Id, primary_key=True, autoincrement=True),
-    Column("email", String(320), nullable=False, unique=True),
-    Column("name", String(NAME_LENGTH)),
-    Column("timezone", String(64)),
-    Column("status", String(16), nullable=False),
-    Column("created_at", UtcDateTime, nullable=False),
-    Column("updated_at", UtcDateTime, nullable=False),
-    Column("confirmed_at", UtcDateTime),
-    Column("unsubscribed_at", UtcDateTime),
-    CheckConstraint(
-        "status IN ('pending', 'confirmed', 'unsubscribed', 'bounced')",
-        name="ck_subscribers_status"),
-    Index("ix_subscribers_status_zone", "status", "timezone"),
-)
+
+def new_key() -> str:
+    """Return a fresh random key (128 bits, URL-safe): it says nothing about whom it names."""
+    return secrets.token_urlsafe(16)
+
+
+def _subscribers_table(meta: MetaData) -> Table:
+    """Return the subscribers table as version 1 created it."""
+    return Table(
+        "subscribers", meta,
+        Column("id", _Id, primary_key=True, autoincrement=True),
+        Column("email", String(320), nullable=False, unique=True),
+        Column("name", String(NAME_LENGTH)),
+        Column("timezone", String(64)),
+        Column("status", String(16), nullable=False),
+        Column("created_at", UtcDateTime, nullable=False),
+        Column("updated_at", UtcDateTime, nullable=False),
+        Column("confirmed_at", UtcDateTime),
+        Column("unsubscribed_at", UtcDateTime),
+        CheckConstraint(
+            "status IN ('pending', 'confirmed', 'unsubscribed', 'bounced')",
+            name="ck_subscribers_status"),
+        Index("ix_subscribers_status_zone", "status", "timezone"),
+    )
+
+
+subscribers = _subscribers_table(metadata)
+# Version 3: the key an unsubscribe link names, so that the link carries nothing about the
+# subscriber. Set for every row (the migration fills in the rows it finds), never changed, and
+# kept while the address is suppressed, so every link ever sent keeps working.
+subscribers.append_column(Column("unsubscribe_key", String(32), default=new_key))
+_unsubscribe_key_index = Index("ux_subscribers_unsubscribe_key", subscribers.c.unsubscribe_key,
+                               unique=True)
 
 deliveries = Table(
     "deliveries", metadata,
@@ -180,7 +200,8 @@ state = Table(
 def _create_v1(conn: Connection) -> None:
     # Version 1 is the schema as first released. A later step must ALTER what exists (never edit
     # this one): databases at version 1 only ever run the steps after it.
-    for table in (subscribers, deliveries, state):
+    _subscribers_table(MetaData()).create(conn)
+    for table in (deliveries, state):
         table.create(conn)
 
 
@@ -204,6 +225,83 @@ def _create_v2(conn: Connection) -> None:
     accepted.create(conn)
 
 
+# A sign-up waiting for its confirmation, kept apart from the subscriber's status: a sign-up for
+# an address that unsubscribed or bounced changes nothing until the emailed link is followed.
+# The row stays after confirmation (``confirmed_at``), so that following the link twice is
+# harmless; a new sign-up after that gets a new key, and the old links stop working.
+signups = Table(
+    "signups", metadata,
+    Column("subscriber_id", _Id, ForeignKey("subscribers.id", ondelete="CASCADE"),
+           primary_key=True, autoincrement=False),
+    Column("key", String(32), nullable=False, unique=True),
+    Column("name", String(NAME_LENGTH)),
+    Column("timezone", String(64)),
+    Column("requested_at", UtcDateTime, nullable=False),
+    Column("confirmed_at", UtcDateTime),
+)
+
+MIGRATION_CHUNK = 1000
+
+
+def _create_v3(conn: Connection) -> None:
+    key = subscribers.c.unsubscribe_key
+    conn.execute(text(f"ALTER TABLE subscribers ADD COLUMN {key.name} "
+                      f"{key.type.compile(dialect=conn.dialect)}"))
+    # The keys go into a scratch table in multi-row INSERTs, then into the subscribers in one
+    # UPDATE: an UPDATE per row takes minutes on a large PostgreSQL list.
+    fill = Table("unsubscribe_key_fill", MetaData(), Column("id", _Id, primary_key=True),
+                 Column("key", String(32), nullable=False), prefixes=["TEMPORARY"])
+    fill.create(conn)
+    last = 0
+    while ids := conn.scalars(select(subscribers.c.id).where(subscribers.c.id > last)
+                              .order_by(subscribers.c.id).limit(MIGRATION_CHUNK)).all():
+        conn.execute(insert(fill), [{"id": i, "key": new_key()} for i in ids])
+        last = ids[-1]
+    conn.execute(update(subscribers).where(subscribers.c.id == fill.c.id)
+                 .values(unsubscribe_key=fill.c.key))
+    fill.drop(conn)
+    _unsubscribe_key_index.create(conn)
+    signups.create(conn)
+    # Before version 3 a web sign-up turned an unsubscribed or bounced row back into "pending".
+    # Such a row still has the time of its confirmation or unsubscription: suppress it again.
+    conn.execute(update(subscribers).where(
+        subscribers.c.status == "pending",
+        or_(subscribers.c.confirmed_at.is_not(None), subscribers.c.unsubscribed_at.is_not(None)),
+    ).values(status=case((subscribers.c.unsubscribed_at.is_not(None), "unsubscribed"),
+                         else_="bounced")))
+
+
+
+
+# Every bounce and complaint read back, each once: ``report_key`` names one recipient's line of
+# one report, however often the report is read. The edition is copied from the delivery, so the
+# rates per edition outlive it.
+returns = Table(
+    "returns", metadata,
+    Column("id", _Id, primary_key=True, autoincrement=True),
+    Column("report_key", String(64), nullable=False, unique=True),
+    Column("received_at", UtcDateTime, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("email", String(320)),
+    Column("status_code", String(16)),
+    Column("diagnostic", Text),
+    Column("matched_by", String(16)),
+    Column("delivery_id", _Id),
+    Column("subscriber_id", _Id, ForeignKey("subscribers.id", ondelete="CASCADE")),
+    Column("slug", String(200)),
+    Column("year", Integer),
+    Column("effect", String(16)),
+    CheckConstraint("kind IN ('hard', 'soft', 'complaint')", name="ck_returns_kind"),
+    Index("ix_returns_subscriber", "subscriber_id", "kind", "received_at"),
+    Index("ix_returns_edition", "slug", "year"),
+)
+
+
+def _create_returns(conn: Connection) -> None:
+    returns.create(conn)
+
+
 def _index_event_states(conn: Connection) -> None:
     # The counts per event and state (`publisher status`) read this index alone instead of
     # every delivery row: 0.03 s for 100,000 deliveries, where the index on the day alone took
@@ -215,7 +313,7 @@ def _index_event_states(conn: Connection) -> None:
 
 
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
-    _create_v1, _create_v2, _index_event_states)
+    _create_v1, _create_v2, _create_v3, _create_returns, _index_event_states)
 
 
 class AllZones(enum.Enum):
@@ -241,6 +339,18 @@ class Subscriber:
     updated_at: datetime
     confirmed_at: datetime | None
     unsubscribed_at: datetime | None
+    unsubscribe_key: str | None
+
+
+@dataclass(frozen=True)
+class PendingSignUp:
+    """A sign-up waiting for the confirmation link: who asked, and the key the link names."""
+
+    subscriber_id: int
+    email: str
+    name: str | None
+    timezone: str | None
+    key: str
 
 
 @dataclass(frozen=True)
@@ -267,6 +377,7 @@ class Claim:
     email: str
     name: str | None
     timezone: str | None
+    unsubscribe_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -296,15 +407,63 @@ class Problem:
 
 @dataclass
 class ImportReport:
-    """What a CSV import did: rows added, rows already present, and every rejected row."""
+    """What a CSV import did: rows added, rows already present, and every rejected row.
+
+    ``suppressed`` lists the addresses left out because they unsubscribed or bounced (with
+    their status); ``resubscribed`` counts those subscribed again on the operator's word.
+    """
 
     added: int = 0
     unchanged: int = 0
     skipped_pending: int = 0
+    resubscribed: int = 0
+    suppressed: list[tuple[str, SubscriberStatus]] = field(default_factory=list)
     errors: list[SubscriberError] = field(default_factory=list)
 
 
 AddOutcome = Literal["added", "confirmed", "updated", "unchanged", "resubscribed"]
+RemoveOutcome = Literal["deleted", "suppressed"]
+# Nothing is sent to these addresses, and only the person (by confirming a new sign-up) or the
+# operator (by saying so explicitly) can subscribe them again.
+SUPPRESSED: tuple[SubscriberStatus, ...] = ("unsubscribed", "bounced")
+ReturnKind = Literal["hard", "soft", "complaint"]
+ReturnEffect = Literal["bounced", "unsubscribed", "none"]
+
+
+@dataclass(frozen=True)
+class ReturnTarget:
+    """Whom a bounce or complaint is about: a subscriber, and the delivery where known."""
+
+    subscriber_id: int
+    email: str
+    delivery_id: int | None = None
+    slug: str | None = None
+    year: int | None = None
+    sent_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ReturnRow:
+    """One return to record: what came back, from where, and whom it belongs to (or None)."""
+
+    report_key: str
+    source: str
+    kind: ReturnKind
+    email: str | None
+    status_code: str | None
+    diagnostic: str | None
+    matched_by: str | None
+    target: ReturnTarget | None
+
+
+@dataclass(frozen=True)
+class ReturnCount:
+    """How many deliveries of one edition came back as one kind (slug None: no edition known)."""
+
+    slug: str | None
+    year: int | None
+    kind: ReturnKind
+    count: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -589,6 +748,18 @@ class _DriverStatement:
 _MEMORY = (None, "", ":memory:")
 
 
+def _writable(database: str | None) -> bool:
+    """Return whether this process may write an SQLite file, its folder and its lock file."""
+    if database in _MEMORY:
+        return True
+    assert database is not None
+    folder = os.path.dirname(os.path.abspath(database))
+    if os.path.isdir(folder) and not os.access(folder, os.W_OK):
+        return False
+    return all(os.access(name, os.W_OK) for name in (database, f"{database}-writers")
+               if os.path.exists(name))
+
+
 class _WriterQueue:
     """Make the SQLite writers of this host wait their turn on a file lock.
 
@@ -660,12 +831,14 @@ def _describe(url: str) -> str:
 class Ledger:
     """The database of subscribers and deliveries; every method is one short transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, read_only: bool = False) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.read_only = read_only
         database = engine.url.database
         self._writers = (_WriterQueue(Path(f"{database}-writers"))
-                         if self.dialect == "sqlite" and database not in _MEMORY else None)
+                         if self.dialect == "sqlite" and database not in _MEMORY
+                         and not read_only else None)
         self._held = _HeldConnections(engine)
         self._finish_sent = _DriverStatement(_FINISH_SENT, self._held, self._writers)
         self._finish_held = _DriverStatement(_FINISH_HELD, self._held, self._writers)
@@ -673,13 +846,20 @@ class Ledger:
         self._insert_new = _DriverStatement(self._new_subscriber(), self._held, self._writers)
 
     @classmethod
-    def open(cls, url: str) -> Ledger:
-        """Connect to ``url`` (SQLite or PostgreSQL) and apply any pending migrations."""
+    def open(cls, url: str, *, read_only: bool = False) -> Ledger:
+        """Connect to ``url`` (SQLite or PostgreSQL) and apply any pending migrations.
+
+        ``read_only``: the caller only reads, so an SQLite file this process may not write is
+        opened read-only (no lock file, no migration, nothing settled) rather than refused.
+        """
         try:
             parsed = make_url(url)
         except ArgumentError as exc:
             raise LedgerError(f"invalid database URL {url!r}: {exc}") from None
         backend = parsed.get_backend_name()
+        if backend == "sqlite" and read_only and not _writable(parsed.database):
+            assert parsed.database is not None
+            return cls._read_only_sqlite(parsed.database, url)
         if backend == "sqlite":
             engine = cls._sqlite_engine(parsed.database)
         elif backend == "postgresql":
@@ -697,6 +877,32 @@ class Ledger:
         except LedgerError as exc:
             engine.dispose()
             raise LedgerError(f"cannot open {_describe(url)}: {exc}") from None
+        return ledger
+
+    @classmethod
+    def _read_only_sqlite(cls, database: str, url: str) -> Ledger:
+        # The last connection to close removes the write-ahead log: without one nobody is
+        # writing, and SQLite may read the file as immutable, needing no -shm file (which it
+        # could not create here). With one, it reads through the -shm its writer keeps.
+        options = "mode=ro" if os.path.exists(f"{database}-wal") else "mode=ro&immutable=1"
+        uri = f"file:{quote(os.path.abspath(database))}?{options}"
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(uri, uri=True, check_same_thread=False,
+                                   timeout=BUSY_TIMEOUT_MS / 1000)
+
+        engine = create_engine("sqlite://", creator=connect, poolclass=QueuePool)
+        _configure_sqlite(engine)
+        ledger = cls(engine, read_only=True)
+        try:
+            version = ledger.schema_version()
+            if version != len(MIGRATIONS):
+                raise LedgerError(f"its schema is at version {version} and this publisher "
+                                  f"needs {len(MIGRATIONS)}: run a command that writes where "
+                                  "the database can be written")
+        except LedgerError as exc:
+            engine.dispose()
+            raise LedgerError(f"cannot open {_describe(url)} read-only: {exc}") from None
         return ledger
 
     @staticmethod
@@ -775,11 +981,12 @@ class Ledger:
 
     def migrate(self) -> int:
         """Apply the migration steps not yet recorded; return the schema version."""
-        if self._applied() == set(range(1, len(MIGRATIONS) + 1)):
-            # Every command opens the ledger, many while another process writes: looking
-            # without the write lock first spares them waiting for a long write (queueing a
-            # million deliveries) to end.
-            return len(MIGRATIONS)
+        # Every command opens the ledger, many while another process writes: looking without
+        # the write lock first spares them waiting for a long write (queueing a million
+        # deliveries) to end.
+        with suppress(LedgerError):  # unreadable so: the write below says why
+            if self._applied() == set(range(1, len(MIGRATIONS) + 1)):
+                return len(MIGRATIONS)
         with self._write() as conn:
             if self.dialect == "postgresql":
                 # Two processes opening a fresh database at once: the second waits here, then
@@ -871,6 +1078,8 @@ class Ledger:
         statement: UpdateBase = self._insert(subscribers).values(
             email=bindparam("email", type_=String()), name=bindparam("name", type_=String()),
             timezone=bindparam("timezone", type_=String()), status=status,
+            # Named here: the column's default is made by SQLAlchemy, which this bypasses.
+            unsubscribe_key=bindparam("unsubscribe_key", type_=String()),
             created_at=now, updated_at=now, confirmed_at=case((status == "confirmed", now)),
             unsubscribed_at=case((or_(status == "unsubscribed", status == "bounced"), now)),
         ).on_conflict_do_nothing(index_elements=["email"])
@@ -885,30 +1094,80 @@ class Ledger:
         # SQLite's own work.
         statement = self._insert_new
         arguments = statement.arguments(
-            ({"email": r.email, "name": r.name, "timezone": r.timezone, "status": r.status}
-             for r in rows), {"now": now or utcnow()})
+            ({"email": r.email, "name": r.name, "timezone": r.timezone, "status": r.status,
+              "unsubscribe_key": new_key()} for r in rows), {"now": now or utcnow()})
         with self._write() as conn:
             return int(conn.exec_driver_sql(statement.sql, arguments).rowcount)
 
-    def add_pending(self, row: SubscriberRow, now: datetime | None = None) -> Subscriber:
-        """Record a sign-up waiting for confirmation; a confirmed subscriber is left as is."""
+    def add_pending(self, row: SubscriberRow, now: datetime | None = None
+                    ) -> PendingSignUp | None:
+        """Record a sign-up until its link is followed; None for an address already confirmed.
+
+        A new address is stored as pending. An address that unsubscribed or bounced keeps that
+        status, and its name and zone, until the link is followed. A sign-up while another is
+        waiting keeps that one's key, so every link sent for it works until it expires.
+        """
         now = now or utcnow()
         with self._write() as conn:
             conn.execute(self._insert(subscribers).values(
                 email=row.email, name=row.name, timezone=row.timezone, status="pending",
                 created_at=now, updated_at=now,
             ).on_conflict_do_nothing(index_elements=["email"]))
-            conn.execute(
-                update(subscribers)
-                .where(subscribers.c.email == row.email, subscribers.c.status != "confirmed")
-                .values(status="pending", name=row.name, timezone=row.timezone, updated_at=now))
-            found = self._subscriber_where(conn, subscribers.c.email == row.email)
-            assert found is not None
-            return found
+            current = self._subscriber_where(conn, subscribers.c.email == row.email)
+            assert current is not None
+            if current.status == "confirmed":
+                return None
+            if current.status == "pending":
+                conn.execute(update(subscribers).where(subscribers.c.id == current.id)
+                             .values(name=row.name, timezone=row.timezone, updated_at=now))
+            statement = self._insert(signups).values(
+                subscriber_id=current.id, key=new_key(), name=row.name, timezone=row.timezone,
+                requested_at=now, confirmed_at=None)
+            conn.execute(statement.on_conflict_do_update(index_elements=["subscriber_id"], set_={
+                "key": case((signups.c.confirmed_at.is_(None), signups.c.key),
+                            else_=statement.excluded.key),
+                "name": row.name, "timezone": row.timezone, "requested_at": now,
+                "confirmed_at": None}))
+            key = conn.execute(select(signups.c.key)
+                               .where(signups.c.subscriber_id == current.id)).scalar_one()
+            return PendingSignUp(current.id, current.email, row.name, row.timezone, key)
+
+    def find_sign_up(self, key: str) -> Subscriber | None:
+        """Return the subscriber whose sign-up (waiting or done) a confirmation link names."""
+        with self._read() as conn:
+            owner = select(signups.c.subscriber_id).where(signups.c.key == key)
+            return self._subscriber_where(conn, subscribers.c.id == owner.scalar_subquery())
+
+    def confirm_sign_up(self, key: str, now: datetime | None = None) -> Subscriber | None:
+        """Apply the sign-up a confirmation link names; None when none is left to apply.
+
+        The subscriber becomes confirmed with the name and zone given at sign-up, whatever
+        their status was. Following the link again returns them unchanged while confirmed.
+        """
+        now = now or utcnow()
+        with self._write() as conn:
+            found = conn.execute(select(signups).where(signups.c.key == key)).first()
+            if found is None:
+                return None
+            if found.confirmed_at is None:
+                conn.execute(update(subscribers).where(subscribers.c.id == found.subscriber_id)
+                             .values(status="confirmed", name=found.name,
+                                     timezone=found.timezone, confirmed_at=now,
+                                     unsubscribed_at=None, updated_at=now))
+                conn.execute(update(signups).where(signups.c.key == key)
+                             .values(confirmed_at=now))
+            subscriber = self._subscriber_where(conn, subscribers.c.id == found.subscriber_id)
+            if subscriber is None or subscriber.status != "confirmed":
+                return None  # they left after confirming: only a new sign-up brings them back
+            return subscriber
 
     def confirm(self, subscriber_id: int, email: str, now: datetime | None = None
                 ) -> Subscriber | None:
-        """Confirm a pending sign-up (idempotent); None when id and address do not match."""
+        """Confirm a pending sign-up by id and address (links made before sign-up keys).
+
+        Idempotent; None when id and address do not match. An address that unsubscribed or
+        bounced is left so: only a sign-up's own link subscribes it again.
+        """
         now = now or utcnow()
         with self._write() as conn:
             match = and_(subscribers.c.id == subscriber_id, subscribers.c.email == email)
@@ -916,18 +1175,43 @@ class Ledger:
                          .values(status="confirmed", confirmed_at=now, updated_at=now))
             return self._subscriber_where(conn, match)
 
+    def find_unsubscribe_key(self, key: str) -> Subscriber | None:
+        """Return the subscriber an unsubscribe link's key names, if any."""
+        with self._read() as conn:
+            return self._subscriber_where(conn, subscribers.c.unsubscribe_key == key)
+
+    def unsubscribe_link(self, *, key: str | None = None, email: str | None = None,
+                         now: datetime | None = None) -> tuple[Subscriber | None, bool]:
+        """Unsubscribe whom a link names: by its key, or by address (links made before keys).
+
+        Return the subscriber (None when nobody matches) and whether this changed anything.
+        """
+        if (key is None) == (email is None):
+            raise ValueError("give exactly one of key and email")
+        match = (subscribers.c.unsubscribe_key == key if key is not None
+                 else subscribers.c.email == email)
+        with self._write() as conn:
+            return self._unsubscribe(conn, match, now or utcnow())
+
     def unsubscribe(self, subscriber_id: int, email: str, now: datetime | None = None
                     ) -> Subscriber | None:
-        """Unsubscribe (idempotent) and skip the deliveries not yet sent; None when unknown."""
-        now = now or utcnow()
+        """Unsubscribe by id and address (idempotent); None when they do not match."""
+        match = and_(subscribers.c.id == subscriber_id, subscribers.c.email == email)
         with self._write() as conn:
-            match = and_(subscribers.c.id == subscriber_id, subscribers.c.email == email)
-            changed = conn.execute(
-                update(subscribers).where(match, subscribers.c.status != "unsubscribed")
-                .values(status="unsubscribed", unsubscribed_at=now, updated_at=now)).rowcount
-            if changed:
-                self._skip_unsent(conn, subscriber_id, "unsubscribed", now)
-            return self._subscriber_where(conn, match)
+            return self._unsubscribe(conn, match, now or utcnow())[0]
+
+    def _unsubscribe(self, conn: Connection, match: ColumnElement[bool], now: datetime
+                     ) -> tuple[Subscriber | None, bool]:
+        found = self._subscriber_where(conn, match)
+        if found is None or found.status == "unsubscribed":
+            return found, False
+        conn.execute(update(subscribers).where(subscribers.c.id == found.id)
+                     .values(status="unsubscribed", unsubscribed_at=now, updated_at=now))
+        self._skip_unsent(conn, found.id, "unsubscribed", now)
+        # The latest word is theirs: a sign-up still waiting for its link no longer counts.
+        conn.execute(delete(signups).where(signups.c.subscriber_id == found.id,
+                                           signups.c.confirmed_at.is_(None)))
+        return self._subscriber_where(conn, subscribers.c.id == found.id), True
 
     def bounce(self, subscriber_id: int, reason: str, now: datetime | None = None) -> bool:
         """Mark a confirmed subscriber bounced and skip their unsent mail; return if changed."""
@@ -952,26 +1236,55 @@ class Ledger:
                    deliveries.c.status.in_(("pending", "deferred")))
             .values(status="skipped", last_reply=reason, updated_at=now))
 
-    def remove(self, email: str) -> bool:
-        """Delete a subscriber and their delivery history; return whether one existed."""
+    def remove(self, email: str, *, forget: bool = False, now: datetime | None = None
+               ) -> RemoveOutcome | None:
+        """Remove an address: its details and delivery history go, its suppression stays.
+
+        An address that was ever subscribed is kept, without name or zone, as unsubscribed (or
+        bounced), so that no import or unconfirmed sign-up adds it back; a sign-up never
+        confirmed, or any address with ``forget``, is deleted outright. None when unknown.
+        """
         address = normalise_address(email)
+        now = now or utcnow()
         with self._write() as conn:
-            found = conn.scalar(select(subscribers.c.id).where(subscribers.c.email == address))
+            found = self._subscriber_where(conn, subscribers.c.email == address)
             if found is None:
-                return False
-            conn.execute(delete(deliveries).where(deliveries.c.subscriber_id == found))
-            conn.execute(delete(subscribers).where(subscribers.c.id == found))
-            return True
+                return None
+            conn.execute(delete(deliveries).where(deliveries.c.subscriber_id == found.id))
+            conn.execute(delete(signups).where(signups.c.subscriber_id == found.id))
+            if forget or found.status == "pending":
+                conn.execute(delete(subscribers).where(subscribers.c.id == found.id))
+                return "deleted"
+            conn.execute(update(subscribers).where(subscribers.c.id == found.id).values(
+                status="bounced" if found.status == "bounced" else "unsubscribed",
+                name=None, timezone=None, updated_at=now,
+                unsubscribed_at=found.unsubscribed_at or now))
+            return "suppressed"
 
     def purge_pending(self, older_than: timedelta, now: datetime | None = None) -> int:
-        """Delete sign-ups left unconfirmed for longer than ``older_than``; return how many."""
+        """Drop sign-ups left unconfirmed for longer than ``older_than``; return how many.
+
+        An address never confirmed is deleted; an address that unsubscribed or bounced only
+        loses the sign-up, and stays suppressed.
+        """
         cutoff = (now or utcnow()) - older_than
         stale = select(subscribers.c.id).where(subscribers.c.status == "pending",
                                                subscribers.c.updated_at < cutoff)
         with self._write() as conn:
             conn.execute(delete(deliveries).where(deliveries.c.subscriber_id.in_(stale)))
-            return int(conn.execute(delete(subscribers).where(
-                subscribers.c.id.in_(stale))).rowcount)
+            purged = conn.execute(delete(subscribers).where(subscribers.c.id.in_(stale))).rowcount
+            # Confirmed sign-ups are kept only so that a second click on their link is harmless.
+            dropped = conn.execute(delete(signups).where(signups.c.requested_at < cutoff,
+                                                         signups.c.confirmed_at.is_(None)))
+            conn.execute(delete(signups).where(signups.c.requested_at < cutoff))
+            return int(purged) + int(dropped.rowcount)
+
+    def statuses_of(self, emails: Iterable[str]) -> dict[str, SubscriberStatus]:
+        """Return the status of each of these (normalised) addresses that is known."""
+        with self._read() as conn:
+            rows = conn.execute(select(subscribers.c.email, subscribers.c.status)
+                                .where(subscribers.c.email.in_(list(emails)))).all()
+        return {row[0]: row[1] for row in rows}
 
     def iter_subscribers(self, status: SubscriberStatus | None = None,
                          zone: ZoneChoice = ALL_ZONES, site_zone: str = "UTC"
@@ -1142,7 +1455,8 @@ class Ledger:
                 select(deliveries.c.id, deliveries.c.slug, deliveries.c.year,
                        deliveries.c.event_on, deliveries.c.attempts, deliveries.c.give_up_at,
                        deliveries.c.subscriber_id, subscribers.c.email, subscribers.c.name,
-                       subscribers.c.timezone, subscribers.c.status.label("subscriber_status"))
+                       subscribers.c.timezone, subscribers.c.unsubscribe_key,
+                       subscribers.c.status.label("subscriber_status"))
                 .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
                 .where(deliveries.c.id.in_(claimed))
                 .order_by(deliveries.c.next_attempt_at, deliveries.c.id)).all()
@@ -1153,7 +1467,7 @@ class Ledger:
                     status="skipped", lease_owner=None, lease_until=None, updated_at=now,
                     last_reply="subscriber is no longer confirmed"))
             return [Claim(r.id, r.slug, r.year, r.event_on, r.attempts, r.give_up_at,
-                          r.subscriber_id, r.email, r.name, r.timezone)
+                          r.subscriber_id, r.email, r.name, r.timezone, r.unsubscribe_key or "")
                     for r in rows if r.subscriber_status == "confirmed"]
 
     def extend_lease(self, ids: Iterable[int], worker: str, until: datetime) -> int:
@@ -1194,7 +1508,12 @@ class Ledger:
                           "message_id": message_id, "now": now or utcnow()})
 
     def settle(self) -> int:
-        """Mark sent every delivery whose acceptance is recorded; return how many records."""
+        """Mark sent every delivery whose acceptance is recorded; return how many records.
+
+        A read-only ledger settles nothing: such deliveries still read as ``sending``.
+        """
+        if self.read_only:
+            return 0
         with self._write() as conn:
             return self._settle(conn)
 
@@ -1327,6 +1646,92 @@ class Ledger:
         with self._write() as conn:
             conn.execute(statement)
 
+    # -- returns: bounces and complaints read back ---------------------------------------------
+
+    def _target(self, condition: ColumnElement[bool]) -> ReturnTarget | None:
+        query = (select(deliveries.c.subscriber_id, subscribers.c.email, deliveries.c.id,
+                        deliveries.c.slug, deliveries.c.year, deliveries.c.sent_at)
+                 .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+                 .where(condition))
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return ReturnTarget(*row) if row is not None else None
+
+    def find_delivery(self, delivery_id: int) -> ReturnTarget | None:
+        """Return the delivery with this id and its subscriber, if it still exists."""
+        return self._target(deliveries.c.id == delivery_id)
+
+    def find_sent(self, slug: str, year: int, message_id: str) -> ReturnTarget | None:
+        """Return the delivery of one edition that went out with this Message-ID, if any."""
+        # The edition narrows the search to its own rows through the unique index.
+        return self._target(and_(deliveries.c.slug == slug, deliveries.c.year == year,
+                                 deliveries.c.message_id == message_id))
+
+    def record_return(self, row: ReturnRow, *, soft_limit: int, soft_since: datetime,
+                      now: datetime | None = None) -> ReturnEffect | None:
+        """Record a bounce or complaint and apply it; None when it was recorded before.
+
+        A hard bounce marks the subscriber bounced, a complaint unsubscribes them, and soft
+        bounces do as a hard one once ``soft_limit`` deliveries came back soft since
+        ``soft_since``. A return about a message sent before the person last confirmed is
+        recorded and changes nothing.
+        """
+        now = now or utcnow()
+        target = row.target
+        values = {"report_key": row.report_key, "received_at": now, "source": row.source,
+                  "kind": row.kind, "email": row.email, "status_code": row.status_code,
+                  "diagnostic": row.diagnostic, "matched_by": row.matched_by}
+        if target is not None:
+            values.update(delivery_id=target.delivery_id, subscriber_id=target.subscriber_id,
+                          slug=target.slug, year=target.year)
+        with self._write() as conn:
+            if not conn.execute(self._insert(returns).values(**values).on_conflict_do_nothing(
+                    index_elements=["report_key"])).rowcount:
+                return None
+            effect: ReturnEffect = "none"
+            if target is not None and self._about_this_subscription(conn, target):
+                reason = f"{row.kind} {row.status_code or ''}: {row.diagnostic or ''}".strip()
+                sid = target.subscriber_id
+                if row.kind == "complaint":
+                    changed = self._unsubscribe(conn, subscribers.c.id == sid, now)[1]
+                    effect = "unsubscribed" if changed else effect
+                elif (row.kind == "hard"
+                      or self._soft_returns(conn, sid, soft_since) >= soft_limit):
+                    effect = "bounced" if self._bounce(conn, sid, reason, now) else effect
+            conn.execute(update(returns).where(returns.c.report_key == row.report_key)
+                         .values(effect=effect))
+            return effect
+
+    @staticmethod
+    def _about_this_subscription(conn: Connection, target: ReturnTarget) -> bool:
+        confirmed_at = conn.scalar(select(subscribers.c.confirmed_at)
+                                   .where(subscribers.c.id == target.subscriber_id))
+        return target.sent_at is None or confirmed_at is None or confirmed_at <= target.sent_at
+
+    @staticmethod
+    def _soft_returns(conn: Connection, subscriber_id: int, since: datetime) -> int:
+        # Deliveries, not reports: one message's delay warnings and its final failure count once.
+        each = func.coalesce(returns.c.delivery_id, -returns.c.id)
+        return int(conn.scalar(
+            select(func.count(func.distinct(each)))
+            .where(returns.c.subscriber_id == subscriber_id, returns.c.kind == "soft",
+                   returns.c.received_at >= since)) or 0)
+
+    def return_counts(self) -> list[ReturnCount]:
+        """Return how many deliveries of each edition came back, per kind."""
+        per_edition = (select(returns.c.slug, returns.c.year, returns.c.kind,
+                              func.count(func.distinct(returns.c.delivery_id)))
+                       .where(returns.c.slug.is_not(None))
+                       .group_by(returns.c.slug, returns.c.year, returns.c.kind))
+        elsewhere = (select(returns.c.kind, func.count()).where(returns.c.slug.is_(None))
+                     .group_by(returns.c.kind))
+        with self._read() as conn:
+            if self.read_only and not inspect(conn).has_table(returns.name):
+                return []  # a database nobody here may migrate, from before returns were kept
+            counts = [ReturnCount(r[0], r[1], r[2], int(r[3])) for r in conn.execute(per_edition)]
+            counts += [ReturnCount(None, None, r[0], int(r[1])) for r in conn.execute(elsewhere)]
+        return counts
+
 
 # ---------------------------------------------------------------------------------------------
 # CSV import and export
@@ -1340,6 +1745,22 @@ _IMPORT_STATUSES: dict[str, SubscriberStatus | None] = {
     "": "confirmed", "confirmed": "confirmed", "unsubscribed": "unsubscribed",
     "bounced": "bounced", "pending": None,
 }
+
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP, "CSV Injection"):
+# the export puts a single quote before it, which spreadsheets show as text, and the import
+# takes one leading quote away. A value starting with a quote gets one too, so both round-trip.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def as_cell(value: str) -> str:
+    """Return a value as a CSV cell that no spreadsheet runs as a formula."""
+    return f"'{value}" if value.startswith(_FORMULA_STARTS) else value
+
+
+def from_cell(cell: str) -> str:
+    """Return the value of a CSV cell written by :func:`as_cell`."""
+    return cell[1:] if cell.startswith("'") else cell
 
 
 def _header(first: list[str]) -> list[str] | None:
@@ -1389,7 +1810,7 @@ def _parse_record(record: list[str], columns: list[str], path: Path, line: int
     if len(record) > len(columns):
         return SubscriberError(f"expected at most {len(columns)} columns, got {len(record)}",
                                path=path, line=line)
-    values = dict(zip(columns, record, strict=False))
+    values = dict(zip(columns, map(from_cell, record), strict=False))
     status_text = values.get("status", "").strip().lower()
     if status_text not in _IMPORT_STATUSES:
         return SubscriberError(f"unknown status {status_text!r}", path=path, line=line,
@@ -1404,19 +1825,35 @@ def _parse_record(record: list[str], columns: list[str], path: Path, line: int
         return SubscriberError(exc.message, path=path, line=line, field=exc.field)
 
 
-def import_csv(ledger: Ledger, path: Path, now: datetime | None = None) -> ImportReport:
+def import_csv(ledger: Ledger, path: Path, now: datetime | None = None, *,
+               include_suppressed: bool = False) -> ImportReport:
     """Import a subscriber CSV: good rows become confirmed subscribers, bad rows are reported.
 
     Known addresses are left exactly as they are, so importing the same file again changes
-    nothing. Rows go to the database in chunks: the file is never held in memory.
+    nothing; one that unsubscribed or bounced is reported as suppressed, and subscribed again
+    only with ``include_suppressed``. Rows go to the database in chunks: the file is never
+    held in memory.
     """
     report = ImportReport()
     chunk: list[SubscriberRow] = []
 
     def flush() -> None:
-        added = ledger.insert_new(chunk, now)
+        known = ledger.statuses_of(row.email for row in chunk) if chunk else {}
+        new: list[SubscriberRow] = []
+        for row in chunk:
+            status = known.get(row.email)
+            if status is None:
+                new.append(row)
+            elif status not in SUPPRESSED or row.status != "confirmed":
+                report.unchanged += 1
+            elif include_suppressed:
+                ledger.add_subscriber(row, resubscribe=True, now=now)
+                report.resubscribed += 1
+            else:
+                report.suppressed.append((row.email, status))
+        added = ledger.insert_new(new, now)
         report.added += added
-        report.unchanged += len(chunk) - added
+        report.unchanged += len(new) - added
         chunk.clear()
 
     try:
@@ -1446,7 +1883,8 @@ def export_csv(ledger: Ledger, out: TextIO, status: SubscriberStatus | None = No
     writer.writerow(EXPORT_COLUMNS)
     count = 0
     for s in ledger.iter_subscribers(status):
-        writer.writerow([s.email, s.name or "", s.timezone or "", s.status, _iso(s.created_at),
-                         _iso(s.confirmed_at), _iso(s.unsubscribed_at)])
+        writer.writerow([as_cell(s.email), as_cell(s.name or ""), as_cell(s.timezone or ""),
+                         s.status, _iso(s.created_at), _iso(s.confirmed_at),
+                         _iso(s.unsubscribed_at)])
         count += 1
     return count

@@ -27,7 +27,7 @@ from publisher.config import CONFIG_NAME, Config, DkimConfig
 from publisher.content import absolute_links
 from publisher.errors import ConfigError, SubscriberError, TemplateError
 from publisher.render import compile_string, make_environment, render, render_template
-from publisher.tokens import unsubscribe_token
+from publisher.tokens import return_path_tag, unsubscribe_token
 from publisher.transports import dot_stuffed
 
 HTML_TEMPLATE = "email.html"
@@ -61,6 +61,9 @@ _QUOTE = re.compile(r"\s{0,3}>\s?(.*)")
 TEXT_WIDTH = 72
 _LINE = 78  # RFC 5322's recommended maximum, without CRLF
 _WORD_BYTES = 45  # UTF-8 bytes per encoded-word: 60 base64 characters, 72 with the delimiters
+# Tags as the CSS inliner writes them: lower case, attributes in double quotes.
+_HEAD = re.compile(r"<head(?:\s[^>]*)?>")
+_META_CHARSET = re.compile(r"<meta charset=[^>]*>\s*")
 _SOFT_BREAK = b"=\r\n"
 _END_OF_DATA = b".\r\n"  # the message's last line ends in CRLF already
 
@@ -72,12 +75,17 @@ def slot(key: str) -> str:
 
 @dataclass(frozen=True)
 class Recipient:
-    """Who one message goes to; ``timezone`` (IANA name) sets the Date, else the site's zone."""
+    """Who one message goes to; ``timezone`` (IANA name) sets the Date, else the site's zone.
+
+    ``unsubscribe_key`` is the subscriber's key, which their unsubscribe link names (a sample
+    recipient's link, with none, unsubscribes nobody).
+    """
 
     subscriber_id: int
     email: str
     name: str | None
     timezone: str | None = None
+    unsubscribe_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -364,6 +372,21 @@ def article_links(body_html: str, base: str) -> list[Link]:
     return list(collector.links.values())
 
 
+def _charset_first(document: str) -> str:
+    """Move an HTML document's ``<meta charset>`` to the start of its ``<head>``."""
+    # The CSS inliner writes the @media rules it keeps as the first child of <head>, which pushes
+    # the declaration towards the end of the 1,024 bytes a parser scans for it.
+    head = _HEAD.search(document)
+    if head is None:
+        return document
+    meta = _META_CHARSET.search(document, head.end(), document.find("</head>", head.end()))
+    if meta is None or meta.start() == head.end():
+        return document
+    declaration = meta.group().rstrip()
+    document = document[:meta.start()] + document[meta.end():]
+    return document[:head.end()] + declaration + "\n" + document[head.end():]
+
+
 def _multipart(boundary: str) -> tuple[bytes, bytes, bytes]:
     """Return the bytes before the text part, between the parts, and after the HTML part."""
     part = ("Content-Type: text/{}; charset=\"utf-8\"\r\n"
@@ -451,6 +474,10 @@ class Mailer:
                                                f"<{label}.{_dot_atom(self.domain)}>")
         self.signer = (_DkimSigner(email.dkim, self.envelope_sender.rpartition("@")[2])
                        if email.dkim else None)
+        self.bounce_address: str | None = None
+        if email.bounce_address:
+            _, self.bounce_address = self._configured_mailbox("bounce_address",
+                                                              email.bounce_address)
         # Compiled once, now: a syntax error stops start-up, not a send.
         self._subject = compile_string(self.env, email.subject, self._origin("subject"))
         self._confirm_subject = compile_string(self.env, email.confirm_subject,
@@ -458,6 +485,17 @@ class Mailer:
 
     def _origin(self, key: str) -> str:
         return f"{self.config.path or CONFIG_NAME} [email] {key}"
+
+    def return_path(self, delivery_id: int | None = None, *, slug: str = "", year: int = 0,
+                    subscriber_id: int = 0) -> str:
+        """Return the envelope sender: with a bounce address, tagged with the delivery (VERP)."""
+        if self.bounce_address is None:
+            return self.envelope_sender
+        if delivery_id is None:
+            return self.bounce_address
+        local, _, domain = self.bounce_address.rpartition("@")
+        tag = return_path_tag(self.secret, delivery_id, slug, year, subscriber_id)
+        return f"{local}+{tag}@{domain}"
 
     def _configured_mailbox(self, key: str, value: str) -> tuple[str, str]:
         name, address = parseaddr(_clean(value))
@@ -475,10 +513,11 @@ class Mailer:
 
     def _render_html(self, name: str, context: Mapping[str, Any]) -> str:
         try:
-            return str(css_inline.inline(render(self.env, name, context), keep_at_rules=True,
-                                         load_remote_stylesheets=False))
+            inlined = str(css_inline.inline(render(self.env, name, context), keep_at_rules=True,
+                                            load_remote_stylesheets=False))
         except css_inline.InlineError as exc:
             raise TemplateError(f"cannot inline its CSS: {exc}", path=name, field="css") from None
+        return _charset_first(inlined)
 
     def edition(self, event: Event) -> Edition:
         """Render one event's email once, ready to be filled in for each recipient."""
@@ -588,7 +627,7 @@ class Edition:
     def _values(self, recipient: Recipient) -> tuple[_Variant, dict[str, str], str]:
         address = _recipient_address(recipient)
         name = _clean(recipient.name) if recipient.name else ""
-        token = unsubscribe_token(self._mailer.secret, recipient.subscriber_id, recipient.email)
+        token = unsubscribe_token(self._mailer.secret, recipient.unsubscribe_key)
         values = {NAME: name, EMAIL: address, UNSUBSCRIBE: self._unsubscribe_base + token}
         return (self._named if name else self._anonymous), values, token
 

@@ -41,6 +41,22 @@ def make_environment(templates_dir: Path | None = None) -> jinja2.Environment:
     return env
 
 
+def template_file(env: jinja2.Environment, name: str) -> bytes:
+    """Return the bytes of a file that is not a template (e.g. the icon), the user's first."""
+    loader = env.loader
+    folders = (loader.searchpath if isinstance(loader, jinja2.FileSystemLoader)
+               else [str(packaged_templates())])
+    for folder in folders:
+        try:
+            return (Path(folder) / name).read_bytes()
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise TemplateError(exc.strerror or str(exc), path=Path(folder) / name,
+                                field="template") from None
+    raise TemplateError("template not found", path=name, field="template")
+
+
 # strftime("%B") once per month rather than once per date: an archive page lists every year an
 # article came back, and the site renders thousands of them.
 _MONTHS = tuple(date(2001, month, 1).strftime("%B") for month in range(1, 13))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import logging
 import socket
 import threading
@@ -26,7 +27,14 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher import transports
-from publisher.calendar import Calendar, Event, publish_moment
+from publisher.bounces import BounceReport, Poller
+from publisher.calendar import (
+    LONGEST_GAP_DAYS,
+    Calendar,
+    Event,
+    count_years,
+    publish_moment,
+)
 from publisher.config import Config
 from publisher.content import Article, ArticleCache, LoadResult, load_articles
 from publisher.dispatch import (
@@ -38,17 +46,13 @@ from publisher.dispatch import (
     skip_event,
 )
 from publisher.errors import ContentError, PublisherError
-from publisher.ledger import Ledger, utcnow
+from publisher.ledger import ALL_ZONES, Ledger, utcnow
 from publisher.mail import Mailer
 from publisher.site import BuildReport, build_site, site_environment
 from publisher.tokens import load_secret
 from publisher.transports import Transport
 
 logger = logging.getLogger(__name__)
-
-# The longest gap between two appearances of one month-day: Feb 29 under the "skip" policy
-# across a century year that is not a leap year (2096 to 2104).
-_LONGEST_GAP_DAYS = 8 * 366
 
 
 def publish_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
@@ -126,7 +130,7 @@ def _moments_in(calendar: Calendar, events_on: EventsByDay, zone: str, at: time,
                 now: datetime) -> Iterator[Moment]:
     tz = ZoneInfo(zone)
     day = local_date(now, tz)
-    last = day + timedelta(days=_LONGEST_GAP_DAYS)
+    last = day + timedelta(days=LONGEST_GAP_DAYS)
     while day <= last and calendar.articles:
         events = events_on(day)
         if events:
@@ -150,17 +154,59 @@ class EventsByDay:
         return self._seen[day]
 
 
+def _first_moments(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
+                   limit: int) -> list[Moment]:
+    """Return the next ``limit`` publish moments with events of each zone, soonest first."""
+    events_on = EventsByDay(calendar)
+    found = [moment for zone in dict.fromkeys(zones)
+             for moment in itertools.islice(_moments_in(calendar, events_on, zone, at, now),
+                                            limit)]
+    found.sort(key=lambda m: (m.instant, m.zone))
+    return found
+
+
 def upcoming(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
              limit: int) -> list[Moment]:
     """Return the next ``limit`` publish moments with events across ``zones``, soonest first."""
-    events_on = EventsByDay(calendar)
-    found: list[Moment] = []
-    for zone in dict.fromkeys(zones):
-        for count, moment in enumerate(_moments_in(calendar, events_on, zone, at, now)):
-            if count >= limit:
-                break
-            found.append(moment)
-    found.sort(key=lambda m: (m.instant, m.zone))
+    return _first_moments(calendar, zones, at, now, limit)[:limit]
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """One coming appearance: its event, its publish moment in each zone, whom it would reach."""
+
+    event: Event
+    moments: tuple[Moment, ...]  # one per zone still ahead, soonest first
+    reach: int = 0  # confirmed subscribers who have no delivery of it yet
+
+    @property
+    def first(self) -> Moment:
+        """Return the first publish moment of the appearance."""
+        return self.moments[0]
+
+    def line(self) -> str:
+        """Describe the appearance in one line: date, first moment, title, years, reach."""
+        first = self.first
+        notes = [] if first.zone == "UTC" else [f"{first.instant:%Y-%m-%d %H:%M} UTC"]
+        if more := len(self.moments) - 1:
+            notes.append(f"then in {more} more zone{'' if more == 1 else 's'}")
+        when = f" ({', '.join(notes)})" if notes else ""
+        return (f"{self.event.on.isoformat()} at {first.local:%H:%M} {first.zone}{when}: "
+                f"\"{self.event.article.title}\" "
+                f"({self.event.article.slug}), {self.event.years_on}, to {self.reach} "
+                f"subscriber{'' if self.reach == 1 else 's'}")
+
+
+def next_appearances(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
+                     limit: int) -> list[Appearance]:
+    """Return the next ``limit`` appearances by date, each with its moments across ``zones``."""
+    # Each of the first ``limit`` days with events is among the first ``limit`` such days of
+    # every zone that still has its publish moment ahead.
+    by_day: dict[date, list[Moment]] = {}
+    for moment in _first_moments(calendar, zones, at, now, limit):
+        by_day.setdefault(moment.day, []).append(moment)
+    found = [Appearance(event, tuple(moments))
+             for _, moments in sorted(by_day.items()) for event in moments[0].events]
     return found[:limit]
 
 
@@ -298,6 +344,7 @@ class Ticker:
         self.mailer = mailer or Mailer(config, load_secret(config), self.env, clock=clock)
         self.open_transport = open_transport
         self.policy = SendPolicy.from_config(config)
+        self.returns = Poller(config, ledger, self.mailer.secret, clock=clock)
         self.cache = ArticleCache()
         self.site_key = site_state_key(config)
         self._loaded: LoadResult | None = None
@@ -403,6 +450,8 @@ class Ticker:
             # Recorded before sending: what is queued stays queued however the send ends.
             self.ledger.set_state(LAST_TICK_KEY, now.isoformat(), now)
             self._send(report)
+            # Bounces and complaints, every [bounces] poll_minutes, after the mail went out.
+            report.problems.extend((self.returns.poll(now) or BounceReport()).problems)
         for problem in report.problems:
             logger.warning("%s", problem)
         if report.did_work:
@@ -445,21 +494,38 @@ class ClockStatus:
 
 
 def _years(event: Event) -> str:
-    if event.is_first:
-        return "first publication"
-    return f"{event.years_since} year{'s' if event.years_since != 1 else ''}"
+    return "first publication" if event.is_first else count_years(event.years_since)
+
+
+def _coming_calendar(config: Config, cache: ArticleCache | None = None) -> Calendar:
+    """Return the calendar of the valid articles (empty when the content folder is missing)."""
+    try:
+        articles = load_articles(config.site.content_dir, cache).articles
+    except ContentError:
+        articles = []  # no content folder: nothing is coming
+    return Calendar(articles, config.site.leap_day)
+
+
+def coming_up(config: Config, ledger: Ledger, now: datetime | None = None,
+              limit: int = NEXT_MOMENTS, *, cache: ArticleCache | None = None
+              ) -> list[Appearance]:
+    """Return the next appearances with the subscribers each would reach, soonest first."""
+    now = now or utcnow()
+    site = config.site
+    zones = zone_groups(config, ledger) or [site.timezone]
+    found = next_appearances(_coming_calendar(config, cache), zones, site.publish_time, now,
+                             limit)
+    return [dataclasses.replace(appearance, reach=ledger.count_unqueued(
+        appearance.event.article.slug, appearance.event.year, ALL_ZONES, site.timezone))
+        for appearance in found]
 
 
 def clock_status(config: Config, now: datetime | None = None,
                  limit: int = NEXT_MOMENTS) -> ClockStatus:
     """Return the last tick, the day the site was last built for and the next publish moments."""
     now = now or utcnow()
-    try:
-        articles = load_articles(config.site.content_dir).articles
-    except ContentError:
-        articles = []  # no content folder: nothing is coming
-    calendar = Calendar(articles, config.site.leap_day)
-    with Ledger.open(config.state.database_url) as ledger:
+    calendar = _coming_calendar(config)
+    with Ledger.open(config.state.database_url, read_only=True) as ledger:
         zones = zone_groups(config, ledger) or [config.site.timezone]
         last_tick = _parse_instant(ledger.get_state(LAST_TICK_KEY))
         built = ledger.get_state(site_state_key(config))

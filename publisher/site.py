@@ -15,6 +15,7 @@ import pickle
 import shutil
 import tempfile
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,12 +40,13 @@ from publisher.content import (
 )
 from publisher.errors import ConfigError, ContentError, OutputError, PublisherError, TemplateError
 from publisher.feeds import FEEDS, build_feeds, clean_text, clean_utf8
-from publisher.render import make_environment, render
+from publisher.render import make_environment, render, template_file
 from publisher.workers import fork_is_safe
 
 INDEX_TEMPLATE = "index.html"
 ARTICLE_TEMPLATE = "article.html"
 STYLESHEET = "style.css"
+ICON = "favicon.ico"  # copied as it is: browsers and feed readers ask for /favicon.ico
 RECENT_EVENTS = 12  # how many earlier appearances the index lists under "recent"
 # Threads writing finished pages while the next ones render, in a build without a helper
 # process: creating thousands of folders and files is kernel time that another core can spend
@@ -55,6 +57,9 @@ PARALLEL_FROM = 1000  # from this many article files or pages, a helper process 
 # The helper's share of the article files: this process also makes the index and the feeds,
 # and takes over what the helper parsed.
 HELPER_SHARE = 0.54
+# In every built site: the latest Last-Modified second any of its files was given, so that the
+# next build (after a restart, or by another instance) dates its new files strictly later.
+MODIFIED_MARK = ".modified"
 
 FileMaker = Callable[[], bytes]
 T = TypeVar("T")
@@ -115,7 +120,12 @@ def upcoming_events(config: Config, start: date | None = None, days: int = 30, *
     """Return the appearances in ``days`` days from ``start`` (default today), and load errors."""
     calendar, errors = load_calendar(config, cache)
     first = start or site_today(config.site)
-    return list(calendar.between(first, first + timedelta(days=days - 1))), errors
+    return list(calendar.between(first, last_day(first, days))), errors
+
+
+def last_day(first: date, days: int) -> date:
+    """Return the last of ``days`` days from ``first``, or the last day there is."""
+    return date.fromordinal(min(first.toordinal() + days - 1, date.max.toordinal()))
 
 
 class PageFeed(NamedTuple):
@@ -138,8 +148,8 @@ def feed_links(site: SiteConfig) -> list[PageFeed]:
 def _page(env: jinja2.Environment, template: str, site: SiteConfig, day: date, root: str,
           page_url: str, values: Mapping[str, Any], feeds: list[PageFeed]) -> str:
     """Render one page as the template gives it, before clean_text."""
-    context = {"site": site, "day": day, "root": root, "page_url": page_url, "feeds": feeds,
-               **values}
+    context = {"site": site, "day": day, "root": root, "service_root": site.url(),
+               "page_url": page_url, "feeds": feeds, **values}
     return render(env, template, context)
 
 
@@ -156,6 +166,7 @@ def _index_page(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Env
     return _page(env, template, site, day, "./", site.url(), {
         "today": calendar.events_on(day),
         "recent": calendar.recent(day - timedelta(days=1), RECENT_EVENTS),
+        "next_anniversaries": calendar.next_anniversaries(day),
         "archive": calendar.published(day),
     }, feeds)
 
@@ -188,6 +199,7 @@ def site_files(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Envi
     ``pages``: only these articles' pages (default: every article published by ``day``).
     """
     yield STYLESHEET, lambda: render_stylesheet(site, env).encode("utf-8")
+    yield ICON, lambda: template_file(env, ICON)
     yield "index.html", lambda: clean_utf8(_index_page(site, calendar, day, env,
                                                        feed_links(site)))
     yield from article_pages(site, calendar, calendar.published(day) if pages is None else pages,
@@ -375,15 +387,64 @@ class _Written:
         return len(self.files) - len(self.kept)
 
 
-def _write_files(files: Iterable[tuple[str, FileMaker]], staging: Path, previous: Path | None,
-                 threads: int = WRITER_THREADS) -> _Written:
-    """Render each file and write it into ``staging``; return what was written.
+@dataclass(frozen=True)
+class _Output:
+    """Where one build writes, what it replaces, and the date it gives files with new bytes."""
 
-    ``previous``: the site being replaced, whose files are kept where the bytes are the same.
+    staging: Path
+    previous: Path | None  # the site being replaced (None: a first build, nothing to compare)
+    last: int  # the latest Last-Modified second of the previous site, as its mark says
+    modified: int  # Unix seconds: the mtime, hence Last-Modified, of each file with new bytes
+
+    @classmethod
+    def next_to(cls, target: Path) -> _Output:
+        """Make the staging folder next to ``target`` and date this build's new files.
+
+        Strictly later than any date the previous site gave, even within the same second:
+        a feed reader that sends that date as If-Modified-Since (libcurl's do) throws away an
+        answer that is not newer. A few builds within one second thus date their files a few
+        seconds ahead of the clock; strictly increasing dates matter more to readers.
+        """
+        previous = target if target.is_dir() else None
+        last = _last_modified(previous)
+        return cls(_staging_folder(target), previous, last, max(int(time.time()), last + 1))
+
+    def publish(self, target: Path, wrote: bool) -> None:
+        """Mark the staging folder with its latest date, then swap it in.
+
+        ``wrote``: whether any file got new bytes, and so this build's date.
+        """
+        latest = self.modified if wrote else self.last
+        (self.staging / MODIFIED_MARK).write_text(f"{latest}\n", encoding="ascii")
+        _swap_in(self.staging, target)
+
+
+def _last_modified(site: Path | None) -> int:
+    """Return the latest Last-Modified second a built site gave any of its files (0: none)."""
+    if site is None:
+        return 0
+    try:
+        return int((site / MODIFIED_MARK).read_text(encoding="ascii"))
+    except (OSError, ValueError):
+        pass
+    # No mark (e.g. deleted by hand): the newest file tells.
+    newest = 0
+    for folder, _dirs, names in os.walk(site):
+        for name in names:
+            with contextlib.suppress(OSError):
+                newest = max(newest, int(os.stat(os.path.join(folder, name)).st_mtime))
+    return newest
+
+
+def _write_files(files: Iterable[tuple[str, FileMaker]], out: _Output,
+                 threads: int = WRITER_THREADS) -> _Written:
+    """Render each file and write it into the staging folder; return what was written.
+
+    Files whose bytes equal the previous site's are kept (linked) rather than written.
     ``threads``: how many threads write while the next files render (0: each file in turn).
     """
     done = _Written([], set())
-    for relative, placed in _placed(files, staging, previous, threads):
+    for relative, placed in _placed(files, out, threads):
         if placed is None:
             continue  # placed by the other process: reconciled at the end
         new, stat = placed
@@ -393,13 +454,15 @@ def _write_files(files: Iterable[tuple[str, FileMaker]], staging: Path, previous
     return done
 
 
-def _placed(files: Iterable[tuple[str, FileMaker]], staging: Path, previous: Path | None,
+def _placed(files: Iterable[tuple[str, FileMaker]], out: _Output,
             threads: int) -> Iterator[tuple[str, tuple[bool, os.stat_result] | None]]:
     """Render and place each file; yield it with what :func:`_place` returned, in order."""
+    staging, previous, modified = out.staging, out.previous, out.modified * 1_000_000_000
 
     def place(relative: str, data: bytes) -> tuple[bool, os.stat_result] | None:
         return _place(os.path.join(staging, relative),
-                      None if previous is None else os.path.join(previous, relative), data)
+                      None if previous is None else os.path.join(previous, relative), data,
+                      modified)
 
     if not threads:
         for relative, make in files:
@@ -546,8 +609,7 @@ def _build_shared(config: Config, day: date, env: jinja2.Environment, target: Pa
     """
     site = config.site
     theirs, ours = _split(stamps, HELPER_SHARE)
-    previous = target if target.is_dir() else None  # a first build has nothing to compare
-    staging = _staging_folder(target)
+    out = _Output.next_to(target)
     # Room for the copy's parsed articles: each file's text twice (Markdown and HTML) and
     # some more; a larger result takes the pipe instead.
     room = sum(3 * size + 2048 for _, size, _ in cache.stale(theirs)) + (1 << 20)
@@ -555,23 +617,22 @@ def _build_shared(config: Config, day: date, env: jinja2.Environment, target: Pa
     try:
         with _output_errors(target):
             helper = _Helper.start(functools.partial(
-                _write_share, cache, stamps, theirs, site, day, env, staging, previous), room)
+                _write_share, cache, stamps, theirs, site, day, env, out), room)
             if helper is None:  # no longer possible: this process takes every share
                 ours = list(stamps)
-            shares = [_write_share(cache, stamps, ours, site, day, env, staging, previous)]
+            shares = [_write_share(cache, stamps, ours, site, day, env, out)]
             if helper is not None:
                 cache.absorb(cast(ArticleCache, helper.posted()))
         loaded = load_articles(site.content_dir, cache, stamps=stamps)
         calendar = Calendar(loaded.articles, site.leap_day)
         with _output_errors(target):
-            rest = _write_files(site_files(site, calendar, day, env, pages=()), staging,
-                                previous, 0)
+            rest = _write_files(site_files(site, calendar, day, env, pages=()), out, 0)
             if helper is not None:
                 shares.append(helper.result())
-            pages = _reconcile(site, calendar, day, env, staging, previous, shares)
-            _swap_in(staging, target)
+            pages = _reconcile(site, calendar, day, env, out, shares)
+            out.publish(target, bool(rest.written + pages.written))
     finally:
-        _clean_up(helper, staging)
+        _clean_up(helper, out.staging)
     report = BuildReport(day=day, output_dir=target, errors=list(loaded.errors),
                          written=rest.written + pages.written,
                          unchanged=len(rest.kept) + len(pages.kept))
@@ -580,8 +641,8 @@ def _build_shared(config: Config, day: date, env: jinja2.Environment, target: Pa
 
 
 def _write_share(cache: ArticleCache, stamps: Sequence[FileStamp], share: Sequence[FileStamp],
-                 site: SiteConfig, day: date, env: jinja2.Environment, staging: Path,
-                 previous: Path | None, post: Post | None = None) -> _Share:
+                 site: SiteConfig, day: date, env: jinja2.Environment, out: _Output,
+                 post: Post | None = None) -> _Share:
     """Parse the share's files the cache lacks, then write the pages of its articles.
 
     ``post``: where a forked copy sends what it parsed, before it writes. A page is written
@@ -598,8 +659,7 @@ def _write_share(cache: ArticleCache, stamps: Sequence[FileStamp], share: Sequen
     articles = [article for name, article in cache.fresh(share)
                 if article.date <= day and first[article.slug] == name]
     calendar = Calendar(articles, site.leap_day)
-    written = _write_files(article_pages(site, calendar, articles, day, env), staging, previous,
-                           0)
+    written = _write_files(article_pages(site, calendar, articles, day, env), out, 0)
     return _Share(written, {_page_path(article): str(article.source) for article in articles})
 
 
@@ -608,7 +668,7 @@ def _page_path(article: Article) -> str:
 
 
 def _reconcile(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Environment,
-               staging: Path, previous: Path | None, shares: Sequence[_Share]) -> _Written:
+               out: _Output, shares: Sequence[_Share]) -> _Written:
     """Keep each page written for the right article, replace the others; return the pages.
 
     A process that did not know every article may have written a page for an article whose
@@ -625,12 +685,12 @@ def _reconcile(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Envi
                 if relative in share.written.kept:
                     right.kept.add(relative)
             else:
-                os.unlink(os.path.join(staging, relative))
+                os.unlink(os.path.join(out.staging, relative))
                 with contextlib.suppress(OSError):  # the folder stays if its page is missing
-                    os.rmdir(os.path.dirname(os.path.join(staging, relative)))
+                    os.rmdir(os.path.dirname(os.path.join(out.staging, relative)))
     placed = {stamp[0] for stamp in right.files}
     missing = [article for relative, article in pages.items() if relative not in placed]
-    fixed = _write_files(article_pages(site, calendar, missing, day, env), staging, previous, 0)
+    fixed = _write_files(article_pages(site, calendar, missing, day, env), out, 0)
     right.files.extend(fixed.files)
     right.kept.update(fixed.kept)
     return right
@@ -652,9 +712,7 @@ def _write_site(config: Config, calendar: Calendar, day: date, env: jinja2.Envir
     rendering runs on two cores; the rest is written by this one.
     """
     published = calendar.published(day)
-    # A first build has no previous files to compare with: it does not look for them.
-    previous = target if target.is_dir() else None
-    staging = _staging_folder(target)
+    out = _Output.next_to(target)
     helper: _Helper[_Written] | None = None
     try:
         with _output_errors(target):
@@ -664,16 +722,16 @@ def _write_site(config: Config, calendar: Calendar, day: date, env: jinja2.Envir
                 # the older half would not be equal work.
                 theirs = article_pages(config.site, calendar, published[1::2], day, env)
                 # Two processes keep both cores busy: writer threads would only add hand-overs.
-                helper = _Helper.start(lambda _post: _write_files(theirs, staging, previous, 0))
+                helper = _Helper.start(lambda _post: _write_files(theirs, out, 0))
                 if helper is not None:
                     ours = published[0::2]
-            results = [_write_files(site_files(config.site, calendar, day, env, ours), staging,
-                                    previous, WRITER_THREADS if helper is None else 0)]
+            results = [_write_files(site_files(config.site, calendar, day, env, ours), out,
+                                    WRITER_THREADS if helper is None else 0)]
             if helper is not None:
                 results.append(helper.result())
-            _swap_in(staging, target)
+            out.publish(target, any(result.written for result in results))
     finally:
-        _clean_up(helper, staging)
+        _clean_up(helper, out.staging)
     report.written += sum(result.written for result in results)
     report.unchanged += sum(len(result.kept) for result in results)
     return tuple(stamp for result in results for stamp in result.files)
@@ -712,13 +770,15 @@ def _staging_folder(target: Path) -> Path:
     return staging
 
 
-def _place(path: str, previous: str | None, data: bytes) -> tuple[bool, os.stat_result] | None:
+def _place(path: str, previous: str | None, data: bytes, modified: int
+           ) -> tuple[bool, os.stat_result] | None:
     """Put ``data`` at ``path``; hard-link the previous file instead when its bytes are equal.
 
     Return whether new bytes were written and the file's status as this build leaves it, or
     None where ``path`` exists already (placed by the other process of a shared build). An
     unchanged file keeps its inode and mtime, so HTTP caches and rsync see it as unchanged;
-    the old site is never modified in place, nor is a file once placed.
+    new bytes get the mtime ``modified`` (nanoseconds). The old site is never modified in
+    place, nor is a file once placed.
     """
     folder = os.path.dirname(path)
     try:
@@ -740,7 +800,8 @@ def _place(path: str, previous: str | None, data: bytes) -> tuple[bool, os.stat_
             except FileExistsError:
                 return None
             except OSError:
-                pass  # e.g. a file system without hard links: write a copy instead
+                # e.g. a file system without hard links: write a copy, with the same date
+                modified = old.st_mtime_ns
     # os-level calls: a file object would add a status and a terminal check per file.
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
@@ -750,6 +811,7 @@ def _place(path: str, previous: str | None, data: bytes) -> tuple[bool, os.stat_
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+        os.utime(fd, ns=(modified, modified))
         return True, os.fstat(fd)
     finally:
         os.close(fd)

@@ -7,12 +7,11 @@ import contextlib
 import functools
 import hashlib
 import hmac
-import json
 import logging
 import os
 import secrets
 import stat
-import zlib
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from itsdangerous import (
     BadSignature,
     SignatureExpired,
+    Signer,
     URLSafeSerializer,
     URLSafeTimedSerializer,
 )
@@ -31,8 +31,10 @@ from publisher.errors import SecretKeyError, TokenError
 SECRET_ENV = "PUBLISHER_SECRET_KEY"
 # Distinct salts derive distinct keys, so a confirm token is never accepted as an unsubscribe
 # token or the other way round.
-UNSUBSCRIBE_SALT = "publisher.unsubscribe"
+UNSUBSCRIBE_KEY_SALT = "publisher.unsubscribe-key"
+UNSUBSCRIBE_SALT = "publisher.unsubscribe"  # links made before keys: [id, address]
 CONFIRM_SALT = "publisher.confirm"
+KEY_LENGTH = 32  # the longest key a token may name (the keys made are 22 characters)
 _SIGNER_OPTIONS = {"digest_method": hashlib.sha256}
 
 log = logging.getLogger(__name__)
@@ -97,40 +99,58 @@ def _read_key_file(path: Path) -> bytes:
     return key
 
 
+@dataclass(frozen=True)
+class SignedAddress:
+    """Whom a link signed before subscribers had keys names: their id and address."""
+
+    subscriber_id: int
+    email: str
+
+
+# What a link token names: a random key (links made now), or the id and address that links
+# made before keys carry in clear. Those are still honoured: they are in emails already sent.
+LinkSubject = str | SignedAddress
+
+
 @functools.lru_cache(maxsize=8)
-def _unsubscribe_serializer(secret: bytes) -> tuple[URLSafeSerializer, bytes]:
+def _unsubscribe_signers(secret: bytes) -> tuple[Signer, bytes, URLSafeSerializer]:
     # Deriving the signing key costs more than the signature itself, and itsdangerous derives
-    # it on every call: keep the serializer and its key per secret, since one token is signed
-    # for every message sent.
-    serializer = URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT, signer_kwargs=_SIGNER_OPTIONS)
-    return serializer, serializer.make_signer().derive_key()
+    # it on every call: keep the signer and its key per secret, since one token is signed for
+    # every message sent. The serializer reads the links made before keys.
+    signer = Signer(secret, salt=UNSUBSCRIBE_KEY_SALT, digest_method=hashlib.sha256)
+    legacy = URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT, signer_kwargs=_SIGNER_OPTIONS)
+    return signer, signer.derive_key(), legacy
 
 
 def _b64(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
-def unsubscribe_token(secret: bytes, subscriber_id: int, email: str) -> str:
-    """Sign a token that unsubscribes one subscriber; it never expires."""
-    # The bytes of itsdangerous's URLSafeSerializer.dumps, built without its per-call layers
-    # (this runs once per message): compact JSON, zlib only where shorter, base64, HMAC.
-    _, key = _unsubscribe_serializer(secret)
-    payload = json.dumps([subscriber_id, email], ensure_ascii=False,
-                         separators=(",", ":")).encode("utf-8")
-    compressed = zlib.compress(payload)
-    body = (b"." + _b64(compressed) if len(compressed) < len(payload) - 1 else _b64(payload))
-    signature = _b64(hmac.new(key, body, hashlib.sha256).digest())
-    return (body + b"." + signature).decode("ascii")
+def unsubscribe_token(secret: bytes, key: str) -> str:
+    """Sign a token naming a subscriber's unsubscribe key; it never expires.
+
+    The key is random, so the token says nothing about the subscriber, and it is the same
+    token every time: a message sent again has the same bytes.
+    """
+    # The bytes of itsdangerous's Signer.sign, without its per-call key derivation (this runs
+    # once per message): the key, a dot, the HMAC-SHA256 of the key in URL-safe base64.
+    _, signing_key, _ = _unsubscribe_signers(secret)
+    value = key.encode("utf-8")
+    return (value + b"." + _b64(hmac.digest(signing_key, value, "sha256"))).decode("ascii")
 
 
-def read_unsubscribe_token(secret: bytes, token: str) -> tuple[int, str]:
-    """Return the (subscriber id, email) an unsubscribe token was signed for."""
-    serializer, _ = _unsubscribe_serializer(secret)
+def read_unsubscribe_token(secret: bytes, token: str) -> LinkSubject:
+    """Return the key (or, for an older link, the id and address) a token was signed for."""
+    signer, _, legacy = _unsubscribe_signers(secret)
+    with contextlib.suppress(BadSignature):
+        return _subject_of(signer.unsign(token).decode("utf-8"))
     try:
-        payload = serializer.loads(token)
+        payload = legacy.loads(token)
     except BadSignature:
         raise TokenError("the unsubscribe link is forged or damaged") from None
-    return _subscriber_of(payload)
+    if isinstance(payload, str):  # only keys signed as above name a key
+        raise TokenError("the link token has an unknown format")
+    return _subject_of(payload)
 
 
 class _ClockSigner(TimestampSigner):
@@ -150,27 +170,75 @@ def _confirm_serializer(secret: bytes, now: datetime | None) -> URLSafeTimedSeri
                                   signer_kwargs={**_SIGNER_OPTIONS, "now": now})
 
 
-def confirm_token(secret: bytes, subscriber_id: int, email: str, *,
-                  now: datetime | None = None) -> str:
-    """Sign a token that confirms a subscription; it carries the time it was signed."""
-    return _confirm_serializer(secret, now).dumps([subscriber_id, email])
+def confirm_token(secret: bytes, key: str, *, now: datetime | None = None) -> str:
+    """Sign a token naming a sign-up's random key; it carries the time it was signed."""
+    return _confirm_serializer(secret, now).dumps(key)
 
 
 def read_confirm_token(secret: bytes, token: str, max_age_seconds: int, *,
-                       now: datetime | None = None) -> tuple[int, str]:
-    """Return the (subscriber id, email) of a confirm token younger than ``max_age_seconds``."""
+                       now: datetime | None = None) -> LinkSubject:
+    """Return what a confirm token younger than ``max_age_seconds`` names."""
     try:
         payload = _confirm_serializer(secret, now).loads(token, max_age=max_age_seconds)
     except SignatureExpired:
         raise TokenError("the confirmation link has expired") from None
     except BadSignature:
         raise TokenError("the confirmation link is forged or damaged") from None
-    return _subscriber_of(payload)
+    return _subject_of(payload)
 
 
-def _subscriber_of(payload: object) -> tuple[int, str]:
-    # A valid signature over an unexpected shape means a token from an older or other format.
+def _subject_of(payload: object) -> LinkSubject:
+    # A valid signature over an unexpected shape means a token from another format.
+    if isinstance(payload, str) and 0 < len(payload) <= KEY_LENGTH:
+        return payload
     if (isinstance(payload, list) and len(payload) == 2 and type(payload[0]) is int
             and isinstance(payload[1], str)):
-        return payload[0], payload[1]
+        return SignedAddress(payload[0], payload[1])
     raise TokenError("the link token has an unknown format")
+
+
+# -- return-path tags (VERP) ------------------------------------------------------------------
+
+RETURN_PATH_SALT = b"publisher.return-path"
+_TAG_SIGNATURE_BYTES = 8
+
+
+@functools.lru_cache(maxsize=8)
+def _return_path_key(secret: bytes) -> bytes:
+    return hmac.new(secret, RETURN_PATH_SALT, hashlib.sha256).digest()
+
+
+def _tag_signature(secret: bytes, delivery_id: int, slug: str, year: int,
+                   subscriber_id: int) -> str:
+    # Keyed BLAKE2 is a MAC of its own, and a tag is signed for every message sent.
+    message = f"{delivery_id}\n{slug}\n{year}\n{subscriber_id}".encode()
+    return hashlib.blake2b(message, key=_return_path_key(secret),
+                           digest_size=_TAG_SIGNATURE_BYTES).hexdigest()
+
+
+def return_path_tag(secret: bytes, delivery_id: int, slug: str, year: int,
+                    subscriber_id: int) -> str:
+    """Sign a short tag naming one delivery, for the envelope sender ``local+TAG@domain``.
+
+    Lower-case hexadecimal only: mail servers may change the case of a local part.
+    """
+    signature = _tag_signature(secret, delivery_id, slug, year, subscriber_id)
+    return f"{delivery_id:x}-{signature}"
+
+
+def read_return_path_tag(tag: str) -> tuple[int, str] | None:
+    """Return the delivery id a tag names and its signature, or None if it is not a tag."""
+    number, dash, signature = tag.lower().partition("-")
+    if not dash or not signature or not 0 < len(number) <= 16 or not number.isalnum():
+        return None
+    try:
+        return int(number, 16), signature
+    except ValueError:
+        return None
+
+
+def check_return_path_tag(secret: bytes, signature: str, delivery_id: int, slug: str,
+                          year: int, subscriber_id: int) -> bool:
+    """Return whether a tag's signature was made for this very delivery."""
+    expected = _tag_signature(secret, delivery_id, slug, year, subscriber_id)
+    return hmac.compare_digest(expected, signature.lower())

@@ -138,6 +138,10 @@ class MaildirTransport:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._box = mailbox.Maildir(path, create=True)
+            # mailbox makes these only in a folder it creates; an existing empty one (say, the
+            # mount point of a disk of its own) needs them too.
+            for folder in ("tmp", "new", "cur"):
+                (path / folder).mkdir(exist_ok=True)
         except OSError as exc:
             raise TransportError(f"cannot create the maildir {path}: {exc.strerror}") from None
 
@@ -147,8 +151,9 @@ class MaildirTransport:
             try:
                 # Maildir files conventionally end lines with LF, as an MTA would store them.
                 key = self._box.add(envelope.data.replace(b"\r\n", b"\n"))
-            except OSError as exc:
-                yield envelope, Outcome("deferred", None, f"cannot write to {self.path}: {exc}")
+            except OSError as exc:  # e.g. a full disk: the message waits for its retry
+                yield envelope, Outcome("deferred", None,
+                                        f"cannot write to {self.path}: {exc.strerror or exc}")
             else:
                 yield envelope, Outcome("sent", None, f"stored in {self.path} as {key}")
 

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from starlette.applications import Starlette
 from starlette.background import BackgroundTask
 from starlette.datastructures import FormData, Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -48,7 +49,7 @@ from publisher.config import Config
 from publisher.content import ArticleCache
 from publisher.errors import ContentError, PublisherError, SubscriberError, TokenError
 from publisher.feeds import FEEDS, build_feeds
-from publisher.ledger import Ledger, Subscriber, check_timezone, subscriber_row, utcnow
+from publisher.ledger import Ledger, utcnow
 from publisher.mail import Mailer, Preview, Recipient
 from publisher.render import render
 from publisher.site import (
@@ -58,12 +59,9 @@ from publisher.site import (
     site_today,
     upcoming_events,
 )
-from publisher.tokens import (
-    confirm_token,
-    load_secret,
-    read_confirm_token,
-    read_unsubscribe_token,
-)
+from publisher.subscriptions import Subscriptions
+from publisher.tokens import load_secret
+from publisher.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +88,8 @@ START_TIMEOUT_SECONDS = 30
 PREVIEW_DAYS = 30
 PREVIEW_MAX_DAYS = 366
 PREVIEW_TOKEN_HEADER = "x-preview-token"
-SAMPLE_RECIPIENT = Recipient(subscriber_id=0, email="reader@example.org", name="Sample Reader")
+SAMPLE_RECIPIENT = Recipient(subscriber_id=0, email="reader@example.org", name="Sample Reader",
+                             unsubscribe_key="sample")
 ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"  # RFC 8058's POST body
 
 PAGE_CACHE = "no-store"
@@ -110,6 +109,7 @@ _FEED_TYPES = {feed.name: feed.media_type for feed in FEEDS}
 _COMPRESSIBLE = ("text/", "application/rss+xml", "application/atom+xml", "application/xml",
                  "application/json", "application/feed+json", "image/svg+xml")
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+_LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers name them
 _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
@@ -423,6 +423,14 @@ def preview_allowed(request: Request, token: str | None) -> bool:
     return is_loopback(client) and not forwarded
 
 
+def allowed_hosts(config: Config) -> list[str]:
+    """Return the host names answered: base_url's, this machine's and ``[web] allowed_hosts``."""
+    # Any other name in the Host header may be a name an attacker points at this machine
+    # (DNS rebinding), to make a visitor's browser read what only this machine may see.
+    own = config.site.domain
+    return [f"[{own}]" if ":" in own else own, *_LOOPBACK_HOSTS, *config.web.allowed_hosts]
+
+
 # ---------------------------------------------------------------------------------------------
 # Security headers
 # ---------------------------------------------------------------------------------------------
@@ -488,109 +496,6 @@ def security_headers(config: Config) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Subscriptions: sign-up, confirmation, unsubscription
-# ---------------------------------------------------------------------------------------------
-
-
-def confirm_url(config: Config, token: str) -> str:
-    """Return the URL of the page that confirms a sign-up."""
-    return config.site.url(f"confirm/{token}")
-
-
-@dataclass(frozen=True)
-class SignUp:
-    """What a sign-up did: the address as stored, and whom to send a confirmation (if anyone)."""
-
-    email: str
-    recipient: Recipient | None
-
-
-class Subscriptions:
-    """Double opt-in over the ledger: every answer is the same whether an address was known."""
-
-    def __init__(self, config: Config, ledger: Ledger, secret: bytes, mailer: Mailer,
-                 clock: Callable[[], datetime],
-                 open_transport: Callable[[Config], transports.Transport]
-                 = transports.open_transport) -> None:
-        self.config = config
-        self.ledger = ledger
-        self.secret = secret
-        self.mailer = mailer
-        self.clock = clock
-        self.open_transport = open_transport
-
-    def sign_up(self, email: str, name: str | None, timezone: str | None) -> SignUp:
-        """Record a pending sign-up; raise SubscriberError for a bad address or name."""
-        try:
-            zone = check_timezone(timezone)
-        except SubscriberError:
-            zone = None  # a zone the browser knows but tzdata does not: use the site's
-        row = subscriber_row(email, name, zone, status="pending")
-        subscriber = self.ledger.add_pending(row, now=self.clock())
-        # A confirmed address is left exactly as it is and gets no email; any other is (again)
-        # pending and gets a fresh confirmation link.
-        if subscriber.status == "confirmed":
-            return SignUp(row.email, None)
-        return SignUp(row.email, Recipient(subscriber.id, subscriber.email, subscriber.name,
-                                           subscriber.timezone))
-
-    def confirmation_url(self, recipient: Recipient) -> str:
-        """Return the signed, expiring link that confirms this recipient."""
-        token = confirm_token(self.secret, recipient.subscriber_id, recipient.email,
-                              now=self.clock())
-        return confirm_url(self.config, token)
-
-    def send_confirmation(self, recipient: Recipient) -> transports.Outcome:
-        """Send the confirmation email through the configured transport and log the outcome."""
-        data = self.mailer.confirmation(recipient, self.confirmation_url(recipient))
-        envelope = transports.Envelope(0, self.mailer.envelope_sender, recipient.email, data)
-        transport = self.open_transport(self.config)
-        try:
-            outcome = next((result for _, result in transport.send([envelope])),
-                           transports.Outcome("deferred", None, "the transport reported nothing"))
-        finally:
-            transport.close()
-        if outcome.status == "sent":
-            log.info("confirmation sent to subscriber %d", recipient.subscriber_id)
-        else:
-            log.warning("confirmation to subscriber %d not sent: %s %s %s",
-                        recipient.subscriber_id, outcome.status, outcome.code or "",
-                        outcome.reply)
-        return outcome
-
-    def deliver_confirmation(self, recipient: Recipient) -> None:
-        """Send the confirmation after the visitor has their answer; log what goes wrong."""
-        try:
-            self.send_confirmation(recipient)
-        except PublisherError as exc:
-            log.warning("confirmation to subscriber %d not sent: %s",
-                        recipient.subscriber_id, exc)
-
-    def check_confirm_token(self, token: str) -> tuple[int, str]:
-        """Return the (id, address) of a valid confirmation token; raise TokenError otherwise."""
-        return read_confirm_token(self.secret, token, self.config.web.confirm_hours * 3600,
-                                  now=self.clock())
-
-    def confirm(self, token: str) -> Subscriber:
-        """Confirm the sign-up a token names (idempotent); raise TokenError when it cannot."""
-        subscriber_id, email = self.check_confirm_token(token)
-        subscriber = self.ledger.confirm(subscriber_id, email, now=self.clock())
-        if subscriber is None or subscriber.status != "confirmed":
-            raise TokenError("this confirmation link is no longer valid: please subscribe again")
-        return subscriber
-
-    def unsubscribe(self, token: str) -> Subscriber | None:
-        """Unsubscribe whom a token names (idempotent); None when the address is gone already."""
-        subscriber_id, email = read_unsubscribe_token(self.secret, token)
-        return self.ledger.unsubscribe(subscriber_id, email, now=self.clock())
-
-    def purge(self) -> int:
-        """Delete sign-ups left unconfirmed for ``web.pending_days``; return how many."""
-        return self.ledger.purge_pending(timedelta(days=self.config.web.pending_days),
-                                         now=self.clock())
-
-
-# ---------------------------------------------------------------------------------------------
 # Previews
 # ---------------------------------------------------------------------------------------------
 
@@ -652,6 +557,7 @@ class WebService:
         self.subscriptions = Subscriptions(config, ledger, secret, self.mailer, clock,
                                            open_transport)
         self.previews = Previews(config, self.mailer, self.env)
+        self.webhooks = Webhooks(config, ledger, secret, clock=clock)
         self.files = SiteFiles(config.site.output_dir)
         self.per_ip = SlidingWindow(config.web.rate_limit_per_ip, RATE_WINDOW_SECONDS)
         self.per_address = SlidingWindow(config.web.rate_limit_per_address, RATE_WINDOW_SECONDS)
@@ -665,8 +571,12 @@ class WebService:
     def page(self, template: str, request: Request, status: int = 200,
              headers: Mapping[str, str] | None = None, **values: Any) -> HTMLResponse:
         """Render one of the service's pages inside the site's layout."""
-        context = {"site": self.site, "root": self.site.url(), "feeds": feed_links(self.site),
-                   "page_url": self.site.url(request.url.path), **values}
+        # Relative: the page loads its stylesheet and script, and posts its forms, to the host
+        # that served it (a local preview, a staging name), whatever base_url says.
+        root = relative_root(request.url.path)
+        context = {"site": self.site, "root": root, "service_root": root,
+                   "feeds": feed_links(self.site), "page_url": self.site.url(request.url.path),
+                   **values}
         html_text = render(self.env, template, context)
         return HTMLResponse(html_text, status_code=status, headers={
             "cache-control": PAGE_CACHE, "x-robots-tag": "noindex", **(headers or {})})
@@ -713,7 +623,7 @@ class WebService:
         return self.page(SUBSCRIBE_TEMPLATE, request, email="", name="", error=None)
 
     async def subscribe(self, request: Request) -> Response:
-        """Take a sign-up: same page and status for new, pending and confirmed addresses."""
+        """Take a sign-up: the same page and status whether or not the address is known."""
         client = request.client.host if request.client else "unknown"
         wait = self.per_ip.hit(client, self.now())
         if wait is not None:
@@ -728,23 +638,23 @@ class WebService:
             return self.page(SUBSCRIBE_TEMPLATE, request, status=400, email=email, name=name,
                              error=_form_error(exc))
         response = self.page(SUBSCRIBE_SENT_TEMPLATE, request, email=sign_up.email)
-        recipient = sign_up.recipient
+        pending = sign_up.pending
         # Past the per-address limit nothing is sent, and the page says the same as ever:
         # the limit must not tell anyone which addresses are being signed up.
-        if recipient is not None and self.per_address.hit(sign_up.email, self.now()) is None:
+        if pending is not None and self.per_address.hit(sign_up.email, self.now()) is None:
             response.background = BackgroundTask(self.subscriptions.deliver_confirmation,
-                                                 recipient)
+                                                 pending)
         return response
 
     async def confirm_page(self, request: Request) -> Response:
         """Show the button that confirms a sign-up; a GET alone changes nothing."""
         token = request.path_params["token"]
         try:
-            _, email = self.subscriptions.check_confirm_token(token)
+            email = await anyio.to_thread.run_sync(self.subscriptions.confirm_address, token)
         except TokenError as exc:
             raise HTTPException(400, str(exc)) from None
         return self.page(SUBSCRIBE_CONFIRM_TEMPLATE, request, email=email,
-                         action=self.site.url(f"confirm/{token}"))
+                         action=f"{relative_root(request.url.path)}confirm/{token}")
 
     async def confirm(self, request: Request) -> Response:
         """Confirm a sign-up."""
@@ -762,11 +672,14 @@ class WebService:
         """Show the unsubscribe button; link scanners that GET this page unsubscribe nobody."""
         token = request.path_params["token"]
         try:
-            _, email = read_unsubscribe_token(self.subscriptions.secret, token)
+            email = await anyio.to_thread.run_sync(self.subscriptions.unsubscribe_address, token)
         except TokenError as exc:
             raise HTTPException(400, str(exc)) from None
+        if email is None:  # nothing to offer: say so rather than show a button
+            return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=None, changed=False,
+                             headers={"referrer-policy": "no-referrer"})
         return self.page(UNSUBSCRIBE_TEMPLATE, request, email=email,
-                         action=self.site.url(f"unsubscribe/{token}"),
+                         action=f"{relative_root(request.url.path)}unsubscribe/{token}",
                          headers={"referrer-policy": "no-referrer"})
 
     async def unsubscribe(self, request: Request) -> Response:
@@ -778,13 +691,12 @@ class WebService:
                 request.headers, self._own_origins(request)):
             raise HTTPException(403, "This form can only be sent from this site's own pages.")
         try:
-            subscriber = await anyio.to_thread.run_sync(
+            done = await anyio.to_thread.run_sync(
                 self.subscriptions.unsubscribe, request.path_params["token"])
         except TokenError as exc:
             raise HTTPException(400, str(exc)) from None
-        email = subscriber.email if subscriber is not None else None
-        return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=email,
-                         headers={"referrer-policy": "no-referrer"})
+        return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=done.email,
+                         changed=done.changed, headers={"referrer-policy": "no-referrer"})
 
     # -- previews ------------------------------------------------------------------------------
 
@@ -805,6 +717,9 @@ class WebService:
                        PREVIEW_MAX_DAYS)
         except ValueError:
             raise HTTPException(400, "days must be a whole number") from None
+        if start.toordinal() + days - 1 > date.max.toordinal():
+            raise HTTPException(400, f"{days} days from {start.isoformat()} go past "
+                                     f"{date.max.isoformat()}, the last day there is.")
         events, errors = await anyio.to_thread.run_sync(self.previews.events, start, days)
         query = f"?{urlencode(keep)}" if keep else ""
         return self.page(PREVIEW_TEMPLATE, request, start=start, days=days, events=events,
@@ -891,8 +806,15 @@ class WebService:
             Route("/preview/", self.preview_index, methods=["GET"]),
             Route("/preview/email/{day}/{name}", self.preview_email, methods=["GET"]),
             Route("/preview/feeds/{day}/{name}", self.preview_feed, methods=["GET"]),
+            *self.webhooks.routes(),
             Route("/{path:path}", self.static, methods=["GET"]),
         ]
+
+
+def relative_root(url_path: str) -> str:
+    """Return the relative URL of the service's root from a page at ``url_path``."""
+    depth = url_path.count("/") - 1
+    return "../" * depth if depth > 0 else "./"
 
 
 def _form_error(exc: SubscriberError) -> str:
@@ -937,6 +859,8 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
     )
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(config),
+                       www_redirect=False)
     app.add_middleware(SecurityHeaders, headers=security_headers(config))
     app.state.service = service
     return app
@@ -1000,6 +924,15 @@ def serve(config: Config, sock: socket.socket, *, access_log: bool = True) -> No
 def _address(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def own_url(sock: socket.socket) -> str:
+    """Return the ``http://`` root at which this machine reaches a bound socket."""
+    host, port = sock.getsockname()[:2]
+    # A wildcard address listens on loopback too, the address previews without a token answer.
+    if ipaddress.ip_address(host).is_unspecified:
+        host = "::1" if ":" in host else "127.0.0.1"
+    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
 
 
 @contextlib.contextmanager

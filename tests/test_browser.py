@@ -10,14 +10,23 @@ from email.parser import BytesParser
 
 import httpx2
 import pytest
-from playwright.sync_api import ConsoleMessage, Page, Route
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from publisher import web
 from publisher.calendar import Event
 from publisher.ledger import Subscriber, subscriber_row
 from publisher.mail import Mailer, Recipient
 from publisher.site import load_calendar
 from publisher.tokens import unsubscribe_token
-from tests.fixtures.browser import BROWSER_ZONE, SITE_DAY, LiveSite, link_in, wait_for
+from tests.fixtures.browser import (
+    BROWSER_ZONE,
+    SITE_DAY,
+    LiveSite,
+    MakeWebSite,
+    link_in,
+    wait_for,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -52,7 +61,8 @@ def _event(live: LiveSite, slug: str) -> Event:
 def _list_unsubscribe_url(live: LiveSite, subscriber: Subscriber) -> str:
     # The link a real edition carries, as a subscriber's mail program shows it.
     data = Mailer(live.config, live.secret).edition(_event(live, "pi")).message(
-        Recipient(subscriber.id, subscriber.email, subscriber.name))
+        Recipient(subscriber.id, subscriber.email, subscriber.name,
+                  unsubscribe_key=str(subscriber.unsubscribe_key)))
     header = BytesParser(policy=policy.default).parsebytes(data)["List-Unsubscribe"]
     found = re.search(r"<(http[^>]+)>", str(header))
     assert found is not None
@@ -153,8 +163,8 @@ def test_one_click_and_forged_tokens_over_http(live_site: LiveSite, browser_page
     subscriber, _ = live_site.ledger.add_subscriber(subscriber_row("member@example.org", "M"))
     url = _list_unsubscribe_url(live_site, subscriber)
     token = url.rsplit("/", 1)[1]
-    forged = url[: -len(token)] + unsubscribe_token(b"another secret", subscriber.id,
-                                                    subscriber.email)
+    forged = url[: -len(token)] + unsubscribe_token(b"another secret",
+                                                    str(subscriber.unsubscribe_key))
     # A mail provider's POST: no cookies, no Origin, no browser.
     with httpx2.Client() as client:
         assert _one_click(client, forged) == 400
@@ -165,3 +175,169 @@ def test_one_click_and_forged_tokens_over_http(live_site: LiveSite, browser_page
     assert _status(live_site, "member@example.org") == "unsubscribed"
     browser_page.goto(forged)
     assert "forged or damaged" in browser_page.inner_text("main")
+
+
+# ---------------------------------------------------------------------------------------------
+# How the pages look and load: form controls, assets from the serving host, the icon
+# ---------------------------------------------------------------------------------------------
+
+PHONE = {"width": 375, "height": 740}
+MIN_TOUCH_PX = 44
+
+MEASURE_CONTROLS = """() => {
+    const body = getComputedStyle(document.body);
+    const controls = [...document.querySelectorAll(
+        "input:not([type=hidden]), button, select, textarea")];
+    return {
+        fontSize: body.fontSize,
+        scrollWidth: document.documentElement.scrollWidth,
+        controls: controls.map(control => {
+            const box = control.getBoundingClientRect();
+            const style = getComputedStyle(control);
+            return {name: control.id || control.textContent.trim(), height: box.height,
+                    fontSize: style.fontSize, background: style.backgroundColor,
+                    color: style.color};
+        }),
+    };
+}"""
+
+
+def _luminance(css_colour: str) -> float:
+    """Return the WCAG relative luminance of an ``rgb()``/``rgba()`` colour from the browser."""
+    red, green, blue = (int(part) for part in re.findall(r"[\d.]+", css_colour)[:3])
+
+    def linear(channel: int) -> float:
+        value = channel / 255
+        return value / 12.92 if value <= 0.04045 else ((value + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * linear(red) + 0.7152 * linear(green) + 0.0722 * linear(blue)
+
+
+def _contrast(first: str, second: str) -> float:
+    lighter, darker = sorted((_luminance(first), _luminance(second)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def _form_pages(live: LiveSite) -> list[str]:
+    """Return a page of each kind that has form controls: sign-up, confirm, unsubscribe, preview."""
+    email = "measured@example.org"
+    with httpx2.Client() as client:
+        assert client.post(live.url + "subscribe", data={"email": email}).status_code == 200
+    confirm = link_in(_confirmation_for(live, email), live.url, "confirm")
+    subscriber, _ = live.ledger.add_subscriber(subscriber_row("member@example.org", "M"))
+    return [live.url, live.url + "subscribe", confirm, _list_unsubscribe_url(live, subscriber),
+            live.url + "preview/"]
+
+
+def test_form_controls_fit_a_finger_in_light_and_dark(live_site: LiveSite,
+                                                       chromium: Browser) -> None:
+    pages = _form_pages(live_site)
+    for scheme in ("light", "dark"):
+        context = chromium.new_context(viewport=PHONE, color_scheme=scheme)
+        try:
+            page = context.new_page()
+            for url in pages:
+                page.goto(url)
+                measured = page.evaluate(MEASURE_CONTROLS)
+                assert measured["controls"], url
+                assert measured["scrollWidth"] <= PHONE["width"], url
+                for control in measured["controls"]:
+                    where = (scheme, url, control["name"])
+                    assert control["height"] >= MIN_TOUCH_PX, where
+                    assert control["fontSize"] == measured["fontSize"], where
+                    assert _contrast(control["color"], control["background"]) >= 4.5, where
+                    if scheme == "dark":  # no white boxes on the dark page
+                        assert _luminance(control["background"]) < 0.2, where
+        finally:
+            context.close()
+
+
+def test_form_controls_show_where_the_focus_is(live_site: LiveSite, browser_page: Page) -> None:
+    page = browser_page
+    page.goto(live_site.url + "subscribe")
+    page.focus("#subscribe-email")
+    focused = []
+    for _ in range(3):  # the address, the name and the button, as the keyboard reaches them
+        focused.append(page.evaluate("""() => {
+            const style = getComputedStyle(document.activeElement);
+            return [document.activeElement.id || document.activeElement.tagName,
+                    style.outlineStyle, parseFloat(style.outlineWidth)];
+        }"""))
+        page.keyboard.press("Tab")
+    assert [name for name, _, _ in focused] == ["subscribe-email", "subscribe-name", "BUTTON"]
+    for name, style, width in focused:
+        assert style != "none" and width >= 2, name
+
+
+class _Answers:
+    """ASGI middleware remembering the status of each response by path."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.statuses: dict[str, int] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, noting the status its response starts with."""
+
+        async def note(message: Message) -> None:
+            """Note the response status, then send the message on."""
+            if message["type"] == "http.response.start":
+                self.statuses[scope["path"]] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, note if scope["type"] == "http" else send)
+
+
+def _console_errors(page: Page) -> list[str]:
+    errors: list[str] = []
+    page.on("console", lambda message: errors.append(message.text)
+            if message.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
+def _visit(page: Page, url: str, answers: _Answers) -> None:
+    """Open a page and wait until the browser has had its icon (which no page event shows)."""
+    answers.statuses.pop("/favicon.ico", None)
+    page.goto(url, wait_until="networkidle")
+    status = wait_for(lambda: answers.statuses.get("/favicon.ico"),
+                      "the browser to ask for the icon")
+    assert status in (200, 304), url  # 304: the browser revalidated the icon it has
+
+
+def test_service_pages_served_under_another_name_load_everything(
+        make_web_site: MakeWebSite, browser_page: Page) -> None:
+    # The site is built for a host this browser cannot reach: what the service pages load
+    # must come from the one that served them.
+    site = make_web_site(base_url="https://archive.invalid/")
+    answers = _Answers(site.app())
+    page = browser_page
+    errors = _console_errors(page)
+    with web.serving(answers, web.bind("127.0.0.1", 0), access_log=False) as url:
+        for path in ("/subscribe", "/preview/", "/articles/none/here"):
+            _visit(page, url + path, answers)
+            assert page.evaluate("getComputedStyle(document.body).maxWidth") != "none", path
+        _visit(page, url + "/subscribe", answers)
+        assert page.input_value("form.subscribe-form input[name=timezone]") == BROWSER_ZONE
+    # The 404 page's own status is the one error expected.
+    assert [error for error in errors if "404" not in error] == []
+    assert len(errors) == 1
+
+
+def test_the_front_page_loads_with_its_icon_and_no_console_error(
+        make_web_site: MakeWebSite, browser_page: Page) -> None:
+    sock = web.bind("127.0.0.1", 0)
+    site = make_web_site(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/")
+    answers = _Answers(site.app())
+    page = browser_page
+    errors = _console_errors(page)
+    with web.serving(answers, sock, access_log=False) as url:
+        _visit(page, url + "/", answers)
+        size = page.evaluate("""() => new Promise((resolve, reject) => {
+            const icon = new Image();
+            icon.onload = () => resolve([icon.naturalWidth, icon.naturalHeight]);
+            icon.onerror = reject;
+            icon.src = document.querySelector("link[rel=icon]").href;
+        })""")
+    assert size[0] >= 16 and size[0] == size[1]  # decoded as a square image
+    assert errors == []

@@ -154,3 +154,50 @@ def test_event_describes_itself() -> None:
     assert Event(moon, date(2022, 7, 20), 1).ago == "1 year ago today"
     assert later.years_since_commemorated == 55
     assert later.original_date == date(2021, 7, 20)
+
+
+def test_next_anniversaries_are_those_of_the_first_day_after_that_has_any() -> None:
+    flight = article("flight", date(2019, 12, 17))
+    metre = article("metre", date(2022, 5, 23), anniversary=(12, 17))
+    moon = article("moon", date(2021, 7, 20))
+    eclipse = article("eclipse", date(2024, 4, 8), recurring=False)
+    # Published after the day: neither its first publication nor its anniversaries count yet.
+    future = article("future", date(2026, 12, 5))
+    cal = Calendar([flight, metre, moon, eclipse, future])
+    assert cal.next_anniversaries(date(2026, 12, 1)) == [
+        Event(flight, date(2026, 12, 17), 7), Event(metre, date(2026, 12, 17), 4)]
+    # The day itself is not "next".
+    assert cal.next_anniversaries(date(2026, 12, 17)) == [Event(moon, date(2027, 7, 20), 6)]
+
+
+def test_next_anniversaries_wait_years_for_a_skipped_leap_day() -> None:
+    leap = article("leap", date(2020, 2, 29))
+    cal = Calendar([leap], leap_day="skip")
+    # 2100 is a common year: from March 2097 the next 29 February is in 2104.
+    assert cal.next_anniversaries(date(2097, 3, 1)) == [Event(leap, date(2104, 2, 29), 84)]
+
+
+def test_next_anniversaries_are_empty_when_none_comes() -> None:
+    eclipse = article("eclipse", date(2024, 4, 8), recurring=False)
+    future = article("future", date(2030, 1, 1))
+    assert Calendar([eclipse, future]).next_anniversaries(date(2026, 1, 1)) == []
+    assert Calendar([]).next_anniversaries(date(2026, 1, 1)) == []
+    # Near the last date a calendar can name, the search stops there.
+    assert Calendar([article("pi", date(2020, 3, 14))]).next_anniversaries(
+        date(9999, 12, 30)) == []
+
+
+@pytest.mark.parametrize(("years", "phrase"), [(0, "first publication"), (1, "1 year on"),
+                                               (7, "7 years on")])
+def test_years_on_names_the_years_since_first_publication(years: int, phrase: str) -> None:
+    flight = article("flight", date(2019, 12, 17))
+    assert Event(flight, date(2019 + years, 12, 17), years).years_on == phrase
+
+
+def test_look_ups_reach_the_first_and_last_days_there_are() -> None:
+    first = article("first", date.min, recurring=False)
+    last = article("last", date(2020, 12, 31))
+    cal = Calendar([first, last])
+    assert [e.on for e in cal.between(date(9999, 12, 30), date.max)] == [date.max]
+    assert [e.article for e in cal.recent(date(1, 1, 2), 10)] == [first]
+    assert [e.article for e in cal.recent(date(2021, 1, 1), 10)] == [last, first]

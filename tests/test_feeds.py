@@ -175,6 +175,29 @@ def test_atom_follows_the_validator_rules(small_feeds: dict[str, bytes]) -> None
     assert all(TAG_URI.match(i or "") for i in ids)
 
 
+@pytest.mark.parametrize(("site_author", "fallback"), [
+    (None, "Test Anniversaries"),  # no site author: the title stands for it
+    ("Archive desk", "Archive desk"),  # the moon article's author equals the site's
+])
+def test_every_atom_entry_names_its_author(small_site: Config, site_author: str | None,
+                                           fallback: str) -> None:
+    config = dataclasses.replace(
+        small_site, site=dataclasses.replace(small_site.site, author=site_author))
+    data = site_feeds(config)[feeds.ATOM_NAME]
+    parsed = feedparser.parse(data)
+    assert parsed.bozo == 0, parsed.get("bozo_exception")
+    assert parsed.feed.author == fallback
+    authors = {entry.id: entry.get("author") for entry in parsed.entries}
+    assert list(authors) == EXPECTED_IDS
+    moon = "tag:example.org,2021-07-20:moon/"
+    assert authors == {key: "Archive desk" if key.startswith(moon) else fallback
+                       for key in authors}
+    # In the XML itself, not inherited by the parser: one author element in every entry.
+    root = etree.fromstring(data)
+    assert [len(entry.findall("atom:author/atom:name", NS))
+            for entry in root.findall("atom:entry", NS)] == [1] * len(EXPECTED_IDS)
+
+
 def test_json_feed_has_the_required_fields(small_feeds: dict[str, bytes]) -> None:
     document: dict[str, Any] = json.loads(small_feeds[feeds.JSON_NAME])
     assert document["version"] == "https://jsonfeed.org/version/1.1"

@@ -156,6 +156,7 @@ def test_unreachable_server_error_hides_the_password() -> None:
 def test_enqueue_covers_confirmed_subscribers_once(ledger: Ledger) -> None:
     ids = add(ledger, 3)
     pending = ledger.add_pending(subscriber_row("pending@example.org"), now=T0)
+    assert pending is not None
     ledger.unsubscribe(ids[2], "reader2@example.org", now=T0)
     assert enqueue(ledger) == 2
     assert enqueue(ledger) == 0  # idempotent: the unique key holds
@@ -163,7 +164,7 @@ def test_enqueue_covers_confirmed_subscribers_once(ledger: Ledger) -> None:
     assert enqueue(ledger) == 1  # only the newcomer
     with ledger.engine.connect() as conn:
         queued = set(conn.scalars(select(deliveries.c.subscriber_id)))
-    assert pending.id not in queued and ids[2] not in queued
+    assert pending.subscriber_id not in queued and ids[2] not in queued
     assert statuses(ledger) == {"pending": 3}
 
 

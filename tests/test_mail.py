@@ -8,12 +8,14 @@ import logging
 import os
 import re
 import smtplib
+import string
 from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from email import policy
 from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -37,7 +39,8 @@ from tests.fixtures.smtp import SmtpSink
 SECRET = b"secret for the mail tests"
 BASE_URL = "https://example.org/anniversaries/"
 DUE = date(2026, 3, 14)
-ADA = Recipient(42, "ada@example.org", "Ada Lovelace")
+ADA_KEY = "pV3nLq8ZcT1wXy0bRk5mJA"  # as the ledger makes them
+ADA = Recipient(42, "ada@example.org", "Ada Lovelace", unsubscribe_key=ADA_KEY)
 ANONYMOUS = Recipient(43, "anon@example.org", None)
 GOLDEN = Path(__file__).parent / "golden" / "email"
 # An RFC 2047 encoded-word that decodes to a line break: fed back through a vulnerable generator
@@ -196,7 +199,7 @@ def test_unsubscribe_url_carries_a_verifiable_token(edition: Edition) -> None:
     assert message["List-Unsubscribe"] == f"<{url}>"
     assert url.startswith(BASE_URL + "unsubscribe/")
     token = url.rsplit("/", 1)[1]
-    assert read_unsubscribe_token(SECRET, token) == (42, "ada@example.org")
+    assert read_unsubscribe_token(SECRET, token) == ADA_KEY
     with pytest.raises(TokenError):
         read_unsubscribe_token(SECRET, token[:-2] + ("AA" if token[-2:] != "AA" else "BB"))
     assert url in text_of(message, "plain").splitlines()
@@ -358,6 +361,105 @@ def test_first_publication_and_commemoration_are_worded(mailer: Mailer) -> None:
     message = parse(mailer.edition(make_event(remembered)).message(ADA))
     for kind in ("plain", "html"):
         assert "It marks 38 years since 14 March 1988." in text_of(message, kind)
+
+
+# Elements that start a new line where a mail program shows them, and elements without content.
+BLOCKS = frozenset({"blockquote", "br", "div", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li",
+                    "ol", "p", "pre", "table", "td", "th", "tr", "ul"})
+VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta",
+                  "source", "track", "wbr"})
+UNSEEN = frozenset({"head", "script", "style", "title"})
+HIDING = re.compile(r"(?:^|;)\s*(?:display\s*:\s*none|visibility\s*:\s*hidden|opacity\s*:\s*0"
+                    r"|max-height\s*:\s*0)\s*(?:;|$)")
+
+
+class VisibleText(HTMLParser):
+    """Collect the text a reader sees: no head, no hidden element (the preheader), blocks apart."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self.hidden_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        """Enter an element: hidden ones hide everything inside them."""
+        if self.hidden_depth and tag not in VOID:
+            self.hidden_depth += 1
+        elif tag in UNSEEN or HIDING.search(dict(attrs).get("style") or ""):
+            self.hidden_depth = 1
+        elif tag in BLOCKS and not self.hidden_depth:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        """Leave an element."""
+        if self.hidden_depth:
+            self.hidden_depth -= 1
+        elif tag in BLOCKS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        """Keep text that is shown."""
+        if not self.hidden_depth:
+            self.parts.append(data)
+
+
+def words(text: str) -> list[str]:
+    """Return the words of a text without the punctuation around them."""
+    # Split at white space only: two words glued together by a lost space stay one word here.
+    return [word.strip(string.punctuation) for word in text.split()]
+
+
+def visible_words(html: str) -> list[str]:
+    """Return the words a reader of an HTML part sees, in order."""
+    parser = VisibleText()
+    parser.feed(html)
+    parser.close()
+    return words("".join(parser.parts))
+
+
+def assert_both_parts_say(message: EmailMessage, *patterns: str) -> None:
+    """Assert that each phrase found in the text part reads the same in the HTML part."""
+    text, seen = text_of(message, "plain"), visible_words(text_of(message, "html"))
+    for pattern in patterns:
+        found = re.search(pattern, text)
+        assert found is not None, f"{pattern!r} is not in the text part"
+        phrase = words(found.group())
+        runs = (seen[i:i + len(phrase)] for i in range(len(seen) - len(phrase) + 1))
+        assert phrase in runs, f"{found.group()!r} does not read the same in: {' '.join(seen)}"
+
+
+GREETING = r"\A[^\n]+"
+
+
+@pytest.mark.parametrize("recipient", [ADA, ANONYMOUS], ids=["named", "anonymous"])
+@pytest.mark.parametrize("on, years", [(DUE, 3), (date(2023, 3, 14), 0)],
+                         ids=["anniversary", "first"])
+def test_edition_greeting_and_closing_read_the_same_in_html(
+        mailer: Mailer, recipient: Recipient, on: date, years: int) -> None:
+    article = make_article(commemorated=date(1988, 3, 14))
+    message = parse(mailer.edition(Event(article, on, years)).message(recipient))
+    assert_both_parts_say(message, GREETING, r"It marks [^.]+\.", r"You receive this email[^:]+")
+
+
+@pytest.mark.parametrize("recipient", [ADA, ANONYMOUS], ids=["named", "anonymous"])
+def test_confirmation_greeting_and_closing_read_the_same_in_html(
+        mailer: Mailer, recipient: Recipient) -> None:
+    message = parse(mailer.confirmation(recipient, BASE_URL + "confirm/abc.def"))
+    assert_both_parts_say(message, GREETING, r"please confirm [^.]+\.",
+                          r"If you did not ask [^.]+\.")
+
+
+@pytest.mark.parametrize("kind", ["edition", "confirmation"])
+def test_charset_is_declared_first_in_the_head(mailer: Mailer, edition: Edition,
+                                               kind: str) -> None:
+    data = (edition.message(ADA) if kind == "edition"
+            else mailer.confirmation(ADA, BASE_URL + "confirm/abc.def"))
+    html = text_of(parse(data), "html").encode("utf-8")
+    declaration = re.search(rb'<head><meta charset="utf-8">', html)
+    assert declaration is not None
+    # A parser looks for the encoding in the first 1,024 bytes only.
+    assert declaration.end() <= 1024
+    assert declaration.end() <= html.index(b"<style")
 
 
 def test_reflow_rewraps_prose_and_keeps_structure() -> None:
@@ -606,7 +708,8 @@ def test_golden_edition(tmp_path: Path) -> None:
                          unsubscribe_mailto="leave@example.org")
     edition = Mailer(config, SECRET).edition(make_event())
     check_golden("edition.eml", edition.message(Recipient(42, "ada@example.org", "Ada Lovelace",
-                                                          timezone="America/New_York")))
+                                                          timezone="America/New_York",
+                                                          unsubscribe_key=ADA_KEY)))
 
 
 @pytest.mark.golden

@@ -14,6 +14,7 @@ from publisher.schedule import (
     due_dates,
     latest_due_date,
     local_date,
+    next_appearances,
     plan_zone,
     publish_instant,
     upcoming,
@@ -166,3 +167,28 @@ def test_upcoming_finds_a_leap_day_article_years_ahead_when_it_is_skipped() -> N
 
 def test_upcoming_is_empty_without_articles() -> None:
     assert upcoming(Calendar([]), ["UTC"], time(9, 0), datetime(2025, 3, 1, tzinfo=UTC), 5) == []
+
+
+def test_next_appearances_come_by_date_with_each_zone_still_ahead() -> None:
+    calendar = Calendar([article("alpha", date(2020, 6, 5)), article("beta", date(2021, 6, 7)),
+                         article("gamma", date(2019, 6, 7)), article("delta", date(2018, 6, 9))])
+    zones = ["America/Los_Angeles", "Asia/Tokyo", "America/Los_Angeles"]
+    # 03:00 UTC on 5 June: 09:00 has passed in Tokyo (00:00 UTC), not in Los Angeles (16:00).
+    now = datetime(2025, 6, 5, 3, 0, tzinfo=UTC)
+    found = next_appearances(calendar, zones, time(9, 0), now, limit=3)
+    assert [(a.event.article.slug, a.event.on) for a in found] == [
+        ("alpha", date(2025, 6, 5)), ("beta", date(2025, 6, 7)), ("gamma", date(2025, 6, 7))]
+    assert [m.zone for m in found[0].moments] == ["America/Los_Angeles"]
+    assert [m.zone for m in found[1].moments] == ["Asia/Tokyo", "America/Los_Angeles"]
+    assert all(m.instant > now and m.day == a.event.on for a in found for m in a.moments)
+    assert found[0].line() == ('2025-06-05 at 09:00 America/Los_Angeles (2025-06-05 16:00 UTC): '
+                               '"alpha" (alpha), 5 years on, to 0 subscribers')
+    assert found[1].line() == ('2025-06-07 at 09:00 Asia/Tokyo (2025-06-07 00:00 UTC, then in '
+                               '1 more zone): "beta" (beta), 4 years on, to 0 subscribers')
+
+
+def test_an_appearance_in_utc_is_named_once() -> None:
+    calendar = Calendar([article("alpha", date(2020, 6, 5))])
+    [found] = next_appearances(calendar, ["UTC"], time(9, 0),
+                               datetime(2025, 6, 1, tzinfo=UTC), limit=1)
+    assert found.line() == '2025-06-05 at 09:00 UTC: "alpha" (alpha), 5 years on, to 0 subscribers'

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import stat
 import threading
@@ -23,15 +24,15 @@ from tests.fixtures.content import BASE_URL, SMALL_SITE_DAY, WriteArticle, Write
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_SITE_FILES = {
-    "style.css", "index.html", "feed.xml", "atom.xml", "feed.json",
+    "style.css", "favicon.ico", "index.html", "feed.xml", "atom.xml", "feed.json",
     *(f"articles/{slug}/index.html" for slug in ("eclipse", "flight", "leap", "moon", "pi")),
 }
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    """Return every file below a folder: relative path to bytes."""
+    """Return every file a site folder serves (not the hidden ones): relative path to bytes."""
     return {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.name.startswith(".")}
 
 
 def leftovers(output: Path) -> list[str]:
@@ -83,6 +84,32 @@ def test_index_lists_today_recent_and_archive(small_site: Config) -> None:
     for feed in ("feed.xml", "atom.xml", "feed.json"):
         assert '<link rel="alternate" type="application/' in index
         assert f'href="{BASE_URL}{feed}"' in index
+
+
+def test_index_on_a_quiet_day_names_the_next_anniversary_with_a_link(small_site: Config,
+                                                                     tmp_path: Path) -> None:
+    # 30 November 2026: nothing comes back; "future" is first published the next day, but it
+    # is not published yet, so the next anniversary is the flight's, on 17 December.
+    site.build_site(small_site, date(2026, 11, 30))
+    output = small_site.site.output_dir
+    today = (output / "index.html").read_text(encoding="utf-8").split('id="recent"', 1)[0]
+    assert "Nothing comes back today." in today
+    found = re.search(r'Next: <time datetime="2026-12-17">17 December 2026</time> — '
+                      r'<a href="\./articles/([a-z]+)/">Twelve seconds of powered flight</a>, '
+                      r'7 years on</p>', today)
+    assert found is not None, today
+    assert (output / "articles" / found.group(1) / "index.html").is_file()
+    assert "future" not in today
+    # The same content, configuration and day give the same bytes.
+    site.build_site(small_site, date(2026, 11, 30), out=tmp_path / "again")
+    assert snapshot(tmp_path / "again") == snapshot(output)
+
+
+def test_index_on_a_day_with_anniversaries_does_not_look_ahead(small_site: Config) -> None:
+    site.build_site(small_site, date(2026, 2, 28))
+    index = (small_site.site.output_dir / "index.html").read_text(encoding="utf-8")
+    assert "2 years ago today" in index
+    assert "Next:" not in index and "Nothing comes back today." not in index
 
 
 def test_article_page_shows_history_body_and_feeds(small_site: Config) -> None:
@@ -145,6 +172,43 @@ def test_rebuild_gives_identical_bytes_and_keeps_unchanged_files(
     assert edited.written == len(changed)
     for name in set(before) - changed:
         assert (output / name).stat().st_ino == inodes[name], name
+
+
+def mtimes(output: Path) -> dict[str, int]:
+    """Return the mtime (hence Last-Modified) in whole seconds of every file a site serves."""
+    return {name: int((output / name).stat().st_mtime) for name in snapshot(output)}
+
+
+@pytest.mark.parametrize("mark", ["kept", "removed"])
+def test_new_bytes_are_dated_after_every_date_the_site_gave_before(
+        small_site: Config, write_article: WriteArticle, mark: str) -> None:
+    output = small_site.site.output_dir
+    site.build_site(small_site, SMALL_SITE_DAY)
+    first = mtimes(output)
+    assert set(first.values()) == {int((output / site.MODIFIED_MARK).read_text())}
+    # As if earlier builds within this second (or another host with a clock running ahead)
+    # had served a date the clock has not reached yet.
+    ahead = max(first.values()) + 30
+    if mark == "kept":
+        (output / site.MODIFIED_MARK).write_text(f"{ahead}\n")
+    else:
+        (output / site.MODIFIED_MARK).unlink()  # the newest file then stands for the mark
+        os.utime(output / "feed.json", (ahead, ahead))
+    site._last_builds.clear()  # a new process, or another instance sharing the folder
+    write_article("eclipse", "A different text now.", title="Total eclipse", date="2024-04-08",
+                  recurring=False)
+    site.build_site(small_site, SMALL_SITE_DAY)
+    second = mtimes(output)
+    changed = {"articles/eclipse/index.html", "feed.xml", "atom.xml", "feed.json"}
+    assert {name: second[name] for name in changed} == dict.fromkeys(changed, ahead + 1)
+    assert {name: second[name] for name in set(first) - changed} == {
+        name: first[name] for name in set(first) - changed}  # unchanged bytes, same date
+    assert (output / site.MODIFIED_MARK).read_text() == f"{ahead + 1}\n"
+    # A rebuild that changes no bytes gives no new date.
+    site._last_builds.clear()
+    site.build_site(small_site, SMALL_SITE_DAY)
+    assert mtimes(output) == second
+    assert (output / site.MODIFIED_MARK).read_text() == f"{ahead + 1}\n"
 
 
 def test_failed_build_leaves_the_previous_site_whole(small_site: Config, tmp_path: Path) -> None:

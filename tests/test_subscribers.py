@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from email_validator import EmailNotValidError, validate_email
+from sqlalchemy import MetaData, Table, create_engine, insert
 
 from publisher import ledger as ledger_module
 from publisher.cli import EXIT_PROBLEMS, cli
@@ -19,11 +20,15 @@ from publisher.errors import SubscriberError
 from publisher.ledger import (
     ALL_ZONES,
     EXPORT_COLUMNS,
+    MIGRATIONS,
     Ledger,
+    as_cell,
     clean_name,
     export_csv,
+    from_cell,
     import_csv,
     normalise_address,
+    schema_migrations,
     subscriber_row,
 )
 
@@ -151,22 +156,66 @@ def test_operator_add_confirms_a_pending_sign_up(ledger: Ledger) -> None:
 
 def test_double_opt_in_life_cycle(ledger: Ledger) -> None:
     pending = ledger.add_pending(subscriber_row("ada@example.org", "Ada"), now=T0)
-    assert pending.status == "pending" and pending.confirmed_at is None
-    assert ledger.get_subscriber(pending.id) == pending
-    assert ledger.confirm(pending.id, "someone-else@example.org") is None
-    confirmed = ledger.confirm(pending.id, "ada@example.org", now=T0 + timedelta(hours=1))
+    assert pending is not None and (pending.email, pending.name) == ("ada@example.org", "Ada")
+    stored = ledger.get_subscriber(pending.subscriber_id)
+    assert stored is not None and (stored.status, stored.confirmed_at) == ("pending", None)
+    assert ledger.find_sign_up(pending.key) == stored
+    assert ledger.confirm_sign_up("no-such-key") is None
+    confirmed = ledger.confirm_sign_up(pending.key, now=T0 + timedelta(hours=1))
     assert confirmed is not None and confirmed.status == "confirmed"
     # Confirming twice, or signing up again once confirmed, changes nothing.
-    assert ledger.confirm(pending.id, "ada@example.org") == confirmed
-    assert ledger.add_pending(subscriber_row("ada@example.org"), now=T0) == confirmed
-    gone = ledger.unsubscribe(pending.id, "ada@example.org", now=T0 + timedelta(days=1))
-    assert gone is not None and gone.status == "unsubscribed"
-    assert ledger.unsubscribe(pending.id, "ada@example.org") == gone  # idempotent
-    assert ledger.unsubscribe(pending.id + 1000, "ada@example.org") is None
+    assert ledger.confirm_sign_up(pending.key) == confirmed
+    assert ledger.add_pending(subscriber_row("ada@example.org"), now=T0) is None
+    assert ledger.get_subscriber(pending.subscriber_id) == confirmed
+    assert confirmed.unsubscribe_key is not None
+    gone, changed = ledger.unsubscribe_link(key=confirmed.unsubscribe_key,
+                                            now=T0 + timedelta(days=1))
+    assert changed and gone is not None and gone.status == "unsubscribed"
+    assert ledger.unsubscribe_link(key=confirmed.unsubscribe_key) == (gone, False)
+    assert ledger.unsubscribe_link(key="no-such-key") == (None, False)
     # A confirm link from before cannot bring the address back: only a new sign-up can.
-    assert ledger.confirm(pending.id, "ada@example.org") == gone
-    again = ledger.add_pending(subscriber_row("ada@example.org"), now=T0 + timedelta(days=2))
-    assert again.status == "pending" and again.id == pending.id
+    assert ledger.confirm_sign_up(pending.key) is None
+    again = ledger.add_pending(subscriber_row("ada@example.org", "Ada B.", "Asia/Tokyo"),
+                               now=T0 + timedelta(days=2))
+    assert again is not None and again.key != pending.key
+    assert ledger.get_subscriber(pending.subscriber_id) == gone  # still unsubscribed
+    back = ledger.confirm_sign_up(again.key, now=T0 + timedelta(days=3))
+    assert back is not None and (back.status, back.name, back.timezone) == (
+        "confirmed", "Ada B.", "Asia/Tokyo")
+    assert (back.id, back.unsubscribe_key) == (gone.id, gone.unsubscribe_key)
+    assert back.unsubscribed_at is None and back.confirmed_at == T0 + timedelta(days=3)
+
+
+def test_a_sign_up_waiting_keeps_its_key_and_an_unsubscribe_drops_it(ledger: Ledger) -> None:
+    first = ledger.add_pending(subscriber_row("ada@example.org"), now=T0)
+    second = ledger.add_pending(subscriber_row("ada@example.org", "Ada"), now=T0)
+    assert first is not None and second is not None and first.key == second.key
+    subscriber, _ = ledger.add_subscriber(subscriber_row("bo@example.org"), now=T0)
+    ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    waiting = ledger.add_pending(subscriber_row("bo@example.org"), now=T0)
+    assert waiting is not None
+    ledger.unsubscribe_link(email="bo@example.org", now=T0)  # already so: nothing changes
+    assert ledger.find_sign_up(waiting.key) is not None
+    ledger.add_subscriber(subscriber_row("bo@example.org"), resubscribe=True, now=T0)
+    ledger.unsubscribe_link(email="bo@example.org", now=T0)
+    assert ledger.find_sign_up(waiting.key) is None
+    assert ledger.confirm_sign_up(waiting.key) is None
+
+
+@pytest.mark.parametrize("leave", ["unsubscribed", "bounced"])
+def test_purging_sign_ups_never_lifts_a_suppression(ledger: Ledger, leave: str) -> None:
+    subscriber, _ = ledger.add_subscriber(subscriber_row("gone@example.org", "Gone"), now=T0)
+    if leave == "bounced":
+        ledger.bounce(subscriber.id, "5.1.1 no such user", now=T0)
+    else:
+        ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    before = ledger.find_subscriber("gone@example.org")
+    ledger.add_pending(subscriber_row("gone@example.org", "Someone"), now=T0)
+    assert ledger.find_subscriber("gone@example.org") == before
+    assert ledger.purge_pending(timedelta(days=7), now=T0 + timedelta(days=8)) == 1
+    assert ledger.find_subscriber("gone@example.org") == before
+    assert ledger.enqueue("moon", 2024, T0.date(), due_at=T0, give_up_at=T0 + timedelta(days=1),
+                          zone=ALL_ZONES, site_zone="UTC", now=T0) == 0
 
 
 def test_unsubscribe_skips_mail_not_yet_sent(ledger: Ledger) -> None:
@@ -210,14 +259,72 @@ def test_bounce_reported_later_stops_mail(ledger: Ledger) -> None:
     assert (count.status, count.count) == ("skipped", 1)
 
 
-def test_remove_deletes_the_subscriber_and_their_history(ledger: Ledger) -> None:
-    ledger.add_subscriber(subscriber_row("ada@example.org"), now=T0)
+def test_upgrade_gives_every_subscriber_a_key_and_suppresses_again(database_url: str) -> None:
+    # A database as version 2 left it, with rows the sign-ups of that version had turned back
+    # into "pending": they still carry the time they were confirmed or unsubscribed.
+    engine = create_engine(database_url)
+    naive = T0.replace(tzinfo=None)
+    with engine.begin() as conn:
+        schema_migrations.create(conn)
+        for version, step in enumerate(MIGRATIONS[:2], start=1):
+            step(conn)
+            conn.execute(schema_migrations.insert().values(version=version, applied_at=T0))
+        old = Table("subscribers", MetaData(), autoload_with=conn)
+        assert "unsubscribe_key" not in old.c
+        rows = [("kept", "confirmed", naive, None), ("left", "unsubscribed", naive, naive),
+                ("flipped-left", "pending", naive, naive), ("flipped-bounced", "pending", naive,
+                                                            None),
+                ("imported-left", "pending", None, naive), ("new", "pending", None, None)]
+        rows += [(f"reader{n}", "confirmed", naive, None) for n in range(2500)]
+        conn.execute(insert(old), [
+            {"email": f"{who}@example.org", "status": status, "created_at": naive,
+             "updated_at": naive, "confirmed_at": confirmed, "unsubscribed_at": left}
+            for who, status, confirmed, left in rows])
+    engine.dispose()
+
+    with Ledger.open(database_url) as ledger:
+        assert ledger.schema_version() == len(MIGRATIONS) >= 3
+        found = list(ledger.iter_subscribers())
+        keys = {s.unsubscribe_key for s in found}
+        assert len(found) == len(keys) == len(rows) and None not in keys
+        assert all(len(str(key)) == 22 for key in keys)
+        statuses = ledger.statuses_of(f"{who}@example.org" for who, *_ in rows[:6])
+        assert statuses == {
+            "kept@example.org": "confirmed", "left@example.org": "unsubscribed",
+            "flipped-left@example.org": "unsubscribed",
+            "flipped-bounced@example.org": "bounced",
+            "imported-left@example.org": "unsubscribed", "new@example.org": "pending"}
+        added, _ = ledger.add_subscriber(subscriber_row("later@example.org"))
+        assert added.unsubscribe_key is not None and added.unsubscribe_key not in keys
+
+
+def test_remove_keeps_an_address_that_left_suppressed(ledger: Ledger) -> None:
+    subscriber, _ = ledger.add_subscriber(subscriber_row("ada@example.org", "Ada", "UTC"),
+                                          now=T0)
     ledger.enqueue("moon", 2024, T0.date(), due_at=T0, give_up_at=T0 + timedelta(days=1),
                    zone=ALL_ZONES, site_zone="UTC", now=T0)
-    assert ledger.remove("ADA@example.org")
-    assert not ledger.remove("ada@example.org")
-    assert ledger.find_subscriber("ada@example.org") is None
+    assert ledger.remove("ADA@example.org", now=T0) == "suppressed"
+    kept = ledger.find_subscriber("ada@example.org")
+    assert kept is not None
+    assert (kept.status, kept.name, kept.timezone, kept.unsubscribed_at) == (
+        "unsubscribed", None, None, T0)
+    assert kept.unsubscribe_key == subscriber.unsubscribe_key  # its links still work
     assert ledger.delivery_counts() == []
+    assert ledger.remove("ada@example.org") == "suppressed"  # idempotent
+    ledger.bounce(ledger.add_subscriber(subscriber_row("bo@example.org"))[0].id, "5.1.1")
+    assert ledger.remove("bo@example.org") == "suppressed"
+    assert ledger.statuses_of(["ada@example.org", "bo@example.org"]) == {
+        "ada@example.org": "unsubscribed", "bo@example.org": "bounced"}
+
+
+def test_remove_deletes_a_sign_up_never_confirmed_and_forget_deletes_any(ledger: Ledger
+                                                                        ) -> None:
+    ledger.add_pending(subscriber_row("new@example.org"), now=T0)
+    ledger.add_subscriber(subscriber_row("ada@example.org"), now=T0)
+    assert ledger.remove("new@example.org") == "deleted"
+    assert ledger.remove("ada@example.org", forget=True) == "deleted"
+    assert ledger.remove("ada@example.org") is None
+    assert list(ledger.iter_subscribers()) == []
 
 
 # --- CSV --------------------------------------------------------------------------------------
@@ -272,24 +379,48 @@ def test_reimport_changes_nothing(ledger: Ledger, tmp_path: Path) -> None:
 
 
 def test_import_never_overwrites_a_known_subscriber(ledger: Ledger, tmp_path: Path) -> None:
-    subscriber, _ = ledger.add_subscriber(subscriber_row("ada@example.org", "Ada"), now=T0)
-    ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    ledger.add_subscriber(subscriber_row("ada@example.org", "Ada"), now=T0)
     report = import_csv(ledger, write_csv(tmp_path, "ada@example.org,Someone,UTC\n"))
     assert (report.added, report.unchanged) == (0, 1)
     found = ledger.find_subscriber("ada@example.org")
-    assert found is not None and (found.status, found.name) == ("unsubscribed", "Ada")
+    assert found is not None and (found.status, found.name) == ("confirmed", "Ada")
+
+
+def test_import_reports_suppressed_addresses_and_leaves_them_out(
+        ledger: Ledger, tmp_path: Path) -> None:
+    subscriber, _ = ledger.add_subscriber(subscriber_row("ada@example.org", "Ada"), now=T0)
+    ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    bounced, _ = ledger.add_subscriber(subscriber_row("bo@example.org"), now=T0)
+    ledger.bounce(bounced.id, "5.1.1", now=T0)
+    before = export_text(ledger)
+    path = write_csv(tmp_path, "ada@example.org,Someone,UTC\nbo@example.org\nnew@example.org\n")
+    report = import_csv(ledger, path)
+    assert (report.added, report.unchanged, report.resubscribed) == (1, 0, 0)
+    assert report.suppressed == [("ada@example.org", "unsubscribed"),
+                                 ("bo@example.org", "bounced")]
+    statuses = {s.email: s.status for s in ledger.iter_subscribers()}
+    assert statuses == {"ada@example.org": "unsubscribed", "bo@example.org": "bounced",
+                        "new@example.org": "confirmed"}
+    ledger.remove("new@example.org", forget=True)
+    assert export_text(ledger) == before
+    # The operator's explicit word subscribes them again.
+    report = import_csv(ledger, path, include_suppressed=True)
+    assert (report.added, report.resubscribed, report.suppressed) == (1, 2, [])
+    found = ledger.find_subscriber("ada@example.org")
+    assert found is not None and (found.status, found.name) == ("confirmed", "Someone")
 
 
 def test_import_in_chunks_keeps_the_first_of_each_address_and_its_dates(
         ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ledger_module, "IMPORT_CHUNK", 2)  # rows 1-2, 3-4, 5-6, 7
+    monkeypatch.setattr(ledger_module, "IMPORT_CHUNK", 3)  # rows 1-3, 4-6, 7
     rows = ("email,name,status\n"
             "ada@example.org,Ada,\nbob@example.org,Bob,unsubscribed\n"
             "ADA@example.org,Ada Again,\ncy@example.org,Cy,bounced\n"
             "dee@example.org,Dee,confirmed\nbob@example.org,Bob Again,\n"
             "dee@example.org,Dee Again,\n")
     report = import_csv(ledger, write_csv(tmp_path, rows), now=T0)
-    assert (report.added, report.unchanged) == (4, 3)
+    assert (report.added, report.unchanged) == (4, 2)
+    assert report.suppressed == [("bob@example.org", "unsubscribed")]
     stored = {s.email: s for s in ledger.iter_subscribers()}
     assert {email: (s.name, s.status, s.created_at, s.updated_at, s.confirmed_at,
                     s.unsubscribed_at) for email, s in stored.items()} == {
@@ -298,6 +429,9 @@ def test_import_in_chunks_keeps_the_first_of_each_address_and_its_dates(
         "cy@example.org": ("Cy", "bounced", T0, T0, None, T0),
         "dee@example.org": ("Dee", "confirmed", T0, T0, T0, None),
     }
+    # Each has a key of its own for its unsubscribe links.
+    keys = {s.unsubscribe_key for s in stored.values()}
+    assert None not in keys and len(keys) == 4
 
 
 def test_headerless_csv_reads_columns_in_order(ledger: Ledger, tmp_path: Path) -> None:
@@ -354,6 +488,45 @@ def test_export_round_trip_keeps_unsubscribed_addresses_suppressed(
                         "fred@example.org": "confirmed"}
 
 
+FORMULAS = ['=HYPERLINK("https://evil.example","click")', "+1+2", "-2+3", "@SUM(A1:A9)",
+            "'quoted", "''twice", "=", "plain"]
+FORMULA_ADDRESSES = ["=cmd@example.org", "-dash@example.org", "+plus@example.org",
+                     "'quote@example.org"]
+STARTS_A_FORMULA = ("=", "+", "-", "@", "\t", "\r")
+
+
+def test_export_neutralises_formulas_and_import_restores_them(
+        ledger: Ledger, tmp_path: Path) -> None:
+    for n, name in enumerate(FORMULAS):
+        ledger.add_subscriber(subscriber_row(f"reader{n}@example.org", name), now=T0)
+    for email in FORMULA_ADDRESSES:
+        ledger.add_subscriber(subscriber_row(email, "Name"), now=T0)
+    exported = export_text(ledger)
+    rows = list(csv.reader(io.StringIO(exported)))[1:]
+    cells = [cell for row in rows for cell in row[:3]]
+    assert [c for c in cells if c.startswith(STARTS_A_FORMULA)] == []
+    assert "'" + FORMULAS[0] in cells
+    assert {"''quoted", "'''twice", "'-dash@example.org", "''quote@example.org"} <= set(cells)
+
+    fresh = Ledger.open(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        report = import_csv(fresh, write_csv(tmp_path, exported, "export.csv"))
+        assert (report.added, report.errors) == (len(FORMULAS) + len(FORMULA_ADDRESSES), [])
+        restored = {s.email: s.name for s in fresh.iter_subscribers()}
+    finally:
+        fresh.close()
+    assert restored == {s.email: s.name for s in ledger.iter_subscribers()}
+    assert [restored[f"reader{n}@example.org"] for n in range(len(FORMULAS))] == FORMULAS
+    assert set(FORMULA_ADDRESSES) <= set(restored)
+
+
+@pytest.mark.parametrize("value", ["=1+1", "+1", "-1", "@A1", "\tx", "\rx", "'x", "''", "",
+                                   "x=1", " =1"])
+def test_cells_round_trip(value: str) -> None:
+    assert from_cell(as_cell(value)) == value
+    assert not as_cell(value).startswith(STARTS_A_FORMULA)
+
+
 def test_export_streams_in_chunks(ledger: Ledger, tmp_path: Path) -> None:
     rows = "".join(f"reader{n:04d}@example.org,Reader {n}\n" for n in range(1200))
     assert import_csv(ledger, write_csv(tmp_path, rows)).added == 1200
@@ -388,10 +561,38 @@ def test_cli_add_list_remove(run: Callable[..., tuple[int, str, str]]) -> None:
     code, out, _ = run("subscribers", "list")
     assert out.splitlines() == ["ada@example.org\tconfirmed\tEurope/London\tAda",
                                 "bob@example.org\tconfirmed\t-\t"]
-    assert run("subscribers", "remove", "bob@example.org") == (0, "removed bob@example.org\n", "")
+    code, out, _ = run("subscribers", "remove", "bob@example.org")
+    assert (code, out) == (0, "removed bob@example.org; kept as suppressed, so no import or "
+                              "unconfirmed sign-up adds it back\n")
+    assert run("subscribers", "list", "--status", "unsubscribed")[1] == (
+        "bob@example.org\tunsubscribed\t-\t\n")
+    assert run("subscribers", "remove", "--forget", "bob@example.org") == (
+        0, "removed bob@example.org\n", "")
     code, _, err = run("subscribers", "remove", "bob@example.org")
     assert code == EXIT_PROBLEMS and "not a subscriber" in err
     assert run("subscribers", "list", "--status", "bounced")[1] == ""
+
+
+def test_cli_import_leaves_out_suppressed_addresses_even_after_remove(
+        run: Callable[..., tuple[int, str, str]], tmp_path: Path) -> None:
+    history = write_csv(tmp_path, "email,name,status\nada@example.org,Ada,unsubscribed\n"
+                                  "bo@example.org,Bo,bounced\ncy@example.org,Cy,\n", "old.csv")
+    assert run("subscribers", "import", str(history))[0] == 0
+    assert run("subscribers", "remove", "ada@example.org")[0] == 0
+    assert run("subscribers", "remove", "cy@example.org")[0] == 0
+    again = write_csv(tmp_path, "ada@example.org,Ada\nbo@example.org\ncy@example.org\n"
+                                "dee@example.org\n", "again.csv")
+    code, out, err = run("subscribers", "import", str(again))
+    assert (code, out) == (0, "1 added, 0 already known, 3 suppressed, 0 rejected\n")
+    assert err.splitlines() == [
+        f"suppressed: {email} is {status}; left out (--include-suppressed subscribes it again)"
+        for email, status in (("ada@example.org", "unsubscribed"), ("bo@example.org", "bounced"),
+                              ("cy@example.org", "unsubscribed"))]
+    code, out, _ = run("subscribers", "list", "--status", "confirmed")
+    assert out == "dee@example.org\tconfirmed\t-\t\n"
+    code, out, err = run("subscribers", "import", "--include-suppressed", str(again))
+    assert (code, out, err) == (0, "0 added, 1 already known, 3 resubscribed, 0 rejected\n", "")
+    assert run("subscribers", "list", "--status", "confirmed")[1].count("\tconfirmed\t") == 4
 
 
 def test_cli_add_rejects_bad_input_with_the_field(run: Callable[..., tuple[int, str, str]]

@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import logging
+import re
 import stat
+import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from itsdangerous import URLSafeSerializer
+from itsdangerous import Signer, URLSafeSerializer, URLSafeTimedSerializer
 
 from publisher.config import Config, from_mapping
 from publisher.errors import SecretKeyError, TokenError
+from publisher.ledger import new_key
 from publisher.tokens import (
+    CONFIRM_SALT,
+    KEY_LENGTH,
     SECRET_ENV,
+    UNSUBSCRIBE_KEY_SALT,
     UNSUBSCRIBE_SALT,
+    SignedAddress,
     confirm_token,
     load_secret,
     read_confirm_token,
@@ -41,17 +50,54 @@ def tampered(token: str) -> str:
     return token[:-1] + last
 
 
+KEY = "q1Xf8Kc0mWbT3vZr9LhJ2A"  # as new_key() makes them; fixed, so every token is too
+
+
+def decoded_parts(token: str) -> bytes:
+    """Return every dot-separated part of a token base64-decoded (and inflated if it can be)."""
+    decoded = b""
+    for part in token.split("."):
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        with contextlib.suppress(zlib.error):
+            raw = zlib.decompress(raw)
+        decoded += raw + b"\n"
+    return decoded
+
+
+def legacy_unsubscribe_token(subscriber_id: int, email: str) -> str:
+    """Return an unsubscribe token as links in emails sent before keys carried it."""
+    return URLSafeSerializer(SECRET, salt=UNSUBSCRIBE_SALT,
+                             signer_kwargs={"digest_method": hashlib.sha256}).dumps(
+        [subscriber_id, email])
+
+
 def test_unsubscribe_token_round_trips() -> None:
-    token = unsubscribe_token(SECRET, 42, "ada@example.org")
-    assert read_unsubscribe_token(SECRET, token) == (42, "ada@example.org")
+    token = unsubscribe_token(SECRET, KEY)
+    assert read_unsubscribe_token(SECRET, token) == KEY
 
 
 def test_unsubscribe_token_is_url_safe_and_stable() -> None:
-    token = unsubscribe_token(SECRET, 7, "Zoë+news@example.org")
-    assert token == unsubscribe_token(SECRET, 7, "Zoë+news@example.org")
+    token = unsubscribe_token(SECRET, KEY)
+    assert token == unsubscribe_token(SECRET, KEY)
     assert all(c.isalnum() or c in "-_." for c in token)
 
 
+def test_keys_are_random_and_url_safe() -> None:
+    keys = {new_key() for _ in range(1000)}
+    assert len(keys) == 1000
+    assert all(len(key) == 22 and re.fullmatch(r"[A-Za-z0-9_-]+", key) for key in keys)
+
+
+@pytest.mark.parametrize("email", ["ada@example.org", "zoe+news@example.org"])
+def test_new_tokens_reveal_nothing_about_the_subscriber(email: str) -> None:
+    # Before, the token was base64 of [id, "address"]: anyone seeing the URL (a proxy log, a
+    # mail scanner) could read the address. Now it names a random key and nothing else.
+    legacy = decoded_parts(legacy_unsubscribe_token(42, email))
+    assert email.encode() in legacy  # what the old links gave away
+    for token in (unsubscribe_token(SECRET, KEY), confirm_token(SECRET, KEY, now=SIGNED_AT)):
+        decoded = decoded_parts(token)
+        assert email.encode() not in decoded and b"example" not in decoded
+        assert b"42" not in decoded and "@" not in token and email not in token
 
 
 @pytest.mark.parametrize("email", [
@@ -59,48 +105,76 @@ def test_unsubscribe_token_is_url_safe_and_stable() -> None:
     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa@aa.aa",
     "\u540d\u524d@\u4f8b\u3048.jp", 'quote"back\\slash@example.org'])
 @pytest.mark.parametrize("subscriber_id", [1, 7, 123456789])
-def test_unsubscribe_token_is_what_itsdangerous_signs(subscriber_id: int, email: str) -> None:
-    # Tokens are signed without itsdangerous's per-call layers; they must stay its bytes, so
-    # links in emails already sent keep working whichever way they were signed.
+def test_links_already_sent_keep_working(subscriber_id: int, email: str) -> None:
+    # Emails sent before keys carry itsdangerous's signature over [id, address]: still valid.
+    token = legacy_unsubscribe_token(subscriber_id, email)
+    assert read_unsubscribe_token(SECRET, token) == SignedAddress(subscriber_id, email)
+
+
+@pytest.mark.parametrize("key", [KEY, new_key(), "x", "k" * KEY_LENGTH])
+def test_unsubscribe_token_is_what_itsdangerous_signs(key: str) -> None:
+    # Tokens are signed without itsdangerous's per-call key derivation; they must stay its
+    # bytes, so that they verify whichever way they were signed.
+    reference = Signer(SECRET, salt=UNSUBSCRIBE_KEY_SALT, digest_method=hashlib.sha256)
+    assert unsubscribe_token(SECRET, key) == reference.sign(key).decode()
+    assert read_unsubscribe_token(SECRET, reference.sign(key).decode()) == key
+
+
+@pytest.mark.parametrize("payload", [[1, 2], {"id": 1}, 7, "", KEY])
+def test_an_old_style_token_of_another_shape_is_refused(payload: object) -> None:
     reference = URLSafeSerializer(SECRET, salt=UNSUBSCRIBE_SALT,
                                   signer_kwargs={"digest_method": hashlib.sha256})
-    assert unsubscribe_token(SECRET, subscriber_id, email) == reference.dumps(
-        [subscriber_id, email])
+    with pytest.raises(TokenError, match="unknown format"):
+        read_unsubscribe_token(SECRET, reference.dumps(payload))
+
+
+@pytest.mark.parametrize("key", ["", "k" * (KEY_LENGTH + 1)])
+def test_a_key_of_another_length_is_refused(key: str) -> None:
+    with pytest.raises(TokenError, match="unknown format"):
+        read_unsubscribe_token(SECRET, unsubscribe_token(SECRET, key))
+
 
 @pytest.mark.parametrize("mangle", [tampered, lambda t: t[:10], lambda t: "", lambda t: t + "x"])
 def test_forged_unsubscribe_token_is_refused(mangle: object) -> None:
-    token = unsubscribe_token(SECRET, 42, "ada@example.org")
-    with pytest.raises(TokenError, match="forged or damaged"):
-        read_unsubscribe_token(SECRET, mangle(token))  # type: ignore[operator]
+    for token in (unsubscribe_token(SECRET, KEY), legacy_unsubscribe_token(42, "ada@example.org")):
+        with pytest.raises(TokenError, match="forged or damaged"):
+            read_unsubscribe_token(SECRET, mangle(token))  # type: ignore[operator]
 
 
 def test_token_from_another_secret_is_refused() -> None:
-    token = unsubscribe_token(b"another secret", 42, "ada@example.org")
+    token = unsubscribe_token(b"another secret", KEY)
     with pytest.raises(TokenError):
         read_unsubscribe_token(SECRET, token)
 
 
 def test_confirm_token_round_trips_within_its_age() -> None:
-    token = confirm_token(SECRET, 5, "bo@example.org", now=SIGNED_AT)
+    token = confirm_token(SECRET, KEY, now=SIGNED_AT)
     later = SIGNED_AT + timedelta(hours=47)
-    assert read_confirm_token(SECRET, token, 48 * 3600, now=later) == (5, "bo@example.org")
+    assert read_confirm_token(SECRET, token, 48 * 3600, now=later) == KEY
+
+
+def test_confirm_tokens_signed_before_keys_still_confirm() -> None:
+    old = URLSafeTimedSerializer(SECRET, salt=CONFIRM_SALT,
+                                 signer_kwargs={"digest_method": hashlib.sha256}).dumps(
+        [5, "bo@example.org"])
+    assert read_confirm_token(SECRET, old, 3600) == SignedAddress(5, "bo@example.org")
 
 
 def test_confirm_token_expires() -> None:
-    token = confirm_token(SECRET, 5, "bo@example.org", now=SIGNED_AT)
+    token = confirm_token(SECRET, KEY, now=SIGNED_AT)
     later = SIGNED_AT + timedelta(hours=48, seconds=1)
     with pytest.raises(TokenError, match="expired"):
         read_confirm_token(SECRET, token, 48 * 3600, now=later)
 
 
 def test_confirm_token_without_clock_uses_the_current_time() -> None:
-    token = confirm_token(SECRET, 5, "bo@example.org")
-    assert read_confirm_token(SECRET, token, 60) == (5, "bo@example.org")
+    token = confirm_token(SECRET, KEY)
+    assert read_confirm_token(SECRET, token, 60) == KEY
 
 
 def test_one_kind_of_token_is_not_accepted_as_the_other() -> None:
-    confirm = confirm_token(SECRET, 5, "bo@example.org", now=SIGNED_AT)
-    unsubscribe = unsubscribe_token(SECRET, 5, "bo@example.org")
+    confirm = confirm_token(SECRET, KEY, now=SIGNED_AT)
+    unsubscribe = unsubscribe_token(SECRET, KEY)
     with pytest.raises(TokenError):
         read_unsubscribe_token(SECRET, confirm)
     with pytest.raises(TokenError):

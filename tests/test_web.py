@@ -3,37 +3,47 @@ unsubscription, previews, limits and security headers; and `publisher serve` for
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import gzip
+import hashlib
 import os
 import queue
 import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
+import time
+import zlib
+from dataclasses import dataclass
 from datetime import date, timedelta
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import anyio
 import feedparser
 import httpx2
 import pytest
+from itsdangerous import URLSafeSerializer
 from starlette.datastructures import Headers
 from starlette.testclient import TestClient
 
 from publisher import web
 from publisher.calendar import Calendar
 from publisher.content import load_article
-from publisher.ledger import Ledger, subscriber_row
+from publisher.dispatch import send_date
+from publisher.ledger import Ledger, import_csv, new_key, subscriber_row
 from publisher.mail import Mailer, Recipient
 from publisher.site import build_site, load_calendar
-from publisher.tokens import confirm_token, unsubscribe_token
+from publisher.tokens import SECRET_ENV, UNSUBSCRIBE_SALT, confirm_token, unsubscribe_token
+from tests.fixtures import tool_missing
 from tests.fixtures.browser import (
     LOOPBACK_CLIENT,
     SECRET,
@@ -41,7 +51,9 @@ from tests.fixtures.browser import (
     TEST_ORIGIN,
     MakeWebSite,
     WebSite,
+    WriteArticle,
     link_in,
+    text_part,
     wait_for,
 )
 from tests.fixtures.smtp import SmtpSink
@@ -59,6 +71,12 @@ def status_of(ledger: Ledger, email: str) -> str | None:
 def path_of(url: str) -> str:
     """Return the path of an absolute URL, for the TestClient."""
     return urlsplit(url).path
+
+
+def form_action(page: httpx2.Response, url: str) -> str:
+    """Return the absolute address the only form of a page posts to, as shown at ``url``."""
+    [action] = re.findall(r'<form [^>]*action="([^"]*)"', page.text)
+    return urljoin(url, action)
 
 
 def sign_up(client: TestClient, email: str, name: str = "", timezone: str = "",
@@ -263,6 +281,74 @@ def test_a_rebuild_is_served_at_once_and_unchanged_files_keep_their_etag(
     assert client.get("/", headers={"if-none-match": index.headers["etag"]}).status_code == 200
 
 
+@pytest.fixture
+def curl_command() -> str:
+    """Return the path of the real curl; skip where it is missing (fail in CI)."""
+    found = shutil.which("curl")
+    if found is None:
+        tool_missing("curl is not installed (make test installs Debian's curl package)")
+    return found
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What curl got: the status, the response headers (names in lower case) and the body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def curl(command: str, url: str, folder: Path, *options: str) -> Fetched:
+    """GET ``url`` with the real curl command, as a libcurl feed reader would."""
+    headers, body = folder / "headers.txt", folder / "body"
+    body.unlink(missing_ok=True)
+    done = subprocess.run([command, "--silent", "--show-error", "--dump-header", str(headers),
+                           "--output", str(body), "--write-out", "%{http_code}", *options, url],
+                          capture_output=True, text=True, timeout=30, check=True)
+    fields = {}
+    for line in headers.read_text(encoding="latin-1").splitlines()[1:]:
+        name, _, value = line.partition(":")
+        if value:
+            fields[name.strip().lower()] = value.strip()
+    return Fetched(int(done.stdout), fields, body.read_bytes() if body.exists() else b"")
+
+
+def test_curl_gets_a_feed_rebuilt_within_the_same_second(
+        web_site: WebSite, write_article: WriteArticle, curl_command: str,
+        tmp_path: Path) -> None:
+    feed_file = web_site.config.site.output_dir / "feed.xml"
+    with web.serving(web_site.app(), web.bind("127.0.0.1", 0), access_log=False) as url:
+        feed = url + "/feed.xml"
+        for attempt in range(5):
+            time.sleep(1 - time.time() % 1)  # from the start of a second, so both builds fit
+            started = int(time.time())
+            write_article("pi", f"The first version{'.' * attempt}", title="Pi day",
+                          date="2020-03-14")
+            web_site.rebuild()
+            first = curl(curl_command, feed, tmp_path)
+            write_article("pi", f"The second version, a little longer{'.' * attempt}",
+                          title="Pi day", date="2020-03-14")
+            web_site.rebuild()
+            if int(time.time()) == started:
+                break
+        else:
+            pytest.fail("no two builds fell within one second in five tries")
+        assert first.status == 200 and b"The first version" in first.body
+        # libcurl sends both validators; given an answer whose Last-Modified is not later
+        # than its If-Modified-Since, it throws the body away and keeps the new ETag.
+        second = curl(curl_command, feed, tmp_path, "--time-cond", first.headers["last-modified"],
+                      "--header", f"If-None-Match: {first.headers['etag']}")
+        assert second.status == 200
+        assert second.body == feed_file.read_bytes()
+        assert b"The second version" in second.body
+        assert second.headers["etag"] != first.headers["etag"]
+        # The next poll, with what the reader now holds, is told nothing changed.
+        third = curl(curl_command, feed, tmp_path, "--time-cond", second.headers["last-modified"],
+                     "--header", f"If-None-Match: {second.headers['etag']}")
+        assert (third.status, third.body) == (304, b"")
+
+
 def test_a_request_during_the_swap_waits_for_the_new_folder(web_site: WebSite) -> None:
     root = web_site.config.site.output_dir
     files = web.SiteFiles(root)
@@ -321,6 +407,20 @@ def test_large_files_are_streamed_with_validators(web_site: WebSite) -> None:
 def test_no_site_folder_is_404(web_site: WebSite) -> None:
     shutil.rmtree(web_site.config.site.output_dir)
     assert web_site.client().get("/").status_code == 404
+
+
+def test_the_icon_is_served_as_an_image(web_site: WebSite) -> None:
+    response = web_site.client().get("/favicon.ico")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("image/")
+    data = response.content
+    # An icon directory (reserved 0, type 1) whose entries each point at a PNG inside the file.
+    reserved, kind, count = struct.unpack_from("<HHH", data)
+    assert (reserved, kind) == (0, 1) and count >= 1
+    for number in range(count):
+        width, height, *_, size, offset = struct.unpack_from("<BBBBHHII", data, 6 + 16 * number)
+        assert width == height and offset + size <= len(data)
+        assert data[offset:offset + 8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_subscribe_script_is_served_with_validators(web_site: WebSite) -> None:
@@ -395,7 +495,7 @@ def test_sign_up_sends_a_link_that_confirms(make_web_site: MakeWebSite, ledger: 
     shown = client.get(path_of(link))
     assert shown.status_code == 200
     assert "Yes, confirm my subscription" in shown.text
-    assert f'action="{link}"' in shown.text
+    assert form_action(shown, link) == link  # the button posts back to the same address
     assert status_of(ledger, "reader@example.org") == "pending"
 
     done = client.post(path_of(link))
@@ -407,17 +507,21 @@ def test_sign_up_sends_a_link_that_confirms(make_web_site: MakeWebSite, ledger: 
     assert client.post(path_of(link)).status_code == 200  # following it twice is harmless
 
 
+def check_same_answer_as_for_a_new_address(client: TestClient, email: str) -> None:
+    """Sign up ``email`` and a new address with the same name and zone: the answers match."""
+    for_known = sign_up(client, email, name="Someone", timezone="Asia/Tokyo")
+    for_new = sign_up(client, "fresh@example.org", name="Someone", timezone="Asia/Tokyo")
+    assert for_known.status_code == for_new.status_code == 200
+    assert (for_known.text.replace(email, "ADDRESS")
+            == for_new.text.replace("fresh@example.org", "ADDRESS"))
+
+
 def test_a_confirmed_address_gets_the_same_answer_and_nothing_else(
         make_web_site: MakeWebSite, ledger: Ledger) -> None:
     site = make_web_site(ledger)
     known, _ = ledger.add_subscriber(subscriber_row("known@example.org", "Old Name"),
                                      now=site.clock.now - timedelta(days=30))
-    client = site.client()
-    for_known = sign_up(client, "known@example.org", name="Someone Else", timezone="Asia/Tokyo")
-    for_new = sign_up(client, "fresh@example.org", name="Someone Else", timezone="Asia/Tokyo")
-    assert for_known.status_code == for_new.status_code == 200
-    assert (for_known.text.replace("known@example.org", "ADDRESS")
-            == for_new.text.replace("fresh@example.org", "ADDRESS"))
+    check_same_answer_as_for_a_new_address(site.client(), "known@example.org")
     assert ledger.find_subscriber("known@example.org") == known
     assert [m["To"].addresses[0].addr_spec for m in site.mails()] == ["fresh@example.org"]
 
@@ -432,16 +536,62 @@ def test_a_pending_address_gets_a_fresh_link(web_site: WebSite) -> None:
     assert client.post(path_of(links[0])).status_code == 200  # the first one still works
 
 
-def test_an_unsubscribed_address_can_sign_up_again(web_site: WebSite) -> None:
-    ledger = web_site.ledger
-    gone, _ = ledger.add_subscriber(subscriber_row("back@example.org"))
-    ledger.unsubscribe(gone.id, gone.email)
-    client = web_site.client()
-    sign_up(client, "back@example.org")
-    assert status_of(ledger, "back@example.org") == "pending"
-    [mail] = web_site.mails()
-    client.post(path_of(link_in(mail, web_site.config.site.base_url, "confirm")))
-    assert status_of(ledger, "back@example.org") == "confirmed"
+@pytest.mark.parametrize("leave", ["unsubscribed", "bounced"])
+def test_an_address_that_left_comes_back_only_through_its_own_link(
+        make_web_site: MakeWebSite, ledger: Ledger, leave: str) -> None:
+    site = make_web_site(ledger)
+    gone, _ = ledger.add_subscriber(subscriber_row("back@example.org", "Back", "UTC"),
+                                    now=site.clock.now - timedelta(days=30))
+    if leave == "bounced":
+        ledger.bounce(gone.id, "5.1.1 no such user")
+    else:
+        ledger.unsubscribe(gone.id, gone.email)
+    before = ledger.find_subscriber("back@example.org")
+    client = site.client()
+    check_same_answer_as_for_a_new_address(client, "back@example.org")
+    # Anyone can post the form: until the emailed link is followed nothing changes.
+    assert ledger.find_subscriber("back@example.org") == before
+    mail = next(m for m in site.mails() if m["To"].addresses[0].addr_spec == "back@example.org")
+    link = path_of(link_in(mail, site.config.site.base_url, "confirm"))
+    shown = client.get(link)
+    assert shown.status_code == 200 and "back@example.org" in shown.text
+    assert ledger.find_subscriber("back@example.org") == before
+    site.clock.advance(hours=1)
+    assert client.post(link).status_code == 200
+    back = ledger.find_subscriber("back@example.org")
+    assert back is not None
+    assert (back.status, back.name, back.timezone, back.confirmed_at, back.unsubscribed_at) == (
+        "confirmed", "Someone", "Asia/Tokyo", site.clock.now, None)
+    assert back.id == gone.id
+
+
+def test_anyone_posting_the_form_cannot_undo_an_unsubscribe(
+        make_web_site: MakeWebSite, ledger: Ledger, tmp_path: Path) -> None:
+    # The chain that undid an unsubscribe: a stranger's sign-up turned the row to pending, the
+    # purge deleted it with its suppression, an old CSV imported it again under a new id, and
+    # the old unsubscribe link then said "You are unsubscribed" while changing nothing.
+    site = make_web_site(ledger)
+    victim, _ = ledger.add_subscriber(subscriber_row("victim@example.org", "Victim"))
+    client = site.client()
+    link = mailed_unsubscribe_link(site, victim.email)
+    assert client.post(link, content=ONE_CLICK, headers=FORM).status_code == 200
+    left = ledger.find_subscriber("victim@example.org")
+    assert left is not None and left.status == "unsubscribed"
+
+    assert sign_up(client, "victim@example.org", name="Stranger").status_code == 200
+    assert ledger.find_subscriber("victim@example.org") == left
+    site.clock.advance(days=site.config.web.pending_days, hours=1)
+    assert site.app(purge=False).state.service.subscriptions.purge() == 1
+    assert ledger.find_subscriber("victim@example.org") == left
+    old_csv = tmp_path / "old.csv"
+    old_csv.write_text("email,name\nvictim@example.org,Victim\n", encoding="utf-8")
+    report = import_csv(ledger, old_csv)
+    assert (report.added, report.suppressed) == (0, [("victim@example.org", "unsubscribed")])
+    assert ledger.find_subscriber("victim@example.org") == left
+    again = client.post(link, content=ONE_CLICK, headers=FORM)
+    assert again.status_code == 200
+    assert "victim@example.org</strong> was already unsubscribed" in again.text
+    assert ledger.find_subscriber("victim@example.org") == left
 
 
 @pytest.mark.parametrize(("email", "name", "message"), [
@@ -491,7 +641,7 @@ def test_an_unsubscribe_token_does_not_confirm(web_site: WebSite) -> None:
     sign_up(client, "mixed@example.org")
     subscriber = web_site.ledger.find_subscriber("mixed@example.org")
     assert subscriber is not None
-    token = unsubscribe_token(SECRET, subscriber.id, subscriber.email)
+    token = unsubscribe_token(SECRET, str(subscriber.unsubscribe_key))
     assert client.post(f"/confirm/{token}").status_code == 400
     assert status_of(web_site.ledger, "mixed@example.org") == "pending"
 
@@ -635,9 +785,36 @@ def test_the_running_app_purges_at_start(web_site: WebSite) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+ONE_CLICK = b"List-Unsubscribe=One-Click"
+FORM = {"content-type": "application/x-www-form-urlencoded"}
+
+
 def _confirmed(site: WebSite, email: str = "member@example.org") -> tuple[int, str]:
     subscriber, _ = site.ledger.add_subscriber(subscriber_row(email, "Member"))
-    return subscriber.id, f"/unsubscribe/{unsubscribe_token(SECRET, subscriber.id, email)}"
+    token = unsubscribe_token(SECRET, str(subscriber.unsubscribe_key))
+    return subscriber.id, f"/unsubscribe/{token}"
+
+
+def legacy_link(subscriber_id: int, email: str) -> str:
+    """Return an unsubscribe path as emails sent before subscriber keys carried it."""
+    serializer = URLSafeSerializer(SECRET, salt=UNSUBSCRIBE_SALT,
+                                   signer_kwargs={"digest_method": hashlib.sha256})
+    return f"/unsubscribe/{serializer.dumps([subscriber_id, email])}"
+
+
+def mailed_unsubscribe_link(site: WebSite, email: str) -> str:
+    """Send the day's emails as `publisher send` does; return the path of ``email``'s
+    List-Unsubscribe link."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(SECRET_ENV, SECRET.decode())
+        report = send_date(site.config, SITE_DAY, clock=site.clock)
+    assert report.sent > 0, report.problems
+    for message in site.mails():
+        if message["To"].addresses[0].addr_spec == email and message["List-Unsubscribe"]:
+            url = re.search(r"<(https?://[^>]+)>", str(message["List-Unsubscribe"]))
+            assert url is not None
+            return path_of(url.group(1))
+    raise AssertionError(f"no email to {email}")
 
 
 def test_the_unsubscribe_page_changes_nothing_until_its_button(web_site: WebSite) -> None:
@@ -712,7 +889,9 @@ def test_a_forged_unsubscribe_token_is_400_and_changes_nothing(web_site: WebSite
 
 def test_a_confirm_token_does_not_unsubscribe(web_site: WebSite) -> None:
     subscriber_id, _ = _confirmed(web_site)
-    token = confirm_token(SECRET, subscriber_id, "member@example.org", now=web_site.clock.now)
+    member = web_site.ledger.get_subscriber(subscriber_id)
+    assert member is not None
+    token = confirm_token(SECRET, str(member.unsubscribe_key), now=web_site.clock.now)
     assert web_site.client().post(f"/unsubscribe/{token}").status_code == 400
     assert status_of(web_site.ledger, "member@example.org") == "confirmed"
 
@@ -720,10 +899,77 @@ def test_a_confirm_token_does_not_unsubscribe(web_site: WebSite) -> None:
 def test_unsubscribing_a_removed_address_still_answers_200(web_site: WebSite) -> None:
     _, path = _confirmed(web_site)
     web_site.ledger.remove("member@example.org")
-    response = web_site.client().post(path, content=b"List-Unsubscribe=One-Click",
-                                      headers={"content-type": "application/x-www-form-urlencoded"})
+    response = web_site.client().post(path, content=ONE_CLICK, headers=FORM)
     assert response.status_code == 200
-    assert "receives no emails" in response.text
+    assert "was already unsubscribed" in response.text
+    web_site.ledger.remove("member@example.org", forget=True)
+    response = web_site.client().post(path, content=ONE_CLICK, headers=FORM)
+    assert response.status_code == 200
+    assert "nothing was changed" in response.text
+
+
+def test_every_unsubscribe_link_old_or_new_unsubscribes_its_address(
+        make_web_site: MakeWebSite, ledger: Ledger) -> None:
+    site = make_web_site(ledger)
+    client = site.client()
+    ada, _ = ledger.add_subscriber(subscriber_row("ada@example.org", "Ada"))
+    bo, _ = ledger.add_subscriber(subscriber_row("bo@example.org"))
+    # A link from before keys, signed for an id the address no longer has (say, it was
+    # removed and imported again since): the signature vouches for the address.
+    old_path = legacy_link(ada.id + 1000, "ada@example.org")
+    shown = client.get(old_path)
+    assert shown.status_code == 200 and "ada@example.org" in shown.text
+    done = client.post(old_path, content=ONE_CLICK, headers=FORM)
+    assert done.status_code == 200
+    assert status_of(ledger, "ada@example.org") == "unsubscribed"
+    assert "ada@example.org</strong> will receive no more emails" in done.text
+    assert client.post(legacy_link(bo.id, "bo@example.org"), content=ONE_CLICK,
+                       headers=FORM).status_code == 200
+    assert status_of(ledger, "bo@example.org") == "unsubscribed"
+    new_path = f"/unsubscribe/{unsubscribe_token(SECRET, str(ada.unsubscribe_key))}"
+    again = client.post(new_path, content=ONE_CLICK, headers=FORM)
+    assert again.status_code == 200 and "was already unsubscribed" in again.text
+
+
+def test_the_unsubscribe_page_never_claims_a_change_it_did_not_make(web_site: WebSite) -> None:
+    client = web_site.client()
+
+    def check(path: str) -> None:
+        for response in (client.get(path), client.post(path, content=ONE_CLICK, headers=FORM)):
+            assert response.status_code == 200
+            assert "You are unsubscribed" not in response.text
+            assert "nothing was changed" in response.text
+            assert "<button" not in response.text.split('class="unsubscribed"')[1]
+
+    check(legacy_link(7, "stranger@example.org"))  # signed for an address never known
+    check(f"/unsubscribe/{unsubscribe_token(SECRET, new_key())}")  # a key nobody has
+    assert web_site.ledger.find_subscriber("stranger@example.org") is None
+
+
+def test_unsubscribe_links_in_emails_name_a_key_and_nothing_else(
+        make_web_site: MakeWebSite, ledger: Ledger) -> None:
+    site = make_web_site(ledger)
+    member, _ = ledger.add_subscriber(subscriber_row("member@example.org", "Member"))
+    path = mailed_unsubscribe_link(site, "member@example.org")
+    token = path.rsplit("/", 1)[1]
+    decoded = b""
+    for part in token.split("."):
+        raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        with contextlib.suppress(zlib.error):
+            raw = zlib.decompress(raw)
+        decoded += raw
+    # (Clues of five bytes or more: a short one could turn up in the random bytes by chance.)
+    for clue in (b"member", b"example", b"Member", f'[{member.id},"'.encode()):
+        assert clue not in decoded
+    assert "@" not in token and "member" not in token
+    # One token per subscriber, the same every time: a message sent again has the same bytes.
+    assert token == unsubscribe_token(SECRET, str(member.unsubscribe_key))
+    mails = [m for m in site.mails() if m["To"].addresses[0].addr_spec == member.email]
+    assert len(mails) == 2  # both of the day's articles
+    assert all(token in text_part(m) and token in str(m["List-Unsubscribe"]) for m in mails)
+    response = site.client().post(path, content=ONE_CLICK, headers=FORM)
+    assert response.status_code == 200
+    assert status_of(ledger, "member@example.org") == "unsubscribed"
 
 
 def test_the_list_unsubscribe_header_of_an_email_works(web_site: WebSite) -> None:
@@ -731,7 +977,10 @@ def test_the_list_unsubscribe_header_of_an_email_works(web_site: WebSite) -> Non
     calendar, _ = load_calendar(web_site.config)
     [event] = [e for e in calendar.events_on(SITE_DAY) if e.article.slug == "pi"]
     mailer = Mailer(web_site.config, SECRET)
-    data = mailer.edition(event).message(Recipient(subscriber_id, "member@example.org", "Member"))
+    member = web_site.ledger.get_subscriber(subscriber_id)
+    assert member is not None
+    data = mailer.edition(event).message(Recipient(subscriber_id, "member@example.org", "Member",
+                                                   unsubscribe_key=str(member.unsubscribe_key)))
     message = BytesParser(policy=policy.default).parsebytes(data)
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     url = re.search(r"<(https?://[^>]+)>", str(message["List-Unsubscribe"]))
@@ -756,8 +1005,9 @@ def test_the_preview_lists_coming_appearances(web_site: WebSite) -> None:
     text = response.text
     assert "Pi day &amp; &lt;circles&gt;" in text and "A birthday" in text
     assert "Equinox" in text  # 20 March is within 7 days of the clock's 14 March
-    assert f"{TEST_ORIGIN}/preview/email/2026-03-14/pi.html" in text
-    assert f"{TEST_ORIGIN}/preview/feeds/2026-03-20/feed.json" in text
+    # Relative to /preview/: the links stay on the host that served the listing.
+    assert 'href="../preview/email/2026-03-14/pi.html"' in text
+    assert 'href="../preview/feeds/2026-03-20/feed.json"' in text
     shorter = web_site.client().get("/preview/?from=2026-03-15&days=3").text
     assert "Equinox" not in shorter and "A birthday" not in shorter
 
@@ -876,6 +1126,46 @@ def test_subscribe_page_stands_alone(web_site: WebSite) -> None:
     assert page.status_code == 200
     assert 'class="subscribe-form"' in page.text
     assert page.headers["cache-control"] == "no-store"
+
+
+STAGING = "http://staging.example:8080"  # a name other than base_url's host
+
+
+def page_references(page_url: str, html: str) -> dict[str, list[str]]:
+    """Return the stylesheets, icons, scripts and form actions of a page, as absolute URLs."""
+    found = {
+        "stylesheet": re.findall(r'<link rel="stylesheet" href="([^"]*)"', html),
+        "icon": re.findall(r'<link rel="icon" href="([^"]*)"', html),
+        "script": re.findall(r'<script src="([^"]*)"', html),
+        "form": re.findall(r'<form [^>]*action="([^"]*)"', html),
+    }
+    return {kind: [urljoin(page_url, url) for url in urls] for kind, urls in found.items()}
+
+
+def test_service_pages_load_their_assets_from_the_host_that_served_them(
+        make_web_site: MakeWebSite) -> None:
+    web_site = make_web_site(web_table={"allowed_hosts": ["staging.example"]})
+    client = web_site.client(base_url=STAGING)
+    _, unsubscribe = _confirmed(web_site)
+    sent = sign_up(client, "reader@example.org")
+    [mail] = web_site.mails()
+    confirm = path_of(link_in(mail, web_site.config.site.base_url, "confirm"))
+    pages = {"/subscribe": client.get("/subscribe"), "/subscribe (sent)": sent,
+             "/preview/": client.get("/preview/"), unsubscribe: client.get(unsubscribe),
+             confirm: client.get(confirm), "/articles/none/here": client.get("/articles/none/here")}
+    assert [response.status_code for response in pages.values()] == [200] * 5 + [404]
+    for path, response in pages.items():
+        url = STAGING + path.split(" ")[0]
+        references = page_references(url, response.text)
+        assert len(references["stylesheet"]) == len(references["icon"]) == 1, path
+        for kind, urls in references.items():
+            for reference in urls:
+                assert reference.startswith(STAGING + "/"), (path, kind, reference)
+                if kind != "form":  # each asset is there to load, on the same host
+                    assert client.get(reference).status_code == 200, (path, reference)
+    assert page_references(STAGING + "/subscribe", pages["/subscribe"].text)["script"] == [
+        f"{STAGING}/subscribe.js"]
+    assert form_action(pages[confirm], STAGING + confirm) == STAGING + confirm
 
 
 # ---------------------------------------------------------------------------------------------

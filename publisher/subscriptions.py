@@ -1,0 +1,169 @@
+"""Joining and leaving through emailed links: sign-up, confirmation, unsubscription, purge.
+
+The rules the web service applies; what each step does to the stored subscribers (and why an
+address that left stays suppressed) is in :mod:`publisher.ledger`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from publisher import transports
+from publisher.config import Config
+from publisher.errors import PublisherError, SubscriberError, TokenError
+from publisher.ledger import (
+    Ledger,
+    PendingSignUp,
+    Subscriber,
+    check_timezone,
+    subscriber_row,
+)
+from publisher.mail import Mailer, Recipient
+from publisher.tokens import (
+    LinkSubject,
+    SignedAddress,
+    confirm_token,
+    read_confirm_token,
+    read_unsubscribe_token,
+)
+
+log = logging.getLogger(__name__)
+
+NO_LONGER_VALID = "this confirmation link is no longer valid: please subscribe again"
+
+
+def confirm_url(config: Config, token: str) -> str:
+    """Return the URL of the page that confirms a sign-up."""
+    return config.site.url(f"confirm/{token}")
+
+
+@dataclass(frozen=True)
+class SignUp:
+    """What a sign-up did: the address as stored, and the sign-up to confirm (if any)."""
+
+    email: str
+    pending: PendingSignUp | None
+
+
+@dataclass(frozen=True)
+class Unsubscribed:
+    """What following an unsubscribe link did: the address it names (if it still names one),
+    and whether this changed anything."""
+
+    email: str | None
+    changed: bool
+
+
+class Subscriptions:
+    """Double opt-in over the ledger: every answer is the same whether an address was known."""
+
+    def __init__(self, config: Config, ledger: Ledger, secret: bytes, mailer: Mailer,
+                 clock: Callable[[], datetime],
+                 open_transport: Callable[[Config], transports.Transport]
+                 = transports.open_transport) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.secret = secret
+        self.mailer = mailer
+        self.clock = clock
+        self.open_transport = open_transport
+
+    def sign_up(self, email: str, name: str | None, timezone: str | None) -> SignUp:
+        """Record a sign-up; raise SubscriberError for a bad address or name.
+
+        A confirmed address is left exactly as it is and gets no email. Any other gets a
+        confirmation link, and nothing else changes until that link is followed.
+        """
+        try:
+            zone = check_timezone(timezone)
+        except SubscriberError:
+            zone = None  # a zone the browser knows but tzdata does not: use the site's
+        row = subscriber_row(email, name, zone, status="pending")
+        return SignUp(row.email, self.ledger.add_pending(row, now=self.clock()))
+
+    def confirmation_url(self, pending: PendingSignUp) -> str:
+        """Return the signed, expiring link that confirms this sign-up."""
+        return confirm_url(self.config, confirm_token(self.secret, pending.key,
+                                                      now=self.clock()))
+
+    def send_confirmation(self, pending: PendingSignUp) -> transports.Outcome:
+        """Send the confirmation email through the configured transport and log the outcome."""
+        recipient = Recipient(pending.subscriber_id, pending.email, pending.name,
+                              pending.timezone)
+        data = self.mailer.confirmation(recipient, self.confirmation_url(pending))
+        envelope = transports.Envelope(0, self.mailer.return_path(), recipient.email, data)
+        transport = self.open_transport(self.config)
+        try:
+            outcome = next((result for _, result in transport.send([envelope])),
+                           transports.Outcome("deferred", None, "the transport reported nothing"))
+        finally:
+            transport.close()
+        if outcome.status == "sent":
+            log.info("confirmation sent to subscriber %d", recipient.subscriber_id)
+        else:
+            log.warning("confirmation to subscriber %d not sent: %s %s %s",
+                        recipient.subscriber_id, outcome.status, outcome.code or "",
+                        outcome.reply)
+        return outcome
+
+    def deliver_confirmation(self, pending: PendingSignUp) -> None:
+        """Send the confirmation after the visitor has their answer; log what goes wrong."""
+        try:
+            self.send_confirmation(pending)
+        except PublisherError as exc:
+            log.warning("confirmation to subscriber %d not sent: %s",
+                        pending.subscriber_id, exc)
+
+    def _confirm_subject(self, token: str) -> LinkSubject:
+        return read_confirm_token(self.secret, token, self.config.web.confirm_hours * 3600,
+                                  now=self.clock())
+
+    def confirm_address(self, token: str) -> str:
+        """Return the address a valid confirmation link is for; raise TokenError otherwise."""
+        subject = self._confirm_subject(token)
+        if isinstance(subject, SignedAddress):
+            return subject.email
+        found = self.ledger.find_sign_up(subject)
+        if found is None:
+            raise TokenError(NO_LONGER_VALID)
+        return found.email
+
+    def confirm(self, token: str) -> Subscriber:
+        """Confirm the sign-up a token names (idempotent); raise TokenError when it cannot."""
+        subject = self._confirm_subject(token)
+        now = self.clock()
+        subscriber = (self.ledger.confirm(subject.subscriber_id, subject.email, now=now)
+                      if isinstance(subject, SignedAddress)
+                      else self.ledger.confirm_sign_up(subject, now=now))
+        if subscriber is None or subscriber.status != "confirmed":
+            raise TokenError(NO_LONGER_VALID)
+        return subscriber
+
+    def unsubscribe_address(self, token: str) -> str | None:
+        """Return the address an unsubscribe link names, None when it names nobody now."""
+        subject = read_unsubscribe_token(self.secret, token)
+        found = (self.ledger.find_subscriber(subject.email)
+                 if isinstance(subject, SignedAddress)
+                 else self.ledger.find_unsubscribe_key(subject))
+        return found.email if found is not None else None
+
+    def unsubscribe(self, token: str) -> Unsubscribed:
+        """Unsubscribe whom a token names (idempotent); raise TokenError for a bad token.
+
+        A link made before subscribers had keys names the address it was sent to: that
+        address is unsubscribed, whatever has happened to its row since.
+        """
+        subject = read_unsubscribe_token(self.secret, token)
+        now = self.clock()
+        found, changed = (self.ledger.unsubscribe_link(email=subject.email, now=now)
+                          if isinstance(subject, SignedAddress)
+                          else self.ledger.unsubscribe_link(key=subject, now=now))
+        return Unsubscribed(found.email if found is not None else None, changed)
+
+    def purge(self) -> int:
+        """Drop sign-ups left unconfirmed for ``web.pending_days``; return how many."""
+        return self.ledger.purge_pending(timedelta(days=self.config.web.pending_days),
+                                         now=self.clock())
