@@ -160,13 +160,15 @@ connections = {connections}
 
 
 def write_csv(path: Path, count: int) -> None:
-    """Write ``count`` distinct subscribers, some named, some with a time zone."""
+    """Write ``count`` distinct subscribers in no order, some named, some with a time zone."""
     with path.open("w", encoding="utf-8") as out:
         out.write("email,name,timezone\n")
         for n in range(count):
             name = f"Reader {n}" if n % 2 else ""
             zone = ZONES[n % 9] if n % 9 < len(ZONES) else ""
-            out.write(f"reader{n}@mail{n % 97}.example.org,{name},{zone}\n")
+            # A scrambled prefix: a real list is in no order its addresses' index knows.
+            scrambled = n * 2654435761 % 2**32
+            out.write(f"{scrambled:08x}.{n}@mail{n % 97}.example.org,{name},{zone}\n")
 
 
 def enqueue_child(config_path: Path) -> None:
