@@ -36,7 +36,8 @@ system-test-deps:
 		&& { $(SUDO) env PATH="$$PATH:/usr/sbin" dovecot stop >/dev/null 2>&1 || true; }; }
 
 ## system-bench-deps: Debian packages the benchmarks drive (wrk, for benchmarks/web.py;
-## postfix's smtp-sink and smtp-source, for benchmarks/send.py; hugo, for benchmarks/build.py).
+## postfix's smtp-sink and smtp-source, for benchmarks/send.py and million.py; hugo, for
+## benchmarks/build.py).
 ## Postfix is installed unconfigured ("No configuration"): its mail daemon never starts, and a
 ## daemon started by an earlier install is stopped.
 system-bench-deps:
@@ -59,6 +60,7 @@ bench: $(STAMP) system-bench-deps
 	$(PY) benchmarks/calendar_day.py
 	$(PY) benchmarks/send.py --memory
 	$(PY) benchmarks/send.py --rtt 20 --connections 1,16,64
+	$(PY) benchmarks/million.py --rtt 20
 	$(PY) benchmarks/mail_messages.py
 	$(PY) benchmarks/tick.py
 	$(PY) benchmarks/web.py

@@ -494,8 +494,7 @@ def delivery_status(config: Config, day: date | None = None, *, limit: int = 50,
                     now: datetime | None = None) -> Status:
     """Return delivery counts and failures (for the events of ``day``, or all)."""
     with Ledger.open(config.state.database_url, read_only=True) as ledger:
-        # Messages accepted by a sender that has not folded them in yet (still sending, or
-        # died) count as sent, as they will once folded.
-        ledger.settle()
+        # Read only: messages accepted by a sender that has not folded them in yet (still
+        # sending, or died) count as sent, as they will once folded.
         return Status(day, ledger.delivery_counts(day), ledger.problems(day, limit),
                       ledger.subscriber_counts(), ledger.count_due(now or utcnow()))

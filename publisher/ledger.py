@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import enum
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -22,13 +23,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TextIO, cast
+from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     Connection,
@@ -62,9 +63,10 @@ from sqlalchemy import (
     select,
     text,
     true,
+    union_all,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 from sqlalchemy.pool import QueuePool, StaticPool
@@ -75,10 +77,17 @@ from publisher.config import SUBSCRIBER_STATUSES as SUBSCRIBER_STATUSES
 from publisher.config import SubscriberStatus as SubscriberStatus
 from publisher.errors import LedgerError, SubscriberError
 
+if TYPE_CHECKING:
+    from email_validator import ValidatedEmail
+
 DeliveryStatus = Literal["pending", "sending", "sent", "deferred", "failed", "skipped"]
 NAME_LENGTH = 200
 BUSY_TIMEOUT_MS = 30_000
-IMPORT_CHUNK = 500
+# Rows imported per transaction. Addresses (and unsubscribe keys) arrive in no order, so each
+# transaction rewrites pages all over their indexes: a million rows wrote 12 GB of log in
+# chunks of 5,000 and 2 GB in chunks of 50,000 (about 90 MB of memory). PostgreSQL takes at
+# most 65,535 values in one statement, and a chunk's addresses are looked up in one.
+IMPORT_CHUNK = 50_000
 STREAM_CHUNK = 500
 # Any constant works: it only has to be the same in every process that migrates this database.
 _MIGRATION_LOCK = 0x70756201
@@ -180,6 +189,7 @@ deliveries = Table(
         name="ck_deliveries_status"),
     Index("ix_deliveries_due", "status", "next_attempt_at"),
     Index("ix_deliveries_subscriber", "subscriber_id"),
+    # Replaced by a covering index in a later version (_index_event_states).
     Index("ix_deliveries_event_on", "event_on"),
 )
 
@@ -296,8 +306,18 @@ def _create_returns(conn: Connection) -> None:
     returns.create(conn)
 
 
+def _index_event_states(conn: Connection) -> None:
+    # The counts per event and state (`publisher status`) read this index alone instead of
+    # every delivery row: 0.03 s for 100,000 deliveries, where the index on the day alone took
+    # 0.47 s. It serves the day's lookups as the index it replaces did. Written as SQL rather
+    # than an Index on the table, which version 1 would then create on a new database.
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_deliveries_event_status "
+                      "ON deliveries (event_on, slug, year, status)"))
+    conn.execute(text("DROP INDEX IF EXISTS ix_deliveries_event_on"))
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
-    _create_v1, _create_v2, _create_v3, _create_returns)
+    _create_v1, _create_v2, _create_v3, _create_returns, _index_event_states)
 
 
 class AllZones(enum.Enum):
@@ -457,15 +477,50 @@ class ReturnCount:
 
 def normalise_address(value: str) -> str:
     """Check an address's syntax (no DNS) and return its unique, lower-case form."""
-    try:
-        # No SMTPUTF8: a non-ASCII local part cannot be written in the To header we send, so it
-        # is refused here, where the operator or the subscriber sees why.
-        info = validate_email(value.strip(), check_deliverability=False, allow_smtputf8=False)
-    except EmailNotValidError as exc:
-        raise SubscriberError(str(exc), field="email") from None
+    text = value.strip()
+    # Most addresses are plain ASCII: their local part needs only a pattern, and their domain
+    # the full check once per import rather than once per address (email-validator's check of
+    # a domain costs ~100 us, the pattern ~1 us). Anything else takes the full check.
+    plain = _PLAIN_ADDRESS.fullmatch(text)
+    if plain is not None and len(text) <= _MAX_ADDRESS:
+        domain = _plain_domain(plain[2].lower())
+        if domain is not None:
+            return f"{plain[1]}@{domain}".lower()
+    info = _validate(text)
     # An internationalised domain is stored in its ASCII (punycode) form, so one person cannot
     # subscribe twice under two spellings of one domain.
     return (info.ascii_email or info.normalized).lower()
+
+
+# email-validator's dot-atom (RFC 5322) local part, and a domain of ASCII letters, digits,
+# dots and hyphens: a subset of what email-validator accepts, left unchanged but for case.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_ADDRESS = re.compile(rf"({_ATEXT}(?:\.{_ATEXT})*)@([A-Za-z0-9.-]+)")
+_MAX_ADDRESS = 254  # RFC 5321's limit, which email-validator applies to the whole address
+
+
+@functools.lru_cache(maxsize=4096)
+def _plain_domain(domain: str) -> str | None:
+    # None: refused, or written in punycode (whose Unicode form may differ in length); the
+    # full check then gives the verdict and its reason.
+    try:
+        info = _validate(f"a@{domain}")
+    except SubscriberError:
+        return None
+    return info.ascii_domain if info.domain == info.ascii_domain else None
+
+
+def _validate(text: str) -> ValidatedEmail:
+    # Imported on first use: commands that read the ledger without checking an address
+    # (`publisher status`) need not compile its Unicode tables.
+    from email_validator import EmailNotValidError, validate_email
+
+    try:
+        # No SMTPUTF8: a non-ASCII local part cannot be written in the To header we send, so it
+        # is refused here, where the operator or the subscriber sees why.
+        return validate_email(text, check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        raise SubscriberError(str(exc), field="email") from None
 
 
 def clean_name(value: str | None) -> str | None:
@@ -546,6 +601,8 @@ def _finish_statement(*, held: bool) -> Update:
     return update(deliveries).where(*condition).values(**values)
 
 
+# Marks, among delivery counts, the messages accepted but not yet folded in.
+_ACCEPTED = "accepted"
 # "sent" is recorded whoever holds the lease; other outcomes only by the lease holder.
 _FINISH_SENT = _finish_statement(held=False)
 _FINISH_HELD = _finish_statement(held=True)
@@ -641,12 +698,27 @@ class _DriverStatement:
 
     def run(self, values: dict[str, Any]) -> int:
         """Run the statement in a transaction of its own; return how many rows it changed."""
-        params = dict(self.constants)
-        for name, process in self.processors.items():
-            params[name] = process(values[name])
-        arguments = (params if self.positions is None
-                     else [params[name] for name in self.positions])
+        (arguments,) = self.arguments([values])
         return self._run(arguments)
+
+    def arguments(self, rows: Iterable[dict[str, Any]], shared: dict[str, Any] | None = None
+                  ) -> list[Any]:
+        """Return the driver's parameters for each row; values ``shared`` by all are bound once.
+
+        Binding a value (a timestamp, say) costs more than SQLite takes to insert a short row.
+        """
+        base = dict(self.constants)
+        for name, value in (shared or {}).items():
+            base[name] = self.processors[name](value)
+        own = [(name, process) for name, process in self.processors.items() if name not in base]
+        found: list[Any] = []
+        for values in rows:
+            params = dict(base)
+            for name, process in own:
+                params[name] = process(values[name])
+            found.append(params if self.positions is None
+                         else tuple(params[name] for name in self.positions))
+        return found
 
     def _run(self, arguments: Any) -> int:
         for attempt in (1, 2):
@@ -838,13 +910,24 @@ class Ledger:
             raise LedgerError(f"database error: {_first_line(exc)}") from exc
 
     def _insert(self, table: Table) -> Any:
-        module = postgresql if self.dialect == "postgresql" else sqlite
-        return module.insert(table)
+        if self.dialect == "postgresql":
+            # Imported here: the dialect takes a tenth of a second to import, which every
+            # command opening an SQLite ledger (`publisher status`, say) would pay for nothing.
+            from sqlalchemy.dialects import postgresql
+
+            return postgresql.insert(table)
+        return sqlite.insert(table)
 
     # -- schema --------------------------------------------------------------------------------
 
     def migrate(self) -> int:
         """Apply the migration steps not yet recorded; return the schema version."""
+        # Every command opens the ledger, many while another process writes: looking without
+        # the write lock first spares them waiting for a long write (queueing a million
+        # deliveries) to end.
+        with suppress(LedgerError):  # unreadable so: the write below says why
+            if self._applied() == set(range(1, len(MIGRATIONS) + 1)):
+                return len(MIGRATIONS)
         with self._write() as conn:
             if self.dialect == "postgresql":
                 # Two processes opening a fresh database at once: the second waits here, then
@@ -862,6 +945,12 @@ class Ledger:
                     conn.execute(schema_migrations.insert().values(
                         version=version, applied_at=utcnow()))
             return len(MIGRATIONS)
+
+    def _applied(self) -> set[int]:
+        with self._read() as conn:
+            if not inspect(conn).has_table(schema_migrations.name):
+                return set()
+            return set(conn.scalars(select(schema_migrations.c.version)))
 
     def schema_version(self) -> int:
         """Return the newest applied migration."""
@@ -924,22 +1013,34 @@ class Ledger:
             assert updated is not None
             return updated, outcome
 
+    @functools.cached_property
+    def _insert_new(self) -> _DriverStatement:
+        # Compiled on first use: most commands never import.
+        status = bindparam("status", type_=String())
+        now = bindparam("now", type_=UtcDateTime())
+        statement: UpdateBase = self._insert(subscribers).values(
+            email=bindparam("email", type_=String()), name=bindparam("name", type_=String()),
+            timezone=bindparam("timezone", type_=String()), status=status,
+            # Named here: the column's default is made by SQLAlchemy, which this bypasses.
+            unsubscribe_key=bindparam("unsubscribe_key", type_=String()),
+            created_at=now, updated_at=now, confirmed_at=case((status == "confirmed", now)),
+            unsubscribed_at=case((or_(status == "unsubscribed", status == "bounced"), now)),
+        ).on_conflict_do_nothing(index_elements=["email"])
+        return _DriverStatement(statement, self._held)
+
     def insert_new(self, rows: Sequence[SubscriberRow], now: datetime | None = None) -> int:
         """Insert the rows whose address is not known yet; return how many were new."""
         if not rows:
             return 0
-        now = now or utcnow()
-        values = [{
-            "email": r.email, "name": r.name, "timezone": r.timezone, "status": r.status,
-            "created_at": now, "updated_at": now,
-            "confirmed_at": now if r.status == "confirmed" else None,
-            "unsubscribed_at": now if r.status in ("unsubscribed", "bounced") else None,
-        } for r in rows]
+        # Straight to the driver, one statement run for every row (executemany) with the
+        # timestamp bound once: through SQLAlchemy, binding each row's values cost three times
+        # SQLite's own work.
+        statement = self._insert_new
+        arguments = statement.arguments(
+            ({"email": r.email, "name": r.name, "timezone": r.timezone, "status": r.status,
+              "unsubscribe_key": new_key()} for r in rows), {"now": now or utcnow()})
         with self._write() as conn:
-            result = conn.execute(
-                self._insert(subscribers).values(values)
-                .on_conflict_do_nothing(index_elements=["email"]))
-            return int(result.rowcount)
+            return int(conn.exec_driver_sql(statement.sql, arguments).rowcount)
 
     def add_pending(self, row: SubscriberRow, now: datetime | None = None
                     ) -> PendingSignUp | None:
@@ -1152,10 +1253,22 @@ class Ledger:
 
     def subscriber_zones(self) -> list[str | None]:
         """Return the distinct time zones of confirmed subscribers (None: the site's zone)."""
+        confirmed = subscribers.c.status == "confirmed"
+        # Zone after zone, each the smallest after the one before, through the index on
+        # (status, zone): a few lookups per zone, where DISTINCT reads every subscriber's entry
+        # (0.13 s for a million, at each of the daemon's ticks).
+        first = select(func.min(subscribers.c.timezone)).where(confirmed)
+        zones = first.cte("zones", recursive=True)
+        after = (select(func.min(subscribers.c.timezone))
+                 .where(confirmed, subscribers.c.timezone > zones.c[0]).scalar_subquery())
+        zones = zones.union_all(select(after).where(zones.c[0].is_not(None)))
+        without = exists().where(confirmed, subscribers.c.timezone.is_(None))
         with self._read() as conn:
-            return list(conn.scalars(
-                select(subscribers.c.timezone).where(subscribers.c.status == "confirmed")
-                .distinct()))
+            found: list[str | None] = list(conn.scalars(
+                select(zones.c[0]).where(zones.c[0].is_not(None))))
+            if conn.scalar(select(without)):
+                found.append(None)
+            return found
 
     # -- deliveries ----------------------------------------------------------------------------
 
@@ -1230,9 +1343,15 @@ class Ledger:
 
     def count_due(self, now: datetime | None = None) -> int:
         """Return how many deliveries could be claimed now."""
+        expired, *waiting = self._due_queues(now or utcnow())
+        # A dead sender's accepted messages are not due: the next claim marks them sent.
+        unfolded = exists().where(accepted.c.delivery_id == deliveries.c.id)
+        # Queue by queue: each count then reads only the due index, where one count of rows
+        # meeting any of the conditions reads every due row itself.
+        counts = [select(func.count()).select_from(deliveries).where(queue).scalar_subquery()
+                  for queue in (and_(expired, ~unfolded), *waiting)]
         with self._read() as conn:
-            return int(conn.scalar(select(func.count()).select_from(deliveries)
-                                   .where(self._due(now or utcnow()))) or 0)
+            return sum(int(n or 0) for n in conn.execute(select(*counts)).one())
 
     def expire(self, now: datetime | None = None) -> tuple[int, int]:
         """Give up on deliveries past their give-up time; return (skipped, failed) counts."""
@@ -1379,16 +1498,33 @@ class Ledger:
             return bool(changed)
 
     def delivery_counts(self, day: date | None = None) -> list[DeliveryCount]:
-        """Return delivery counts per event and state (for events of ``day``, or all)."""
-        query = (select(deliveries.c.event_on, deliveries.c.slug, deliveries.c.year,
-                        deliveries.c.status, func.count())
-                 .group_by(deliveries.c.event_on, deliveries.c.slug, deliveries.c.year,
-                           deliveries.c.status)
-                 .order_by(deliveries.c.event_on, deliveries.c.slug, deliveries.c.status))
-        if day is not None:
-            query = query.where(deliveries.c.event_on == day)
+        """Return delivery counts per event and state (for events of ``day``, or all).
+
+        A message the server accepted counts as sent even before a sender folds its record
+        in, so that reading the counts writes nothing and never waits for a writer.
+        """
+        event = (deliveries.c.event_on, deliveries.c.slug, deliveries.c.year)
+        condition = true() if day is None else deliveries.c.event_on == day
+        # Found among the rows being sent, not the day's: one event can have a million rows.
+        unfolded = (select(*event, literal(_ACCEPTED, String()), func.count())
+                    .where(deliveries.c.status == "sending",
+                           deliveries.c.id.in_(select(accepted.c.delivery_id)))
+                    .group_by(*event))
+        counts = (select(*event, deliveries.c.status, func.count()).where(condition)
+                  .group_by(*event, deliveries.c.status))
+        totals: dict[tuple[date, str, int, DeliveryStatus], int] = {}
         with self._read() as conn:
-            return [DeliveryCount(r[0], r[1], r[2], r[3], int(r[4])) for r in conn.execute(query)]
+            # One statement, so that both parts see the same moment.
+            for on, slug, year, status, count in conn.execute(union_all(counts, unfolded)):
+                if day is not None and on != day:
+                    continue
+                moves: tuple[tuple[DeliveryStatus, int], ...] = (
+                    (("sent", count), ("sending", -count)) if status == _ACCEPTED
+                    else ((status, count),))
+                for state, n in moves:
+                    key = (on, slug, year, state)
+                    totals[key] = totals.get(key, 0) + n
+        return [DeliveryCount(*key, count) for key, count in sorted(totals.items()) if count]
 
     def problems(self, day: date | None = None, limit: int = 50) -> list[Problem]:
         """Return failed and deferred deliveries with their last reply, newest first."""
@@ -1399,7 +1535,13 @@ class Ledger:
                  .where(deliveries.c.status.in_(("failed", "deferred")))
                  .order_by(deliveries.c.updated_at.desc(), deliveries.c.id).limit(limit))
         if day is not None:
-            query = query.where(deliveries.c.event_on == day)
+            on_day: ColumnElement[bool] = deliveries.c.event_on == day
+            if self.dialect == "sqlite":
+                # SQLite keeps no statistics: told that most rows are of that day, it finds the
+                # few failed and deferred ones by state rather than read each of the day's
+                # rows, maybe a million (0.33 s then).
+                on_day = func.likely(on_day, type_=Boolean())
+            query = query.where(on_day)
         with self._read() as conn:
             return [Problem(*row) for row in conn.execute(query)]
 

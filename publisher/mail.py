@@ -19,7 +19,6 @@ from urllib.parse import urljoin, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import css_inline
-import dkim
 import jinja2
 from markupsafe import Markup
 
@@ -423,6 +422,10 @@ class _DkimSigner:
     """Sign finished messages with the configured DKIM key."""
 
     def __init__(self, settings: DkimConfig, from_domain: str) -> None:
+        # Imported where used: with its DNS library it costs a fifth of a second, which every
+        # command importing this module (`publisher status`, say) would pay unsigned.
+        import dkim
+
         self.path = settings.private_key
         try:
             self.selector = settings.selector.encode("ascii")
@@ -446,6 +449,8 @@ class _DkimSigner:
 
     def sign(self, message: bytes) -> bytes:
         """Return the message with a DKIM-Signature header in front."""
+        import dkim  # loaded by __init__ already
+
         try:
             signature = dkim.sign(message, self.selector, self.domain, self.key,
                                   include_headers=[h.encode() for h in DKIM_HEADERS * 2])

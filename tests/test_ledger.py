@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -10,9 +11,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
+from publisher import ledger as ledger_module
+from publisher.config import from_mapping
+from publisher.dispatch import delivery_status
 from publisher.errors import LedgerError
 from publisher.ledger import (
     ALL_ZONES,
@@ -56,6 +60,14 @@ def statuses(ledger: Ledger) -> dict[str, int]:
     return counts
 
 
+def row_statuses(ledger: Ledger) -> dict[str, int]:
+    """Return how many delivery rows are in each state, as stored."""
+    with ledger.engine.connect() as conn:
+        rows = conn.execute(select(deliveries.c.status, func.count())
+                            .group_by(deliveries.c.status))
+        return {status: count for status, count in rows}
+
+
 # --- opening and migrations -------------------------------------------------------------------
 
 
@@ -85,6 +97,25 @@ def test_database_newer_than_the_code_is_refused(database_url: str) -> None:
                                                        applied_at=T0))
     with pytest.raises(LedgerError, match="newer than this publisher"):
         Ledger.open(database_url)
+
+
+def test_upgrade_indexes_the_counts_per_event_and_state(
+        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    step = ledger_module._index_event_states
+    before = MIGRATIONS[:MIGRATIONS.index(step)]
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", before)
+    with Ledger.open(database_url) as ledger:
+        add(ledger, 3)
+        enqueue(ledger)
+        ledger.claim("w", 1, LEASE, T0)
+    monkeypatch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS)
+    with Ledger.open(database_url) as ledger:
+        with ledger.engine.connect() as conn:
+            indexes = {i["name"]: i["column_names"]
+                       for i in inspect(conn).get_indexes("deliveries")}
+        assert indexes["ix_deliveries_event_status"] == ["event_on", "slug", "year", "status"]
+        assert "ix_deliveries_event_on" not in indexes
+        assert statuses(ledger) == {"pending": 2, "sending": 1}
 
 
 def test_sqlite_file_gets_its_folder_and_write_ahead_log(tmp_path: Path) -> None:
@@ -135,6 +166,19 @@ def test_enqueue_covers_confirmed_subscribers_once(ledger: Ledger) -> None:
         queued = set(conn.scalars(select(deliveries.c.subscriber_id)))
     assert pending.subscriber_id not in queued and ids[2] not in queued
     assert statuses(ledger) == {"pending": 3}
+
+
+def test_zones_are_those_of_confirmed_subscribers(ledger: Ledger) -> None:
+    add(ledger, 2, zone="Europe/Paris")
+    add(ledger, 1, zone="America/New_York", start=10)
+    (leaving,) = add(ledger, 1, zone="Asia/Tokyo", start=20)
+    ledger.unsubscribe(leaving, "reader20@example.org", now=T0)
+    ledger.add_pending(subscriber_row("new@example.org", None, "Africa/Lagos"), now=T0)
+    ledger.add_pending(subscriber_row("unsure@example.org"), now=T0)
+    assert sorted(ledger.subscriber_zones(), key=str) == ["America/New_York", "Europe/Paris"]
+    add(ledger, 1, start=30)
+    assert sorted(ledger.subscriber_zones(), key=str) == [
+        "America/New_York", "Europe/Paris", None]
 
 
 def test_enqueue_by_zone_group(ledger: Ledger) -> None:
@@ -232,7 +276,8 @@ def test_an_accepted_message_is_sent_once_folded_in(ledger: Ledger) -> None:
     accepted_at = T0 + timedelta(seconds=5)
     ledger.record_sent(a.delivery_id, code=250, reply="250 2.0.0 queued",
                        message_id="<a@example.org>", now=accepted_at)
-    assert statuses(ledger) == {"sending": 3}  # recorded, not yet folded in
+    assert row_statuses(ledger) == {"sending": 3}  # recorded, not yet folded in
+    assert statuses(ledger) == {"sent": 1, "sending": 2}  # but counted as sent already
     assert ledger.settle() == 1
     assert ledger.settle() == 0  # folding twice changes nothing
     with ledger.engine.connect() as conn:
@@ -257,6 +302,57 @@ def test_a_dead_workers_accepted_messages_are_never_claimed_again(ledger: Ledger
     assert statuses(ledger) == {"sent": 2, "sending": 1}
     with ledger.engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(accepted)) == 0
+
+
+def test_counts_and_problems_of_a_day_leave_other_days_out(ledger: Ledger) -> None:
+    add(ledger, 2)
+    enqueue(ledger)
+    later = DAY + timedelta(days=1)
+    ledger.enqueue("comet", 2024, later, due_at=T0, give_up_at=T0 + LEASE, zone=ALL_ZONES,
+                   site_zone=SITE_ZONE, now=T0)
+    claims = {(c.slug, c.subscriber_id): c for c in ledger.claim("w", 10, LEASE, T0)}
+    first, second = sorted({sid for _, sid in claims})
+    for slug in ("moon", "comet"):  # accepted, not yet folded in
+        ledger.record_sent(claims[slug, first].delivery_id, code=250, reply="250 ok",
+                           message_id=None, now=T0)
+    for slug, code in (("moon", 451), ("comet", 550)):
+        ledger.finish(claims[slug, second].delivery_id, "w", "failed", code=code,
+                      reply=f"{code} no", message_id=None, now=T0)
+    assert [(c.slug, c.status, c.count) for c in ledger.delivery_counts(DAY)] == [
+        ("moon", "failed", 1), ("moon", "sent", 1)]
+    assert [(c.event_on, c.slug, c.status) for c in ledger.delivery_counts()] == [
+        (DAY, "moon", "failed"), (DAY, "moon", "sent"),
+        (later, "comet", "failed"), (later, "comet", "sent")]
+    assert [p.code for p in ledger.problems(DAY)] == [451]
+    assert [p.code for p in ledger.problems(later)] == [550]
+
+
+def test_status_reads_while_a_long_write_holds_the_database(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with Ledger.open(url) as ledger:
+        add(ledger, 3)
+        enqueue(ledger)
+        a, *_ = ledger.claim("w", 10, LEASE, T0)
+        ledger.record_sent(a.delivery_id, code=250, reply="250 ok", message_id=None, now=T0)
+    # A process queueing a million deliveries holds the write lock for seconds; a status
+    # waiting for it would fail here after 0.2 s.
+    monkeypatch.setattr(ledger_module, "BUSY_TIMEOUT_MS", 200)
+    writer = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    try:
+        config = from_mapping({"state": {"database_url": url}}, base_dir=tmp_path)
+        now = delivery_status(config, DAY, now=T0)
+        later = delivery_status(config, DAY, now=T0 + LEASE + timedelta(seconds=1))
+    finally:
+        writer.rollback()
+        writer.close()
+    assert [(c.status, c.count) for c in now.counts] == [("sending", 2), ("sent", 1)]
+    assert now.due == 0
+    # The lease ran out: the two rows never accepted go again, the accepted one does not.
+    assert later.due == 2
+    with Ledger.open(url) as ledger:
+        assert row_statuses(ledger) == {"sending": 3}  # nothing was written
 
 
 @pytest.mark.postgres

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import csv
 import io
+import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import MetaData, Table, create_engine, insert
 
+from publisher import ledger as ledger_module
 from publisher.cli import EXIT_PROBLEMS, cli
 from publisher.errors import SubscriberError
 from publisher.ledger import (
@@ -50,6 +53,58 @@ def test_bad_addresses_name_the_field(bad: str) -> None:
     with pytest.raises(SubscriberError) as caught:
         normalise_address(bad)
     assert caught.value.field == "email"
+
+
+def _validator_verdict(value: str) -> str:
+    """Return what email-validator alone makes of an address: the stored form, or its error."""
+    try:
+        info = validate_email(value.strip(), check_deliverability=False, allow_smtputf8=False)
+    except EmailNotValidError as exc:
+        return f"error: email: {exc}"
+    return (info.ascii_email or info.normalized).lower()
+
+
+def _our_verdict(value: str) -> str:
+    try:
+        return normalise_address(value)
+    except SubscriberError as exc:
+        return f"error: {exc}"
+
+
+def _random_addresses(count: int) -> list[str]:
+    rng = random.Random(12)
+    # Repeated characters are drawn more often: most draws look like addresses.
+    local_chars = "a" * 200 + "Z" * 20 + "9" * 20 + "." * 8 + "_-+!#'`~%\"\\ @é"
+    label_chars = "a" * 200 + "Z" * 20 + "9" * 20 + "-" * 10 + ".é_"
+    tlds = ["org", "Com", "c1", "123", "xn--p1ai", "localhost", "test", "i", "example", ""]
+    found = []
+    for _ in range(count):
+        local = "".join(rng.choices(local_chars, k=rng.choice([1, 3, 12, 64, 65, 180, 240])))
+        labels = ["".join(rng.choices(label_chars, k=rng.choice([1, 3, 10, 63, 64])))
+                  for _ in range(rng.choice([0, 1, 1, 2, 4]))]
+        found.append(f"{local}@{'.'.join([*labels, rng.choice(tlds)])}")
+    return found
+
+
+def test_address_check_agrees_with_email_validator() -> None:
+    # Plain addresses skip most of email-validator's work; every verdict must stay its own.
+    long_local = "a" * 64
+    samples = [
+        "Ada@Example.ORG", "x.y+tag@mail.example.co.uk", "a..b@example.org", ".a@example.org",
+        "a.@example.org", "a@example..org", "a@.example.org", "a@example.org.", "a@-x.org",
+        "a@x-.org", "a@xn--bcher-kva.example", "a@XN--BCHER-KVA.example", "a@ab--cd.example",
+        "a@localhost", "a@example.test", "a@example.local", "a@b.c1", "a@b.123", "a@1.2.3.4",
+        "a@[127.0.0.1]", "\"quoted\"@example.org", "Ada <ada@example.org>", "info@Example.org",
+        "a b@example.org", "a@ex ample.org", "a@exämple.org", "ä@example.org",
+        f"{long_local}@example.org", f"{long_local}x@example.org",
+        f"{'b' * 240}@example.org", f"{'b' * 241}@example.org", f"{'c' * 250}@ex.org",
+        f"a@{'d' * 63}.org", f"a@{'d' * 64}.org", f"a@{('e' * 62 + '.') * 4}org",
+        # Short in punycode, too long once the domain is written in Unicode.
+        f"{'f' * 200}@xn--fiqaaaaaaaaaaaaaaaaaaa.org",
+        "POSTMASTER@EXAMPLE.ORG", "a@example.org\n", "\ta@example.org",
+    ]
+    for address in samples + _random_addresses(3000):
+        assert _our_verdict(address) == _validator_verdict(address), address
 
 
 def test_names_lose_control_characters_and_line_breaks() -> None:
@@ -353,6 +408,30 @@ def test_import_reports_suppressed_addresses_and_leaves_them_out(
     assert (report.added, report.resubscribed, report.suppressed) == (1, 2, [])
     found = ledger.find_subscriber("ada@example.org")
     assert found is not None and (found.status, found.name) == ("confirmed", "Someone")
+
+
+def test_import_in_chunks_keeps_the_first_of_each_address_and_its_dates(
+        ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ledger_module, "IMPORT_CHUNK", 3)  # rows 1-3, 4-6, 7
+    rows = ("email,name,status\n"
+            "ada@example.org,Ada,\nbob@example.org,Bob,unsubscribed\n"
+            "ADA@example.org,Ada Again,\ncy@example.org,Cy,bounced\n"
+            "dee@example.org,Dee,confirmed\nbob@example.org,Bob Again,\n"
+            "dee@example.org,Dee Again,\n")
+    report = import_csv(ledger, write_csv(tmp_path, rows), now=T0)
+    assert (report.added, report.unchanged) == (4, 2)
+    assert report.suppressed == [("bob@example.org", "unsubscribed")]
+    stored = {s.email: s for s in ledger.iter_subscribers()}
+    assert {email: (s.name, s.status, s.created_at, s.updated_at, s.confirmed_at,
+                    s.unsubscribed_at) for email, s in stored.items()} == {
+        "ada@example.org": ("Ada", "confirmed", T0, T0, T0, None),
+        "bob@example.org": ("Bob", "unsubscribed", T0, T0, None, T0),
+        "cy@example.org": ("Cy", "bounced", T0, T0, None, T0),
+        "dee@example.org": ("Dee", "confirmed", T0, T0, T0, None),
+    }
+    # Each has a key of its own for its unsubscribe links.
+    keys = {s.unsubscribe_key for s in stored.values()}
+    assert None not in keys and len(keys) == 4
 
 
 def test_headerless_csv_reads_columns_in_order(ledger: Ledger, tmp_path: Path) -> None:
