@@ -14,7 +14,11 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
+import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 CHUNK = 65536
 
@@ -77,6 +81,33 @@ async def serve(listen: int, target: int, rtt_ms: float, seconds: float) -> None
     async with server:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopped.wait(), seconds)
+
+
+def free_port() -> int:
+    """Return a loopback port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def relay(port: int, rtt_ms: float) -> Iterator[int]:
+    """Yield the port of this proxy, run in a process of its own, to ``port`` (or ``port``)."""
+    if not rtt_ms:
+        yield port
+        return
+    listen = free_port()
+    process = subprocess.Popen([sys.executable, str(Path(__file__)), "--listen", str(listen),
+                                "--to", str(port), "--rtt", str(rtt_ms), "--seconds", "1800"],
+                               stdout=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != "ready":
+            raise SystemExit("the latency proxy did not start")
+        yield listen
+    finally:
+        process.terminate()
+        process.wait()
 
 
 def main() -> None:

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from latency import relay
 from send import DAY, ROOT, article_text, body_for, free_port, message_size, sink, tool
 
 PUBLISHER = [sys.executable, "-m", "publisher"]
@@ -245,22 +246,15 @@ def proxied_projection(args: argparse.Namespace, folder: Path, sink_port: int) -
     """Send through a latency proxy with many connections, stop early, project the total.
 
     The "20 ms proxy, 64 connections, stopped after 100,000 messages" run: ``smtp-sink``
-    behind the proxy of ``benchmarks/rtt.py`` adding ``--rtt`` ms of round trip, and
+    behind the proxy of ``benchmarks/latency.py`` adding ``--rtt`` ms of round trip, and
     ``publisher send`` with ``--rtt-connections`` connections on a copy of the imported ledger,
     interrupted (as by Ctrl-C) once ``--rtt-stop-after`` messages are accepted. The projected
     total is the time to the first accepted message (queueing) plus every message at the rate
-    measured after it. The proxy is expected as ``rtt.latency_proxy(port, seconds)``: a
-    context manager forwarding to ``port`` with ``seconds`` of round trip, yielding its own port.
+    measured after it.
     """
-    try:
-        from rtt import latency_proxy  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        print(f"{args.rtt:g} ms proxy, {args.rtt_connections} connections: not measured "
-              "(benchmarks/rtt.py, the latency proxy, is not there)")
-        return
     stop_after = min(args.rtt_stop_after, args.subscribers)
     site = folder / "proxied"  # holds a copy of the ledger as imported
-    with latency_proxy(sink_port, args.rtt / 1000) as proxy_port:
+    with relay(sink_port, args.rtt) as proxy_port:
         config = write_site(site, proxy_port, args.body, args.rtt_connections)
         started = time.perf_counter()
         process = subprocess.Popen([*PUBLISHER, "--config", str(config), "send", "--date",

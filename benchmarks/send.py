@@ -42,6 +42,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
+from latency import free_port, relay
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -56,13 +58,6 @@ BENCHMARKS = Path(__file__).resolve().parent
 def tool(name: str) -> str | None:
     """Return the path of a postfix tool (they live in /usr/sbin), or None."""
     return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SBIN))
-
-
-def free_port() -> int:
-    """Return a loopback port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @contextmanager
@@ -355,26 +350,6 @@ def print_distant_targets(rtt: float, ratios: dict[int, float], memory: dict[int
         growth = memory[most] / memory[1]
         print(f"peak PSS with {most} connections / with 1: {growth:.2f} (target <= 1.3: "
               f"{met(growth <= 1.3)})")
-
-
-@contextmanager
-def relay(port: int, rtt: float) -> Iterator[int]:
-    """Yield the port of a latency proxy to ``port`` (benchmarks/latency.py), or ``port``."""
-    if not rtt:
-        yield port
-        return
-    listen = free_port()
-    process = subprocess.Popen([sys.executable, str(BENCHMARKS / "latency.py"), "--listen",
-                                str(listen), "--to", str(port), "--rtt", str(rtt),
-                                "--seconds", "1800"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert process.stdout is not None
-        if process.stdout.readline().strip() != "ready":
-            raise SystemExit("the latency proxy did not start")
-        yield listen
-    finally:
-        process.terminate()
-        process.wait()
 
 
 def memory(args: argparse.Namespace, port: int) -> None:
