@@ -119,6 +119,7 @@ class EmailConfig:
     give_up_hours: int
     unsubscribe_mailto: str | None
     confirm_subject: str = "Confirm your subscription to {{ site.title }}"
+    digest_subject: str = "{{ site.title }}: {{ day|longdate }}"
     bounce_address: str | None = None
 
 
@@ -430,6 +431,7 @@ def _email(t: _Table, base: Path, site: SiteConfig) -> EmailConfig:
         give_up_hours=t.number("give_up_hours", 48, minimum=1),
         unsubscribe_mailto=t.optional_text("unsubscribe_mailto"),
         confirm_subject=t.text("confirm_subject", EmailConfig.confirm_subject),
+        digest_subject=t.text("digest_subject", EmailConfig.digest_subject),
         bounce_address=_bounce_address(t),
     )
 

@@ -6,13 +6,14 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 
 from publisher.calendar import Calendar, Event
 from publisher.config import Config
 from publisher.content import Article, load_articles
+from publisher.digest import digest_edition
 from publisher.errors import PublisherError, SubscriberError
 from publisher.ledger import (
     ALL_ZONES,
@@ -25,6 +26,7 @@ from publisher.ledger import (
     utcnow,
 )
 from publisher.mail import Edition, Mailer, Recipient
+from publisher.preferences import DeliveryGroup
 from publisher.tokens import load_secret
 from publisher.transports import Envelope, Outcome, Stop, Transport, open_transport
 
@@ -135,20 +137,35 @@ def worker_name() -> str:
 
 
 def enqueue_event(ledger: Ledger, event: Event, due_at: datetime, zone: ZoneChoice,
-                  site_zone: str, *, give_up_after: timedelta,
-                  now: datetime | None = None) -> int:
-    """Queue ``event`` for the confirmed subscribers of ``zone``; return how many rows were new."""
+                  site_zone: str, *, give_up_after: timedelta, now: datetime | None = None,
+                  groups: Sequence[DeliveryGroup] | None = None,
+                  site_time: time | None = None) -> int:
+    """Queue ``event`` for the confirmed subscribers of ``zone`` (or ``groups``) who want it.
+
+    Return how many rows were new.
+    """
     return ledger.enqueue(event.article.slug, event.year, event.on, due_at=due_at,
                           give_up_at=due_at + give_up_after, zone=zone, site_zone=site_zone,
-                          now=now)
+                          now=now, groups=groups, site_time=site_time,
+                          years_since=event.years_since, tags=event.article.tags)
+
+
+def enqueue_digests(ledger: Ledger, day: date, due_at: datetime, *, give_up_after: timedelta,
+                    now: datetime | None = None) -> int:
+    """Queue the digest of local date ``day`` for whoever has appearances waiting in one."""
+    return ledger.enqueue_digests(day, due_at=due_at, give_up_at=due_at + give_up_after,
+                                  now=now)
 
 
 def skip_event(ledger: Ledger, event: Event, due_at: datetime, zone: ZoneChoice,
-               site_zone: str, reason: str, now: datetime | None = None) -> int:
+               site_zone: str, reason: str, now: datetime | None = None, *,
+               groups: Sequence[DeliveryGroup] | None = None,
+               site_time: time | None = None) -> int:
     """Record ``event`` as skipped for the subscribers of ``zone`` that never got it."""
     return ledger.enqueue(event.article.slug, event.year, event.on, due_at=due_at,
                           give_up_at=due_at, zone=zone, site_zone=site_zone, status="skipped",
-                          reason=reason, now=now)
+                          reason=reason, now=now, groups=groups, site_time=site_time,
+                          years_since=event.years_since, tags=event.article.tags)
 
 
 class _Batch:
@@ -181,6 +198,8 @@ class _Sender:
         self.stop = stop
         self.articles: dict[str, Article] = {a.slug: a for a in calendar.articles}
         self.editions: dict[tuple[str, int], Edition | str] = {}
+        # Digests by the appearances they hold: subscribers with the same day share one.
+        self.digests: dict[tuple[tuple[str, int, date], ...], Edition | str] = {}
         self.batches: list[_Batch] = []  # claimed, not yet closed
         self.in_flight: dict[int, tuple[_Batch, str]] = {}  # delivery id: batch, Message-ID
         self.unreachable = False
@@ -197,28 +216,58 @@ class _Sender:
             self.editions[key] = self._build(claim)
         return self.editions[key]
 
-    def _build(self, claim: Claim) -> Edition | str:
-        article = self.articles.get(claim.slug)
+    def _event(self, slug: str, on: date) -> Event | str:
+        article = self.articles.get(slug)
         if article is None:
-            problem = f"article {claim.slug!r} is not among the loaded articles"
-        elif article.date > claim.event_on:
-            problem = f"article {claim.slug!r} is now dated after {claim.event_on}"
+            return f"article {slug!r} is not among the loaded articles"
+        if article.date > on:
+            return f"article {slug!r} is now dated after {on}"
+        return Event(article, on, on.year - article.date.year)
+
+    def _build(self, claim: Claim) -> Edition | str:
+        event = self._event(claim.slug, claim.event_on)
+        if isinstance(event, str):
+            problem = event
         else:
             try:
-                built = self.mailer.edition(
-                    Event(article, claim.event_on, claim.event_on.year - article.date.year))
+                built = self.mailer.edition(event)
             except PublisherError as exc:
                 problem = f"cannot build the email for {claim.slug} {claim.year}: {exc}"
             else:
-                if built.size_warning:
-                    self.report.warnings.append(built.size_warning)
-                return built
+                return self._built(built)
         self.report.problems.append(problem)
         return problem
 
+    def _built(self, edition: Edition) -> Edition:
+        if edition.size_warning:
+            self.report.warnings.append(edition.size_warning)
+        return edition
+
+    def digest(self, claim: Claim) -> Edition | str:
+        """Return the digest of a claim's appearances, built once per distinct set."""
+        if claim.items not in self.digests:
+            events = [self._event(slug, on) for slug, _, on in claim.items]
+            problems = [event for event in events if isinstance(event, str)]
+            if not claim.items:
+                problems.append(f"the digest of {claim.event_on} holds no appearance")
+            if problems:
+                problem = f"cannot build the digest of {claim.event_on}: {problems[0]}"
+                self.report.problems.append(problem)
+                self.digests[claim.items] = problem
+            else:
+                try:
+                    self.digests[claim.items] = self._built(digest_edition(
+                        self.mailer, [e for e in events if isinstance(e, Event)],
+                        claim.event_on))
+                except PublisherError as exc:
+                    problem = f"cannot build the digest of {claim.event_on}: {exc}"
+                    self.report.problems.append(problem)
+                    self.digests[claim.items] = problem
+        return self.digests[claim.items]
+
     def build(self, claim: Claim) -> tuple[Envelope, str] | Outcome:
         """Return a claim's envelope and Message-ID, or the outcome that replaces sending."""
-        edition = self.edition(claim)
+        edition = self.digest(claim) if claim.is_digest else self.edition(claim)
         if isinstance(edition, str):
             # The operator can fix the article or template: retry on the usual schedule.
             return Outcome("deferred", None, edition)
@@ -437,6 +486,7 @@ def send_date(config: Config, day: date | None = None, *, dry_run: bool = False,
                                    give_up_after=policy.give_up_after, now=now)
             report.events.append(EventSummary(event.article.slug, event.year,
                                               event.article.title, queued))
+        enqueue_digests(ledger, day, now, give_up_after=policy.give_up_after, now=now)
         send_all(config, ledger, mailer, calendar, clock, stop, policy=policy,
                  progress=progress, report=report)
     return report

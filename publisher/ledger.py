@@ -21,7 +21,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO, cast
 from urllib.parse import quote
@@ -63,6 +63,7 @@ from sqlalchemy import (
     select,
     text,
     true,
+    tuple_,
     union_all,
     update,
 )
@@ -76,6 +77,16 @@ from sqlalchemy.sql.elements import ColumnElement
 from publisher.config import SUBSCRIBER_STATUSES as SUBSCRIBER_STATUSES
 from publisher.config import SubscriberStatus as SubscriberStatus
 from publisher.errors import LedgerError, SubscriberError
+from publisher.preferences import (
+    TAGS_COLUMN_LENGTH,
+    YEARS_COLUMN_LENGTH,
+    Choices,
+    DeliveryGroup,
+    group_filter,
+    read_time,
+    tags_filter,
+    years_filter,
+)
 
 if TYPE_CHECKING:
     from email_validator import ValidatedEmail
@@ -316,8 +327,37 @@ def _index_event_states(conn: Connection) -> None:
     conn.execute(text("DROP INDEX IF EXISTS ix_deliveries_event_on"))
 
 
+# Version 6: each subscriber's choices (publisher.preferences), NULL meaning the default.
+_PREFERENCE_COLUMNS = (
+    Column("years", String(YEARS_COLUMN_LENGTH)),
+    Column("frequency", String(8)),
+    Column("send_time", String(5)),
+    Column("tags", String(TAGS_COLUMN_LENGTH)),
+)
+for _column in _PREFERENCE_COLUMNS:
+    subscribers.append_column(_column)
+# An appearance waiting in a digest: the subscriber's local date whose digest carries it.
+deliveries.append_column(Column("digest_on", Date))
+
+
+def _add_preferences(conn: Connection) -> None:
+    for column in (*_PREFERENCE_COLUMNS, deliveries.c.digest_on):
+        # Version 1 creates the deliveries table as it now stands, digest_on included.
+        if column.name in {c["name"] for c in inspect(conn).get_columns(column.table.name)}:
+            continue
+        conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} "
+                          f"{column.type.compile(dialect=conn.dialect)}"))
+    # The groups of (zone, delivery time) are found through this index, a few lookups each.
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_subscribers_status_zone_time "
+                      "ON subscribers (status, timezone, send_time)"))
+    conn.execute(text("DROP INDEX IF EXISTS ix_subscribers_status_zone"))
+    # A day's digests are made from, and settle, the appearances waiting for them.
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_deliveries_digest "
+                      "ON deliveries (digest_on, subscriber_id) WHERE digest_on IS NOT NULL"))
+
+
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
-    _create_v1, _create_v2, _create_v3, _create_returns, _index_event_states)
+    _create_v1, _create_v2, _create_v3, _create_returns, _index_event_states, _add_preferences)
 
 
 class AllZones(enum.Enum):
@@ -328,6 +368,22 @@ class AllZones(enum.Enum):
 
 ALL_ZONES = AllZones.ALL
 ZoneChoice = str | None | AllZones
+# A digest is a delivery row of its own, slug DIGEST_SLUG (no article's slug starts with "@")
+# and "year" the local date as YYYYMMDD, so that the deliveries' unique key allows one per
+# subscriber and local date. The appearances it carries wait, due at DIGEST_WAITING (never),
+# until the digest's outcome is theirs.
+DIGEST_SLUG = "@digest"
+DIGEST_WAITING = datetime(9999, 12, 31, tzinfo=UTC)
+
+
+def digest_year(day: date) -> int:
+    """Return the "year" of the digest row of a local date: the date as YYYYMMDD."""
+    return day.year * 10_000 + day.month * 100 + day.day
+
+
+def digest_day(year: int) -> date:
+    """Return the local date a digest row's "year" names."""
+    return date(year // 10_000, year // 100 % 100, year % 100)
 
 
 @dataclass(frozen=True)
@@ -344,6 +400,16 @@ class Subscriber:
     confirmed_at: datetime | None
     unsubscribed_at: datetime | None
     unsubscribe_key: str | None
+    years: str | None = None
+    frequency: str | None = None
+    send_time: str | None = None
+    tags: str | None = None
+
+    @property
+    def choices(self) -> Choices:
+        """Return what the subscriber chose (defaults where they chose nothing)."""
+        return Choices.from_columns({"years": self.years, "frequency": self.frequency,
+                                     "send_time": self.send_time, "tags": self.tags})
 
 
 @dataclass(frozen=True)
@@ -382,6 +448,13 @@ class Claim:
     name: str | None
     timezone: str | None
     unsubscribe_key: str = ""
+    # A digest's appearances, (slug, year, date) in the order they are shown; empty otherwise.
+    items: tuple[tuple[str, int, date], ...] = ()
+
+    @property
+    def is_digest(self) -> bool:
+        """Return whether this delivery is a daily digest rather than one appearance."""
+        return self.slug == DIGEST_SLUG
 
 
 @dataclass(frozen=True)
@@ -1222,6 +1295,22 @@ class Ledger:
             conn.execute(delete(signups).where(signups.c.requested_at < cutoff))
             return int(purged) + int(dropped.rowcount)
 
+    def set_choices(self, choices: Choices, *, email: str | None = None, key: str | None = None,
+                    now: datetime | None = None) -> Subscriber | None:
+        """Store a subscriber's choices, found by address or by link key; None when unknown.
+
+        What is already queued stays as it is: a change applies from the next appearance
+        queued, so nothing already sent goes again and nothing queued is lost.
+        """
+        if (key is None) == (email is None):
+            raise ValueError("give exactly one of key and email")
+        match = (subscribers.c.unsubscribe_key == key if key is not None
+                 else subscribers.c.email == normalise_address(str(email)))
+        with self._write() as conn:
+            conn.execute(update(subscribers).where(match)
+                         .values(updated_at=now or utcnow(), **choices.columns()))
+            return self._subscriber_where(conn, match)
+
     def statuses_of(self, emails: Iterable[str]) -> dict[str, SubscriberStatus]:
         """Return the status of each of these (normalised) addresses that is known."""
         with self._read() as conn:
@@ -1270,6 +1359,30 @@ class Ledger:
                 found.append(None)
             return found
 
+    def subscriber_groups(self, site_zone: str, site_time: time) -> list[DeliveryGroup]:
+        """Return the (zone, delivery time) pairs of confirmed subscribers, NULLs as the site's."""
+        confirmed = subscribers.c.status == "confirmed"
+        found: dict[DeliveryGroup, None] = {}
+        with self._read() as conn:
+            for zone in self.subscriber_zones():
+                in_zone = (subscribers.c.timezone == zone if zone is not None
+                           else subscribers.c.timezone.is_(None))
+                # Time after time within the zone, through the index on (status, zone, time).
+                column = subscribers.c.send_time
+                first = select(func.min(column)).where(confirmed, in_zone)
+                times = first.cte("times", recursive=True)
+                after = (select(func.min(column))
+                         .where(confirmed, in_zone, column > times.c[0]).scalar_subquery())
+                times = times.union_all(select(after).where(times.c[0].is_not(None)))
+                chosen: list[str | None] = list(conn.scalars(
+                    select(times.c[0]).where(times.c[0].is_not(None))))
+                if conn.scalar(select(exists().where(confirmed, in_zone, column.is_(None)))):
+                    chosen.append(None)
+                for at in chosen:
+                    found[DeliveryGroup(zone or site_zone,
+                                        read_time(at) if at is not None else site_time)] = None
+        return list(found)
+
     # -- deliveries ----------------------------------------------------------------------------
 
     @staticmethod
@@ -1285,30 +1398,91 @@ class Ledger:
     def enqueue(self, slug: str, year: int, event_on: date, *, due_at: datetime,
                 give_up_at: datetime, zone: ZoneChoice, site_zone: str,
                 status: Literal["pending", "skipped"] = "pending",
-                reason: str | None = None, now: datetime | None = None) -> int:
+                reason: str | None = None, now: datetime | None = None,
+                groups: Sequence[DeliveryGroup] | None = None, site_time: time | None = None,
+                years_since: int | None = None, tags: Sequence[str] | None = None) -> int:
         """Insert one delivery per confirmed subscriber in ``zone`` lacking one; return how many.
+
+        ``groups`` (with ``site_time``) narrows to subscribers of those zones and delivery
+        times instead of ``zone``; ``years_since`` and ``tags`` leave out those whose choices
+        do not want this appearance. A subscriber taking a daily digest gets a row that waits
+        for the digest of ``event_on`` (see :meth:`enqueue_digests`) instead of falling due.
 
         One INSERT … SELECT … ON CONFLICT DO NOTHING: subscribers never pass through Python, and
         running it again (or from two processes at once) adds nothing.
         """
         now = now or utcnow()
+        where = [subscribers.c.status == "confirmed",
+                 self._zone_condition(zone, site_zone) if groups is None
+                 else group_filter(subscribers, groups, site_zone, site_time or time(0))]
+        if years_since is not None:
+            where.append(years_filter(subscribers, years_since))
+        if tags is not None:
+            where.append(tags_filter(subscribers, tags))
+        digest = subscribers.c.frequency == "digest"
+        next_attempt: Any = literal(due_at, UtcDateTime())
+        give_up: Any = literal(give_up_at, UtcDateTime())
+        digest_on: Any = literal(None, Date())
+        if status == "pending":
+            waiting = literal(DIGEST_WAITING, UtcDateTime())
+            next_attempt = case((digest, waiting), else_=next_attempt)
+            give_up = case((digest, waiting), else_=give_up)
+            digest_on = case((digest, literal(event_on, Date())))
         source = select(
             literal(slug, String()), literal(year, Integer()), literal(event_on, Date()),
             subscribers.c.id, literal(status, String()), literal(0, Integer()),
-            literal(due_at, UtcDateTime()), literal(due_at, UtcDateTime()),
-            literal(give_up_at, UtcDateTime()), literal(reason, Text()),
-            literal(now, UtcDateTime()),
-        ).where(subscribers.c.status == "confirmed", self._zone_condition(zone, site_zone)
+            literal(due_at, UtcDateTime()), next_attempt, give_up, literal(reason, Text()),
+            literal(now, UtcDateTime()), digest_on,
+        ).where(*where
                 # Instances queueing one event at once insert the same keys; in one order they
                 # only wait for each other, in different orders (PostgreSQL's synchronised scans
                 # of a large table start mid-table) they could deadlock.
                 ).order_by(subscribers.c.id)
         columns = ["slug", "year", "event_on", "subscriber_id", "status", "attempts", "due_at",
-                   "next_attempt_at", "give_up_at", "last_reply", "updated_at"]
+                   "next_attempt_at", "give_up_at", "last_reply", "updated_at", "digest_on"]
         statement = self._insert(deliveries).from_select(columns, source).on_conflict_do_nothing(
             index_elements=["slug", "year", "subscriber_id"])
         with self._write() as conn:
             return int(conn.execute(statement).rowcount)
+
+    def enqueue_digests(self, day: date, *, due_at: datetime, give_up_at: datetime,
+                        now: datetime | None = None) -> int:
+        """Queue the digest of local date ``day`` for each subscriber with appearances waiting.
+
+        One digest per (subscriber, local date), kept so by the deliveries' unique key: a
+        digest row is (``@digest``, ``YYYYMMDD``, subscriber). Return how many were new.
+        """
+        now = now or utcnow()
+        waiting = (select(deliveries.c.subscriber_id).distinct()
+                   .where(deliveries.c.digest_on == day, deliveries.c.status == "pending",
+                          deliveries.c.next_attempt_at == DIGEST_WAITING)
+                   .order_by(deliveries.c.subscriber_id))
+        source = select(
+            literal(DIGEST_SLUG, String()), literal(digest_year(day), Integer()),
+            literal(day, Date()), waiting.subquery().c.subscriber_id,
+            literal("pending", String()), literal(0, Integer()),
+            literal(due_at, UtcDateTime()), literal(due_at, UtcDateTime()),
+            literal(give_up_at, UtcDateTime()), literal(now, UtcDateTime())
+        # SQLite would read the ON of ON CONFLICT as the join's after a bare FROM.
+        ).where(true())
+        columns = ["slug", "year", "event_on", "subscriber_id", "status", "attempts", "due_at",
+                   "next_attempt_at", "give_up_at", "updated_at"]
+        statement = self._insert(deliveries).from_select(columns, source).on_conflict_do_nothing(
+            index_elements=["slug", "year", "subscriber_id"])
+        with self._write() as conn:
+            added = int(conn.execute(statement).rowcount)
+            # An appearance that arrived after its day's digest went (the content changed, or
+            # the subscriber moved to a later time) goes alone rather than never.
+            gone = deliveries.alias("digest")
+            late = exists().where(gone.c.slug == DIGEST_SLUG,
+                                  gone.c.year == digest_year(day),
+                                  gone.c.subscriber_id == deliveries.c.subscriber_id,
+                                  gone.c.status.not_in(("pending", "deferred")))
+            conn.execute(update(deliveries).where(
+                deliveries.c.digest_on == day, deliveries.c.status == "pending",
+                deliveries.c.next_attempt_at == DIGEST_WAITING, late,
+            ).values(digest_on=None, next_attempt_at=due_at, updated_at=now))
+            return added
 
     def count_unqueued(self, slug: str, year: int, zone: ZoneChoice, site_zone: str) -> int:
         """Return how many confirmed subscribers in ``zone`` have no delivery of this event yet."""
@@ -1358,6 +1532,9 @@ class Ledger:
         now = now or utcnow()
         late = deliveries.c.give_up_at <= now
         with self._write() as conn:
+            digests = conn.execute(select(deliveries.c.id).where(
+                deliveries.c.status.in_(("pending", "deferred")), late,
+                deliveries.c.slug == DIGEST_SLUG)).scalars().all()
             skipped = conn.execute(
                 update(deliveries).where(deliveries.c.status == "pending", late)
                 .values(status="skipped", updated_at=now,
@@ -1367,6 +1544,7 @@ class Ledger:
                 .values(status="failed", updated_at=now,
                         last_reply=func.coalesce(deliveries.c.last_reply, "")
                         + " (gave up)")).rowcount
+            self._follow_digests(conn, digests, now)
         return int(skipped), int(failed)
 
     def claim(self, worker: str, limit: int, lease: timedelta,
@@ -1409,9 +1587,57 @@ class Ledger:
                 conn.execute(update(deliveries).where(deliveries.c.id.in_(gone)).values(
                     status="skipped", lease_owner=None, lease_until=None, updated_at=now,
                     last_reply="subscriber is no longer confirmed"))
+            items = self._digest_items(conn, [(r.subscriber_id, r.event_on) for r in rows
+                                              if r.slug == DIGEST_SLUG])
             return [Claim(r.id, r.slug, r.year, r.event_on, r.attempts, r.give_up_at,
-                          r.subscriber_id, r.email, r.name, r.timezone, r.unsubscribe_key or "")
+                          r.subscriber_id, r.email, r.name, r.timezone, r.unsubscribe_key or "",
+                          tuple(items.get((r.subscriber_id, r.event_on), ())))
                     for r in rows if r.subscriber_status == "confirmed"]
+
+    @staticmethod
+    def _digest_items(conn: Connection, digests: Sequence[tuple[int, date]]
+                      ) -> dict[tuple[int, date], list[tuple[str, int, date]]]:
+        # One query for a batch's digests, through the index on (digest_on, subscriber_id).
+        found: dict[tuple[int, date], list[tuple[str, int, date]]] = {}
+        if not digests:
+            return found
+        rows = conn.execute(
+            select(deliveries.c.subscriber_id, deliveries.c.digest_on, deliveries.c.slug,
+                   deliveries.c.year, deliveries.c.event_on)
+            .where(tuple_(deliveries.c.digest_on, deliveries.c.subscriber_id)
+                   .in_([(day, sid) for sid, day in digests]),
+                   deliveries.c.status == "pending",
+                   deliveries.c.next_attempt_at == DIGEST_WAITING)
+            .order_by(deliveries.c.event_on, deliveries.c.slug))
+        for sid, day, slug, year, on in rows:
+            found.setdefault((sid, day), []).append((slug, year, on))
+        return found
+
+    @staticmethod
+    def _follow_digests(conn: Connection, ids: Sequence[int], now: datetime) -> None:
+        """Give the appearances waiting in these digests their digest's final outcome."""
+        if not ids:
+            return
+        done = conn.execute(
+            select(deliveries.c.subscriber_id, deliveries.c.event_on, deliveries.c.status,
+                   deliveries.c.last_code, deliveries.c.last_reply, deliveries.c.message_id,
+                   deliveries.c.sent_at)
+            .where(deliveries.c.id.in_(ids), deliveries.c.slug == DIGEST_SLUG,
+                   deliveries.c.status.in_(("sent", "failed", "skipped")))).all()
+        if not done:
+            return
+        conn.execute(
+            update(deliveries).where(
+                deliveries.c.digest_on == bindparam("day"),
+                deliveries.c.subscriber_id == bindparam("sid"),
+                deliveries.c.status == "pending",
+                deliveries.c.next_attempt_at == DIGEST_WAITING,
+            ).values(status=bindparam("state"), last_code=bindparam("code"),
+                     last_reply=bindparam("reply"), message_id=bindparam("mid"),
+                     sent_at=bindparam("sent"), next_attempt_at=now, updated_at=now),
+            [{"day": r.event_on, "sid": r.subscriber_id, "state": r.status,
+              "code": r.last_code, "reply": r.last_reply, "mid": r.message_id,
+              "sent": r.sent_at} for r in done])
 
     def extend_lease(self, ids: Iterable[int], worker: str, until: datetime) -> int:
         """Push the lease of rows this worker still holds to ``until``."""
@@ -1467,8 +1693,13 @@ class Ledger:
         ids = conn.execute(select(accepted.c.id).order_by(accepted.c.id)
                            .with_for_update(skip_locked=True)).scalars().all()
         if ids:
+            digests = conn.execute(select(deliveries.c.id).where(
+                deliveries.c.slug == DIGEST_SLUG, deliveries.c.id.in_(
+                    select(accepted.c.delivery_id).where(accepted.c.id.in_(ids))))
+                                   ).scalars().all()
             conn.execute(_SETTLE, {"ids": ids})
             conn.execute(delete(accepted).where(accepted.c.id.in_(bindparam("ids", ids))))
+            Ledger._follow_digests(conn, digests, utcnow())
         return len(ids)
 
     def finish(self, delivery_id: int, worker: str,
@@ -1488,13 +1719,20 @@ class Ledger:
                   "reply": reply, "message_id": message_id, "retry_at": retry_at, "now": now}
         if not bounce:
             driver = self._finish_sent if status == "sent" else self._finish_held
-            return bool(driver.run(params))
+            done = bool(driver.run(params))
+            if done and status != "deferred":
+                # A digest's appearances take its outcome (failures are few: one more write).
+                with self._write() as conn:
+                    self._follow_digests(conn, [delivery_id], now)
+            return done
         statement = _FINISH_SENT if status == "sent" else _FINISH_HELD
         with self._write() as conn:
             changed = conn.execute(statement, params).rowcount
             if changed and bounce:
                 owner = select(deliveries.c.subscriber_id).where(deliveries.c.id == delivery_id)
                 self._bounce(conn, int(conn.execute(owner).scalar_one()), reply, now)
+            if changed:
+                self._follow_digests(conn, [delivery_id], now)
             return bool(changed)
 
     def delivery_counts(self, day: date | None = None) -> list[DeliveryCount]:

@@ -11,7 +11,7 @@ import re
 import textwrap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from email.utils import format_datetime, parseaddr
 from html.parser import HTMLParser
 from typing import Any, NamedTuple
@@ -52,8 +52,8 @@ log = logging.getLogger(__name__)
 # inliner's parser (which drops private-use characters). The mixed case lets a filter that changed
 # a slot (upper, title, truncate) be detected instead of leaking a half-replaced placeholder.
 _MARK = "Xq7Slot"
-NAME, EMAIL, UNSUBSCRIBE = "name", "email", "unsubscribe"
-_SLOT = re.compile(f"{_MARK}({NAME}|{EMAIL}|{UNSUBSCRIBE}){_MARK}")
+NAME, EMAIL, UNSUBSCRIBE, PREFERENCES = "name", "email", "unsubscribe", "preferences"
+_SLOT = re.compile(f"{_MARK}({NAME}|{EMAIL}|{UNSUBSCRIBE}|{PREFERENCES}){_MARK}")
 _DAMAGED_SLOT = re.compile(_MARK, re.IGNORECASE)
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
@@ -128,6 +128,15 @@ def message_id_for(slug: str, year: int, email: str, domain: str) -> str:
 def unsubscribe_url(config: Config, token: str) -> str:
     """Return the one-click unsubscribe URL served by the web service."""
     return config.site.url(f"unsubscribe/{token}")
+
+
+def preferences_url(config: Config, token: str) -> str:
+    """Return the URL of the page where a subscriber changes their choices.
+
+    It takes the unsubscribe link's token: whoever holds one may already end the subscription,
+    and each message then signs one token, not two.
+    """
+    return config.site.url(f"preferences/{token}")
 
 
 def _clean(value: str) -> str:
@@ -263,7 +272,8 @@ class _Slotted:
         for static in pieces[0::2]:
             if _DAMAGED_SLOT.search(static):
                 raise TemplateError(
-                    "a filter changed subscriber.name, subscriber.email or unsubscribe_url; "
+                    "a filter changed subscriber.name, subscriber.email, unsubscribe_url or "
+                    "preferences_url; "
                     "these are filled in per subscriber after rendering, print them as they are",
                     path=origin, field="personalisation")
         self.pieces = pieces
@@ -495,6 +505,8 @@ class Mailer:
         self._subject = compile_string(self.env, email.subject, self._origin("subject"))
         self._confirm_subject = compile_string(self.env, email.confirm_subject,
                                                self._origin("confirm_subject"))
+        self._digest_subject = compile_string(self.env, email.digest_subject,
+                                              self._origin("digest_subject"))
 
     def _origin(self, key: str) -> str:
         return f"{self.config.path or CONFIG_NAME} [email] {key}"
@@ -543,27 +555,36 @@ class Mailer:
             "body_html": Markup(absolute_links(article.body_html, web_url)),
             "body_text": reflow(article.body_text),
             "links": article_links(article.body_html, web_url),
-            "unsubscribe_url": slot(UNSUBSCRIBE),
+            "unsubscribe_url": slot(UNSUBSCRIBE), "preferences_url": slot(PREFERENCES),
         }
         # Rendering and CSS inlining are the costly part, so they run once per event for two
         # variants (with and without a name); subscriber values are left as slots, the text
         # around them is encoded once, and each message is a join of precomputed bytes.
+        named, anonymous = self.variants(context)
+        return Edition(self, event, named, anonymous)
+
+    def variants(self, context: Mapping[str, Any], *, html: str = HTML_TEMPLATE,
+                 text: str = TEXT_TEMPLATE, subject: str = "subject"
+                 ) -> tuple[_Variant, _Variant]:
+        """Render a message's templates twice: for a subscriber with a name, and without."""
         named = TemplateSubscriber(slot(NAME), slot(EMAIL))
         anonymous = TemplateSubscriber(None, slot(EMAIL))
-        return Edition(self, event, self._variant({**context, "subscriber": named}),
-                       self._variant({**context, "subscriber": anonymous}))
+        return (self._variant({**context, "subscriber": named}, html, text, subject),
+                self._variant({**context, "subscriber": anonymous}, html, text, subject))
 
-    def _variant(self, context: Mapping[str, Any]) -> _Variant:
-        subject = _Slotted(self._render_subject("subject", self._subject, context),
-                           self._origin("subject"))
-        html_text = self._render_html(HTML_TEMPLATE, context)
+    def _variant(self, context: Mapping[str, Any], html_name: str, text_name: str,
+                 subject_key: str) -> _Variant:
+        template = self._subject if subject_key == "subject" else self._digest_subject
+        subject = _Slotted(self._render_subject(subject_key, template, context),
+                           self._origin(subject_key))
+        html_text = self._render_html(html_name, context)
         return _Variant(
             subject=subject,
             subject_line=None if subject.slots else _header("Subject", _unstructured(
                 subject.fill({}))),
-            text=_Slotted(_body_text(render(self.env, TEXT_TEMPLATE, context)),
-                          self._template_path(TEXT_TEMPLATE)),
-            html=_Slotted(_body_text(html_text), self._template_path(HTML_TEMPLATE)),
+            text=_Slotted(_body_text(render(self.env, text_name, context)),
+                          self._template_path(text_name)),
+            html=_Slotted(_body_text(html_text), self._template_path(html_name)),
             html_bytes=len(html_text.encode("utf-8")),
         )
 
@@ -598,26 +619,35 @@ class Mailer:
 
 
 class Edition:
-    """One event's email, rendered once; :meth:`message` fills in one recipient cheaply."""
+    """One event's email, rendered once; :meth:`message` fills in one recipient cheaply.
 
-    def __init__(self, mailer: Mailer, event: Event, named: _Variant, anonymous: _Variant) -> None:
+    A daily digest is an Edition too, named by ``key`` and dated ``on`` instead of an event's.
+    """
+
+    def __init__(self, mailer: Mailer, event: Event | None, named: _Variant,
+                 anonymous: _Variant, *, key: tuple[str, int] | None = None,
+                 on: date | None = None, lang: str | None = None) -> None:
         self.event = event
+        self.key = key or (event.key if event else ("", 0))
+        self.on = on or (event.on if event else date.min)
+        lang = lang or (event.article.lang if event else None)
         self._mailer = mailer
         self._named = named
         self._anonymous = anonymous
         config = mailer.config
         self._unsubscribe_base = unsubscribe_url(config, "")
+        self._preferences_base = preferences_url(config, "")
         self._zones: dict[str | None, bytes] = {}
         self._middle = mailer.reply_to_line + mailer.list_id_line
-        opening, self._between, self._closing = _multipart(_boundary(*event.key))
-        self._opening = (_content_language(event.article.lang or config.site.language)
+        opening, self._between, self._closing = _multipart(_boundary(*self.key))
+        self._opening = (_content_language(lang or config.site.language)
                          + b"List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
                          b"Auto-Submitted: auto-generated\r\n" + opening)
         self.size_warning: str | None = None
         size = max(named.html_bytes, anonymous.html_bytes)
         if size > GMAIL_CLIP_BYTES:
             self.size_warning = (
-                f"{event.article.slug} {event.year}: the HTML part is {size // 1024} KB, over "
+                f"{self.key[0]} {self.key[1]}: the HTML part is {size // 1024} KB, over "
                 f"Gmail's {GMAIL_CLIP_BYTES // 1024} KB limit; Gmail will clip the message")
             log.warning("%s", self.size_warning)
 
@@ -632,20 +662,21 @@ class Edition:
                                       path=f"subscriber {subscriber_id}") from None
             # The Date is the instant the edition falls due for this subscriber, so a resend of
             # the same Message-ID carries the same bytes.
-            line = self._mailer.date_line(publish_moment(self.event.on, site.publish_time, zone))
+            line = self._mailer.date_line(publish_moment(self.on, site.publish_time, zone))
             self._zones[zone_name] = line
         return line
 
     def message_id(self, recipient: Recipient) -> str:
         """Return the Message-ID this recipient's message carries."""
-        slug, year = self.event.key
+        slug, year = self.key
         return message_id_for(slug, year, recipient.email, self._mailer.domain)
 
     def _values(self, recipient: Recipient) -> tuple[_Variant, dict[str, str], str]:
         address = _recipient_address(recipient)
         name = _clean(recipient.name) if recipient.name else ""
         token = unsubscribe_token(self._mailer.secret, recipient.unsubscribe_key)
-        values = {NAME: name, EMAIL: address, UNSUBSCRIBE: self._unsubscribe_base + token}
+        values = {NAME: name, EMAIL: address, UNSUBSCRIBE: self._unsubscribe_base + token,
+                  PREFERENCES: self._preferences_base + token}
         return (self._named if name else self._anonymous), values, token
 
     def preview(self, recipient: Recipient) -> Preview:

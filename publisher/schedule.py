@@ -41,6 +41,7 @@ from publisher.dispatch import (
     Clock,
     SendPolicy,
     SendReport,
+    enqueue_digests,
     enqueue_event,
     send_all,
     skip_event,
@@ -48,6 +49,7 @@ from publisher.dispatch import (
 from publisher.errors import ContentError, PublisherError
 from publisher.ledger import ALL_ZONES, Ledger, utcnow
 from publisher.mail import Mailer
+from publisher.preferences import DeliveryGroup
 from publisher.site import BuildReport, build_site, site_environment
 from publisher.tokens import load_secret
 from publisher.transports import Transport
@@ -415,25 +417,34 @@ class Ticker:
         window = self.config.schedule.catch_up_days
         reason = (f"not sent: the publisher was not running within schedule.catch_up_days "
                   f"({window}) of its publish time")
-        for zone in zone_groups(self.config, self.ledger):
+        due: dict[date, list[DeliveryGroup]] = {}
+        for group in self.ledger.subscriber_groups(site.timezone, site.publish_time):
             try:
-                plan = plan_zone(zone, site.publish_time, since, now, window)
+                plan = plan_zone(group.zone, group.at, since, now, window)
             except (ZoneInfoNotFoundError, ValueError) as exc:
-                report.problems.append(f"subscribers in time zone {zone!r} left out: {exc}")
+                report.problems.append(f"subscribers in time zone {group.zone!r} left out: {exc}")
                 continue
             for day in plan.skip:
-                due = publish_instant(day, site.publish_time, ZoneInfo(zone))
+                moment = publish_instant(day, group.at, ZoneInfo(group.zone))
                 for event in events_on(day):
-                    report.skipped += skip_event(self.ledger, event, due, zone, site.timezone,
-                                                 reason, now=now)
+                    report.skipped += skip_event(self.ledger, event, moment, None, site.timezone,
+                                                 reason, now=now, groups=[group],
+                                                 site_time=site.publish_time)
             for day in plan.send:
-                for event in events_on(day):
-                    report.events.add(event.key)
-                    # Due from now: a delivery caught up after downtime still gets the full
-                    # give-up period for its retries.
-                    report.queued += enqueue_event(
-                        self.ledger, event, now, zone, site.timezone,
-                        give_up_after=self.policy.give_up_after, now=now)
+                due.setdefault(day, []).append(group)
+        give_up_after = self.policy.give_up_after
+        for day, groups in sorted(due.items()):
+            # One pass over the subscribers per appearance, for every group it fell due for.
+            for event in events_on(day):
+                report.events.add(event.key)
+                # Due from now: a delivery caught up after downtime still gets the full
+                # give-up period for its retries.
+                report.queued += enqueue_event(
+                    self.ledger, event, now, None, site.timezone, give_up_after=give_up_after,
+                    now=now, groups=groups, site_time=site.publish_time)
+            if events_on(day):
+                enqueue_digests(self.ledger, day, now,
+                                give_up_after=give_up_after, now=now)
 
     def _send(self, report: TickReport) -> None:
         report.sent = send_all(self.config, self.ledger, self.mailer, self._calendar,

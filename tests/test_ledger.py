@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, inspect, select, text
+from sqlalchemy import MetaData, Table, create_engine, func, insert, inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from publisher import ledger as ledger_module
@@ -99,16 +99,28 @@ def test_database_newer_than_the_code_is_refused(database_url: str) -> None:
         Ledger.open(database_url)
 
 
-def test_upgrade_indexes_the_counts_per_event_and_state(
-        database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upgrade_indexes_the_counts_per_event_and_state(database_url: str) -> None:
+    # A database as the version before left it: three deliveries of one event, one claimed.
     step = ledger_module._index_event_states
-    before = MIGRATIONS[:MIGRATIONS.index(step)]
-    monkeypatch.setattr(ledger_module, "MIGRATIONS", before)
-    with Ledger.open(database_url) as ledger:
-        add(ledger, 3)
-        enqueue(ledger)
-        ledger.claim("w", 1, LEASE, T0)
-    monkeypatch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS)
+    engine = create_engine(database_url)
+    naive = T0.replace(tzinfo=None)
+    with engine.begin() as conn:
+        schema_migrations.create(conn)
+        for version, earlier in enumerate(MIGRATIONS[:MIGRATIONS.index(step)], start=1):
+            earlier(conn)
+            conn.execute(schema_migrations.insert().values(version=version, applied_at=T0))
+        old = Table("subscribers", MetaData(), autoload_with=conn)
+        conn.execute(insert(old), [
+            {"id": n, "email": f"reader{n}@example.org", "status": "confirmed",
+             "created_at": naive, "updated_at": naive, "unsubscribe_key": f"key{n}"}
+            for n in (1, 2, 3)])
+        old = Table("deliveries", MetaData(), autoload_with=conn)
+        conn.execute(insert(old), [
+            {"slug": "moon", "year": 2024, "event_on": DAY, "subscriber_id": n,
+             "status": "sending" if n == 1 else "pending", "attempts": 0, "due_at": naive,
+             "next_attempt_at": naive, "give_up_at": naive, "updated_at": naive}
+            for n in (1, 2, 3)])
+    engine.dispose()
     with Ledger.open(database_url) as ledger:
         with ledger.engine.connect() as conn:
             indexes = {i["name"]: i["column_names"]

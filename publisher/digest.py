@@ -1,0 +1,49 @@
+"""The daily digest: one email holding every appearance due on a subscriber's local date.
+
+It is built like an edition (rendered and CSS-inlined once per set of appearances, then filled
+in per recipient through the same slots), in the site's language, with one unsubscribe and one
+preferences link. Each appearance shows its title, summary and a link to its page.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+
+from publisher.calendar import Event
+from publisher.ledger import digest_year
+from publisher.mail import PREFERENCES, UNSUBSCRIBE, Edition, Mailer, reflow, slot
+from publisher.render import Language, language_of
+
+DIGEST_HTML_TEMPLATE = "digest.html"
+DIGEST_TEXT_TEMPLATE = "digest.txt"
+# The Message-ID's and MIME boundary's name of a digest: "@" may not stand in a Message-ID.
+DIGEST_KEY = "digest"
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    """One appearance in a digest, as its templates show it."""
+
+    event: Event
+    web_url: str
+    summary_text: str
+    locale: Language
+
+
+def digest_edition(mailer: Mailer, events: Sequence[Event], day: date) -> Edition:
+    """Render the digest of ``events`` for local date ``day``, ready to fill in per recipient."""
+    site = mailer.config.site
+    items = [DigestItem(event, site.article_url(event.article.slug),
+                        reflow(event.article.summary),
+                        language_of(event.article.lang, site.language))
+             for event in events]
+    context = {
+        "locale": language_of(None, site.language), "site": site, "day": day,
+        "events": list(events), "items": items,
+        "unsubscribe_url": slot(UNSUBSCRIBE), "preferences_url": slot(PREFERENCES),
+    }
+    named, anonymous = mailer.variants(context, html=DIGEST_HTML_TEMPLATE,
+                                       text=DIGEST_TEXT_TEMPLATE, subject="digest_subject")
+    return Edition(mailer, None, named, anonymous, key=(DIGEST_KEY, digest_year(day)), on=day)

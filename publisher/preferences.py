@@ -1,0 +1,281 @@
+"""What each subscriber chose: which anniversaries, how and when, about which topics.
+
+Every choice has a default that keeps the behaviour of a subscriber who chose nothing: every
+anniversary, each article in its own email, at the site's publish time, about every topic. The
+defaults are stored as NULL, so rows from before the choices existed need no rewrite.
+
+The choices are stored in plain columns of the subscribers table, encoded so that the query
+that queues an appearance can match them itself (no subscriber passes through Python): own
+years and tags as comma-framed lists (``,1,10,50,``), so that "contains ``,10,``" is one test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import time
+from typing import Literal
+
+from sqlalchemy import Table, and_, false, or_, true
+from sqlalchemy.sql.elements import ColumnElement
+
+from publisher.errors import SubscriberError
+
+Frequency = Literal["each", "digest"]
+FREQUENCIES: tuple[Frequency, ...] = ("each", "digest")
+EVERY = "every"
+MILESTONES = "milestones"
+# Milestones: 1, 5, 10, 25, 50, 75, 100 and every 25 after.
+_FIRST_MILESTONES = frozenset({1, 5, 10})
+MAX_YEARS = 50
+MAX_TAGS = 50
+TAG_LENGTH = 100
+# The widest encoded column: 50 tags of 100 characters and their commas.
+TAGS_COLUMN_LENGTH = MAX_TAGS * (TAG_LENGTH + 1) + 1
+YEARS_COLUMN_LENGTH = 400
+_TIME = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
+_WORD = re.compile(r"\w+")
+
+
+def is_milestone(years: int) -> bool:
+    """Return whether an appearance ``years`` after the first is a milestone (1, 5, 10, 25k)."""
+    return years in _FIRST_MILESTONES or (years > 0 and years % 25 == 0)
+
+
+def tag_key(tag: str) -> str:
+    """Return the key of a tag as written in front matter: lower case, words joined by ``-``.
+
+    ``Space Race`` and ``space-race`` are one topic; the key is also the tag's folder name.
+    """
+    return "-".join(_WORD.findall(tag.casefold())).replace("_", "-")
+
+
+@dataclass(frozen=True)
+class Choices:
+    """One subscriber's choices; the defaults keep today's behaviour.
+
+    ``years``: None for every anniversary, ``"milestones"``, or the subscriber's own years.
+    ``at``: the local delivery time ``HH:MM``, None for the site's publish time.
+    ``tags``: None for every topic, else the tag keys chosen.
+    """
+
+    years: str | tuple[int, ...] | None = None
+    frequency: Frequency = "each"
+    at: str | None = None
+    tags: tuple[str, ...] | None = None
+
+    @property
+    def anniversaries(self) -> str:
+        """Return ``every``, ``milestones`` or ``years``: which anniversaries are wanted."""
+        if self.years is None:
+            return EVERY
+        return MILESTONES if self.years == MILESTONES else "years"
+
+    def wants(self, years_since: int, tags: Iterable[str]) -> bool:
+        """Return whether an appearance ``years_since`` after the first, so tagged, is wanted.
+
+        The same rule as :func:`appearance_filter`, for one subscriber in Python.
+        """
+        if years_since and self.years is not None:
+            if self.years == MILESTONES:
+                if not is_milestone(years_since):
+                    return False
+            elif years_since not in self.years:
+                return False
+        return self.tags is None or bool(set(self.tags) & {tag_key(t) for t in tags})
+
+    def columns(self) -> dict[str, str | None]:
+        """Return the stored form of the choices, by column name."""
+        return {"years": encode_years(self.years), "frequency": None
+                if self.frequency == "each" else self.frequency,
+                "send_time": self.at, "tags": encode_tags(self.tags)}
+
+    @classmethod
+    def from_columns(cls, row: Mapping[str, object]) -> Choices:
+        """Read the choices back from their stored columns (missing columns: defaults)."""
+        frequency = row.get("frequency") or "each"
+        at = row.get("send_time")
+        return cls(decode_years(_text(row.get("years"))),
+                   "digest" if frequency == "digest" else "each",
+                   at if isinstance(at, str) else None, decode_tags(_text(row.get("tags"))))
+
+    def cells(self) -> dict[str, str]:
+        """Return the choices as CSV cells (``frequency``, ``years``, ``time``, ``tags``)."""
+        if self.years is None or self.years == MILESTONES:
+            years = self.years or EVERY
+        else:
+            years = ",".join(map(str, self.years))
+        return {"frequency": self.frequency, "years": str(years), "time": self.at or "",
+                "tags": ",".join(self.tags) if self.tags is not None else ""}
+
+    def describe(self) -> str:
+        """Describe the choices in a few words, for ``subscribers list``."""
+        cells = self.cells()
+        return (f"{cells['frequency']} {cells['years']} at {self.at or 'publish time'} "
+                f"tags {cells['tags'] or 'all'}")
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+# -- parsing: the command line, CSV cells and the web form share these ---------------------------
+
+
+def parse_years(value: str | None) -> str | tuple[int, ...] | None:
+    """Read ``every``, ``milestones`` or a list of years such as ``1, 10, 50`` (empty: every)."""
+    text = (value or "").strip().lower()
+    if text in ("", EVERY):
+        return None
+    if text == MILESTONES:
+        return MILESTONES
+    found: set[int] = set()
+    for part in text.replace(" ", ",").split(","):
+        if not part:
+            continue
+        if not part.isdigit() or not 0 < int(part) <= 10_000:
+            raise SubscriberError(f"expected 'every', 'milestones' or years from 1 to 10000, "
+                                  f"got {part!r}", field="years")
+        found.add(int(part))
+    if not found:
+        return None
+    if len(found) > MAX_YEARS:
+        raise SubscriberError(f"{len(found)} years, more than the {MAX_YEARS} allowed",
+                              field="years")
+    return tuple(sorted(found))
+
+
+def parse_frequency(value: str | None) -> Frequency:
+    """Read ``each`` or ``digest`` (empty: each)."""
+    text = (value or "").strip().lower() or "each"
+    if text not in FREQUENCIES:
+        raise SubscriberError(f"expected 'each' or 'digest', got {text!r}", field="frequency")
+    return "digest" if text == "digest" else "each"
+
+
+def parse_time(value: str | None) -> str | None:
+    """Read a delivery time ``HH:MM`` (24-hour clock; empty: the site's publish time)."""
+    text = (value or "").strip()
+    if not text:
+        return None
+    if not _TIME.fullmatch(text):
+        raise SubscriberError(f"expected a time HH:MM, got {text!r}", field="time")
+    return text
+
+
+def parse_tags(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
+    """Read chosen tags, comma-separated or as a list (none: every topic)."""
+    parts = value.split(",") if isinstance(value, str) else list(value or ())
+    keys = sorted({key for part in parts if (key := tag_key(part))})
+    if not keys:
+        return None
+    if len(keys) > MAX_TAGS:
+        raise SubscriberError(f"{len(keys)} tags, more than the {MAX_TAGS} allowed",
+                              field="tags")
+    if long := next((k for k in keys if len(k) > TAG_LENGTH), None):
+        raise SubscriberError(f"tag {long[:20]!r}… is longer than {TAG_LENGTH} characters",
+                              field="tags")
+    return tuple(keys)
+
+
+def parse_choices(*, years: str | None = None, frequency: str | None = None,
+                  at: str | None = None, tags: str | Sequence[str] | None = None) -> Choices:
+    """Validate every choice from text; the error names the field at fault."""
+    return Choices(parse_years(years), parse_frequency(frequency), parse_time(at),
+                   parse_tags(tags))
+
+
+# -- the stored form -------------------------------------------------------------------------------
+
+
+def encode_years(years: str | tuple[int, ...] | None) -> str | None:
+    """Return the stored form: NULL (every), ``milestones`` or ``,1,10,50,``."""
+    if years is None or years == MILESTONES:
+        return years
+    return "," + ",".join(map(str, years)) + ","
+
+
+def decode_years(value: str | None) -> str | tuple[int, ...] | None:
+    """Read the stored form of :func:`encode_years` back."""
+    if not value:
+        return None
+    if value == MILESTONES:
+        return MILESTONES
+    return tuple(int(part) for part in value.split(",") if part)
+
+
+def encode_tags(tags: tuple[str, ...] | None) -> str | None:
+    """Return the stored form: NULL (every topic) or ``,science,spaceflight,``."""
+    return None if tags is None else "," + ",".join(tags) + ","
+
+
+def decode_tags(value: str | None) -> tuple[str, ...] | None:
+    """Read the stored form of :func:`encode_tags` back."""
+    return None if value is None else tuple(part for part in value.split(",") if part)
+
+
+# -- the filters of the query that queues an appearance ------------------------------------------
+
+
+def years_filter(subscribers: Table, years_since: int) -> ColumnElement[bool]:
+    """Return the condition on ``subscribers`` of wanting an appearance ``years_since`` on.
+
+    The appearance is known when the query is built, so whether it is a milestone is decided
+    here, once, and each row only compares its stored text.
+    """
+    if years_since == 0:
+        return true()  # a first publication reaches everyone
+    years = subscribers.c.years
+    wanted = [years.is_(None), years.contains(f",{years_since},", autoescape=True)]
+    if is_milestone(years_since):
+        wanted.append(years == MILESTONES)
+    return or_(*wanted)
+
+
+def tags_filter(subscribers: Table, tags: Iterable[str]) -> ColumnElement[bool]:
+    """Return the condition on ``subscribers`` of wanting an article with these tags."""
+    column = subscribers.c.tags
+    keys = sorted({key for tag in tags if (key := tag_key(tag))})
+    return or_(column.is_(None),
+               *(column.contains(f",{key},", autoescape=True) for key in keys))
+
+
+def appearance_filter(subscribers: Table, years_since: int, tags: Iterable[str]
+                      ) -> ColumnElement[bool]:
+    """Return the condition on ``subscribers`` of wanting one appearance of one article."""
+    return and_(years_filter(subscribers, years_since), tags_filter(subscribers, tags))
+
+
+@dataclass(frozen=True)
+class DeliveryGroup:
+    """Subscribers who get their mail at one local time in one zone (the daemon's unit)."""
+
+    zone: str
+    at: time
+
+
+def group_filter(subscribers: Table, groups: Iterable[DeliveryGroup], site_zone: str,
+                 site_time: time) -> ColumnElement[bool]:
+    """Return the condition of belonging to one of ``groups`` (NULLs: the site's zone, time)."""
+    wanted = []
+    for group in groups:
+        zone: ColumnElement[bool] = subscribers.c.timezone == group.zone
+        if group.zone == site_zone:
+            zone = or_(zone, subscribers.c.timezone.is_(None))
+        at: ColumnElement[bool] = subscribers.c.send_time == format_time(group.at)
+        if group.at == site_time:
+            at = or_(at, subscribers.c.send_time.is_(None))
+        wanted.append(and_(zone, at))
+    return or_(*wanted) if wanted else false()
+
+
+def format_time(at: time) -> str:
+    """Return a delivery time as stored, ``HH:MM``."""
+    return f"{at.hour:02d}:{at.minute:02d}"
+
+
+def read_time(value: str) -> time:
+    """Return the time a stored ``HH:MM`` names."""
+    hours, minutes = value.split(":")
+    return time(int(hours), int(minutes))
