@@ -336,13 +336,16 @@ _PREFERENCE_COLUMNS = (
 )
 for _column in _PREFERENCE_COLUMNS:
     subscribers.append_column(_column)
+    # A sign-up's choices wait with it, as its name and zone do, until the link is followed.
+    signups.append_column(Column(_column.name, _column.type))
 # An appearance waiting in a digest: the subscriber's local date whose digest carries it.
 deliveries.append_column(Column("digest_on", Date))
 
 
 def _add_preferences(conn: Connection) -> None:
-    for column in (*_PREFERENCE_COLUMNS, deliveries.c.digest_on):
-        # Version 1 creates the deliveries table as it now stands, digest_on included.
+    chosen = [signups.c[column.name] for column in _PREFERENCE_COLUMNS]
+    for column in (*_PREFERENCE_COLUMNS, *chosen, deliveries.c.digest_on):
+        # Versions 1 and 3 create their tables as they now stand, these columns included.
         if column.name in {c["name"] for c in inspect(conn).get_columns(column.table.name)}:
             continue
         conn.execute(text(f"ALTER TABLE {column.table.name} ADD COLUMN {column.name} "
@@ -431,6 +434,7 @@ class SubscriberRow:
     name: str | None = None
     timezone: str | None = None
     status: SubscriberStatus = "confirmed"
+    choices: Choices = field(default_factory=Choices)
 
 
 @dataclass(frozen=True)
@@ -619,10 +623,11 @@ def check_timezone(value: str | None) -> str | None:
 
 
 def subscriber_row(email: str, name: str | None = None, timezone: str | None = None,
-                   status: SubscriberStatus = "confirmed") -> SubscriberRow:
+                   status: SubscriberStatus = "confirmed", *,
+                   choices: Choices | None = None) -> SubscriberRow:
     """Validate one subscriber's fields; the error names the field at fault."""
     return SubscriberRow(normalise_address(email), clean_name(name), check_timezone(timezone),
-                         status)
+                         status, choices or Choices())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1058,7 +1063,7 @@ class Ledger:
         with self._write() as conn:
             inserted = conn.execute(self._insert(subscribers).values(
                 email=row.email, name=row.name, timezone=row.timezone, status="confirmed",
-                created_at=now, updated_at=now, confirmed_at=now,
+                created_at=now, updated_at=now, confirmed_at=now, **row.choices.columns(),
             ).on_conflict_do_nothing(index_elements=["email"])).rowcount
             current = self._subscriber_where(conn, subscribers.c.email == row.email)
             assert current is not None
@@ -1096,6 +1101,8 @@ class Ledger:
             timezone=bindparam("timezone", type_=String()), status=status,
             # Named here: the column's default is made by SQLAlchemy, which this bypasses.
             unsubscribe_key=bindparam("unsubscribe_key", type_=String()),
+            **{column.name: bindparam(column.name, type_=String())
+               for column in _PREFERENCE_COLUMNS},
             created_at=now, updated_at=now, confirmed_at=case((status == "confirmed", now)),
             unsubscribed_at=case((or_(status == "unsubscribed", status == "bounced"), now)),
         ).on_conflict_do_nothing(index_elements=["email"])
@@ -1111,7 +1118,8 @@ class Ledger:
         statement = self._insert_new
         arguments = statement.arguments(
             ({"email": r.email, "name": r.name, "timezone": r.timezone, "status": r.status,
-              "unsubscribe_key": new_key()} for r in rows), {"now": now or utcnow()})
+              "unsubscribe_key": new_key(), **r.choices.columns()} for r in rows),
+            {"now": now or utcnow()})
         with self._write() as conn:
             return int(conn.exec_driver_sql(statement.sql, arguments).rowcount)
 
@@ -1125,9 +1133,10 @@ class Ledger:
         """
         now = now or utcnow()
         with self._write() as conn:
+            chosen = row.choices.columns()
             conn.execute(self._insert(subscribers).values(
                 email=row.email, name=row.name, timezone=row.timezone, status="pending",
-                created_at=now, updated_at=now,
+                created_at=now, updated_at=now, **chosen,
             ).on_conflict_do_nothing(index_elements=["email"]))
             current = self._subscriber_where(conn, subscribers.c.email == row.email)
             assert current is not None
@@ -1135,15 +1144,16 @@ class Ledger:
                 return None
             if current.status == "pending":
                 conn.execute(update(subscribers).where(subscribers.c.id == current.id)
-                             .values(name=row.name, timezone=row.timezone, updated_at=now))
+                             .values(name=row.name, timezone=row.timezone, updated_at=now,
+                                     **chosen))
             statement = self._insert(signups).values(
                 subscriber_id=current.id, key=new_key(), name=row.name, timezone=row.timezone,
-                requested_at=now, confirmed_at=None)
+                requested_at=now, confirmed_at=None, **chosen)
             conn.execute(statement.on_conflict_do_update(index_elements=["subscriber_id"], set_={
                 "key": case((signups.c.confirmed_at.is_(None), signups.c.key),
                             else_=statement.excluded.key),
                 "name": row.name, "timezone": row.timezone, "requested_at": now,
-                "confirmed_at": None}))
+                "confirmed_at": None, **chosen}))
             key = conn.execute(select(signups.c.key)
                                .where(signups.c.subscriber_id == current.id)).scalar_one()
             return PendingSignUp(current.id, current.email, row.name, row.timezone, key)
@@ -1169,7 +1179,9 @@ class Ledger:
                 conn.execute(update(subscribers).where(subscribers.c.id == found.subscriber_id)
                              .values(status="confirmed", name=found.name,
                                      timezone=found.timezone, confirmed_at=now,
-                                     unsubscribed_at=None, updated_at=now))
+                                     unsubscribed_at=None, updated_at=now,
+                                     **{c.name: found._mapping[c.name]
+                                        for c in _PREFERENCE_COLUMNS}))
                 conn.execute(update(signups).where(signups.c.key == key)
                              .values(confirmed_at=now))
             subscriber = self._subscriber_where(conn, subscribers.c.id == found.subscriber_id)

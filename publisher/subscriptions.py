@@ -1,4 +1,5 @@
-"""Joining and leaving through emailed links: sign-up, confirmation, unsubscription, purge.
+"""Joining, choosing and leaving through emailed links: sign-up, confirmation, preferences,
+unsubscription, purge.
 
 The rules the web service applies; what each step does to the stored subscribers (and why an
 address that left stays suppressed) is in :mod:`publisher.ledger`.
@@ -21,13 +22,15 @@ from publisher.ledger import (
     check_timezone,
     subscriber_row,
 )
-from publisher.mail import Mailer, Recipient
+from publisher.mail import Mailer, Recipient, preferences_url
+from publisher.preferences import Choices
 from publisher.tokens import (
     LinkSubject,
     SignedAddress,
     confirm_token,
     read_confirm_token,
     read_unsubscribe_token,
+    unsubscribe_token,
 )
 
 log = logging.getLogger(__name__)
@@ -71,7 +74,8 @@ class Subscriptions:
         self.clock = clock
         self.open_transport = open_transport
 
-    def sign_up(self, email: str, name: str | None, timezone: str | None) -> SignUp:
+    def sign_up(self, email: str, name: str | None, timezone: str | None,
+                choices: Choices | None = None) -> SignUp:
         """Record a sign-up; raise SubscriberError for a bad address or name.
 
         A confirmed address is left exactly as it is and gets no email. Any other gets a
@@ -81,7 +85,7 @@ class Subscriptions:
             zone = check_timezone(timezone)
         except SubscriberError:
             zone = None  # a zone the browser knows but tzdata does not: use the site's
-        row = subscriber_row(email, name, zone, status="pending")
+        row = subscriber_row(email, name, zone, status="pending", choices=choices)
         return SignUp(row.email, self.ledger.add_pending(row, now=self.clock()))
 
     def confirmation_url(self, pending: PendingSignUp) -> str:
@@ -162,6 +166,31 @@ class Subscriptions:
                           if isinstance(subject, SignedAddress)
                           else self.ledger.unsubscribe_link(key=subject, now=now))
         return Unsubscribed(found.email if found is not None else None, changed)
+
+    def _link_owner(self, token: str) -> Subscriber | None:
+        subject = read_unsubscribe_token(self.secret, token)
+        return (self.ledger.find_subscriber(subject.email) if isinstance(subject, SignedAddress)
+                else self.ledger.find_unsubscribe_key(subject))
+
+    def preferences_of(self, token: str) -> Subscriber | None:
+        """Return whom a preferences link names, None when nobody is subscribed under it now.
+
+        The link carries the unsubscribe link's token; TokenError for a forged one.
+        """
+        found = self._link_owner(token)
+        return found if found is not None and found.status == "confirmed" else None
+
+    def save_preferences(self, token: str, choices: Choices) -> Subscriber | None:
+        """Store the choices of whom a preferences link names; None when nobody is subscribed."""
+        found = self.preferences_of(token)
+        if found is None:
+            return None
+        return self.ledger.set_choices(choices, email=found.email, now=self.clock())
+
+    def preferences_link(self, subscriber: Subscriber) -> str:
+        """Return the preferences page of a subscriber (as their emails link it)."""
+        return preferences_url(self.config, unsubscribe_token(self.secret,
+                                                              subscriber.unsubscribe_key or ""))
 
     def purge(self) -> int:
         """Drop sign-ups left unconfirmed for ``web.pending_days``; return how many."""

@@ -46,11 +46,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from publisher import transports
 from publisher.calendar import Event
 from publisher.config import Config
-from publisher.content import ArticleCache
+from publisher.content import ArticleCache, load_articles
 from publisher.errors import ContentError, PublisherError, SubscriberError, TokenError
 from publisher.feeds import FEEDS, build_feeds
-from publisher.ledger import Ledger, utcnow
+from publisher.ledger import Ledger, Subscriber, utcnow
 from publisher.mail import Mailer, Preview, Recipient
+from publisher.preferences import Choices, parse_choices, tag_key
 from publisher.render import render
 from publisher.site import (
     feed_links,
@@ -71,6 +72,7 @@ SUBSCRIBE_CONFIRM_TEMPLATE = "subscribe_confirm.html"
 SUBSCRIBE_CONFIRMED_TEMPLATE = "subscribe_confirmed.html"
 UNSUBSCRIBE_TEMPLATE = "unsubscribe.html"
 UNSUBSCRIBE_DONE_TEMPLATE = "unsubscribe_done.html"
+PREFERENCES_TEMPLATE = "preferences.html"
 PREVIEW_TEMPLATE = "preview.html"
 ERROR_TEMPLATE = "error.html"
 SCRIPT_TEMPLATE = "subscribe.js"
@@ -560,6 +562,7 @@ class WebService:
         self.previews = Previews(config, self.mailer, self.env)
         self.webhooks = Webhooks(config, ledger, secret, clock=clock)
         self.files = SiteFiles(config.site.output_dir)
+        self.articles = ArticleCache()  # for the topics the choice fields offer
         self.per_ip = SlidingWindow(config.web.rate_limit_per_ip, RATE_WINDOW_SECONDS)
         self.per_address = SlidingWindow(config.web.rate_limit_per_address, RATE_WINDOW_SECONDS)
         self.origins = frozenset({origin_of(config.site.base_url)})
@@ -620,8 +623,23 @@ class WebService:
     # -- sign-up -------------------------------------------------------------------------------
 
     async def subscribe_page(self, request: Request) -> Response:
-        """Show the sign-up form on its own page."""
-        return self.page(SUBSCRIBE_TEMPLATE, request, email="", name="", error=None)
+        """Show the sign-up form on its own page, with the choices a subscriber can make."""
+        return self.page(SUBSCRIBE_TEMPLATE, request, email="", name="", error=None,
+                         **await self.choice_fields(Choices()))
+
+    async def choice_fields(self, choices: Choices) -> dict[str, Any]:
+        """Return what the choice fields show: the choices, the archive's topics, the time."""
+        return {"choices": choices, "tags": await anyio.to_thread.run_sync(self.topics),
+                "publish_time": self.site.publish_time.strftime("%H:%M")}
+
+    def topics(self) -> list[tuple[str, str]]:
+        """Return the tags of the archive's articles as (key, name), by key."""
+        try:
+            articles = load_articles(self.site.content_dir, self.articles).articles
+        except ContentError:
+            return []
+        return sorted({tag_key(tag): tag for article in articles for tag in article.tags
+                       if tag_key(tag)}.items())
 
     async def subscribe(self, request: Request) -> Response:
         """Take a sign-up: the same page and status whether or not the address is known."""
@@ -633,11 +651,12 @@ class WebService:
         form = await self.form(request)
         email, name = str(form.get("email", "")), str(form.get("name", ""))
         try:
+            choices = choices_from_form(form)
             sign_up = await anyio.to_thread.run_sync(
-                self.subscriptions.sign_up, email, name, str(form.get("timezone", "")))
+                self.subscriptions.sign_up, email, name, str(form.get("timezone", "")), choices)
         except SubscriberError as exc:
             return self.page(SUBSCRIBE_TEMPLATE, request, status=400, email=email, name=name,
-                             error=_form_error(exc))
+                             error=_form_error(exc), **await self.choice_fields(Choices()))
         response = self.page(SUBSCRIBE_SENT_TEMPLATE, request, email=sign_up.email)
         pending = sign_up.pending
         # Past the per-address limit nothing is sent, and the page says the same as ever:
@@ -665,7 +684,8 @@ class WebService:
                 self.subscriptions.confirm, request.path_params["token"])
         except TokenError as exc:
             raise HTTPException(400, str(exc)) from None
-        return self.page(SUBSCRIBE_CONFIRMED_TEMPLATE, request, email=subscriber.email)
+        return self.page(SUBSCRIBE_CONFIRMED_TEMPLATE, request, email=subscriber.email,
+                         preferences=self.subscriptions.preferences_link(subscriber))
 
     # -- unsubscribe ---------------------------------------------------------------------------
 
@@ -698,6 +718,47 @@ class WebService:
             raise HTTPException(400, str(exc)) from None
         return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=done.email,
                          changed=done.changed, headers={"referrer-policy": "no-referrer"})
+
+    # -- preferences ---------------------------------------------------------------------------
+
+    async def _preferences(self, request: Request, subscriber: Subscriber | None, *,
+                           status: int = 200, choices: Choices | None = None,
+                           saved: bool = False, error: str | None = None) -> Response:
+        token = request.path_params["token"]
+        if subscriber is None:  # unsubscribed since, or never confirmed: nothing to choose
+            return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=None, changed=False,
+                             headers={"referrer-policy": "no-referrer"})
+        root = relative_root(request.url.path)
+        return self.page(PREFERENCES_TEMPLATE, request, status=status, email=subscriber.email,
+                         action=f"{root}preferences/{token}", saved=saved, error=error,
+                         unsubscribe=f"{root}unsubscribe/{token}",
+                         headers={"referrer-policy": "no-referrer"},
+                         **await self.choice_fields(choices or subscriber.choices))
+
+    async def preferences_page(self, request: Request) -> Response:
+        """Show a subscriber's choices, as their emails' link names them; change nothing."""
+        try:
+            found = await anyio.to_thread.run_sync(self.subscriptions.preferences_of,
+                                                   request.path_params["token"])
+        except TokenError as exc:
+            raise HTTPException(400, str(exc)) from None
+        return await self._preferences(request, found)
+
+    async def save_preferences(self, request: Request) -> Response:
+        """Store the choices posted from the preferences page (from this site's pages only)."""
+        form = await self.form(request)
+        token = request.path_params["token"]
+        try:
+            found = await anyio.to_thread.run_sync(self.subscriptions.preferences_of, token)
+        except TokenError as exc:
+            raise HTTPException(400, str(exc)) from None
+        try:
+            choices = choices_from_form(form)
+        except SubscriberError as exc:
+            return await self._preferences(request, found, status=400, error=_form_error(exc))
+        saved = await anyio.to_thread.run_sync(self.subscriptions.save_preferences, token,
+                                               choices)
+        return await self._preferences(request, saved, saved=saved is not None)
 
     # -- previews ------------------------------------------------------------------------------
 
@@ -803,6 +864,8 @@ class WebService:
             Route("/confirm/{token}", self.confirm, methods=["POST"]),
             Route("/unsubscribe/{token}", self.unsubscribe_page, methods=["GET"]),
             Route("/unsubscribe/{token}", self.unsubscribe, methods=["POST"]),
+            Route("/preferences/{token}", self.preferences_page, methods=["GET"]),
+            Route("/preferences/{token}", self.save_preferences, methods=["POST"]),
             Route("/preview", self.preview_index, methods=["GET"]),
             Route("/preview/", self.preview_index, methods=["GET"]),
             Route("/preview/email/{day}/{name}", self.preview_email, methods=["GET"]),
@@ -818,9 +881,20 @@ def relative_root(url_path: str) -> str:
     return "../" * depth if depth > 0 else "./"
 
 
+def choices_from_form(form: FormData) -> Choices:
+    """Read the choice fields of a posted form; SubscriberError names a bad one."""
+    which = str(form.get("anniversaries", "every"))
+    return parse_choices(
+        years=str(form.get("years", "")) if which == "years" else which,
+        frequency=str(form.get("frequency", "")), at=str(form.get("time", "")),
+        tags=[str(tag) for tag in form.getlist("tags")])
+
+
 def _form_error(exc: SubscriberError) -> str:
     if exc.field == "name":
         return f"Please shorten the name: it is {exc.message}."
+    if exc.field in ("years", "frequency", "time", "tags"):
+        return f"Please check the {exc.field}: {exc.message}."
     return f"Please check the address: {exc.message}"
 
 
