@@ -286,11 +286,64 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
 @click.pass_context
 @reports_errors
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
-    """List subscribers, one per line: address, status, time zone, name (tab-separated)."""
+    """List subscribers, one per line (tab-separated): address, status, time zone, name, then
+    their choices: frequency, years, time, tags ("-": the site's time, "all": every tag)."""
     with _ledger(ctx, read_only=True) as ledger:
         for s in ledger.iter_subscribers(cast("SubscriberStatus | None", status)):
-            click.echo("\t".join(map(printable, (s.email, s.status, s.timezone or "-",
-                                                 s.name or ""))))
+            cells = s.choices.cells()
+            click.echo("\t".join(map(printable, (
+                s.email, s.status, s.timezone or "-", s.name or "", cells["frequency"],
+                cells["years"], cells["time"] or "-", cells["tags"] or "all"))))
+
+
+@subscribers.command("set")
+@config_option
+@click.argument("email")
+@click.option("--every", "years", flag_value="every", help="Every anniversary (the default).")
+@click.option("--milestones", "years", flag_value="milestones",
+              help="Only 1, 5, 10, 25, 50, 75, 100 years and every 25 after.")
+@click.option("--years", "years", metavar="1,10,50", help="Only these anniversaries.")
+@click.option("--each", "frequency", flag_value="each", help="Each article in its own email.")
+@click.option("--digest", "frequency", flag_value="digest",
+              help="One email per local day with every appearance of that day.")
+@click.option("--timezone", default=None, help="IANA time zone of the delivery time.")
+@click.option("--time", "at", default=None, metavar="HH:MM",
+              help="Local delivery time (empty: the site's publish time).")
+@click.option("--tags", default=None, metavar="a,b", help="Only articles with these tags.")
+@click.option("--all-tags", is_flag=True, help="Articles about every topic (the default).")
+@click.pass_context
+@reports_errors
+def subscribers_set(ctx: click.Context, email: str, years: str | None, frequency: str | None,
+                    timezone: str | None, at: str | None, tags: str | None,
+                    all_tags: bool) -> None:
+    """Change a subscriber's choices; what is not given stays as it is."""
+    import dataclasses
+
+    from publisher.ledger import check_timezone
+    from publisher.preferences import parse_frequency, parse_tags, parse_time, parse_years
+
+    if tags is not None and all_tags:
+        raise click.UsageError("give --tags or --all-tags, not both")
+    changes: dict[str, Any] = {}
+    if years is not None:
+        changes["years"] = parse_years(years)
+    if frequency is not None:
+        changes["frequency"] = parse_frequency(frequency)
+    if at is not None:
+        changes["at"] = parse_time(at)
+    if tags is not None or all_tags:
+        changes["tags"] = parse_tags(tags) if tags is not None else None
+    zone = check_timezone(timezone)
+    with _ledger(ctx) as ledger:
+        found = ledger.find_subscriber(email)
+        if found is None:
+            click.echo(f"error: {email} is not a subscriber", err=True)
+            sys.exit(EXIT_PROBLEMS)
+        choices = dataclasses.replace(found.choices, **changes)
+        updated = ledger.set_choices(choices, email=found.email, timezone=zone)
+    assert updated is not None
+    click.echo(f"{updated.email}: {updated.choices.describe()}"
+               f"{f' ({updated.timezone})' if updated.timezone else ''}")
 
 
 @subscribers.command("remove")

@@ -83,6 +83,7 @@ from publisher.preferences import (
     Choices,
     DeliveryGroup,
     group_filter,
+    parse_choices,
     read_time,
     tags_filter,
     years_filter,
@@ -1308,7 +1309,8 @@ class Ledger:
             return int(purged) + int(dropped.rowcount)
 
     def set_choices(self, choices: Choices, *, email: str | None = None, key: str | None = None,
-                    now: datetime | None = None) -> Subscriber | None:
+                    timezone: str | None = None, now: datetime | None = None
+                    ) -> Subscriber | None:
         """Store a subscriber's choices, found by address or by link key; None when unknown.
 
         What is already queued stays as it is: a change applies from the next appearance
@@ -1318,9 +1320,10 @@ class Ledger:
             raise ValueError("give exactly one of key and email")
         match = (subscribers.c.unsubscribe_key == key if key is not None
                  else subscribers.c.email == normalise_address(str(email)))
+        changes: dict[str, Any] = {"timezone": timezone} if timezone is not None else {}
         with self._write() as conn:
             conn.execute(update(subscribers).where(match)
-                         .values(updated_at=now or utcnow(), **choices.columns()))
+                         .values(updated_at=now or utcnow(), **choices.columns(), **changes))
             return self._subscriber_where(conn, match)
 
     def statuses_of(self, emails: Iterable[str]) -> dict[str, SubscriberStatus]:
@@ -1931,8 +1934,10 @@ class Ledger:
 # ---------------------------------------------------------------------------------------------
 
 IMPORT_COLUMNS = ("email", "name", "timezone")
+# The subscriber's choices (publisher.preferences): empty cells are the defaults.
+CHOICE_COLUMNS = ("frequency", "years", "time", "tags")
 EXPORT_COLUMNS = ("email", "name", "timezone", "status", "created_at", "confirmed_at",
-                  "unsubscribed_at")
+                  "unsubscribed_at", *CHOICE_COLUMNS)
 # An export read back keeps who unsubscribed or bounced: those rows stay suppressed.
 _IMPORT_STATUSES: dict[str, SubscriberStatus | None] = {
     "": "confirmed", "confirmed": "confirmed", "unsubscribed": "unsubscribed",
@@ -1965,7 +1970,7 @@ def read_subscriber_csv(path: Path) -> Iterator[SubscriberRow | SubscriberError 
     """Yield a row, or the error of a bad one, per record of a subscriber CSV; None: pending.
 
     Columns are ``email,name,timezone`` in that order, or named by a header row; the columns of
-    ``subscribers export`` are understood too.
+    ``subscribers export`` are understood too, the subscriber's choices among them.
     """
     try:
         handle = path.open(encoding="utf-8-sig", newline="")
@@ -2012,8 +2017,10 @@ def _parse_record(record: list[str], columns: list[str], path: Path, line: int
     if status is None:
         return None
     try:
+        choices = parse_choices(years=values.get("years"), frequency=values.get("frequency"),
+                                at=values.get("time"), tags=values.get("tags"))
         return subscriber_row(values.get("email", ""), values.get("name"),
-                              values.get("timezone"), status)
+                              values.get("timezone"), status, choices=choices)
     except SubscriberError as exc:
         return SubscriberError(exc.message, path=path, line=line, field=exc.field)
 
@@ -2076,8 +2083,9 @@ def export_csv(ledger: Ledger, out: TextIO, status: SubscriberStatus | None = No
     writer.writerow(EXPORT_COLUMNS)
     count = 0
     for s in ledger.iter_subscribers(status):
+        cells = s.choices.cells()
         writer.writerow([as_cell(s.email), as_cell(s.name or ""), as_cell(s.timezone or ""),
                          s.status, _iso(s.created_at), _iso(s.confirmed_at),
-                         _iso(s.unsubscribed_at)])
+                         _iso(s.unsubscribed_at), *(cells[c] for c in CHOICE_COLUMNS)])
         count += 1
     return count

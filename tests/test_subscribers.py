@@ -554,18 +554,22 @@ def run(tmp_path: Path, database_url: str) -> Callable[..., tuple[int, str, str]
     return invoke
 
 
+# The choices' columns of `subscribers list` for a subscriber who chose nothing.
+DEFAULTS = "\teach\tevery\t-\tall"
+
+
 def test_cli_add_list_remove(run: Callable[..., tuple[int, str, str]]) -> None:
     assert run("subscribers", "add", "Ada@example.org", "--name", "Ada",
                "--timezone", "Europe/London") == (0, "ada@example.org: added\n", "")
     assert run("subscribers", "add", "bob@example.org")[0] == 0
     code, out, _ = run("subscribers", "list")
-    assert out.splitlines() == ["ada@example.org\tconfirmed\tEurope/London\tAda",
-                                "bob@example.org\tconfirmed\t-\t"]
+    assert out.splitlines() == ["ada@example.org\tconfirmed\tEurope/London\tAda" + DEFAULTS,
+                                "bob@example.org\tconfirmed\t-\t" + DEFAULTS]
     code, out, _ = run("subscribers", "remove", "bob@example.org")
     assert (code, out) == (0, "removed bob@example.org; kept as suppressed, so no import or "
                               "unconfirmed sign-up adds it back\n")
     assert run("subscribers", "list", "--status", "unsubscribed")[1] == (
-        "bob@example.org\tunsubscribed\t-\t\n")
+        "bob@example.org\tunsubscribed\t-\t" + DEFAULTS + "\n")
     assert run("subscribers", "remove", "--forget", "bob@example.org") == (
         0, "removed bob@example.org\n", "")
     code, _, err = run("subscribers", "remove", "bob@example.org")
@@ -589,7 +593,7 @@ def test_cli_import_leaves_out_suppressed_addresses_even_after_remove(
         for email, status in (("ada@example.org", "unsubscribed"), ("bo@example.org", "bounced"),
                               ("cy@example.org", "unsubscribed"))]
     code, out, _ = run("subscribers", "list", "--status", "confirmed")
-    assert out == "dee@example.org\tconfirmed\t-\t\n"
+    assert out == "dee@example.org\tconfirmed\t-\t" + DEFAULTS + "\n"
     code, out, err = run("subscribers", "import", "--include-suppressed", str(again))
     assert (code, out, err) == (0, "0 added, 1 already known, 3 resubscribed, 0 rejected\n", "")
     assert run("subscribers", "list", "--status", "confirmed")[1].count("\tconfirmed\t") == 4

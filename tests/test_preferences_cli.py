@@ -1,0 +1,133 @@
+"""Subscribers' choices on the command line and in CSV files."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from publisher.cli import cli
+from publisher.errors import SubscriberError
+from publisher.ledger import CHOICE_COLUMNS, Ledger, export_csv, import_csv
+from publisher.preferences import (
+    Choices,
+    is_milestone,
+    parse_choices,
+    parse_tags,
+    parse_time,
+    parse_years,
+    tag_key,
+)
+
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(tmp_path: Path, database_url: str) -> Run:
+    """Return a runner of ``publisher --config … ARGS`` on a config using ``database_url``."""
+    config = tmp_path / "publisher.toml"
+    config.write_text(f'[state]\ndatabase_url = "{database_url}"\n', encoding="utf-8")
+
+    def invoke(*args: str) -> tuple[int, str, str]:
+        result = CliRunner().invoke(cli, ["--config", str(config), *args])
+        if result.exception and not isinstance(result.exception, SystemExit):
+            raise result.exception
+        return result.exit_code, result.stdout, result.stderr
+
+    return invoke
+
+
+def test_milestones_are_1_5_10_then_every_25() -> None:
+    assert [n for n in range(0, 260) if is_milestone(n)] == [
+        1, 5, 10, 25, 50, 75, 100, 125, 150, 175, 200, 225, 250]
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("", None), ("every", None), ("Milestones", "milestones"), ("10, 1 50", (1, 10, 50)),
+    ("5,5", (5,)),
+])
+def test_years_are_read_from_text(text: str, expected: object) -> None:
+    assert parse_years(text) == expected
+
+
+@pytest.mark.parametrize(("function", "text", "field"), [
+    (parse_years, "ten", "years"), (parse_years, "0", "years"), (parse_time, "7:30", "time"),
+    (parse_time, "24:00", "time"), (parse_years, ",".join(map(str, range(1, 60))), "years"),
+])
+def test_bad_choices_name_their_field(function: Callable[[str], object], text: str,
+                                      field: str) -> None:
+    with pytest.raises(SubscriberError) as raised:
+        function(text)
+    assert raised.value.field == field
+
+
+def test_tags_are_keys_of_the_front_matter_tags() -> None:
+    assert tag_key("Space Race") == "space-race"
+    assert tag_key("  Apollo_11 ") == "apollo-11"
+    assert parse_tags("Space Race, science,, SCIENCE") == ("science", "space-race")
+    assert parse_tags(" , ") is None
+    assert Choices(tags=("science",)).wants(3, ["Science", "x"])
+    assert not Choices(tags=("science",)).wants(0, [])
+
+
+def test_set_changes_only_what_is_given(run: Run) -> None:
+    assert run("subscribers", "add", "ada@example.org")[0] == 0
+    code, out, _ = run("subscribers", "set", "ada@example.org", "--milestones", "--digest",
+                       "--time", "07:30", "--tags", "Space Race,science",
+                       "--timezone", "Asia/Tokyo")
+    assert (code, out) == (0, "ada@example.org: digest milestones at 07:30 tags "
+                              "science,space-race (Asia/Tokyo)\n")
+    code, out, _ = run("subscribers", "set", "ada@example.org", "--years", "1,10,50")
+    assert out == ("ada@example.org: digest 1,10,50 at 07:30 tags science,space-race "
+                   "(Asia/Tokyo)\n")
+    code, out, _ = run("subscribers", "list")
+    assert out == ("ada@example.org\tconfirmed\tAsia/Tokyo\t\tdigest\t1,10,50\t07:30\t"
+                   "science,space-race\n")
+    code, out, _ = run("subscribers", "set", "ada@example.org", "--every", "--each",
+                       "--all-tags", "--time", "")
+    assert out == "ada@example.org: each every at publish time tags all (Asia/Tokyo)\n"
+
+
+def test_set_refuses_bad_input_and_unknown_addresses(run: Run) -> None:
+    assert run("subscribers", "add", "ada@example.org")[0] == 0
+    code, _, err = run("subscribers", "set", "ada@example.org", "--time", "25:00")
+    assert code == 1 and err.startswith("error: time: ")
+    code, _, err = run("subscribers", "set", "ada@example.org", "--tags", "a", "--all-tags")
+    assert code == 2
+    code, _, err = run("subscribers", "set", "nobody@example.org", "--digest")
+    assert code == 1 and "not a subscriber" in err
+
+
+def test_csv_carries_the_choices_both_ways(ledger: Ledger, tmp_path: Path) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text("email,name,frequency,years,time,tags\n"
+                    "ada@example.org,Ada,digest,milestones,07:30,\"science,Space Race\"\n"
+                    "bo@example.org,Bo,,1 10,,\n"
+                    "cy@example.org,Cy,weekly,,,\n"
+                    "dee@example.org,Dee,,,9am,\n", encoding="utf-8")
+    report = import_csv(ledger, path)
+    assert report.added == 2
+    assert [(e.line, e.field) for e in report.errors] == [(4, "frequency"), (5, "time")]
+    out = io.StringIO()
+    export_csv(ledger, out)
+    rows = {row["email"]: row for row in csv.DictReader(io.StringIO(out.getvalue()))}
+    assert {c: rows["ada@example.org"][c] for c in CHOICE_COLUMNS} == {
+        "frequency": "digest", "years": "milestones", "time": "07:30",
+        "tags": "science,space-race"}
+    assert {c: rows["bo@example.org"][c] for c in CHOICE_COLUMNS} == {
+        "frequency": "each", "years": "1,10", "time": "", "tags": ""}
+    again = tmp_path / "again.csv"
+    again.write_text(out.getvalue(), encoding="utf-8")
+    other = Ledger.open(f"sqlite:///{tmp_path / 'other.db'}")
+    try:
+        assert import_csv(other, again).added == 2
+        ada = other.find_subscriber("ada@example.org")
+        assert ada is not None
+        assert ada.choices == parse_choices(years="milestones", frequency="digest",
+                                            at="07:30", tags="science,space-race")
+    finally:
+        other.close()
