@@ -236,10 +236,11 @@ def feed_author(site: SiteConfig) -> str:
     return site.author or site.title
 
 
-def _generator(site: SiteConfig, self_name: str, updated: datetime) -> FeedGenerator:
+def _generator(site: SiteConfig, self_name: str, updated: datetime,
+               title: str | None) -> FeedGenerator:
     fg = FeedGenerator()
-    fg.title(site.title)
-    feed = next(f for f in FEEDS if f.name == self_name)
+    fg.title(title or site.title)
+    feed = next(f for f in FEEDS if f.name == self_name.rpartition("/")[2])
     fg.link(href=site.url(self_name), rel="self", type=feed.media_type)
     if site.websub_hub is not None:
         # WebSub discovery (W3C WebSub 4): the hub and the topic's own URL, side by side.
@@ -253,10 +254,14 @@ def _generator(site: SiteConfig, self_name: str, updated: datetime) -> FeedGener
     return fg
 
 
-def rss_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime) -> bytes:
-    """Write RSS 2.0: full HTML in content:encoded, authors as dc:creator, guids not permalinks."""
+def rss_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime, *,
+             folder: str = "", title: str | None = None) -> bytes:
+    """Write RSS 2.0: full HTML in content:encoded, authors as dc:creator, guids not permalinks.
+
+    ``folder`` and ``title``: a feed of some of the items (a tag's), published in a folder.
+    """
     site = clean_site(site)
-    fg = _generator(site, RSS_NAME, updated)
+    fg = _generator(site, folder + RSS_NAME, updated, title and clean_text(title))
     # RSS <author> must be an e-mail address; Dublin Core's creator takes a plain name.
     fg.load_extension("dc", atom=False, rss=True)
     if site.websub_hub is not None:
@@ -280,11 +285,12 @@ def rss_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime) -> 
     return bytes(fg.rss_str(pretty=True))
 
 
-def atom_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime) -> bytes:
+def atom_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime, *,
+              folder: str = "", title: str | None = None) -> bytes:
     """Write Atom: an author on the feed and on every entry, HTML content, text summary."""
     site = clean_site(site)
-    fg = _generator(site, ATOM_NAME, updated)
-    fg.id(canonical_url(site.url()))  # the validator warns about a non-canonical id
+    fg = _generator(site, folder + ATOM_NAME, updated, title and clean_text(title))
+    fg.id(canonical_url(site.url(folder)))  # the validator warns about a non-canonical id
     fg.author(name=feed_author(site))
     if site.description:
         fg.subtitle(site.description)
@@ -305,14 +311,15 @@ def atom_feed(site: SiteConfig, items: Sequence[FeedItem], updated: datetime) ->
     return bytes(fg.atom_str(pretty=True))
 
 
-def json_feed(site: SiteConfig, items: Sequence[FeedItem]) -> bytes:
+def json_feed(site: SiteConfig, items: Sequence[FeedItem], *, folder: str = "",
+              title: str | None = None) -> bytes:
     """Write JSON Feed 1.1 by hand (feedgen has no writer for it; it has no feed date)."""
     site = clean_site(site)
     document: dict[str, object] = {
         "version": JSON_FEED_VERSION,
-        "title": site.title,
+        "title": clean_text(title) if title else site.title,
         "home_page_url": site.url(),
-        "feed_url": site.url(JSON_NAME),
+        "feed_url": site.url(folder + JSON_NAME),
         "description": site.description,
         **({"hubs": [{"type": "WebSub", "url": site.websub_hub}]} if site.websub_hub else {}),
         "language": site.language,
@@ -342,11 +349,14 @@ def _json_item(item: FeedItem) -> dict[str, object]:
 
 
 def feed_items(site: SiteConfig, calendar: Calendar, day: date,
-               env: jinja2.Environment) -> list[FeedItem]:
-    """Return the newest ``feed_items`` events up to ``day`` as feed items, newest first."""
+               env: jinja2.Environment, events: Sequence[Event] | None = None) -> list[FeedItem]:
+    """Return the newest ``feed_items`` events up to ``day`` as feed items, newest first.
+
+    ``events``: these (newest first) instead of the calendar's newest.
+    """
     items: list[FeedItem] = []
     position, previous = 0, None
-    for event in calendar.recent(day, site.feed_items):
+    for event in calendar.recent(day, site.feed_items) if events is None else events:
         position = position + 1 if event.on == previous else 0
         previous = event.on
         items.append(feed_item(site, event, env, position))
@@ -354,13 +364,18 @@ def feed_items(site: SiteConfig, calendar: Calendar, day: date,
 
 
 def build_feeds(site: SiteConfig, calendar: Calendar, day: date,
-                env: jinja2.Environment) -> dict[str, bytes]:
-    """Return every feed file as it stands on ``day``: file name to bytes."""
-    items = feed_items(site, calendar, day, env)
+                env: jinja2.Environment, *, events: Sequence[Event] | None = None,
+                folder: str = "", title: str | None = None) -> dict[str, bytes]:
+    """Return every feed file as it stands on ``day``: file name to bytes.
+
+    ``events``, ``folder`` and ``title``: the feeds of these events only (newest first),
+    published in ``folder`` (ending in ``/``) under their own title.
+    """
+    items = feed_items(site, calendar, day, env, events)
     # The newest item's time, not the clock, so that a rebuild gives the same bytes.
     updated = max((item.published for item in items), default=publish_instant(site, day))
     return {
-        RSS_NAME: rss_feed(site, items, updated),
-        ATOM_NAME: atom_feed(site, items, updated),
-        JSON_NAME: json_feed(site, items),
+        RSS_NAME: rss_feed(site, items, updated, folder=folder, title=title),
+        ATOM_NAME: atom_feed(site, items, updated, folder=folder, title=title),
+        JSON_NAME: json_feed(site, items, folder=folder, title=title),
     }

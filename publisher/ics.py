@@ -90,8 +90,11 @@ def article_events(site: SiteConfig, article: Article, leap_day: LeapDay
 
 
 def calendar_ics(site: SiteConfig, articles: Iterable[Article], leap_day: LeapDay,
-                 name: str | None = None) -> bytes:
-    """Return the iCalendar file of ``articles``; ``name`` is the calendar's display name."""
+                 name: str | None = None, path: str = ICS_NAME) -> bytes:
+    """Return the iCalendar file of ``articles``; ``name`` is the calendar's display name.
+
+    ``path``: where the file is published, relative to the site.
+    """
     # iCalendar text admits no control characters (RFC 5545 3.3.11): the feeds' cleaning.
     site = clean_site(site)
     ical = icalendar.Calendar()
@@ -105,7 +108,7 @@ def calendar_ics(site: SiteConfig, articles: Iterable[Article], leap_day: LeapDa
         ical.add("description", site.description)
         ical.add("x-wr-caldesc", site.description)
     ical.add("url", site.url())
-    ical.add("source", site.url(ICS_NAME))
+    ical.add("source", site.url(path))
     ical.add("refresh-interval", REFRESH, parameters={"VALUE": "DURATION"})
     ical.add("x-published-ttl", icalendar.vDuration(REFRESH))
     head = ical.content_lines()[:-2]  # without END:VCALENDAR and the final empty line

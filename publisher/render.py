@@ -25,6 +25,7 @@ from babel.support import NullTranslations, Translations
 from publisher.calendar import Event
 from publisher.config import Config
 from publisher.errors import ConfigError, TemplateError
+from publisher.preferences import tag_key
 
 _HERE = Path(__file__).resolve().parent
 LOCALE_DIR = _HERE / "locale"
@@ -254,6 +255,8 @@ def make_environment(templates_dir: Path | None = None,
     env.filters["years"] = _years
     env.filters["years_on"] = _years_on
     env.filters["webcal"] = webcal_url
+    # The folder of a tag's feeds: tags/<key>/ (publisher.topics).
+    env.filters["tag_key"] = tag_key
     # Upper-cases the first letter only: capitalize would lower-case a German noun.
     env.filters["upperfirst"] = lambda text: text[:1].upper() + text[1:]
     return env

@@ -49,6 +49,7 @@ from publisher.sitemap import (
     sitemap_files,
     sitemap_names,
 )
+from publisher.topics import topic_files
 
 INDEX_TEMPLATE = "index.html"
 ARTICLE_TEMPLATE = "article.html"
@@ -213,6 +214,7 @@ def site_files(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Envi
     for feed in FEEDS:
         yield feed.name, functools.partial(lambda name: feeds()[name], feed.name)
     yield ICS_NAME, lambda: build_ics(site, calendar, day)
+    yield from topic_files(site, calendar, day, env)
     maps = functools.cache(lambda: sitemap_files(site, sitemap_entries(site, calendar, day)))
     for name in sitemap_names(1 + len(calendar.published(day))):
         yield name, functools.partial(lambda name: maps()[name], name)

@@ -27,6 +27,10 @@ SMALL_SITE_FILES = {
     "style.css", "favicon.ico", "index.html", "feed.xml", "atom.xml", "feed.json",
     "anniversaries.ics", "sitemap.xml", "robots.txt",
     *(f"articles/{slug}/index.html" for slug in ("eclipse", "flight", "leap", "moon", "pi")),
+    # The feeds of the milestones and of each tag (with each tag's calendar).
+    *(f"milestones/{name}" for name in ("feed.xml", "atom.xml", "feed.json")),
+    *(f"tags/{tag}/{name}" for tag in ("apollo", "calendars", "spaceflight")
+      for name in ("feed.xml", "atom.xml", "feed.json", "anniversaries.ics")),
 }
 
 
@@ -170,7 +174,9 @@ def test_rebuild_gives_identical_bytes_and_keeps_unchanged_files(
     edited = site.build_site(small_site, SMALL_SITE_DAY)
     changed = {name for name, data in snapshot(output).items() if data != before[name]}
     assert changed == {"articles/eclipse/index.html", "feed.xml", "atom.xml", "feed.json",
-                       "anniversaries.ics"}  # the summary, in the calendar's description
+                       "anniversaries.ics",  # the summary, in the calendar's description
+                       # its first publication is among the milestones
+                       "milestones/feed.xml", "milestones/atom.xml", "milestones/feed.json"}
     assert edited.written == len(changed)
     for name in set(before) - changed:
         assert (output / name).stat().st_ino == inodes[name], name
@@ -202,7 +208,8 @@ def test_new_bytes_are_dated_after_every_date_the_site_gave_before(
     site.build_site(small_site, SMALL_SITE_DAY)
     second = mtimes(output)
     changed = {"articles/eclipse/index.html", "feed.xml", "atom.xml", "feed.json",
-               "anniversaries.ics"}  # the summary is in the calendar too
+               "anniversaries.ics",  # the summary is in the calendar too
+               "milestones/feed.xml", "milestones/atom.xml", "milestones/feed.json"}
     assert {name: second[name] for name in changed} == dict.fromkeys(changed, ahead + 1)
     assert {name: second[name] for name in set(first) - changed} == {
         name: first[name] for name in set(first) - changed}  # unchanged bytes, same date

@@ -1,0 +1,80 @@
+"""The feeds of a part of the archive: one per tag, and one of the milestones only.
+
+``tags/<tag>/feed.xml``, ``atom.xml`` and ``feed.json`` hold the newest appearances of the
+articles with that tag; ``milestones/…`` those that are a milestone (1, 5, 10, 25, 50, 75, 100
+years and every 25 after) or a first publication, as a subscriber choosing milestones gets them.
+Items keep the main feeds' ids, one per (article, anniversary year).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date
+
+import jinja2
+
+from publisher.calendar import Calendar, Event
+from publisher.config import SiteConfig
+from publisher.feeds import FEEDS, build_feeds
+from publisher.ics import calendar_ics
+from publisher.preferences import is_milestone, tag_key
+
+TAGS_FOLDER = "tags"
+MILESTONES_FOLDER = "milestones"
+TAG_ICS_NAME = "anniversaries.ics"
+FileMaker = Callable[[], bytes]
+
+
+def tag_folder(tag: str) -> str:
+    """Return the folder of a tag's feeds, relative to the site, ending in ``/``."""
+    return f"{TAGS_FOLDER}/{tag_key(tag)}/"
+
+
+def milestone_events(calendar: Calendar, day: date, limit: int) -> list[Event]:
+    """Return up to ``limit`` milestone appearances on or before ``day``, newest first."""
+    found: list[Event] = []
+    if calendar.first_date is None:
+        return found
+    for ordinal in range(day.toordinal(), calendar.first_date.toordinal() - 1, -1):
+        if len(found) >= limit:
+            break
+        found += [event for event in calendar.events_on(date.fromordinal(ordinal))
+                  if event.is_first or is_milestone(event.years_since)][:limit - len(found)]
+    return found
+
+
+def topic_files(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Environment
+                ) -> Iterator[tuple[str, FileMaker]]:
+    """Yield the milestones' and each tag's feeds (and calendar) as (path, bytes maker)."""
+    yield from _feeds(site, calendar, day, env, f"{MILESTONES_FOLDER}/",
+                      f"{site.title}: milestones",
+                      lambda: milestone_events(calendar, day, site.feed_items))
+    # The tags of the articles published by then, each named as first written.
+    names: dict[str, str] = {}
+    for article in sorted(calendar.published(day), key=lambda a: a.slug):
+        for tag in article.tags:
+            names.setdefault(tag_key(tag), tag)
+    names.pop("", None)
+    for key, name in sorted(names.items()):
+        folder = f"{TAGS_FOLDER}/{key}/"
+        subset = Calendar([a for a in calendar.articles if key in _keys(a.tags)],
+                          calendar.leap_day)
+        yield from _feeds(site, subset, day, env, folder, f"{site.title}: {name}",
+                          functools.partial(subset.recent, day, site.feed_items))
+        yield (folder + TAG_ICS_NAME, functools.partial(
+            calendar_ics, site, subset.published(day), calendar.leap_day,
+            f"{site.title}: {name}", folder + TAG_ICS_NAME))
+
+
+def _keys(tags: Sequence[str]) -> set[str]:
+    return {tag_key(tag) for tag in tags}
+
+
+def _feeds(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Environment,
+           folder: str, title: str, events: Callable[[], list[Event]]
+           ) -> Iterator[tuple[str, FileMaker]]:
+    built = functools.cache(lambda: build_feeds(site, calendar, day, env, events=events(),
+                                                folder=folder, title=title))
+    for feed in FEEDS:
+        yield folder + feed.name, functools.partial(lambda name: built()[name], feed.name)
