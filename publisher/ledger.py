@@ -1468,10 +1468,10 @@ class Ledger:
         digest row is (``@digest``, ``YYYYMMDD``, subscriber). Return how many were new.
         """
         now = now or utcnow()
+        # From the index on (digest_on, subscriber_id) alone: a subscriber whose digest of
+        # the day exists already only meets the unique key.
         waiting = (select(deliveries.c.subscriber_id).distinct()
-                   .where(deliveries.c.digest_on == day, deliveries.c.status == "pending",
-                          deliveries.c.next_attempt_at == DIGEST_WAITING)
-                   .order_by(deliveries.c.subscriber_id))
+                   .where(deliveries.c.digest_on == day).order_by(deliveries.c.subscriber_id))
         source = select(
             literal(DIGEST_SLUG, String()), literal(digest_year(day), Integer()),
             literal(day, Date()), waiting.subquery().c.subscriber_id,
@@ -1484,19 +1484,27 @@ class Ledger:
                    "next_attempt_at", "give_up_at", "updated_at"]
         statement = self._insert(deliveries).from_select(columns, source).on_conflict_do_nothing(
             index_elements=["slug", "year", "subscriber_id"])
+        day_digests = and_(deliveries.c.slug == DIGEST_SLUG,
+                           deliveries.c.year == digest_year(day))
         with self._write() as conn:
             added = int(conn.execute(statement).rowcount)
-            # An appearance that arrived after its day's digest went (the content changed, or
-            # the subscriber moved to a later time) goes alone rather than never.
-            gone = deliveries.alias("digest")
-            late = exists().where(gone.c.slug == DIGEST_SLUG,
-                                  gone.c.year == digest_year(day),
-                                  gone.c.subscriber_id == deliveries.c.subscriber_id,
-                                  gone.c.status.not_in(("pending", "deferred")))
-            conn.execute(update(deliveries).where(
-                deliveries.c.digest_on == day, deliveries.c.status == "pending",
-                deliveries.c.next_attempt_at == DIGEST_WAITING, late,
-            ).values(digest_on=None, next_attempt_at=due_at, updated_at=now))
+            # An appearance queued after its day's digest was taken (the content changed, or
+            # the subscriber moved to a later time) goes alone rather than never. Looked for
+            # only when some digest of the day has been taken: usually none has.
+            taken = conn.scalar(select(exists().where(day_digests,
+                                                      deliveries.c.status != "pending")))
+            if taken:
+                gone = deliveries.alias("digest")
+                late = exists().where(gone.c.slug == DIGEST_SLUG,
+                                      gone.c.year == digest_year(day),
+                                      gone.c.subscriber_id == deliveries.c.subscriber_id,
+                                      gone.c.status.not_in(("pending", "deferred")))
+                conn.execute(update(deliveries).where(
+                    deliveries.c.digest_on == day, deliveries.c.status == "pending",
+                    deliveries.c.next_attempt_at == DIGEST_WAITING,
+                    deliveries.c.attempts == 0, late,
+                ).values(digest_on=None, next_attempt_at=due_at, give_up_at=give_up_at,
+                         updated_at=now))
             return added
 
     def count_unqueued(self, slug: str, year: int, zone: ZoneChoice, site_zone: str) -> int:
@@ -1612,19 +1620,21 @@ class Ledger:
     @staticmethod
     def _digest_items(conn: Connection, digests: Sequence[tuple[int, date]]
                       ) -> dict[tuple[int, date], list[tuple[str, int, date]]]:
-        # One query for a batch's digests, through the index on (digest_on, subscriber_id).
+        # Read and marked in one statement (attempts 1: in a message): the digest's outcome
+        # becomes theirs, never that of an appearance queued after this read.
         found: dict[tuple[int, date], list[tuple[str, int, date]]] = {}
         if not digests:
             return found
         rows = conn.execute(
-            select(deliveries.c.subscriber_id, deliveries.c.digest_on, deliveries.c.slug,
-                   deliveries.c.year, deliveries.c.event_on)
+            update(deliveries)
             .where(tuple_(deliveries.c.digest_on, deliveries.c.subscriber_id)
                    .in_([(day, sid) for sid, day in digests]),
                    deliveries.c.status == "pending",
                    deliveries.c.next_attempt_at == DIGEST_WAITING)
-            .order_by(deliveries.c.event_on, deliveries.c.slug))
-        for sid, day, slug, year, on in rows:
+            .values(attempts=1)
+            .returning(deliveries.c.subscriber_id, deliveries.c.digest_on, deliveries.c.slug,
+                       deliveries.c.year, deliveries.c.event_on)).all()
+        for sid, day, slug, year, on in sorted(rows, key=lambda r: (r[4], r[2])):
             found.setdefault((sid, day), []).append((slug, year, on))
         return found
 
@@ -1636,23 +1646,30 @@ class Ledger:
         done = conn.execute(
             select(deliveries.c.subscriber_id, deliveries.c.event_on, deliveries.c.status,
                    deliveries.c.last_code, deliveries.c.last_reply, deliveries.c.message_id,
-                   deliveries.c.sent_at)
+                   deliveries.c.sent_at, deliveries.c.give_up_at)
             .where(deliveries.c.id.in_(ids), deliveries.c.slug == DIGEST_SLUG,
                    deliveries.c.status.in_(("sent", "failed", "skipped")))).all()
         if not done:
             return
+        waiting = [deliveries.c.digest_on == bindparam("day"),
+                   deliveries.c.subscriber_id == bindparam("sid"),
+                   deliveries.c.status == "pending",
+                   deliveries.c.next_attempt_at == DIGEST_WAITING]
         conn.execute(
-            update(deliveries).where(
-                deliveries.c.digest_on == bindparam("day"),
-                deliveries.c.subscriber_id == bindparam("sid"),
-                deliveries.c.status == "pending",
-                deliveries.c.next_attempt_at == DIGEST_WAITING,
-            ).values(status=bindparam("state"), last_code=bindparam("code"),
-                     last_reply=bindparam("reply"), message_id=bindparam("mid"),
-                     sent_at=bindparam("sent"), next_attempt_at=now, updated_at=now),
+            update(deliveries).where(*waiting, deliveries.c.attempts > 0)
+            .values(status=bindparam("state"), last_code=bindparam("code"),
+                    last_reply=bindparam("reply"), message_id=bindparam("mid"),
+                    sent_at=bindparam("sent"), next_attempt_at=now, updated_at=now),
             [{"day": r.event_on, "sid": r.subscriber_id, "state": r.status,
               "code": r.last_code, "reply": r.last_reply, "mid": r.message_id,
               "sent": r.sent_at} for r in done])
+        # Queued after the digest's message was made: they go alone.
+        conn.execute(
+            update(deliveries).where(*waiting, deliveries.c.attempts == 0)
+            .values(digest_on=None, next_attempt_at=now, give_up_at=bindparam("give_up"),
+                    updated_at=now),
+            [{"day": r.event_on, "sid": r.subscriber_id, "give_up": r.give_up_at}
+             for r in done])
 
     def extend_lease(self, ids: Iterable[int], worker: str, until: datetime) -> int:
         """Push the lease of rows this worker still holds to ``until``."""
