@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from publisher.calendar import Calendar, Event
+from publisher.calendar import Calendar, Clock, Event, local_date, utcnow
 from publisher.config import Config
 from publisher.content import Article, load_articles
 from publisher.errors import PublisherError, SubscriberError
@@ -22,7 +22,6 @@ from publisher.ledger import (
     Problem,
     SubscriberStatus,
     ZoneChoice,
-    utcnow,
 )
 from publisher.mail import Edition, Mailer, Recipient
 from publisher.tokens import load_secret
@@ -30,7 +29,6 @@ from publisher.transports import Envelope, Outcome, Stop, Transport, open_transp
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 Progress = Callable[[int, int], None]
 MAX_LISTED_FAILURES = 20
 
@@ -416,7 +414,7 @@ def send_date(config: Config, day: date | None = None, *, dry_run: bool = False,
     """Queue ``day``'s events for every confirmed subscriber in any zone, then send all due."""
     clock = clock or utcnow
     now = clock()
-    day = day or now.astimezone(config.site.zone).date()
+    day = day or local_date(now, config.site.zone)
     report = SendReport(day=day, dry_run=dry_run)
     loaded = load_articles(config.site.content_dir)
     report.problems.extend(str(error) for error in loaded.errors)

@@ -21,9 +21,10 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import urlencode
 
+from publisher.calendar import utcnow
 from publisher.config import Config
 from publisher.feeds import FEEDS
-from publisher.ledger import Ledger, utcnow
+from publisher.ledger import Ledger
 
 STATE_KEY = "websub:{name}"
 TIMEOUT_SECONDS = 10.0  # per ping; the pings of one build run at the same time
