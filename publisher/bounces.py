@@ -726,21 +726,6 @@ class ReturnStatus:
                            f"{HARD_BOUNCE_RATE_LIMIT:.0%}")
         return out
 
-    def lines(self) -> list[str]:
-        """Describe the returns for a terminal."""
-        if not self.editions and not self.elsewhere:
-            return ["bounces and complaints: none recorded"]
-        out = ["bounces and complaints per edition:"] if self.editions else []
-        for e in self.editions:
-            out.append(f"  {e.on}  {e.slug} {e.year}: sent {e.sent}, hard {e.hard} "
-                       f"({e.hard_rate:.2%}), soft {e.soft}, complaints {e.complaints} "
-                       f"({e.complaint_rate:.2%})")
-        if self.elsewhere:
-            counts = ", ".join(f"{kind} {n}" for kind, n in sorted(self.elsewhere.items()))
-            out.append(f"bounces and complaints not tied to an edition: {counts}")
-        out += [f"warning: {warning}" for warning in self.warnings()]
-        return out
-
 
 def return_status(config: Config, day: date | None = None) -> ReturnStatus:
     """Return the bounce and complaint counts and rates per edition (of ``day``, or all)."""

@@ -7,13 +7,14 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
 from publisher import config as config_module
+from publisher.calendar import Event, count_years
 from publisher.config import (
     LOG_FORMATS,
     SUBSCRIBER_STATUSES,
@@ -28,7 +29,12 @@ from publisher.errors import ConfigError, ContentError, PublisherError
 if TYPE_CHECKING:
     import socket
 
+    from publisher.bounces import ReturnStatus
+    from publisher.dispatch import SendReport, Status
     from publisher.ledger import Ledger
+    from publisher.schedule import ClockStatus
+    from publisher.site import BuildReport
+    from publisher.websub import PingState, WebSubStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,6 +78,122 @@ def printable(text: str) -> str:
 def echo_lines(lines: Sequence[str], *, err: bool = False) -> None:
     """Print lines of a report, each with its control characters escaped."""
     click.echo("\n".join(map(printable, lines)), err=err)
+
+
+# --- reports: what the library returns, as lines for a terminal ----------------------------
+
+
+def build_line(report: BuildReport) -> str:
+    """Describe a build in one line."""
+    return (
+        f"built {report.day.isoformat()} into {report.output_dir}: {report.pages} pages, "
+        f"{report.feeds} feeds ({report.feed_items} items, {report.events_today} today); "
+        f"{report.written} files written, {report.unchanged} unchanged"
+    )
+
+
+def send_lines(report: SendReport) -> list[str]:
+    """Describe a send: events, counts, then failures and warnings."""
+    head = f"{report.day}: " if report.day else ""
+    out = [f"{head}{len(report.events)} event(s)"]
+    verb = "would queue" if report.dry_run else "queued"
+    out += [f"  {e.slug} {e.year} ({e.title}): {verb} {e.queued}" for e in report.events]
+    if report.dry_run:
+        out.append(f"dry run: {report.queued} delivery(ies) to queue, {report.due} already due; "
+                   "nothing was changed")
+    else:
+        out.append(f"sent {report.sent}, deferred {report.deferred}, failed {report.failed}, "
+                   f"bounced {report.bounced}, skipped {report.skipped}")
+    if report.failures:
+        out.append("failures:")
+        out += [f"  {failure}" for failure in report.failures]
+    out += [f"warning: {warning}" for warning in report.warnings]
+    if report.stopped:
+        out.append(f"stopped: {report.stopped}")
+    return out
+
+
+def delivery_lines(status: Status) -> list[str]:
+    """Describe the ledger: subscribers, deliveries per event and state, failures."""
+    out = ["subscribers: " + ", ".join(f"{n} {s}" for s, n in status.subscribers.items())]
+    scope = f" for {status.day}" if status.day else ""
+    if not status.counts:
+        out.append(f"no deliveries{scope}")
+    per_event: dict[tuple[date, str, int], list[str]] = {}
+    for c in status.counts:
+        per_event.setdefault((c.event_on, c.slug, c.year), []).append(f"{c.status} {c.count}")
+    for (on, slug, year), states in per_event.items():
+        out.append(f"{on}  {slug} {year}: {', '.join(states)}")
+    out.append(f"due now: {status.due}")
+    if status.problems:
+        out.append(f"failed and retrying{scope}, newest first:")
+    for p in status.problems:
+        retry = (f" (next try {p.next_attempt_at:%Y-%m-%d %H:%M} UTC)"
+                 if p.status == "deferred" else "")
+        out.append(f"  {p.status:<8} {p.email}  {p.slug} {p.year}  attempts {p.attempts}  "
+                   f"{p.reply or ''}{retry}")
+    return out
+
+
+def return_lines(status: ReturnStatus) -> list[str]:
+    """Describe the bounces and complaints per edition, with a warning for each rate over."""
+    if not status.editions and not status.elsewhere:
+        return ["bounces and complaints: none recorded"]
+    out = ["bounces and complaints per edition:"] if status.editions else []
+    for e in status.editions:
+        out.append(f"  {e.on}  {e.slug} {e.year}: sent {e.sent}, hard {e.hard} "
+                   f"({e.hard_rate:.2%}), soft {e.soft}, complaints {e.complaints} "
+                   f"({e.complaint_rate:.2%})")
+    if status.elsewhere:
+        counts = ", ".join(f"{kind} {n}" for kind, n in sorted(status.elsewhere.items()))
+        out.append(f"bounces and complaints not tied to an edition: {counts}")
+    out += [f"warning: {warning}" for warning in status.warnings()]
+    return out
+
+
+def _utc(instant: datetime) -> str:
+    return f"{instant.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _years(event: Event) -> str:
+    return "first publication" if event.is_first else count_years(event.years_since)
+
+
+def clock_lines(status: ClockStatus) -> list[str]:
+    """Describe the clock: last tick, last build, the next publish moments."""
+    tick = _utc(status.last_tick) if status.last_tick else "never (is `publisher run` running?)"
+    built = status.site_built.isoformat() if status.site_built else "never by `publisher run`"
+    out = [f"last tick: {tick}", f"site last built for: {built}"]
+    if not status.upcoming:
+        out.append("next anniversary moments: none")
+    else:
+        out.append("next anniversary moments:")
+    for moment in status.upcoming:
+        slugs = ", ".join(f"{e.article.slug} ({_years(e)})" for e in moment.events)
+        out.append(f"  {moment.local:%Y-%m-%d %H:%M} {moment.zone} = "
+                   f"{moment.instant:%Y-%m-%d %H:%M} UTC: {slugs}")
+    return out
+
+
+def ping_line(state: PingState) -> str:
+    """Describe the WebSub state of one feed in one line."""
+    if state.last_at is None:
+        last = "never pinged"
+    else:
+        outcome = "accepted" if state.last_ok else "failed"
+        last = f"{outcome} {_utc(state.last_at)}: {state.last_detail}"
+    if state.pending and state.next_at is not None:
+        last += f"; attempt {state.attempts + 1} at {_utc(state.next_at)}"
+    elif state.last_ok is False:
+        last += f"; gave up after {state.attempts} attempts until the feed changes again"
+    return f"  {state.name}: {last}"
+
+
+def websub_lines(status: WebSubStatus) -> list[str]:
+    """Describe the hub and each feed's last ping."""
+    if status.hub is None:
+        return ["websub: no hub (site.websub_hub is not set)"]
+    return [f"websub hub: {status.hub}", *(ping_line(state) for state in status.feeds)]
 
 
 def reports_errors(func: F) -> F:
@@ -128,14 +250,14 @@ def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
     config = load_config(ctx)
     report = site.build_site(config, _as_day(day), out=out)
     _echo_problems(report.errors)
-    click.echo(report.summary())
+    click.echo(build_line(report))
     if out is None or out.absolute() == config.site.output_dir.absolute():
         # Only the folder served at base_url is what the feed URLs name: tell the hub.
         from publisher import websub
 
         pings = websub.announce(config, report.changed_feeds)
         if pings:
-            echo_lines([f"websub:{ping.line()}" for ping in pings])
+            echo_lines([f"websub:{ping_line(ping)}" for ping in pings])
     if not report.ok:
         sys.exit(EXIT_PROBLEMS)
 
@@ -397,7 +519,7 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
             if bar is not None:
                 bar.close()
     _echo_problems(report.problems)
-    echo_lines(report.lines())
+    echo_lines(send_lines(report))
     if stop.signum:
         click.echo(f"stopped by {signal.Signals(stop.signum).name}: the messages in flight were "
                    "finished; the rest stays queued for the next run")
@@ -414,13 +536,13 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
     """Show deliveries, failures, bounces, subscribers, the clock, what comes next, WebSub."""
-    from publisher import bounces, dispatch, schedule, websub
+    from publisher import schedule
 
-    config = load_config(ctx)
-    echo_lines(dispatch.delivery_status(config, _as_day(day)).lines())
-    echo_lines(bounces.return_status(config, _as_day(day)).lines())
-    echo_lines(schedule.clock_status(config).lines())
-    echo_lines(websub.websub_status(config).lines())
+    found = schedule.overview(load_config(ctx), _as_day(day))
+    echo_lines(delivery_lines(found.deliveries))
+    echo_lines(return_lines(found.returns))
+    echo_lines(clock_lines(found.clock))
+    echo_lines(websub_lines(found.websub))
 
 
 @cli.command("bounces")

@@ -18,15 +18,13 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher import transports, websub
-from publisher.bounces import BounceReport, Poller
+from publisher.bounces import BounceReport, Poller, ReturnStatus, return_status
 from publisher.calendar import (
     Appearance,
     Calendar,
     Clock,
-    Event,
     EventsByDay,
     Moment,
-    count_years,
     latest_due_date,
     next_appearances,
     plan_zone,
@@ -39,6 +37,8 @@ from publisher.content import Article, ArticleCache, LoadResult, load_articles
 from publisher.dispatch import (
     SendPolicy,
     SendReport,
+    Status,
+    delivery_status,
     enqueue_event,
     send_all,
     skip_event,
@@ -327,26 +327,6 @@ class ClockStatus:
     site_built: date | None
     upcoming: list[Moment]
 
-    def lines(self) -> list[str]:
-        """Describe the clock for a terminal."""
-        tick = (f"{self.last_tick.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
-                if self.last_tick else "never (is `publisher run` running?)")
-        built = self.site_built.isoformat() if self.site_built else "never by `publisher run`"
-        out = [f"last tick: {tick}", f"site last built for: {built}"]
-        if not self.upcoming:
-            out.append("next anniversary moments: none")
-        else:
-            out.append("next anniversary moments:")
-        for moment in self.upcoming:
-            slugs = ", ".join(f"{e.article.slug} ({_years(e)})" for e in moment.events)
-            out.append(f"  {moment.local:%Y-%m-%d %H:%M} {moment.zone} = "
-                       f"{moment.instant:%Y-%m-%d %H:%M} UTC: {slugs}")
-        return out
-
-
-def _years(event: Event) -> str:
-    return "first publication" if event.is_first else count_years(event.years_since)
-
 
 def _coming_calendar(config: Config, cache: ArticleCache | None = None) -> Calendar:
     """Return the calendar of the valid articles (empty when the content folder is missing)."""
@@ -385,3 +365,19 @@ def clock_status(config: Config, now: datetime | None = None,
         site_built=_parse_day(built.split(" ")[0]) if built else None,
         upcoming=upcoming(calendar, zones, config.site.publish_time, now, limit),
     )
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Everything ``publisher status`` shows: deliveries, returns, the clock and WebSub."""
+
+    deliveries: Status
+    returns: ReturnStatus
+    clock: ClockStatus
+    websub: websub.WebSubStatus
+
+
+def overview(config: Config, day: date | None = None) -> Overview:
+    """Return the deliveries and returns (of ``day``'s events, or all), the clock and WebSub."""
+    return Overview(delivery_status(config, day), return_status(config, day),
+                    clock_status(config), websub.websub_status(config))

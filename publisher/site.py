@@ -93,14 +93,6 @@ class BuildReport:
         """Return whether every article loaded."""
         return not self.errors
 
-    def summary(self) -> str:
-        """Describe the build in one line."""
-        return (
-            f"built {self.day.isoformat()} into {self.output_dir}: {self.pages} pages, "
-            f"{self.feeds} feeds ({self.feed_items} items, {self.events_today} today); "
-            f"{self.written} files written, {self.unchanged} unchanged"
-        )
-
 
 def site_environment(config: Config) -> jinja2.Environment:
     """Return the Jinja2 environment of the site, checking that ``templates_dir`` exists."""
