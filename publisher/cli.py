@@ -244,7 +244,13 @@ def _echo_problems(problems: Sequence[PublisherError | str]) -> None:
 @click.pass_context
 @reports_errors
 def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
-    """Write the archive pages and the feeds; broken articles are listed and left out."""
+    """Write the archive pages and the feeds; broken articles are listed and left out.
+
+    \b
+    Example:
+        publisher build
+        publisher build --date 2026-03-14 --out /tmp/preview
+    """
     from publisher import site
 
     config = load_config(ctx)
@@ -269,7 +275,13 @@ def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
 @click.pass_context
 @reports_errors
 def check(ctx: click.Context, day: datetime | None) -> None:
-    """Load every article and render every page and feed in memory; list every problem."""
+    """Load every article and render every page and feed in memory; list every problem.
+
+    \b
+    Example:
+        publisher check
+        publisher check --date 2028-02-29
+    """
     from publisher import site
 
     problems = site.check_site(load_config(ctx), _as_day(day))
@@ -290,7 +302,13 @@ def check(ctx: click.Context, day: datetime | None) -> None:
 @click.pass_context
 @reports_errors
 def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> None:
-    """List the coming appearances: date, years since first publication, slug and title."""
+    """List the coming appearances: date, years since first publication, slug and title.
+
+    \b
+    Example:
+        publisher calendar
+        publisher calendar --from 2026-12-01 --days 31
+    """
     from publisher import site
 
     events, errors = site.upcoming_events(load_config(ctx), _as_day(start), days)
@@ -314,7 +332,12 @@ def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> N
 @reports_errors
 def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
                    keep_source: bool) -> None:
-    """Turn plain .txt articles into Markdown with front matter, renaming each source."""
+    """Turn plain .txt articles into Markdown with front matter, renaming each source.
+
+    \b
+    Example:
+        publisher import old/*.txt --out content
+    """
     from publisher.content import import_plain
 
     failures: list[PublisherError] = []
@@ -361,7 +384,12 @@ def subscribers() -> None:
 @reports_errors
 def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: str | None,
                     resubscribe: bool) -> None:
-    """Add a confirmed subscriber, or update a known one's name and time zone."""
+    """Add a confirmed subscriber, or update a known one's name and time zone.
+
+    \b
+    Example:
+        publisher subscribers add ada@example.org --name Ada --timezone Europe/London
+    """
     from publisher.ledger import subscriber_row
 
     with _ledger(ctx) as ledger:
@@ -381,6 +409,10 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
     """Import a CSV of email,name,timezone; bad rows are listed, the good ones imported.
 
     Addresses that unsubscribed or bounced are listed and left out.
+
+    \b
+    Example:
+        publisher subscribers import readers.csv
     """
     from publisher.ledger import import_csv
 
@@ -408,7 +440,12 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
 @click.pass_context
 @reports_errors
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
-    """List subscribers, one per line: address, status, time zone, name (tab-separated)."""
+    """List subscribers, one per line: address, status, time zone, name (tab-separated).
+
+    \b
+    Example:
+        publisher subscribers list --status confirmed
+    """
     with _ledger(ctx, read_only=True) as ledger:
         for s in ledger.iter_subscribers(cast("SubscriberStatus | None", status)):
             click.echo("\t".join(map(printable, (s.email, s.status, s.timezone or "-",
@@ -426,6 +463,10 @@ def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
     """Remove a subscriber: name, zone and delivery history go; the address stays suppressed.
 
     A sign-up never confirmed, or any address with --forget, is deleted outright.
+
+    \b
+    Example:
+        publisher subscribers remove ada@example.org
     """
     with _ledger(ctx) as ledger:
         outcome = ledger.remove(email, forget=forget)
@@ -445,7 +486,12 @@ def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
 @click.pass_context
 @reports_errors
 def subscribers_export(ctx: click.Context, status: str | None) -> None:
-    """Write subscribers as CSV to stdout; `subscribers import` reads it back."""
+    """Write subscribers as CSV to stdout; `subscribers import` reads it back.
+
+    \b
+    Example:
+        publisher subscribers export --status confirmed > readers.csv
+    """
     from publisher.ledger import export_csv
 
     with _ledger(ctx, read_only=True) as ledger:
@@ -506,7 +552,13 @@ class _StopSignals:
 @click.pass_context
 @reports_errors
 def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
-    """Email a day's events to every confirmed subscriber (never twice), then any retries due."""
+    """Email a day's events to every confirmed subscriber (never twice), then any retries due.
+
+    \b
+    Example:
+        publisher send --date 2026-12-17 --dry-run
+        publisher send --date 2026-12-17
+    """
     from publisher import dispatch
 
     config = load_config(ctx)
@@ -535,7 +587,13 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @click.pass_context
 @reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
-    """Show deliveries, failures, bounces, subscribers, the clock, what comes next, WebSub."""
+    """Show deliveries, failures, bounces, subscribers, the clock, what comes next, WebSub.
+
+    \b
+    Example:
+        publisher status
+        publisher status --date 2026-12-17
+    """
     from publisher import schedule
 
     found = schedule.overview(load_config(ctx), _as_day(day))
@@ -550,7 +608,12 @@ def status(ctx: click.Context, day: datetime | None) -> None:
 @click.pass_context
 @reports_errors
 def bounces_command(ctx: click.Context) -> None:
-    """Read every configured mailbox of bounces and complaints once; print what was found."""
+    """Read every configured mailbox of bounces and complaints once; print what was found.
+
+    \b
+    Example:
+        publisher bounces
+    """
     from publisher import bounces
 
     report = bounces.process(load_config(ctx))
@@ -572,7 +635,13 @@ def bounces_command(ctx: click.Context) -> None:
 @click.pass_context
 @reports_errors
 def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
-    """Keep the site and the email up to date: tick every few seconds until SIGTERM or Ctrl-C."""
+    """Keep the site and the email up to date: tick every few seconds until SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+        publisher run
+        publisher run --serve --log-format json
+    """
     from publisher import daemon, web
 
     config = load_config(ctx)
@@ -599,7 +668,12 @@ def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
 @reports_errors
 def serve(ctx: click.Context, host: str | None, port: int | None, access_log: bool,
           log_format: LogFormat) -> None:
-    """Serve the built site, sign-up, unsubscribe and previews over HTTP until stopped."""
+    """Serve the built site, sign-up, unsubscribe and previews over HTTP until stopped.
+
+    \b
+    Example:
+        publisher serve --host 0.0.0.0 --port 8080
+    """
     from publisher import daemon, web
 
     config = load_config(ctx)
