@@ -25,6 +25,7 @@ from playwright.sync_api import Browser, Page
 from publisher.calendar import Event
 from publisher.config import from_mapping
 from publisher.content import load_article
+from publisher.digest import digest_edition
 from publisher.mail import Mailer, Recipient
 from tests.fixtures import tool_missing
 
@@ -62,10 +63,15 @@ def sample_messages(tmp_path: Path) -> dict[str, bytes]:
     mailer = Mailer(config, SECRET, clock=lambda: SCORED_AT)
     moon = load_article(SAMPLES / "moon-landing.md")
     pi = load_article(SAMPLES / "pi-day.txt")
+    day = date(2026, 7, 20)
+    day_of = [load_article(SAMPLES / name) for name in ("moon-landing.md", "sputnik.md",
+                                                         "leap-day.md", "pi-day.txt")]
+    digest = digest_edition(mailer, [Event(a, day, day.year - a.date.year) for a in day_of], day)
     return {
-        "edition": mailer.edition(Event(moon, date(2026, 7, 20), 5)).message(ADA),
+        "edition": mailer.edition(Event(moon, day, 5)).message(ADA),
         "first edition": mailer.edition(Event(pi, pi.date, 0)).message(BOB),
         "confirmation": mailer.confirmation(ADA, BASE_URL + "confirm/Wzcs.c2lnbmF0dXJl"),
+        "digest": digest.message(ADA),
     }
 
 
@@ -109,7 +115,7 @@ def spam_verdicts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Verdict
     return verdicts
 
 
-KINDS = ["edition", "first edition", "confirmation"]
+KINDS = ["edition", "first edition", "confirmation", "digest"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
