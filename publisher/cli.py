@@ -240,7 +240,7 @@ def subscribers() -> None:
 def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: str | None,
                     resubscribe: bool) -> None:
     """Add a confirmed subscriber, or update a known one's name and time zone."""
-    from publisher.ledger import subscriber_row
+    from publisher.subscriptions.fields import subscriber_row
 
     with _ledger(ctx) as ledger:
         subscriber, outcome = ledger.add_subscriber(subscriber_row(email, name, timezone),
@@ -260,7 +260,7 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
 
     Addresses that unsubscribed or bounced are listed and left out.
     """
-    from publisher.ledger import import_csv
+    from publisher.subscriptions.csvfiles import import_csv
 
     with _ledger(ctx) as ledger:
         report = import_csv(ledger, file, include_suppressed=include_suppressed)
@@ -324,7 +324,7 @@ def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
 @reports_errors
 def subscribers_export(ctx: click.Context, status: str | None) -> None:
     """Write subscribers as CSV to stdout; `subscribers import` reads it back."""
-    from publisher.ledger import export_csv
+    from publisher.subscriptions.csvfiles import export_csv
 
     with _ledger(ctx, read_only=True) as ledger:
         export_csv(ledger, sys.stdout, cast("SubscriberStatus | None", status))
