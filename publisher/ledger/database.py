@@ -67,12 +67,9 @@ def _unchanged(value: Any) -> Any:
     return value
 
 
+# Half of _DriverStatement's figure: no pool checkout and rollback around each message's write.
 class _HeldConnections:
-    """One driver connection per thread, kept out of the pool for the per-message writes.
-
-    Taking a connection from the pool and giving it back (with its rollback) for every message
-    costs about as much as SQLite's own write.
-    """
+    """One driver connection per thread, kept out of the pool for the per-message writes."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -111,14 +108,9 @@ class _HeldConnections:
         self._local = threading.local()
 
 
+# send.py, loopback, 1 connection: 137-139 us of processor per message; 196-218 via SQLAlchemy.
 class _DriverStatement:
-    """A statement compiled once for one database and run straight on the driver's connection.
-
-    SQLAlchemy's per-call execution machinery costs more than SQLite takes to write one row;
-    the ledger writes made for each message sent are the one place that skips it.
-    """
-
-    # send.py, loopback, 1 connection: 296-313 us of processor per message; 373-513 via SQLAlchemy.
+    """A statement compiled once for one database and run straight on the driver's connection."""
 
     def __init__(self, statement: UpdateBase, connections: _HeldConnections) -> None:
         dialect = connections.engine.dialect
