@@ -390,7 +390,7 @@ def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: 
     Example:
         publisher subscribers add ada@example.org --name Ada --timezone Europe/London
     """
-    from publisher.ledger import subscriber_row
+    from publisher.subscriptions.fields import subscriber_row
 
     with _ledger(ctx) as ledger:
         subscriber, outcome = ledger.add_subscriber(subscriber_row(email, name, timezone),
@@ -414,7 +414,7 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
     Example:
         publisher subscribers import readers.csv
     """
-    from publisher.ledger import import_csv
+    from publisher.subscriptions.csvfiles import import_csv
 
     with _ledger(ctx) as ledger:
         report = import_csv(ledger, file, include_suppressed=include_suppressed)
@@ -492,7 +492,7 @@ def subscribers_export(ctx: click.Context, status: str | None) -> None:
     Example:
         publisher subscribers export --status confirmed > readers.csv
     """
-    from publisher.ledger import export_csv
+    from publisher.subscriptions.csvfiles import export_csv
 
     with _ledger(ctx, read_only=True) as ledger:
         export_csv(ledger, sys.stdout, cast("SubscriberStatus | None", status))
