@@ -29,12 +29,11 @@ from publisher.errors import ConfigError, ContentError, PublisherError
 if TYPE_CHECKING:
     import socket
 
-    from publisher.bounces import ReturnStatus
-    from publisher.dispatch import SendReport, Status
+    from publisher.dispatch import SendReport
     from publisher.ledger import Ledger
-    from publisher.schedule import ClockStatus
     from publisher.site import BuildReport
-    from publisher.websub import PingState, WebSubStatus
+    from publisher.status import ClockStatus, ReturnStatus, Status, WebSubStatus
+    from publisher.websub import PingState
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -594,9 +593,9 @@ def status(ctx: click.Context, day: datetime | None) -> None:
         publisher status
         publisher status --date 2026-12-17
     """
-    from publisher import schedule
+    from publisher.status import overview
 
-    found = schedule.overview(load_config(ctx), _as_day(day))
+    found = overview(load_config(ctx), _as_day(day))
     echo_lines(delivery_lines(found.deliveries))
     echo_lines(return_lines(found.returns))
     echo_lines(clock_lines(found.clock))

@@ -34,7 +34,8 @@ from publisher.content import load_article, load_articles
 from publisher.dispatch import SendPolicy, enqueue_event, send_due
 from publisher.ledger import ALL_ZONES, Ledger, accepted, deliveries
 from publisher.mail import Mailer
-from publisher.schedule import site_lock_name, site_state_key
+from publisher.schedule import site_lock_name
+from publisher.status import site_state_key
 from publisher.subscriptions.fields import SubscriberRow
 from publisher.transports import Envelope, MaildirTransport, Outcome, Stop
 from tests.fixtures.content import BASE_URL, WriteArticle

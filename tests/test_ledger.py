@@ -15,7 +15,6 @@ from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from publisher.config import from_mapping
-from publisher.dispatch import delivery_status
 from publisher.errors import LedgerError
 from publisher.ledger import (
     ALL_ZONES,
@@ -28,6 +27,7 @@ from publisher.ledger import (
     schema,
     schema_migrations,
 )
+from publisher.status import delivery_status
 from publisher.subscriptions.fields import subscriber_row
 
 T0 = datetime(2024, 11, 9, 8, 0, tzinfo=UTC)
