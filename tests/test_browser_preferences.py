@@ -12,8 +12,8 @@ import pytest
 from playwright.sync_api import Page
 
 from publisher.dispatch import send_date
-from publisher.ledger import subscriber_row
 from publisher.preferences import Choices
+from publisher.subscriptions.fields import subscriber_row
 from publisher.tokens import SECRET_ENV
 from tests.fixtures.browser import SITE_DAY, LiveSite, WriteArticle, link_in, text_part
 

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from publisher.cli import cli
 from publisher.errors import SubscriberError
-from publisher.ledger import CHOICE_COLUMNS, Ledger, export_csv, import_csv
+from publisher.ledger import Ledger
 from publisher.preferences import (
     Choices,
     is_milestone,
@@ -22,6 +22,7 @@ from publisher.preferences import (
     parse_years,
     tag_key,
 )
+from publisher.subscriptions.csvfiles import CHOICE_COLUMNS, export_csv, import_csv
 
 Run = Callable[..., tuple[int, str, str]]
 

@@ -23,8 +23,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from publisher.ledger import DIGEST_SLUG, Ledger, digest_day, subscriber_row
+from publisher.ledger import DIGEST_SLUG, Ledger, digest_day
 from publisher.preferences import Choices, DeliveryGroup
+from publisher.subscriptions.fields import subscriber_row
 
 SITE_ZONE = "UTC"
 AT = time(9, 0)

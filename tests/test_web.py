@@ -39,9 +39,11 @@ from publisher import web
 from publisher.calendar import Calendar
 from publisher.content import load_article
 from publisher.dispatch import send_date
-from publisher.ledger import Ledger, import_csv, new_key, subscriber_row
+from publisher.ledger import Ledger, new_key
 from publisher.mail import Mailer, Recipient
 from publisher.site import build_site, load_calendar
+from publisher.subscriptions.csvfiles import import_csv
+from publisher.subscriptions.fields import subscriber_row
 from publisher.tokens import SECRET_ENV, UNSUBSCRIBE_SALT, confirm_token, unsubscribe_token
 from tests.fixtures import tool_missing
 from tests.fixtures.browser import (

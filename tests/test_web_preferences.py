@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from publisher.ledger import subscriber_row
 from publisher.preferences import Choices, parse_choices
+from publisher.subscriptions.fields import subscriber_row
 from publisher.tokens import confirm_token, unsubscribe_token
 from tests.fixtures.browser import SECRET, TEST_ORIGIN, WebSite
 

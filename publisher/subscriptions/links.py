@@ -2,7 +2,7 @@
 unsubscription, purge.
 
 The rules the web service applies; what each step does to the stored subscribers (and why an
-address that left stays suppressed) is in :mod:`publisher.ledger`.
+address that left stays suppressed) is in :mod:`publisher.ledger.subscribers`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,10 @@ from publisher import transports
 from publisher.calendar import Clock
 from publisher.config import Config
 from publisher.errors import PublisherError, SubscriberError, TokenError
-from publisher.ledger import (
-    Ledger,
-    PendingSignUp,
-    Subscriber,
-    check_timezone,
-    subscriber_row,
-)
+from publisher.ledger import Ledger, PendingSignUp, Subscriber
 from publisher.mail import Mailer, Recipient, preferences_url
 from publisher.preferences import Choices
+from publisher.subscriptions.fields import check_timezone, subscriber_row
 from publisher.tokens import (
     LinkSubject,
     SignedAddress,
