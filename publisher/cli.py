@@ -114,6 +114,8 @@ def send_lines(report: SendReport) -> list[str]:
 
 def delivery_lines(status: Status) -> list[str]:
     """Describe the ledger: subscribers, deliveries per event and state, failures."""
+    from publisher.ledger import DIGEST_SLUG
+
     out = ["subscribers: " + ", ".join(f"{n} {s}" for s, n in status.subscribers.items())]
     scope = f" for {status.day}" if status.day else ""
     if not status.counts:
@@ -122,7 +124,9 @@ def delivery_lines(status: Status) -> list[str]:
     for c in status.counts:
         per_event.setdefault((c.event_on, c.slug, c.year), []).append(f"{c.status} {c.count}")
     for (on, slug, year), states in per_event.items():
-        out.append(f"{on}  {slug} {year}: {', '.join(states)}")
+        # A digest row's "year" is its date: shown once, as what it is.
+        what = "daily digests" if slug == DIGEST_SLUG else f"{slug} {year}"
+        out.append(f"{on}  {what}: {', '.join(states)}")
     out.append(f"due now: {status.due}")
     if status.problems:
         out.append(f"failed and retrying{scope}, newest first:")

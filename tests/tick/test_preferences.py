@@ -11,9 +11,11 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import select
 
+from publisher.calendar import publish_instant
+from publisher.cli import delivery_lines
 from publisher.ledger import DIGEST_SLUG, deliveries
 from publisher.preferences import Choices, parse_choices
-from publisher.schedule import publish_instant
+from publisher.status import delivery_status
 from tests.fixtures.content import WriteArticle
 from tests.fixtures.ticks import MakeWorld, World
 
@@ -107,6 +109,9 @@ def test_a_digest_holds_the_day_once(make_world: MakeWorld, write_article: Write
     titles = [line for line in text.splitlines() if line.endswith(" today") or
               line in ("One year", "Ten years")]
     assert titles == ["New today", "One year", "Ten years"]
+    # `publisher status` shows the day's digests as such.
+    lines = delivery_lines(delivery_status(world.config, DAY))
+    assert "2025-06-05  daily digests: sent 1" in lines
 
 
 def messages(world: World) -> list[EmailMessage]:
