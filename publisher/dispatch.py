@@ -478,6 +478,7 @@ def _preview(ledger: Ledger, mailer: Mailer, events: list[Event], site_zone: str
         else:
             if edition.size_warning:
                 report.warnings.append(edition.size_warning)
-        queued = ledger.count_unqueued(event.article.slug, event.year, ALL_ZONES, site_zone)
+        queued = ledger.count_unqueued(event.article.slug, event.year, ALL_ZONES, site_zone,
+                                       years_since=event.years_since, tags=event.article.tags)
         report.events.append(EventSummary(event.article.slug, event.year, event.article.title,
                                           queued))

@@ -309,5 +309,6 @@ def coming_up(config: Config, ledger: Ledger, now: datetime | None = None,
     found = next_appearances(coming_calendar(config, cache), zones, site.publish_time, now,
                              limit)
     return [dataclasses.replace(appearance, reach=ledger.count_unqueued(
-        appearance.event.article.slug, appearance.event.year, ALL_ZONES, site.timezone))
+        appearance.event.article.slug, appearance.event.year, ALL_ZONES, site.timezone,
+        years_since=appearance.event.years_since, tags=appearance.event.article.tags))
         for appearance in found]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from click.testing import CliRunner
 
 from publisher.cli import cli
 from publisher.errors import SubscriberError
-from publisher.ledger import Ledger
+from publisher.ledger import ALL_ZONES, Ledger
 from publisher.preferences import (
     Choices,
     is_milestone,
@@ -23,6 +24,7 @@ from publisher.preferences import (
     tag_key,
 )
 from publisher.subscriptions.csvfiles import CHOICE_COLUMNS, export_csv, import_csv
+from publisher.subscriptions.fields import subscriber_row
 
 Run = Callable[..., tuple[int, str, str]]
 
@@ -132,3 +134,16 @@ def test_csv_carries_the_choices_both_ways(ledger: Ledger, tmp_path: Path) -> No
                                             at="07:30", tags="science,space-race")
     finally:
         other.close()
+
+
+def test_the_reach_of_an_appearance_counts_only_those_who_want_it(ledger: Ledger) -> None:
+    for email, choices in (("every@example.org", Choices()),
+                           ("milestones@example.org", Choices("milestones")),
+                           ("science@example.org", Choices(tags=("science",)))):
+        ledger.add_subscriber(subscriber_row(email, choices=choices))
+    reach = functools.partial(ledger.count_unqueued, "moon", 2026, ALL_ZONES, "UTC")
+    assert reach() == 3
+    assert reach(years_since=10, tags=["Science"]) == 3
+    assert reach(years_since=7, tags=["Science"]) == 2
+    assert reach(years_since=7, tags=["history"]) == 1
+    assert reach(years_since=0, tags=[]) == 2

@@ -272,15 +272,22 @@ class DeliveryStore(Store):
                          updated_at=now))
             return added
 
-    def count_unqueued(self, slug: str, year: int, zone: ZoneChoice, site_zone: str) -> int:
-        """Return how many confirmed subscribers in ``zone`` have no delivery of this event yet."""
+    def count_unqueued(self, slug: str, year: int, zone: ZoneChoice, site_zone: str, *,
+                       years_since: int | None = None, tags: Sequence[str] | None = None
+                       ) -> int:
+        """Return how many confirmed subscribers in ``zone`` have no delivery of this event yet.
+
+        ``years_since`` and ``tags``: only those whose choices want this appearance.
+        """
         queued = exists().where(deliveries.c.slug == slug, deliveries.c.year == year,
                                 deliveries.c.subscriber_id == subscribers.c.id)
+        wanted = [years_filter(subscribers, years_since) if years_since is not None else true(),
+                  tags_filter(subscribers, tags) if tags is not None else true()]
         with self._read() as conn:
             return int(conn.scalar(
                 select(func.count()).select_from(subscribers)
                 .where(subscribers.c.status == "confirmed",
-                       zone_condition(zone, site_zone), ~queued)) or 0)
+                       zone_condition(zone, site_zone), *wanted, ~queued)) or 0)
 
     @staticmethod
     def _due_queues(now: datetime) -> tuple[ColumnElement[bool], ...]:
