@@ -61,6 +61,7 @@ bench: $(STAMP) system-bench-deps
 	$(PY) benchmarks/send.py --memory
 	$(PY) benchmarks/send.py --rtt 20 --connections 1,16,64
 	$(PY) benchmarks/million.py --rtt 20
+	$(PY) benchmarks/preferences.py
 	$(PY) benchmarks/mail_messages.py
 	$(PY) benchmarks/tick.py
 	$(PY) benchmarks/web.py

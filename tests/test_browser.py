@@ -258,14 +258,17 @@ def test_form_controls_show_where_the_focus_is(live_site: LiveSite, browser_page
     page.goto(live_site.url + "subscribe")
     page.focus("#subscribe-email")
     focused = []
-    for _ in range(3):  # the address, the name and the button, as the keyboard reaches them
+    # The address, the name, the optional choices (closed) and the button, as the keyboard
+    # reaches them.
+    for _ in range(4):
         focused.append(page.evaluate("""() => {
             const style = getComputedStyle(document.activeElement);
             return [document.activeElement.id || document.activeElement.tagName,
                     style.outlineStyle, parseFloat(style.outlineWidth)];
         }"""))
         page.keyboard.press("Tab")
-    assert [name for name, _, _ in focused] == ["subscribe-email", "subscribe-name", "BUTTON"]
+    assert [name for name, _, _ in focused] == ["subscribe-email", "subscribe-name", "SUMMARY",
+                                                "BUTTON"]
     for name, style, width in focused:
         assert style != "none" and width >= 2, name
 
