@@ -247,7 +247,7 @@ class _Sender:
             # The operator can fix the article or template: retry on the usual schedule.
             return Outcome("deferred", None, edition)
         recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone,
-                              claim.unsubscribe_key)
+                              claim.unsubscribe_key, claim.send_time)
         try:
             data, wire = edition.messages(recipient)
         except SubscriberError as exc:

@@ -10,7 +10,7 @@ import re
 import textwrap
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, time
 from email.header import Header
 from email.headerregistry import Address, HeaderRegistry, UniqueAddressHeader
 from email.message import MIMEPart
@@ -105,7 +105,8 @@ class Recipient:
     """Who one message goes to; ``timezone`` (IANA name) sets the Date, else the site's zone.
 
     ``unsubscribe_key`` is the subscriber's key, which their unsubscribe link names (a sample
-    recipient's link, with none, unsubscribes nobody).
+    recipient's link, with none, unsubscribes nobody). ``at``: their own delivery time
+    (``HH:MM``), else the site's publish time.
     """
 
     subscriber_id: int
@@ -113,6 +114,7 @@ class Recipient:
     name: str | None
     timezone: str | None = None
     unsubscribe_key: str = ""
+    at: str | None = None
 
 
 @dataclass(frozen=True)
@@ -665,7 +667,7 @@ class Edition:
         config = mailer.config
         self._unsubscribe_base = unsubscribe_url(config, "")
         self._preferences_base = preferences_url(config, "")
-        self._zones: dict[str | None, bytes] = {}
+        self._zones: dict[tuple[str | None, str | None], bytes] = {}
         slug, year = self.key
         # Header lines never start with a dot: the skeleton is the same in both forms.
         self._skeleton = _Skeleton([
@@ -694,8 +696,8 @@ class Edition:
                 f"Gmail's {GMAIL_CLIP_BYTES // 1024} KB limit; Gmail will clip the message")
             log.warning("%s", self.size_warning)
 
-    def _date_line(self, zone_name: str | None, subscriber_id: int) -> bytes:
-        line = self._zones.get(zone_name)
+    def _date_line(self, zone_name: str | None, subscriber_id: int, at: str | None) -> bytes:
+        line = self._zones.get((zone_name, at))
         if line is None:
             site = self._mailer.config.site
             try:
@@ -705,9 +707,10 @@ class Edition:
                                       path=f"subscriber {subscriber_id}") from None
             # The Date is the instant the edition falls due for this subscriber, so a resend of
             # the same Message-ID carries the same bytes.
-            due = publish_instant(self.on, site.publish_time, zone)
+            due = publish_instant(self.on, time.fromisoformat(at) if at else site.publish_time,
+                                  zone)
             line = self._mailer.date_line(due.astimezone(zone))
-            self._zones[zone_name] = line
+            self._zones[(zone_name, at)] = line
         return line
 
     def message_id(self, recipient: Recipient) -> str:
@@ -748,7 +751,7 @@ class Edition:
             "to": _to_line(values[NAME], values[EMAIL]),
             "subject": variant.subject_line or _header_line(
                 "Subject", _clean(variant.subject.fill(values))),
-            "date": self._date_line(recipient.timezone, recipient.subscriber_id),
+            "date": self._date_line(recipient.timezone, recipient.subscriber_id, recipient.at),
             "message-id": _message_digest(slug, year, recipient.email).encode().join(
                 self._message_id),
             "list-id": self._mailer.list_id_line,

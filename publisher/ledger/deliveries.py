@@ -86,6 +86,7 @@ class Claim:
     unsubscribe_key: str = ""
     # A digest's appearances, (slug, year, date) in the order they are shown; empty otherwise.
     items: tuple[tuple[str, int, date], ...] = ()
+    send_time: str | None = None  # the subscriber's own delivery time
 
     @property
     def is_digest(self) -> bool:
@@ -372,6 +373,7 @@ class DeliveryStore(Store):
                        deliveries.c.event_on, deliveries.c.attempts, deliveries.c.give_up_at,
                        deliveries.c.subscriber_id, subscribers.c.email, subscribers.c.name,
                        subscribers.c.timezone, subscribers.c.unsubscribe_key,
+                       subscribers.c.send_time,
                        subscribers.c.status.label("subscriber_status"))
                 .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
                 .where(deliveries.c.id.in_(claimed))
@@ -386,7 +388,7 @@ class DeliveryStore(Store):
                                               if r.slug == DIGEST_SLUG])
             return [Claim(r.id, r.slug, r.year, r.event_on, r.attempts, r.give_up_at,
                           r.subscriber_id, r.email, r.name, r.timezone, r.unsubscribe_key or "",
-                          tuple(items.get((r.subscriber_id, r.event_on), ())))
+                          tuple(items.get((r.subscriber_id, r.event_on), ())), r.send_time)
                     for r in rows if r.subscriber_status == "confirmed"]
 
     @staticmethod

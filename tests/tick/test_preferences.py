@@ -77,6 +77,7 @@ def test_a_subscriber_gets_mail_at_their_own_time_in_their_zone(
     assert set(sent) == {"site@example.org", "evening@example.org"}
     expected = publish_instant(DAY, time(19, 45), ZoneInfo("Asia/Tokyo"))
     assert expected <= sent["evening@example.org"].sent_at < expected + timedelta(minutes=5)
+    assert sent["evening@example.org"].date == expected  # the Date header: their own time
     site = publish_instant(DAY, time(8, 15), ZoneInfo("Europe/Berlin"))
     assert site <= sent["site@example.org"].sent_at < site + timedelta(minutes=5)
 
