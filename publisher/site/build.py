@@ -1,0 +1,276 @@
+"""One build of the site, in the order it happens: load, the day's view, the files, the output."""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import jinja2
+
+from publisher.calendar import Calendar
+from publisher.config import Config
+from publisher.content import (
+    Article,
+    ArticleCache,
+    FileStamp,
+    LoadResult,
+    content_stamps,
+    load_articles,
+)
+from publisher.errors import ContentError, PublisherError, TemplateError
+from publisher.feeds import FEEDS
+from publisher.render import config_environment
+from publisher.site import output
+from publisher.site.output import Manifest, Placing, Staging, Written
+from publisher.site.pages import EVERY, SiteFile, site_files
+from publisher.site.view import DayView, day_view, site_today
+
+# Holds the cold build <= 1.0 x Hugo (make bench, build.py): from this many article files or
+# pages, a second process parses and writes a share of them.
+PARALLEL_FROM = 1000
+
+
+@dataclass
+class BuildReport:
+    """What one build wrote, and the articles it had to leave out."""
+
+    day: date
+    output_dir: Path
+    pages: int = 0
+    feeds: int = 0
+    events_today: int = 0
+    feed_items: int = 0
+    written: int = 0
+    unchanged: int = 0
+    errors: list[ContentError] = field(default_factory=list)
+    changed_feeds: list[str] = field(default_factory=list)  # feed files given new bytes
+
+    @property
+    def ok(self) -> bool:
+        """Return whether every article loaded."""
+        return not self.errors
+
+    def summary(self) -> str:
+        """Describe the build in one line."""
+        return (
+            f"built {self.day.isoformat()} into {self.output_dir}: {self.pages} pages, "
+            f"{self.feeds} feeds ({self.feed_items} items, {self.events_today} today); "
+            f"{self.written} files written, {self.unchanged} unchanged"
+        )
+
+
+def site_environment(config: Config) -> jinja2.Environment:
+    """Return the Jinja2 environment of the site, checking that ``templates_dir`` exists."""
+    return config_environment(config)
+
+
+def build_site(config: Config, day: date | None = None, out: Path | None = None,
+               articles: LoadResult | Sequence[Article] | None = None, *,
+               cache: ArticleCache | None = None,
+               env: jinja2.Environment | None = None) -> BuildReport:
+    """Write the site as it stands on ``day`` into ``out`` (default: ``site.output_dir``).
+
+    Broken articles are left out and listed in the report; a template or output failure
+    raises and leaves the previous site in place. When the last build of that folder (in
+    any process) had the same settings, day, templates, code and article files, and its
+    files are as it left them, nothing is loaded, rendered or written; when only some
+    article files changed, only the files showing them are rendered.
+    """
+    site = config.site
+    day = day or site_today(site)
+    target = (out or site.output_dir).absolute()
+    env = env or site_environment(config)
+    templates = _template_stamps(env)
+    # Stamped before loading: a file edited meanwhile costs one more build, never a stale one.
+    content = content_stamps(site.content_dir) if articles is None else None
+    code = output.package_fingerprint()
+    # Given articles, or templates from elsewhere, leave nothing to compare the next time.
+    inputs = None if content is None or templates is None else (site, day, templates, code)
+    with output.build_lock(target):
+        last = output.load_manifest(target) if inputs is not None else None
+        if last is not None and content is not None and inputs is not None and last.holds(
+                inputs, content, target):
+            return _again(last)
+        loaded = _load(config, target, content, articles, cache, code)
+        view = day_view(site, Calendar(loaded.articles, site.leap_day), day)
+        files = _placing(site_files(view, _steady(env)), content, inputs)
+        staging = Staging.next_to(target, last if last is not None
+                                  and last.inputs == inputs else None)
+        try:
+            with output.output_errors(target):
+                written = _write(staging, files, len(view.published))
+                staging.publish(target, bool(written.written))
+        finally:
+            staging.clean_up()
+        report = _report(view, target, loaded, written)
+        output.save_manifest(target, None if inputs is None or content is None else Manifest(
+            inputs, content, tuple(written.files), written.made_of, report))
+    return dataclasses.replace(report, errors=list(report.errors))
+
+
+def _again(last: Manifest) -> BuildReport:
+    """Return the last build's report for a build that found nothing to do."""
+    report = last.report
+    assert isinstance(report, BuildReport)
+    return dataclasses.replace(report, errors=list(report.errors), written=0,
+                               unchanged=len(last.files), changed_feeds=[])
+
+
+def _load(config: Config, target: Path, content: tuple[FileStamp, ...] | None,
+          articles: LoadResult | Sequence[Article] | None, cache: ArticleCache | None,
+          code: tuple[object, ...]) -> LoadResult:
+    """Return the articles: given, or those of the content folder's files as stamped."""
+    if content is None:
+        return articles if isinstance(articles, LoadResult) else LoadResult(
+            articles=list(articles or ()))
+    cache = cache if cache is not None else ArticleCache()
+    stale = cache.stale(content)
+    if stale:
+        kept = output.load_articles_cache(target, code)
+        if kept is not None:
+            kept.absorb(cache)  # what this process parsed is at least as new
+            cache.absorb(kept)
+            stale = cache.stale(content)
+        _parse(cache, stale)
+    loaded = load_articles(config.site.content_dir, cache, stamps=content)
+    if stale:
+        keep = ArticleCache()
+        keep.absorb(cache)
+        keep.forget_missing(Path(name) for name, _, _ in content)
+        output.save_articles_cache(target, code, keep)
+    return loaded
+
+
+def _parse(cache: ArticleCache, stale: list[FileStamp]) -> None:
+    """Parse the files the cache lacks; a large number of them on two cores."""
+    if len(stale) < PARALLEL_FROM or not _may_fork():
+        cache.parse(stale)
+        return
+    # Every other file: names often follow dates, and an older article lists more years.
+    with _pool() as pool:
+        theirs = pool.submit(_parse_share, stale[1::2])
+        cache.parse(stale[0::2])
+        cache.absorb(theirs.result())
+
+
+def _parse_share(share: list[FileStamp]) -> ArticleCache:
+    return ArticleCache().parse(share)
+
+
+def _placing(files: Iterable[SiteFile], content: tuple[FileStamp, ...] | None,
+             inputs: tuple[object, ...] | None) -> list[Placing]:
+    """Return each file with what it is made of beyond the inputs (None: always rendered)."""
+    stamps = {} if content is None else {name: (size, mtime) for name, size, mtime in content}
+
+    def made_of(depends: tuple[Article, ...] | None) -> object:
+        if inputs is None or depends is EVERY or depends is None:
+            return None
+        return tuple((str(article.source), stamps.get(str(article.source)))
+                     for article in depends)
+
+    return [(file.path, made_of(file.depends), file.make) for file in files]
+
+
+# A share of the files to place, as a forked worker finds it (set just before the fork).
+_share: Callable[[], Written] | None = None
+
+
+def _write(staging: Staging, files: list[Placing], pages: int) -> Written:
+    """Place every file; on a large site a second process places every other page."""
+    global _share
+    if pages < PARALLEL_FROM or not _may_fork():
+        return staging.write(files)
+    # The article pages come first; the worker takes every other one, this process the rest
+    # and the files made of every article (the front page, the calendar, the sitemap).
+    _share = lambda: staging.write(files[1:pages:2])  # noqa: E731
+    try:
+        with _pool() as pool:
+            theirs: Future[Written] = pool.submit(_write_share)
+            done = staging.write(files[0:pages:2] + files[pages:])
+            done.add(theirs.result())
+    finally:
+        _share = None
+    return done
+
+
+def _write_share() -> Written:
+    assert _share is not None
+    return _share()
+
+
+def _may_fork() -> bool:
+    """Return whether this process may fork workers: a second core, no other thread."""
+    # A copy of a process running other threads (the daemon's clock, the web service) could
+    # inherit a lock held half-way by one of them.
+    return ((os.cpu_count() or 1) >= 2 and threading.active_count() == 1
+            and "fork" in multiprocessing.get_all_start_methods())
+
+
+def _pool() -> ProcessPoolExecutor:
+    # Forked: the worker starts with this process's articles, templates and staging folder.
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+
+
+def _report(view: DayView, target: Path, loaded: LoadResult, written: Written) -> BuildReport:
+    new = {stamp[0] for stamp in written.files} - written.kept
+    return BuildReport(
+        day=view.day, output_dir=target, pages=1 + len(view.published), feeds=len(FEEDS),
+        events_today=len(view.today), feed_items=len(view.feed_events),
+        written=written.written, unchanged=len(written.kept), errors=list(loaded.errors),
+        changed_feeds=[feed.name for feed in FEEDS if feed.name in new])
+
+
+def _steady(env: jinja2.Environment) -> jinja2.Environment:
+    """Return the environment for one build: each template checked for changes once."""
+    # Holds the cold build <= 1.0 x Hugo (make bench, build.py): Jinja2 otherwise looks at
+    # a template's file every time a page uses it, twice per page.
+    steady = env.overlay(auto_reload=False)
+    if steady.cache is not None:
+        for key, template in list(steady.cache.items()):
+            if not template.is_up_to_date:
+                del steady.cache[key]
+    return steady
+
+
+def _template_stamps(env: jinja2.Environment) -> tuple[object, ...] | None:
+    """Return the template files the environment can load, with their sizes and mtimes."""
+    loader = env.loader
+    if not isinstance(loader, jinja2.FileSystemLoader):
+        return None  # templates from elsewhere: no way to tell they did not change
+    stamps: list[object] = []
+    for folder in loader.searchpath:
+        for root, _dirs, names in os.walk(folder):
+            for name in sorted(names):
+                stat = os.stat(os.path.join(root, name))
+                stamps.append((root, name, stat.st_size, stat.st_mtime_ns))
+    return tuple(stamps)
+
+
+def check_site(config: Config, day: date | None = None, *,
+               cache: ArticleCache | None = None) -> list[PublisherError]:
+    """Load and render the whole site in memory; return every problem found, writing nothing."""
+    env = site_environment(config)
+    try:
+        loaded = load_articles(config.site.content_dir, cache)
+    except ContentError as exc:
+        return [exc]
+    problems: list[PublisherError] = list(loaded.errors)
+    view = day_view(config.site, Calendar(loaded.articles, config.site.leap_day),
+                    day or site_today(config.site))
+    seen: set[str] = set()
+    for file in site_files(view, env):
+        try:
+            file.make()
+        except TemplateError as exc:
+            # A broken template fails the same way on every page: report it once.
+            if str(exc) not in seen:
+                seen.add(str(exc))
+                problems.append(exc)
+    return problems
