@@ -9,12 +9,16 @@ Generates ``--articles`` Markdown articles of about ``--size`` bytes, then times
 * a cold build: an empty output folder and an empty article cache, so every article is parsed,
   every page rendered and written (what the first build of ``publisher run`` does; imports and
   interpreter start-up are not included, see the last line for a fresh ``publisher build``);
-* a rebuild with nothing changed, in the same process (the daemon's case): the article cache
-  re-reads no file and the build finds its previous output intact, so nothing is rendered;
+* a rebuild with nothing changed, in the same process (the daemon's case): the build cache
+  beside the site shows the same inputs and its previous output intact, so nothing is rendered;
 * a rebuild on the next day (the daemon's daily build): a few pages change;
 * Hugo (Debian package ``hugo``) building the same articles with minimal layouts (a page per
   article, an index listing every article, the RSS feed of the newest ``feed_items``), first into
   an empty folder, then again over its own output, as its command-line build always works.
+
+then ``publisher build`` as a new process (interpreter start-up and imports included), each
+``--repeat`` times: into an empty folder, again with nothing changed, and after one article
+was edited (the build cache kept beside the site is what makes the last two fast).
 
 Prints each figure, Hugo's, and the ratios (ours / Hugo's: below 1.0 is faster). The cold
 builds also show their processor time (user and system, children included), which a busy
@@ -96,7 +100,7 @@ class Timing:
 
 def processor_time() -> float:
     """Return the user and system time of this process and of its children that ended."""
-    # Children count too: the helper process of a build and Hugo are both reaped children.
+    # Children count too: a build's worker process and Hugo are both reaped children.
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
         resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -165,9 +169,8 @@ def time_hugo(hugo: str, site: Path, output: Path) -> tuple[float, float]:
     return time.perf_counter() - start, processor_time() - processor
 
 
-def time_command(folder: Path, config_text: str) -> float:
+def time_command(folder: Path) -> float:
     """Time one ``publisher build`` in a fresh process (interpreter start-up and imports too)."""
-    (folder / "publisher.toml").write_text(config_text, encoding="utf-8")
     command = [str(Path(sys.executable).with_name("publisher")), "build", "--date",
                DAY.isoformat()]
     start = time.perf_counter()
@@ -227,9 +230,22 @@ def main() -> None:
         same = [time_build(config, DAY, cache) for _ in range(args.repeat)]
         next_day = time_build(config, DAY + timedelta(days=1), cache)
         theirs_again = (repeated(args.repeat, lambda _: hugo_cold(0)[0]) if hugo else [])
-        command = time_command(folder, f'[site]\nbase_url = "https://bench.example.org/"\n'
-                                       f'content_dir = "{content}"\n'
-                                       f'output_dir = "{folder / "cli-site"}"\n')
+
+        def command_cold(number: int) -> float:
+            (folder / "publisher.toml").write_text(
+                f'[site]\nbase_url = "https://bench.example.org/"\ncontent_dir = "{content}"\n'
+                f'output_dir = "{folder / f"cli-{number}"}"\n', encoding="utf-8")
+            return time_command(folder)
+
+        def command_edited(number: int) -> float:
+            article = content / f"article-{number:05d}.md"
+            article.write_text(article.read_text(encoding="utf-8") + "\nEdited.\n",
+                               encoding="utf-8")
+            return time_command(folder)
+
+        command = median(repeated(args.repeat, command_cold))  # the last one stays configured
+        command_same = median(repeated(args.repeat, lambda _: time_command(folder)))
+        command_one = median(repeated(args.repeat, command_edited))
 
         cold_s, same_s = median([wall for wall, _ in ours_cold]), median([t.seconds for t in same])
         cold_cpu = median([processor for _, processor in ours_cold])
@@ -241,7 +257,9 @@ def main() -> None:
               f"({same[-1].report.written} files written, {same[-1].report.unchanged} kept)")
         print(f"rebuild, next day:       {next_day.seconds:7.3f} s  "
               f"({next_day.report.written} files written, {next_day.report.unchanged} kept)")
-        print(f"publisher build command: {command:7.3f} s  (fresh process, cold)")
+        print(f"publisher build command: {command:7.3f} s  (new process, empty folder)")
+        print(f"  again, nothing changed:{command_same:7.3f} s  (new process)")
+        print(f"  again, one article edited:{command_one:7.3f} s  (new process)")
         if hugo:
             hugo_cold_s, hugo_again_s = median([wall for wall, _ in theirs_cold]), median(
                 theirs_again)
@@ -259,6 +277,10 @@ def main() -> None:
                   f"{same_s / hugo_again_s:6.3f}")
             print(f"ratio publisher build command / hugo (empty):    "
                   f"{command / hugo_cold_s:6.3f}")
+            print(f"ratio command, nothing changed / hugo (empty):   "
+                  f"{command_same / hugo_cold_s:6.3f}  (target <= 0.05)")
+            print(f"ratio command, one article edited / hugo (empty):"
+                  f"{command_one / hugo_cold_s:6.3f}  (target <= 0.1)")
         else:
             print("hugo not found (make system-bench-deps installs it): no baseline")
         if args.keep:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterable
 from datetime import UTC, date, timedelta
 from typing import Any
@@ -127,10 +126,35 @@ def calendar_ics(site: SiteConfig, articles: Iterable[Article], leap_day: LeapDa
     return b"".join(parts)
 
 
-# icalendar takes about a millisecond per article: the daemon's daily rebuild and a rebuild of
-# unchanged articles reuse each article's events (the cache holds ~1 KB per article).
-@functools.lru_cache(maxsize=1 << 14)
+# Each article's events, kept from one build to the next (and, through the build cache, to
+# the next process): the daemon's daily rebuild and a rebuild after one article changed
+# encode only that article's (~1 KB each).
+_blocks: dict[tuple[SiteConfig, Article, LeapDay], bytes] = {}
+MAX_BLOCKS = 1 << 14
+
+
+def kept_blocks(articles: Iterable[Article]) -> dict[tuple[SiteConfig, Article, LeapDay], bytes]:
+    """Return the events kept for ``articles``, to be handed to :func:`keep_blocks` later."""
+    wanted = {id(article) for article in articles}
+    return {key: block for key, block in _blocks.items() if id(key[1]) in wanted}
+
+
+def keep_blocks(blocks: dict[tuple[SiteConfig, Article, LeapDay], bytes]) -> None:
+    """Take back events kept by :func:`kept_blocks` (e.g. in another process)."""
+    _blocks.update(blocks)
+
+
 def _article_block(site: SiteConfig, article: Article, leap_day: LeapDay) -> bytes:
+    key = (site, article, leap_day)
+    found = _blocks.get(key)
+    if found is None:
+        if len(_blocks) >= MAX_BLOCKS:
+            _blocks.clear()
+        found = _blocks[key] = _encode(site, article, leap_day)
+    return found
+
+
+def _encode(site: SiteConfig, article: Article, leap_day: LeapDay) -> bytes:
     # Only the fields an event shows are cleaned: the body would cost more than the rest.
     shown = dataclasses.replace(article, title=clean_text(article.title),
                                 summary=clean_text(article.summary),

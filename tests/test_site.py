@@ -22,6 +22,7 @@ from publisher.content import load_articles
 from publisher.errors import ConfigError, OutputError, TemplateError
 from publisher.render import make_environment
 from publisher.site import output as site_output
+from publisher.site import pages
 from publisher.site.view import RECENT_EVENTS
 from tests.fixtures.content import BASE_URL, SMALL_SITE_DAY, WriteArticle, WriteFile
 
@@ -149,7 +150,7 @@ def test_templates_read_a_feed_link_by_attribute_or_key(small_site: Config) -> N
     env = make_environment()
     template = env.from_string("{% for feed in feeds %}{{ feed.label }}={{ feed['type'] }} "
                                "{% endfor %}")
-    assert template.render(feeds=site.feed_links(small_site.site)) == (
+    assert template.render(feeds=pages.feed_links(small_site.site)) == (
         "RSS=application/rss+xml Atom=application/atom+xml JSON Feed=application/feed+json ")
 
 
@@ -363,8 +364,8 @@ def test_subscribe_block_can_be_replaced_by_a_child_template(
         bare_html='{% extends "index.html" %}\n{% block subscribe %}{% endblock %}\n')
     calendar = Calendar(load_articles(config.site.content_dir).articles)
     env = make_environment(config.site.templates_dir)
-    bare = site.render_index(config.site, calendar, SMALL_SITE_DAY, env, "bare.html")
-    filled = site.render_index(config.site, calendar, SMALL_SITE_DAY, env, "signup.html")
+    bare = pages.render_index(config.site, calendar, SMALL_SITE_DAY, env, "bare.html")
+    filled = pages.render_index(config.site, calendar, SMALL_SITE_DAY, env, "signup.html")
     assert "<form" not in bare
     assert filled.index('<form id="signup">') < filled.index('id="archive"')
     assert filled.replace('<form id="signup"></form>', "") == bare

@@ -3,26 +3,22 @@
 ``build_site`` runs the steps in order (:mod:`publisher.site.build`): load the articles,
 compute the day's view once (:mod:`~publisher.site.view`), render every file to bytes
 (:mod:`~publisher.site.pages`), and write them (:mod:`~publisher.site.output`, the only
-module that touches the site's folder).
+module that touches the site's folder). Importing this package loads no template or feed
+library: a build that finds nothing changed needs none.
 """
 
 from publisher.site.build import BuildReport, build_site, check_site, site_environment
 from publisher.site.output import MODIFIED_MARK
-from publisher.site.pages import PageFeed, feed_links, render_article, render_index
 from publisher.site.view import DayView, day_view, load_calendar, site_today, upcoming_events
 
 __all__ = [
     "MODIFIED_MARK",
     "BuildReport",
     "DayView",
-    "PageFeed",
     "build_site",
     "check_site",
     "day_view",
-    "feed_links",
     "load_calendar",
-    "render_article",
-    "render_index",
     "site_environment",
     "site_today",
     "upcoming_events",

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-
-import jinja2
+from typing import TYPE_CHECKING
 
 from publisher.calendar import Calendar
 from publisher.config import Config
@@ -25,12 +22,16 @@ from publisher.content import (
     load_articles,
 )
 from publisher.errors import ContentError, PublisherError, TemplateError
-from publisher.feeds import FEEDS
-from publisher.render import config_environment
 from publisher.site import output
-from publisher.site.output import Manifest, Placing, Staging, Written
-from publisher.site.pages import EVERY, SiteFile, site_files
+from publisher.site.output import InPlace, Manifest, Placing, Staging, Written
 from publisher.site.view import DayView, day_view, site_today
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    import jinja2
+
+    from publisher.site.pages import SiteFile
 
 # Holds the cold build <= 1.0 x Hugo (make bench, build.py): from this many article files or
 # pages, a second process parses and writes a share of them.
@@ -68,6 +69,8 @@ class BuildReport:
 
 def site_environment(config: Config) -> jinja2.Environment:
     """Return the Jinja2 environment of the site, checking that ``templates_dir`` exists."""
+    from publisher.render import config_environment
+
     return config_environment(config)
 
 
@@ -86,33 +89,55 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
     site = config.site
     day = day or site_today(site)
     target = (out or site.output_dir).absolute()
-    env = env or site_environment(config)
-    templates = _template_stamps(env)
     # Stamped before loading: a file edited meanwhile costs one more build, never a stale one.
     content = content_stamps(site.content_dir) if articles is None else None
     code = output.package_fingerprint()
-    # Given articles, or templates from elsewhere, leave nothing to compare the next time.
-    inputs = None if content is None or templates is None else (site, day, templates, code)
     with output.build_lock(target):
-        last = output.load_manifest(target) if inputs is not None else None
-        if last is not None and content is not None and inputs is not None and last.holds(
-                inputs, content, target):
+        last = output.load_manifest(target, code) if content is not None else None
+        if last is not None and content is not None and (env is None or _template_folders(
+                env) == last.folders) and last.holds(
+                    (site, day, _template_stamps(last.folders), code), content, target):
             return _again(last)
-        loaded = _load(config, target, content, articles, cache, code)
+        # Imported only now: a build that finds nothing changed never loads Jinja2, feedgen or
+        # icalendar (make bench, build.py: a new process, nothing changed <= 0.05 x Hugo).
+        from publisher.site.pages import site_files
+
+        env = env or site_environment(config)
+        folders = _template_folders(env)
+        # Given articles, or templates from elsewhere, leave nothing to compare the next time.
+        inputs = None if content is None or folders is None else (
+            site, day, _template_stamps(folders), code)
+        cache = cache if cache is not None else ArticleCache()
+        loaded, parsed = _load(config, target, content, articles, cache, code)
         view = day_view(site, Calendar(loaded.articles, site.leap_day), day)
         files = _placing(site_files(view, _steady(env)), content, inputs)
-        staging = Staging.next_to(target, last if last is not None
-                                  and last.inputs == inputs else None)
+        writer = _writer(target, last, inputs)
         try:
             with output.output_errors(target):
-                written = _write(staging, files, len(view.published))
-                staging.publish(target, bool(written.written))
+                written = _write(writer, files, len(view.published))
+                writer.publish(target, bool(written.written or written.removed))
         finally:
-            staging.clean_up()
+            writer.clean_up()
         report = _report(view, target, loaded, written)
-        output.save_manifest(target, None if inputs is None or content is None else Manifest(
-            inputs, content, tuple(written.files), written.made_of, report))
+        if parsed and content is not None:
+            _keep(target, code, content, parsed, cache)
+        output.save_manifest(target, code, None if inputs is None or content is None
+                             or folders is None else Manifest(
+            inputs, folders, content, tuple(written.files), written.made_of, report))
     return dataclasses.replace(report, errors=list(report.errors))
+
+
+def _writer(target: Path, last: Manifest | None, inputs: tuple[object, ...] | None
+            ) -> Staging | InPlace:
+    """Return how to write: in place when only articles changed since a build left every
+    file as it recorded, else staged and swapped in."""
+    # In place: the one-article figure of make bench (build.py, <= 0.1 x Hugo) would
+    # otherwise be spent creating and removing a folder and a link per page.
+    if last is None or inputs is None or last.inputs != inputs:
+        return Staging.next_to(target)
+    if last.intact(target):
+        return InPlace.over(target, last)
+    return Staging.next_to(target, last)
 
 
 def _again(last: Manifest) -> BuildReport:
@@ -124,28 +149,46 @@ def _again(last: Manifest) -> BuildReport:
 
 
 def _load(config: Config, target: Path, content: tuple[FileStamp, ...] | None,
-          articles: LoadResult | Sequence[Article] | None, cache: ArticleCache | None,
-          code: tuple[object, ...]) -> LoadResult:
-    """Return the articles: given, or those of the content folder's files as stamped."""
+          articles: LoadResult | Sequence[Article] | None, cache: ArticleCache,
+          code: tuple[object, ...]) -> tuple[LoadResult, list[str]]:
+    """Return the articles (given, or those of the files as stamped) and the files that had
+    to be parsed."""
     if content is None:
-        return articles if isinstance(articles, LoadResult) else LoadResult(
-            articles=list(articles or ()))
-    cache = cache if cache is not None else ArticleCache()
+        return (articles if isinstance(articles, LoadResult) else LoadResult(
+            articles=list(articles or ()))), []
+    from publisher import ics
+
     stale = cache.stale(content)
     if stale:
-        kept = output.load_articles_cache(target, code)
-        if kept is not None:
-            kept.absorb(cache)  # what this process parsed is at least as new
-            cache.absorb(kept)
-            stale = cache.stale(content)
+        ours = ArticleCache()
+        ours.absorb(cache)
+        for kept in output.load_kept(target, code):
+            if isinstance(kept, tuple) and len(kept) == 2 and isinstance(kept[0], ArticleCache):
+                cache.absorb(kept[0])
+                ics.keep_blocks(kept[1])
+        cache.absorb(ours)  # what this process parsed is at least as new
+        stale = cache.stale(content)
         _parse(cache, stale)
-    loaded = load_articles(config.site.content_dir, cache, stamps=content)
-    if stale:
+    return (load_articles(config.site.content_dir, cache, stamps=content),
+            [name for name, _, _ in stale])
+
+
+def _keep(target: Path, code: tuple[object, ...], content: tuple[FileStamp, ...],
+          parsed: Iterable[str], cache: ArticleCache) -> None:
+    """Keep the parsed articles and their calendar events for the next build's process.
+
+    Only the shards holding a file parsed by this build are written again.
+    """
+    from publisher import ics
+
+    changed = {output.kept_shard(name) for name in parsed}
+    for shard in sorted(changed):
+        names = [name for name, _, _ in content if output.kept_shard(name) == shard]
         keep = ArticleCache()
         keep.absorb(cache)
-        keep.forget_missing(Path(name) for name, _, _ in content)
-        output.save_articles_cache(target, code, keep)
-    return loaded
+        keep.forget_missing(map(Path, names))
+        articles = [article for _, article in keep.fresh(content)]
+        output.save_kept(target, code, shard, (keep, ics.kept_blocks(articles)))
 
 
 def _parse(cache: ArticleCache, stale: list[FileStamp]) -> None:
@@ -167,6 +210,8 @@ def _parse_share(share: list[FileStamp]) -> ArticleCache:
 def _placing(files: Iterable[SiteFile], content: tuple[FileStamp, ...] | None,
              inputs: tuple[object, ...] | None) -> list[Placing]:
     """Return each file with what it is made of beyond the inputs (None: always rendered)."""
+    from publisher.site.pages import EVERY
+
     stamps = {} if content is None else {name: (size, mtime) for name, size, mtime in content}
 
     def made_of(depends: tuple[Article, ...] | None) -> object:
@@ -182,10 +227,10 @@ def _placing(files: Iterable[SiteFile], content: tuple[FileStamp, ...] | None,
 _share: Callable[[], Written] | None = None
 
 
-def _write(staging: Staging, files: list[Placing], pages: int) -> Written:
-    """Place every file; on a large site a second process places every other page."""
+def _write(staging: Staging | InPlace, files: list[Placing], pages: int) -> Written:
+    """Place every file; on a large new site a second process places every other page."""
     global _share
-    if pages < PARALLEL_FROM or not _may_fork():
+    if isinstance(staging, InPlace) or pages < PARALLEL_FROM or not _may_fork():
         return staging.write(files)
     # The article pages come first; the worker takes every other one, this process the rest
     # and the files made of every article (the front page, the calendar, the sitemap).
@@ -207,6 +252,8 @@ def _write_share() -> Written:
 
 def _may_fork() -> bool:
     """Return whether this process may fork workers: a second core, no other thread."""
+    import multiprocessing
+
     # A copy of a process running other threads (the daemon's clock, the web service) could
     # inherit a lock held half-way by one of them.
     return ((os.cpu_count() or 1) >= 2 and threading.active_count() == 1
@@ -214,11 +261,16 @@ def _may_fork() -> bool:
 
 
 def _pool() -> ProcessPoolExecutor:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     # Forked: the worker starts with this process's articles, templates and staging folder.
     return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
 
 
 def _report(view: DayView, target: Path, loaded: LoadResult, written: Written) -> BuildReport:
+    from publisher.feeds import FEEDS
+
     new = {stamp[0] for stamp in written.files} - written.kept
     return BuildReport(
         day=view.day, output_dir=target, pages=1 + len(view.published), feeds=len(FEEDS),
@@ -239,13 +291,20 @@ def _steady(env: jinja2.Environment) -> jinja2.Environment:
     return steady
 
 
-def _template_stamps(env: jinja2.Environment) -> tuple[object, ...] | None:
-    """Return the template files the environment can load, with their sizes and mtimes."""
+def _template_folders(env: jinja2.Environment) -> tuple[str, ...] | None:
+    """Return the folders the environment loads templates from (None: not from folders)."""
+    import jinja2
+
     loader = env.loader
     if not isinstance(loader, jinja2.FileSystemLoader):
         return None  # templates from elsewhere: no way to tell they did not change
+    return tuple(map(str, loader.searchpath))
+
+
+def _template_stamps(folders: Sequence[str]) -> tuple[object, ...]:
+    """Return every file in the template folders, with its size and mtime."""
     stamps: list[object] = []
-    for folder in loader.searchpath:
+    for folder in folders:
         for root, _dirs, names in os.walk(folder):
             for name in sorted(names):
                 stat = os.stat(os.path.join(root, name))
@@ -256,6 +315,8 @@ def _template_stamps(env: jinja2.Environment) -> tuple[object, ...] | None:
 def check_site(config: Config, day: date | None = None, *,
                cache: ArticleCache | None = None) -> list[PublisherError]:
     """Load and render the whole site in memory; return every problem found, writing nothing."""
+    from publisher.site.pages import site_files
+
     env = site_environment(config)
     try:
         loaded = load_articles(config.site.content_dir, cache)

@@ -19,11 +19,12 @@ import shutil
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from publisher.content import ArticleCache
+import publisher
 from publisher.errors import OutputError
 
 # In every built site: the latest Last-Modified second any of its files was given, so that the
@@ -31,7 +32,7 @@ from publisher.errors import OutputError
 MODIFIED_MARK = ".modified"
 CACHE_FORMAT = 1  # bumped when what the cache files hold changes shape
 MANIFEST = "manifest.pickle"
-ARTICLES = "articles.pickle"
+ARTICLES = "articles-{:02d}.pickle"
 
 OutputStamp = tuple[str, int, int, int]  # relative path, inode, size, mtime
 FileMaker = Callable[[], bytes]
@@ -75,20 +76,22 @@ def cache_folder(target: Path) -> Path:
 def package_fingerprint() -> tuple[object, ...]:
     """Return what identifies the code that builds: this package's files and the libraries'.
 
-    The size and mtime of every file of the package (code, packaged templates and catalogs)
-    and of each folder on the import path, whose entries change when a library is installed
-    or upgraded; and the interpreter's version.
+    The package's version; the size and mtime of every file of the package (code, packaged
+    templates, catalogs) and of each library folder on the import path (site-packages), whose
+    entries change when a library is installed or upgraded; and the interpreter's version.
     """
     package = Path(__file__).resolve().parent.parent
-    stamps: list[object] = [sys.version, CACHE_FORMAT]
+    stamps: list[object] = [publisher.__version__, sys.version, CACHE_FORMAT]
     for folder, dirs, names in os.walk(package):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
         for name in sorted(names):
             stat = os.stat(os.path.join(folder, name))
             stamps.append((folder, name, stat.st_size, stat.st_mtime_ns))
     for entry in sys.path:
-        with contextlib.suppress(OSError):
-            stamps.append((entry, os.stat(entry or ".").st_mtime_ns))
+        # Only where libraries are installed: the working folder changes with every build.
+        if os.path.basename(entry) in ("site-packages", "dist-packages"):
+            with contextlib.suppress(OSError):
+                stamps.append((entry, os.stat(entry).st_mtime_ns))
     return tuple(stamps)
 
 
@@ -96,12 +99,14 @@ def package_fingerprint() -> tuple[object, ...]:
 class Manifest:
     """What one build put into the site, kept beside it for the next build (in any process).
 
-    ``inputs``: settings, day, templates and code; ``content``: the article files' stamps;
+    ``inputs``: settings, day, templates and code; ``folders``: where the templates are;
+    ``content``: the article files' stamps;
     ``files``: each file as the build left it; ``made_of``: what each file reused without
     rendering must still be made of; ``report``: the build's report.
     """
 
     inputs: tuple[object, ...]
+    folders: tuple[str, ...]
     content: tuple[object, ...]
     files: tuple[OutputStamp, ...]
     made_of: Mapping[str, object]
@@ -120,38 +125,49 @@ class Manifest:
         return inputs == self.inputs and content == self.content and self.intact(target)
 
 
-def load_manifest(target: Path) -> Manifest | None:
-    """Return the manifest of the site's last build, or None where there is none to trust."""
-    found = _load(cache_folder(target) / MANIFEST)
+def load_manifest(target: Path, code: tuple[object, ...]) -> Manifest | None:
+    """Return the manifest of the site's last build, if the same code wrote it."""
+    found = _load(cache_folder(target) / MANIFEST, code)
     return found if isinstance(found, Manifest) else None
 
 
-def save_manifest(target: Path, manifest: Manifest | None) -> None:
+def save_manifest(target: Path, code: tuple[object, ...], manifest: Manifest | None) -> None:
     """Record the build just swapped in (None: forget the last one, nothing to trust)."""
     if manifest is None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(cache_folder(target) / MANIFEST)
         return
-    _save(cache_folder(target) / MANIFEST, manifest)
+    _save(cache_folder(target) / MANIFEST, code, manifest)
 
 
-def load_articles_cache(target: Path, code: tuple[object, ...]) -> ArticleCache | None:
-    """Return the parsed articles kept by the last build, if the same code parsed them."""
-    found = _load(cache_folder(target) / ARTICLES)
-    if isinstance(found, tuple) and len(found) == 2 and found[0] == code:
-        cache = found[1]
-        return cache if isinstance(cache, ArticleCache) else None
-    return None
+KEPT_SHARDS = 16  # the parsed articles are kept in this many files, by file name
 
 
-def save_articles_cache(target: Path, code: tuple[object, ...], cache: ArticleCache) -> None:
-    """Keep the parsed articles for the next build's process."""
-    _save(cache_folder(target) / ARTICLES, (code, cache))
+def kept_shard(name: str) -> int:
+    """Return which of the kept files holds what was parsed from the article file ``name``."""
+    return zlib.crc32(name.encode("utf-8", "surrogateescape")) % KEPT_SHARDS
 
 
-def _load(path: Path) -> object:
+def load_kept(target: Path, code: tuple[object, ...]) -> list[object]:
+    """Return what the last builds kept for the next (parsed articles), where the same code did."""
+    found = (_load(cache_folder(target) / ARTICLES.format(shard), code)
+             for shard in range(KEPT_SHARDS))
+    return [kept for kept in found if kept is not None]
+
+
+def save_kept(target: Path, code: tuple[object, ...], shard: int, kept: object) -> None:
+    """Keep what the next build's process can reuse of the articles of one shard."""
+    # In shards: after one article changed, a sixteenth of them is written again.
+    _save(cache_folder(target) / ARTICLES.format(shard), code, kept)
+
+
+def _load(path: Path, code: tuple[object, ...]) -> object:
+    """Return what a cache file holds, if the same code wrote it (None: a miss)."""
     try:
         with open(path, "rb") as handle:
+            # The code first: what another version wrote is never unpickled.
+            if pickle.load(handle) != code:
+                return None
             return pickle.load(handle)
     except FileNotFoundError:
         return None
@@ -159,11 +175,12 @@ def _load(path: Path) -> object:
         return None
 
 
-def _save(path: Path, value: object) -> None:
+def _save(path: Path, code: tuple[object, ...], value: object) -> None:
     path.parent.mkdir(exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
+            pickle.dump(code, handle, pickle.HIGHEST_PROTOCOL)
             pickle.dump(value, handle, pickle.HIGHEST_PROTOCOL)
         os.replace(temporary, path)
     except BaseException:
@@ -191,6 +208,7 @@ class Written:
     files: list[OutputStamp] = field(default_factory=list)  # each file, as it was left
     kept: set[str] = field(default_factory=set)  # linked to the previous site's file
     made_of: dict[str, object] = field(default_factory=dict)  # of files that may be reused
+    removed: int = 0  # files of the previous site no build makes any more
 
     @property
     def written(self) -> int:
@@ -287,6 +305,94 @@ class Staging:
         """Remove what is left of the staging folder (after a failed build)."""
         if self.folder.exists():
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class InPlace:
+    """A build that replaces the few files that change in the site itself, one by one.
+
+    Only after a build recorded every file and its inputs are the same: then only article
+    files changed, and each file they show is written to a temporary name beside it and
+    renamed over it, so that a reader finds the old file or the new one. Pages go first,
+    the files linking to them (front page, feeds, sitemap) after, and pages of articles that
+    are gone are removed last.
+    """
+
+    site: Path
+    last: int
+    modified: int
+    reusable: Mapping[str, tuple[object, OutputStamp]]
+    recorded: frozenset[str]  # every file the last build recorded
+
+    @classmethod
+    def over(cls, target: Path, manifest: Manifest) -> InPlace:
+        """Prepare to update ``target`` in place; forget the manifest until the update is done."""
+        # A build that stops half-way leaves files the manifest does not know: the next build
+        # then stages the whole site.
+        save_manifest(target, (), None)
+        last = _last_modified(target)
+        return cls(target, last, max(int(time.time()), last + 1), {
+            stamp[0]: (manifest.made_of.get(stamp[0]), stamp) for stamp in manifest.files},
+            frozenset(stamp[0] for stamp in manifest.files))
+
+    def write(self, files: Iterable[Placing]) -> Written:
+        """Make the files whose inputs changed and put each in place if its bytes did."""
+        done = Written()
+        for relative, made_of, make in files:
+            found = self.reusable.get(relative)
+            if found is not None and made_of is not None and found[0] == made_of:
+                stamp = found[1]
+                done.files.append(stamp)
+                done.kept.add(relative)
+            else:
+                new, stat = self._replace(relative, make())
+                done.files.append((relative, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+                if not new:
+                    done.kept.add(relative)
+            if made_of is not None:
+                done.made_of[relative] = made_of
+        gone = self.recorded - {stamp[0] for stamp in done.files}
+        for relative in sorted(gone):
+            path = os.path.join(self.site, relative)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            with contextlib.suppress(OSError):  # a folder that holds something else stays
+                os.rmdir(os.path.dirname(path))
+        done.removed = len(gone)
+        return done
+
+    def _replace(self, relative: str, data: bytes) -> tuple[bool, os.stat_result]:
+        path = os.path.join(self.site, relative)
+        try:
+            old = os.stat(path)
+            if old.st_size == len(data) and _read(path) == data:
+                return False, old
+        except FileNotFoundError:
+            pass
+        _folder_for(path)
+        # Hidden, so that the web service never serves it, and named for this process.
+        temporary = os.path.join(os.path.dirname(path), f".new-{os.getpid()}")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # left by a build that stopped here
+        try:
+            _place(temporary, None, data, self.modified * 1_000_000_000)
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return True, os.stat(path)
+
+    def publish(self, target: Path, wrote: bool) -> None:
+        """Date the site with this build's date if any file got new bytes."""
+        if wrote:
+            mark = self.site / MODIFIED_MARK
+            new = mark.with_name(f"{MODIFIED_MARK}.new")
+            new.write_text(f"{self.modified}\n", encoding="ascii")
+            new.replace(mark)
+
+    def clean_up(self) -> None:
+        """Nothing to remove: each file was put in place whole."""
 
 
 def _last_modified(site: Path | None) -> int:
