@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable
-from datetime import UTC, date, timedelta
+from datetime import UTC, date, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import icalendar
 from icalendar.prop import vCategory, vDate, vDatetime, vRecur, vText, vUri
@@ -58,20 +60,36 @@ def _event(site: SiteConfig, article: Article, start: date, uid: str,
     # a millisecond an event, so the lines are put together here, each value encoded by it.
     url = site.article_url(article.slug)
     description = f"{article.summary}\n\n{url}" if article.summary else url
-    # The moment the article was first published, not the build time: the same bytes each day.
-    stamp = publish_moment(article.date, site.publish_time, site.zone).astimezone(UTC)
     lines = [f"SUMMARY:{_text(article.title)}",
-             f"DTSTART;VALUE=DATE:{_value(vDate(start))}",
-             f"DTEND;VALUE=DATE:{_value(vDate(start + timedelta(days=1)))}",
-             f"DTSTAMP:{_value(vDatetime(stamp))}", f"UID:{_text(uid)}"]
+             f"DTSTART;VALUE=DATE:{_day(start)}",
+             f"DTEND;VALUE=DATE:{_day(start + timedelta(days=1))}",
+             f"DTSTAMP:{_stamp(article.date, site.publish_time, site.zone)}",
+             f"UID:{_text(uid)}"]
     if rule is not None:
-        lines.append(f"RRULE:{_value(vRecur(rule))}")
+        lines.append(f"RRULE:{_rule(tuple(rule.items()))}")
     if article.tags:
         lines.append(f"CATEGORIES:{_value(vCategory(list(article.tags)))}")
     lines += [f"DESCRIPTION:{_text(description)}",
               "TRANSP:TRANSPARENT",  # an anniversary does not make anyone busy
               f"URL:{_value(vUri(url))}"]
     return ["BEGIN:VEVENT", *lines, "END:VEVENT"]
+
+
+# A large calendar repeats few days, moments and rules: each is encoded once.
+@functools.lru_cache(maxsize=1 << 16)
+def _day(day: date) -> str:
+    return _value(vDate(day))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _stamp(day: date, at: time, zone: ZoneInfo) -> str:
+    # The moment the article was first published, not the build time: the same bytes each day.
+    return _value(vDatetime(publish_moment(day, at, zone).astimezone(UTC)))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _rule(rule: tuple[tuple[str, Any], ...]) -> str:
+    return _value(vRecur(dict(rule)))
 
 
 def _text(text: str) -> str:

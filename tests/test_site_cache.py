@@ -240,7 +240,7 @@ def test_a_template_error_in_the_worker_leaves_the_previous_site(
         small_site: Config, tmp_path: Path, workers: list[bool]) -> None:
     site.build_site(small_site, SMALL_SITE_DAY)
     before = snapshot(small_site.site.output_dir)
-    # Fail only on a page the worker renders: every other published article's, from the second.
+    # Fail only on a page the worker renders: two in three published articles', from the second.
     calendar, _ = site.load_calendar(small_site)
     theirs = site.day_view(small_site.site, calendar, SMALL_SITE_DAY).published[1].slug
     broken = with_templates(small_site, tmp_path / "templates", article_html=(

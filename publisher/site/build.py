@@ -228,17 +228,19 @@ _share: Callable[[], Written] | None = None
 
 
 def _write(staging: Staging | InPlace, files: list[Placing], pages: int) -> Written:
-    """Place every file; on a large new site a second process places every other page."""
+    """Place every file; on a large new site a second process places most pages."""
     global _share
     if isinstance(staging, InPlace) or pages < PARALLEL_FROM or not _may_fork():
         return staging.write(files)
-    # The article pages come first; the worker takes every other one, this process the rest
-    # and the files made of every article (the front page, the calendar, the sitemap).
-    _share = lambda: staging.write(files[1:pages:2])  # noqa: E731
+    # The article pages come first: the worker takes two in three, this process the rest and
+    # the files made of every article (the front page, the calendar, the sitemap), about as
+    # much work. Spread rather than cut: an older article's page lists more years.
+    _share = lambda: staging.write(  # noqa: E731
+        [file for number, file in enumerate(files[:pages]) if number % 3])
     try:
         with _pool() as pool:
             theirs: Future[Written] = pool.submit(_write_share)
-            done = staging.write(files[0:pages:2] + files[pages:])
+            done = staging.write(files[0:pages:3] + files[pages:])
             done.add(theirs.result())
     finally:
         _share = None
