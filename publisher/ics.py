@@ -5,14 +5,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterable
-from datetime import UTC, date, time, timedelta
+from datetime import date, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import icalendar
 from icalendar.prop import vCategory, vDate, vDatetime, vRecur, vText, vUri
 
-from publisher.calendar import FEB_29, Calendar, anniversary_in, publish_moment
+from publisher.calendar import FEB_29, Calendar, anniversary_in, publish_instant
 from publisher.config import LeapDay, SiteConfig
 from publisher.content import Article
 from publisher.feeds import clean_site, clean_text
@@ -84,7 +84,7 @@ def _day(day: date) -> str:
 @functools.lru_cache(maxsize=1 << 16)
 def _stamp(day: date, at: time, zone: ZoneInfo) -> str:
     # The moment the article was first published, not the build time: the same bytes each day.
-    return _value(vDatetime(publish_moment(day, at, zone).astimezone(UTC)))
+    return _value(vDatetime(publish_instant(day, at, zone)))
 
 
 @functools.lru_cache(maxsize=1 << 12)

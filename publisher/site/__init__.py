@@ -9,7 +9,7 @@ library: a build that finds nothing changed needs none.
 
 from publisher.site.build import BuildReport, build_site, check_site, site_environment
 from publisher.site.output import MODIFIED_MARK
-from publisher.site.view import DayView, day_view, load_calendar, site_today, upcoming_events
+from publisher.site.view import DayView, day_view, load_calendar, upcoming_events
 
 __all__ = [
     "MODIFIED_MARK",
@@ -20,6 +20,5 @@ __all__ = [
     "day_view",
     "load_calendar",
     "site_environment",
-    "site_today",
     "upcoming_events",
 ]

@@ -11,7 +11,7 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from publisher.calendar import Calendar
+from publisher.calendar import Calendar, local_date, utcnow
 from publisher.config import Config
 from publisher.content import (
     Article,
@@ -24,7 +24,7 @@ from publisher.content import (
 from publisher.errors import ContentError, PublisherError, TemplateError
 from publisher.site import output
 from publisher.site.output import InPlace, Manifest, Placing, Staging, Written
-from publisher.site.view import DayView, day_view, site_today
+from publisher.site.view import DayView, day_view
 
 if TYPE_CHECKING:
     from concurrent.futures import Future, ProcessPoolExecutor
@@ -58,14 +58,6 @@ class BuildReport:
         """Return whether every article loaded."""
         return not self.errors
 
-    def summary(self) -> str:
-        """Describe the build in one line."""
-        return (
-            f"built {self.day.isoformat()} into {self.output_dir}: {self.pages} pages, "
-            f"{self.feeds} feeds ({self.feed_items} items, {self.events_today} today); "
-            f"{self.written} files written, {self.unchanged} unchanged"
-        )
-
 
 def site_environment(config: Config) -> jinja2.Environment:
     """Return the Jinja2 environment of the site, checking that ``templates_dir`` exists."""
@@ -87,7 +79,7 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
     article files changed, only the files showing them are rendered.
     """
     site = config.site
-    day = day or site_today(site)
+    day = day or local_date(utcnow(), site.zone)
     target = (out or site.output_dir).absolute()
     # Stamped before loading: a file edited meanwhile costs one more build, never a stale one.
     content = content_stamps(site.content_dir) if articles is None else None
@@ -326,7 +318,7 @@ def check_site(config: Config, day: date | None = None, *,
         return [exc]
     problems: list[PublisherError] = list(loaded.errors)
     view = day_view(config.site, Calendar(loaded.articles, config.site.leap_day),
-                    day or site_today(config.site))
+                    day or local_date(utcnow(), config.site.zone))
     seen: set[str] = set()
     for file in site_files(view, env):
         try:

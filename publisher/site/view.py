@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 
-from publisher.calendar import Calendar, Event
+from publisher.calendar import Calendar, Event, local_date, utcnow
 from publisher.config import Config, SiteConfig
 from publisher.content import Article, ArticleCache, load_articles
 from publisher.errors import ContentError
@@ -46,11 +46,6 @@ def day_view(site: SiteConfig, calendar: Calendar, day: date) -> DayView:
                    calendar.next_anniversaries(day))
 
 
-def site_today(site: SiteConfig, now: datetime | None = None) -> date:
-    """Return the current date in the site's zone (``now`` may be any aware instant)."""
-    return (now or datetime.now(site.zone)).astimezone(site.zone).date()
-
-
 def load_calendar(config: Config, cache: ArticleCache | None = None
                   ) -> tuple[Calendar, list[ContentError]]:
     """Load the content folder into a calendar; return it with the files that failed."""
@@ -62,7 +57,7 @@ def upcoming_events(config: Config, start: date | None = None, days: int = 30, *
                     cache: ArticleCache | None = None) -> tuple[list[Event], list[ContentError]]:
     """Return the appearances in ``days`` days from ``start`` (default today), and load errors."""
     calendar, errors = load_calendar(config, cache)
-    first = start or site_today(config.site)
+    first = start or local_date(utcnow(), config.site.zone)
     return list(calendar.between(first, last_day(first, days))), errors
 
 
