@@ -20,7 +20,7 @@ from publisher.config import Config, load
 from publisher.content import Article
 from publisher.site import output, pages
 from tests.fixtures.content import SMALL_SITE_DAY
-from tests.test_site import snapshot, with_templates
+from tests.site.test_build import snapshot, with_templates
 
 
 def moved(config: Config, folder: Path) -> Config:

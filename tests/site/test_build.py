@@ -26,7 +26,7 @@ from publisher.site import pages
 from publisher.site.view import RECENT_EVENTS
 from tests.fixtures.content import BASE_URL, SMALL_SITE_DAY, WriteArticle, WriteFile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL_SITE_FILES = {
     "style.css", "favicon.ico", "index.html", "feed.xml", "atom.xml", "feed.json",
     "anniversaries.ics", "sitemap.xml", "robots.txt",

@@ -25,7 +25,7 @@ from publisher.content import (
 from publisher.errors import TemplateError
 from publisher.site import build
 from tests.fixtures.content import SMALL_SITE_DAY, WriteArticle
-from tests.test_site import leftovers, snapshot, with_templates
+from tests.site.test_build import leftovers, snapshot, with_templates
 
 Change = Callable[[Config, Path], Config]
 
