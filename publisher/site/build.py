@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -103,16 +104,15 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
         loaded, parsed = _load(config, target, content, articles, cache, code)
         view = day_view(site, Calendar(loaded.articles, site.leap_day), day)
         files = _placing(site_files(view, _steady(env)), content, inputs)
+        keep = None if not parsed or content is None else functools.partial(
+            _keep, target, code, content, parsed, cache)
         writer = _writer(target, last, inputs)
         try:
             with output.output_errors(target):
-                written = _write(writer, files, len(view.published))
-                writer.publish(target, bool(written.written or written.removed))
+                written = _write(writer, target, files, len(view.published), keep)
         finally:
             writer.clean_up()
         report = _report(view, target, loaded, written)
-        if parsed and content is not None:
-            _keep(target, code, content, parsed, cache)
         output.save_manifest(target, code, None if inputs is None or content is None
                              or folders is None else Manifest(
             inputs, folders, content, tuple(written.files), written.made_of, report))
@@ -217,31 +217,51 @@ def _placing(files: Iterable[SiteFile], content: tuple[FileStamp, ...] | None,
 
 # A share of the files to place, as a forked worker finds it (set just before the fork).
 _share: Callable[[], Written] | None = None
+_kept: Callable[[], None] | None = None  # and the keeping of the articles, after it
 
 
-def _write(staging: Staging | InPlace, files: list[Placing], pages: int) -> Written:
-    """Place every file; on a large new site a second process places most pages."""
-    global _share
-    if isinstance(staging, InPlace) or pages < PARALLEL_FROM or not _may_fork():
-        return staging.write(files)
-    # The article pages come first: the worker takes two in three, this process the rest and
-    # the files made of every article (the front page, the calendar, the sitemap), about as
-    # much work. Spread rather than cut: an older article's page lists more years.
-    _share = lambda: staging.write(  # noqa: E731
-        [file for number, file in enumerate(files[:pages]) if number % 3])
+def _write(writer: Staging | InPlace, target: Path, files: list[Placing], pages: int,
+           keep: Callable[[], None] | None) -> Written:
+    """Place every file and publish the site; keep the parsed articles (``keep``) meanwhile.
+
+    On a large new site a worker process places every other page and the calendar, then
+    keeps the articles and their calendar events while this process swaps the site in.
+    """
+    from publisher.ics import ICS_NAME
+
+    global _share, _kept
+    if isinstance(writer, InPlace) or pages < PARALLEL_FROM or not _may_fork():
+        done = writer.write(files)
+        writer.publish(target, bool(done.written or done.removed))
+        if keep is not None:
+            keep()
+        return done
+    # Spread rather than cut: an older article's page lists more years.
+    theirs = [*files[1:pages:2], *(file for file in files[pages:] if file[0] == ICS_NAME)]
+    ours = [*files[0:pages:2], *(file for file in files[pages:] if file[0] != ICS_NAME)]
+    _share, _kept = (lambda: writer.write(theirs)), keep
     try:
         with _pool() as pool:
-            theirs: Future[Written] = pool.submit(_write_share)
-            done = staging.write(files[0:pages:3] + files[pages:])
-            done.add(theirs.result())
+            placed: Future[Written] = pool.submit(_write_share)
+            done = writer.write(ours)
+            done.add(placed.result())
+            kept = pool.submit(_keep_share) if keep is not None else None
+            writer.publish(target, bool(done.written or done.removed))
+            if kept is not None:
+                kept.result()
     finally:
-        _share = None
+        _share = _kept = None
     return done
 
 
 def _write_share() -> Written:
     assert _share is not None
     return _share()
+
+
+def _keep_share() -> None:
+    assert _kept is not None
+    _kept()
 
 
 def _may_fork() -> bool:

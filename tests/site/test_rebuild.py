@@ -240,7 +240,7 @@ def test_a_template_error_in_the_worker_leaves_the_previous_site(
         small_site: Config, tmp_path: Path, workers: list[bool]) -> None:
     site.build_site(small_site, SMALL_SITE_DAY)
     before = snapshot(small_site.site.output_dir)
-    # Fail only on a page the worker renders: two in three published articles', from the second.
+    # Fail only on a page the worker renders: every other published article's, from the second.
     calendar, _ = site.load_calendar(small_site)
     theirs = site.day_view(small_site.site, calendar, SMALL_SITE_DAY).published[1].slug
     broken = with_templates(small_site, tmp_path / "templates", article_html=(
@@ -263,3 +263,14 @@ def test_a_process_running_threads_builds_alone(
     monkeypatch.setattr(build, "_pool", lambda: started.append(1))
     report = site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
     assert report.ok and workers and not any(workers) and started == []
+
+
+def test_the_worker_keeps_every_parsed_article_for_the_next_process(
+        small_site: Config, workers: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
+    assert workers and all(workers)
+    parsed = parsed_here(monkeypatch)
+    leap = small_site.site.content_dir / "leap.md"
+    leap.write_text(leap.read_text(encoding="utf-8").replace("mostly", "usually"), "utf-8")
+    site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
+    assert parsed == [str(leap)]
