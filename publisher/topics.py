@@ -1,9 +1,10 @@
 """The feeds of a part of the archive: one per tag, and one of the milestones only.
 
 ``tags/<tag>/feed.xml``, ``atom.xml`` and ``feed.json`` hold the newest appearances of the
-articles with that tag; ``milestones/…`` those that are a milestone (1, 5, 10, 25, 50, 75, 100
-years and every 25 after) or a first publication, as a subscriber choosing milestones gets them.
-Items keep the main feeds' ids, one per (article, anniversary year).
+articles with that tag, with the tag's ``anniversaries.ics`` beside them; ``milestones/…`` hold
+those that are a milestone (1, 5, 10, 25, 50, 75, 100 years and every 25 after) or a first
+publication, as a subscriber choosing milestones gets them. Items keep the main feeds' ids, one
+per (article, anniversary year).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import jinja2
 
 from publisher.calendar import Calendar, Event
 from publisher.config import SiteConfig
-from publisher.feeds import FEEDS, build_feeds
+from publisher.content import Article
+from publisher.feeds import FEEDS, feed_files
 from publisher.ics import calendar_ics
 from publisher.preferences import is_milestone, tag_key
 
@@ -24,6 +26,8 @@ TAGS_FOLDER = "tags"
 MILESTONES_FOLDER = "milestones"
 TAG_ICS_NAME = "anniversaries.ics"
 FileMaker = Callable[[], bytes]
+# A file of a part: its path, the articles its bytes are made of, and how to make them.
+TopicFile = tuple[str, tuple[Article, ...], FileMaker]
 
 
 def tag_folder(tag: str) -> str:
@@ -44,15 +48,14 @@ def milestone_events(calendar: Calendar, day: date, limit: int) -> list[Event]:
     return found
 
 
-def topic_files(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Environment
-                ) -> Iterator[tuple[str, FileMaker]]:
-    """Yield the milestones' and each tag's feeds (and calendar) as (path, bytes maker)."""
-    yield from _feeds(site, calendar, day, env, f"{MILESTONES_FOLDER}/",
-                      f"{site.title}: milestones",
-                      lambda: milestone_events(calendar, day, site.feed_items))
+def topic_files(site: SiteConfig, calendar: Calendar, published: Sequence[Article], day: date,
+                env: jinja2.Environment) -> Iterator[TopicFile]:
+    """Yield the milestones' and each tag's feeds (and calendar) on ``day``."""
+    yield from _feeds(site, day, env, f"{MILESTONES_FOLDER}/", f"{site.title}: milestones",
+                      milestone_events(calendar, day, site.feed_items))
     # The tags of the articles published by then, each named as first written.
     names: dict[str, str] = {}
-    for article in sorted(calendar.published(day), key=lambda a: a.slug):
+    for article in sorted(published, key=lambda a: a.slug):
         for tag in article.tags:
             names.setdefault(tag_key(tag), tag)
     names.pop("", None)
@@ -60,21 +63,22 @@ def topic_files(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Env
         folder = f"{TAGS_FOLDER}/{key}/"
         subset = Calendar([a for a in calendar.articles if key in _keys(a.tags)],
                           calendar.leap_day)
-        yield from _feeds(site, subset, day, env, folder, f"{site.title}: {name}",
-                          functools.partial(subset.recent, day, site.feed_items))
-        yield (folder + TAG_ICS_NAME, functools.partial(
-            calendar_ics, site, subset.published(day), calendar.leap_day,
-            f"{site.title}: {name}", folder + TAG_ICS_NAME))
+        title = f"{site.title}: {name}"
+        yield from _feeds(site, day, env, folder, title, subset.recent(day, site.feed_items))
+        members = tuple(subset.published(day))
+        yield (folder + TAG_ICS_NAME, members, functools.partial(
+            calendar_ics, site, members, calendar.leap_day, title, folder + TAG_ICS_NAME))
 
 
 def _keys(tags: Sequence[str]) -> set[str]:
     return {tag_key(tag) for tag in tags}
 
 
-def _feeds(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Environment,
-           folder: str, title: str, events: Callable[[], list[Event]]
-           ) -> Iterator[tuple[str, FileMaker]]:
-    built = functools.cache(lambda: build_feeds(site, calendar, day, env, events=events(),
-                                                folder=folder, title=title))
+def _feeds(site: SiteConfig, day: date, env: jinja2.Environment, folder: str, title: str,
+           events: list[Event]) -> Iterator[TopicFile]:
+    built = functools.cache(lambda: feed_files(site, events, day, env, folder=folder,
+                                               title=title))
+    depends = tuple(event.article for event in events)
     for feed in FEEDS:
-        yield folder + feed.name, functools.partial(lambda name: built()[name], feed.name)
+        yield (folder + feed.name, depends,
+               functools.partial(lambda name: built()[name], feed.name))

@@ -53,12 +53,8 @@ from publisher.ledger import Ledger, Subscriber
 from publisher.mail import Mailer, Preview, Recipient
 from publisher.preferences import Choices, parse_choices, tag_key
 from publisher.render import render
-from publisher.site import (
-    feed_links,
-    load_calendar,
-    site_environment,
-    upcoming_events,
-)
+from publisher.site import load_calendar, site_environment, upcoming_events
+from publisher.site.pages import feed_links
 from publisher.subscriptions.links import Subscriptions
 from publisher.tokens import load_secret
 from publisher.webhooks import Webhooks
