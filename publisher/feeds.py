@@ -370,6 +370,9 @@ def feed_files(site: SiteConfig, events: Sequence[Event], day: date,
     ``folder`` and ``title``: the feeds of a part of the archive (a tag's), published in
     ``folder`` (ending in ``/``) under their own title.
     """
+    if folder:
+        # Only the main feeds are announced to a WebSub hub: they alone are pinged (websub.py).
+        site = dataclasses.replace(site, websub_hub=None)
     items = feed_items(site, events, env)
     # The newest item's time, not the clock, so that a rebuild gives the same bytes.
     updated = max((item.published for item in items), default=publish_instant(

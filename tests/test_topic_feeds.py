@@ -74,3 +74,16 @@ def test_pages_link_the_tag_and_milestone_feeds(small_site: Config) -> None:
     index = (output / "index.html").read_text(encoding="utf-8")
     for name in ("feed.xml", "atom.xml", "feed.json"):
         assert f'href="{BASE_URL}milestones/{name}"' in index
+
+
+def test_only_the_main_feeds_name_the_websub_hub(write_article: WriteArticle,
+                                                 make_config: object) -> None:
+    assert callable(make_config)
+    write_article("moon", date="2020-07-20", tags=["space"])
+    config: Config = make_config(websub_hub="https://hub.example.net/")
+    site.build_site(config, date(2026, 7, 20))
+    output = config.site.output_dir
+    assert b"https://hub.example.net/" in (output / "atom.xml").read_bytes()
+    for name in ("tags/space/atom.xml", "tags/space/feed.xml", "tags/space/feed.json",
+                 "milestones/atom.xml"):
+        assert b"hub.example.net" not in (output / name).read_bytes(), name
