@@ -207,15 +207,22 @@ class Calendar:
         for ordinal in range(start.toordinal(), end.toordinal() + 1):
             yield from self.events_on(date.fromordinal(ordinal))
 
-    def recent(self, day: date, limit: int) -> list[Event]:
-        """Return up to ``limit`` events on or before ``day``, newest day first."""
+    def recent(self, day: date, limit: int, keep: Callable[[Event], bool] | None = None
+               ) -> list[Event]:
+        """Return up to ``limit`` events on or before ``day``, newest day first.
+
+        ``keep``: only the events it says yes to.
+        """
         found: list[Event] = []
         if self.first_date is None:
             return found
         for ordinal in range(day.toordinal(), self.first_date.toordinal() - 1, -1):
             if len(found) >= limit:
                 break
-            found.extend(self.events_on(date.fromordinal(ordinal))[: limit - len(found)])
+            events = self.events_on(date.fromordinal(ordinal))
+            if keep is not None:
+                events = [event for event in events if keep(event)]
+            found.extend(events[: limit - len(found)])
         return found
 
     def next_anniversaries(self, day: date) -> list[Event]:

@@ -37,15 +37,8 @@ def tag_folder(tag: str) -> str:
 
 def milestone_events(calendar: Calendar, day: date, limit: int) -> list[Event]:
     """Return up to ``limit`` milestone appearances on or before ``day``, newest first."""
-    found: list[Event] = []
-    if calendar.first_date is None:
-        return found
-    for ordinal in range(day.toordinal(), calendar.first_date.toordinal() - 1, -1):
-        if len(found) >= limit:
-            break
-        found += [event for event in calendar.events_on(date.fromordinal(ordinal))
-                  if event.is_first or is_milestone(event.years_since)][:limit - len(found)]
-    return found
+    return calendar.recent(day, limit,
+                           lambda event: event.is_first or is_milestone(event.years_since))
 
 
 def topic_files(site: SiteConfig, calendar: Calendar, published: Sequence[Article], day: date,

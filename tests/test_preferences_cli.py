@@ -9,9 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from publisher.cli import cli
+import tests.test_subscribers as subscribers_tests
 from publisher.errors import SubscriberError
 from publisher.ledger import ALL_ZONES, Ledger
 from publisher.preferences import (
@@ -27,21 +26,8 @@ from publisher.subscriptions.csvfiles import CHOICE_COLUMNS, export_csv, import_
 from publisher.subscriptions.fields import subscriber_row
 
 Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def run(tmp_path: Path, database_url: str) -> Run:
-    """Return a runner of ``publisher --config … ARGS`` on a config using ``database_url``."""
-    config = tmp_path / "publisher.toml"
-    config.write_text(f'[state]\ndatabase_url = "{database_url}"\n', encoding="utf-8")
-
-    def invoke(*args: str) -> tuple[int, str, str]:
-        result = CliRunner().invoke(cli, ["--config", str(config), *args])
-        if result.exception and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return result.exit_code, result.stdout, result.stderr
-
-    return invoke
+# The command line on a configuration using the test's database.
+run = subscribers_tests.run
 
 
 def test_milestones_are_1_5_10_then_every_25() -> None:
