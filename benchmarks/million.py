@@ -174,11 +174,11 @@ def write_csv(path: Path, count: int) -> None:
 
 def enqueue_child(config_path: Path) -> None:
     """Queue the day's event as ``publisher send`` does, timed; print JSON figures."""
-    from publisher.calendar import Calendar
+    from publisher.calendar import Calendar, utcnow
     from publisher.config import load
     from publisher.content import load_articles
     from publisher.dispatch import SendPolicy, enqueue_event
-    from publisher.ledger import ALL_ZONES, Ledger, utcnow
+    from publisher.ledger import ALL_ZONES, Ledger
 
     config = load(config_path)
     calendar = Calendar(load_articles(config.site.content_dir).articles, config.site.leap_day)

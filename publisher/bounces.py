@@ -33,6 +33,7 @@ from typing import Literal
 
 import flufl.bounce
 
+from publisher.calendar import Clock, utcnow
 from publisher.config import Config, ImapConfig
 from publisher.errors import ConfigError, MailboxError, SubscriberError
 from publisher.ledger import (
@@ -40,7 +41,6 @@ from publisher.ledger import (
     ReturnKind,
     ReturnRow,
     ReturnTarget,
-    utcnow,
 )
 from publisher.tokens import check_return_path_tag, load_secret, read_return_path_tag
 
@@ -390,7 +390,7 @@ class Recorder:
     """Match returns to their deliveries and record each once, under one configuration."""
 
     def __init__(self, config: Config, ledger: Ledger, secret: bytes, *,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Clock = utcnow) -> None:
         self.ledger = ledger
         self.secret = secret
         self.clock = clock
@@ -615,7 +615,7 @@ def mailboxes(config: Config) -> list[tuple[Source, Callable[[Callable[[bytes], 
 
 
 def read_mailboxes(config: Config, ledger: Ledger, secret: bytes, *,
-                   clock: Callable[[], datetime] = utcnow) -> BounceReport:
+                   clock: Clock = utcnow) -> BounceReport:
     """Read every configured mailbox once, recording what each message reports."""
     sources = mailboxes(config)
     if not sources:
@@ -631,7 +631,7 @@ def read_mailboxes(config: Config, ledger: Ledger, secret: bytes, *,
     return tally
 
 
-def process(config: Config, *, clock: Callable[[], datetime] = utcnow) -> BounceReport:
+def process(config: Config, *, clock: Clock = utcnow) -> BounceReport:
     """Read every configured mailbox once (what ``publisher bounces`` runs)."""
     if not config.bounces.mailboxes:
         raise ConfigError("no mailbox to read: set maildir or add a [bounces.imap] table",
@@ -645,7 +645,7 @@ class Poller:
     """Read the mailboxes from the daemon's tick, every ``[bounces] poll_minutes``."""
 
     def __init__(self, config: Config, ledger: Ledger, secret: bytes, *,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Clock = utcnow) -> None:
         self.config = config
         self.ledger = ledger
         self.secret = secret
@@ -724,21 +724,6 @@ class ReturnStatus:
             if e.hard_rate > HARD_BOUNCE_RATE_LIMIT:
                 out.append(f"{e.slug} {e.year}: hard bounce rate {e.hard_rate:.2%} is over "
                            f"{HARD_BOUNCE_RATE_LIMIT:.0%}")
-        return out
-
-    def lines(self) -> list[str]:
-        """Describe the returns for a terminal."""
-        if not self.editions and not self.elsewhere:
-            return ["bounces and complaints: none recorded"]
-        out = ["bounces and complaints per edition:"] if self.editions else []
-        for e in self.editions:
-            out.append(f"  {e.on}  {e.slug} {e.year}: sent {e.sent}, hard {e.hard} "
-                       f"({e.hard_rate:.2%}), soft {e.soft}, complaints {e.complaints} "
-                       f"({e.complaint_rate:.2%})")
-        if self.elsewhere:
-            counts = ", ".join(f"{kind} {n}" for kind, n in sorted(self.elsewhere.items()))
-            out.append(f"bounces and complaints not tied to an edition: {counts}")
-        out += [f"warning: {warning}" for warning in self.warnings()]
         return out
 
 

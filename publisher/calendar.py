@@ -1,16 +1,54 @@
-"""The anniversary calendar: which articles come back on which day."""
+"""Time, all of it: which articles come back on which day, and when that day comes in each zone.
+
+The calendar indexes articles by month-day (with the Feb 29 policy) so that a day's events cost
+only that day's articles. Around it: the clock, publish instants in each time zone, local dates,
+the dates that became due between two ticks, the catch-up window and upcoming moments.
+
+Every decision is taken from UTC instants. A local publish time is turned into the one UTC
+instant it names on a given local date with :mod:`zoneinfo` (``fold=0``), so a publish time inside
+a DST gap or overlap still names exactly one instant per local date:
+
+* on a day without that wall time (spring forward), it is read with the offset in force before the
+  change: ``02:30`` in Berlin on the last Sunday of March is ``03:30`` summer time;
+* on a day where it happens twice (fall back), it is the first occurrence.
+"""
 
 from __future__ import annotations
 
 import calendar as _stdlib_calendar
+import itertools
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from publisher.config import LeapDay
-from publisher.content import Article
+# Types only: the ledger and the web service read the clock without loading content.
+if TYPE_CHECKING:
+    from publisher.config import LeapDay
+    from publisher.content import Article
+
+Clock = Callable[[], datetime]
+
+
+def utcnow() -> datetime:
+    """Return the current instant, in UTC: the clock every component reads unless given one."""
+    return datetime.now(UTC)
+
+
+def publish_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
+    """Return the UTC instant at which local date ``day`` reaches wall time ``at`` in ``zone``."""
+    # fold=0 takes the offset in force before a transition: a wall time skipped by a DST gap moves
+    # forward by the gap, a repeated one is its first occurrence. ``.astimezone(zone)`` gives the
+    # wall time the clocks really show at that instant.
+    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
+
+
+def local_date(instant: datetime, zone: ZoneInfo) -> date:
+    """Return the calendar date in ``zone`` at an aware instant (``utcnow()``: today there)."""
+    return instant.astimezone(zone).date()
+
 
 FEB_29 = (2, 29)
 # The longest gap between two appearances of one month-day: Feb 29 under the "skip" policy
@@ -84,12 +122,50 @@ def anniversary_in(month_day: tuple[int, int], year: int, leap_day: LeapDay) -> 
     return date(year, *month_day)
 
 
-def publish_moment(day: date, at: time, zone: ZoneInfo) -> datetime:
-    """Return the instant local date ``day`` reaches wall time ``at`` in ``zone``, as local time."""
-    # fold=0 takes the offset in force before a transition: a wall time skipped by a DST gap moves
-    # forward by the gap, a repeated one is its first occurrence. The round trip through UTC
-    # turns a skipped wall time into the one the clocks really show at that instant.
-    return datetime.combine(day, at, tzinfo=zone).astimezone(UTC).astimezone(zone)
+def due_dates(at: time, zone: ZoneInfo, since: datetime | None, now: datetime) -> list[date]:
+    """Return the local dates whose publish instant lies in ``(since, now]``, oldest first.
+
+    Without ``since`` (nothing was ever done) only the current local date can be due.
+    """
+    today = local_date(now, zone)
+    # A publish instant always falls on its own local date or just after a gap, so one day of
+    # margin before ``since``'s local date covers every zone.
+    day = today if since is None else min(today, local_date(since, zone) - timedelta(days=1))
+    found: list[date] = []
+    while day <= today:
+        instant = publish_instant(day, at, zone)
+        if instant <= now and (since is None or instant > since):
+            found.append(day)
+        day += timedelta(days=1)
+    return found
+
+
+def latest_due_date(at: time, zone: ZoneInfo, now: datetime) -> date:
+    """Return the most recent local date whose publish instant is not after ``now``."""
+    today = local_date(now, zone)
+    return today if publish_instant(today, at, zone) <= now else today - timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class ZonePlan:
+    """What one tick does for one time zone: local dates to deliver and dates too old to send."""
+
+    zone: str
+    send: tuple[date, ...]
+    skip: tuple[date, ...]
+
+
+def plan_zone(zone: str, at: time, since: datetime | None, now: datetime,
+              catch_up_days: int) -> ZonePlan:
+    """Split the local dates that became due since the last tick into sendable and too old."""
+    tz = ZoneInfo(zone)
+    oldest_sendable = local_date(now, tz) - timedelta(days=catch_up_days)
+    due = due_dates(at, tz, since, now)
+    return ZonePlan(
+        zone=zone,
+        send=tuple(d for d in due if d >= oldest_sendable),
+        skip=tuple(d for d in due if d < oldest_sendable),
+    )
 
 
 class Calendar:
@@ -191,3 +267,102 @@ class Calendar:
                 if when is not None and when <= day:
                     return when
         return article.date
+
+
+@dataclass(frozen=True)
+class Moment:
+    """One upcoming publish moment: a local date in one zone that carries events."""
+
+    instant: datetime
+    zone: str
+    day: date
+    events: tuple[Event, ...]
+
+    @property
+    def local(self) -> datetime:
+        """Return the moment as a wall-clock time in its zone."""
+        return self.instant.astimezone(ZoneInfo(self.zone))
+
+
+def _moments_in(calendar: Calendar, events_on: EventsByDay, zone: str, at: time,
+                now: datetime) -> Iterator[Moment]:
+    tz = ZoneInfo(zone)
+    day = local_date(now, tz)
+    last = day + timedelta(days=LONGEST_GAP_DAYS)
+    while day <= last and calendar.articles:
+        events = events_on(day)
+        if events:
+            instant = publish_instant(day, at, tz)
+            if instant > now:
+                yield Moment(instant, zone, day, events)
+        day += timedelta(days=1)
+
+
+class EventsByDay:
+    """Look up a day's events once, however many zones ask for that day."""
+
+    def __init__(self, calendar: Calendar) -> None:
+        self._calendar = calendar
+        self._seen: dict[date, tuple[Event, ...]] = {}
+
+    def __call__(self, day: date) -> tuple[Event, ...]:
+        """Return the events of ``day``."""
+        if day not in self._seen:
+            self._seen[day] = tuple(self._calendar.events_on(day))
+        return self._seen[day]
+
+
+def _first_moments(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
+                   limit: int) -> list[Moment]:
+    """Return the next ``limit`` publish moments with events of each zone, soonest first."""
+    events_on = EventsByDay(calendar)
+    found = [moment for zone in dict.fromkeys(zones)
+             for moment in itertools.islice(_moments_in(calendar, events_on, zone, at, now),
+                                            limit)]
+    found.sort(key=lambda m: (m.instant, m.zone))
+    return found
+
+
+def upcoming(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
+             limit: int) -> list[Moment]:
+    """Return the next ``limit`` publish moments with events across ``zones``, soonest first."""
+    return _first_moments(calendar, zones, at, now, limit)[:limit]
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """One coming appearance: its event, its publish moment in each zone, whom it would reach."""
+
+    event: Event
+    moments: tuple[Moment, ...]  # one per zone still ahead, soonest first
+    reach: int = 0  # confirmed subscribers who have no delivery of it yet
+
+    @property
+    def first(self) -> Moment:
+        """Return the first publish moment of the appearance."""
+        return self.moments[0]
+
+    def line(self) -> str:
+        """Describe the appearance in one line: date, first moment, title, years, reach."""
+        first = self.first
+        notes = [] if first.zone == "UTC" else [f"{first.instant:%Y-%m-%d %H:%M} UTC"]
+        if more := len(self.moments) - 1:
+            notes.append(f"then in {more} more zone{'' if more == 1 else 's'}")
+        when = f" ({', '.join(notes)})" if notes else ""
+        return (f"{self.event.on.isoformat()} at {first.local:%H:%M} {first.zone}{when}: "
+                f"\"{self.event.article.title}\" "
+                f"({self.event.article.slug}), {self.event.years_on}, to {self.reach} "
+                f"subscriber{'' if self.reach == 1 else 's'}")
+
+
+def next_appearances(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
+                     limit: int) -> list[Appearance]:
+    """Return the next ``limit`` appearances by date, each with its moments across ``zones``."""
+    # Each of the first ``limit`` days with events is among the first ``limit`` such days of
+    # every zone that still has its publish moment ahead.
+    by_day: dict[date, list[Moment]] = {}
+    for moment in _first_moments(calendar, zones, at, now, limit):
+        by_day.setdefault(moment.day, []).append(moment)
+    found = [Appearance(event, tuple(moments))
+             for _, moments in sorted(by_day.items()) for event in moments[0].events]
+    return found[:limit]

@@ -7,13 +7,14 @@ import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import click
 
 from publisher import config as config_module
+from publisher.calendar import Event, count_years
 from publisher.config import (
     LOG_FORMATS,
     SUBSCRIBER_STATUSES,
@@ -28,7 +29,12 @@ from publisher.errors import ConfigError, ContentError, PublisherError
 if TYPE_CHECKING:
     import socket
 
+    from publisher.bounces import ReturnStatus
+    from publisher.dispatch import SendReport, Status
     from publisher.ledger import Ledger
+    from publisher.schedule import ClockStatus
+    from publisher.site import BuildReport
+    from publisher.websub import PingState, WebSubStatus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -72,6 +78,122 @@ def printable(text: str) -> str:
 def echo_lines(lines: Sequence[str], *, err: bool = False) -> None:
     """Print lines of a report, each with its control characters escaped."""
     click.echo("\n".join(map(printable, lines)), err=err)
+
+
+# --- reports: what the library returns, as lines for a terminal ----------------------------
+
+
+def build_line(report: BuildReport) -> str:
+    """Describe a build in one line."""
+    return (
+        f"built {report.day.isoformat()} into {report.output_dir}: {report.pages} pages, "
+        f"{report.feeds} feeds ({report.feed_items} items, {report.events_today} today); "
+        f"{report.written} files written, {report.unchanged} unchanged"
+    )
+
+
+def send_lines(report: SendReport) -> list[str]:
+    """Describe a send: events, counts, then failures and warnings."""
+    head = f"{report.day}: " if report.day else ""
+    out = [f"{head}{len(report.events)} event(s)"]
+    verb = "would queue" if report.dry_run else "queued"
+    out += [f"  {e.slug} {e.year} ({e.title}): {verb} {e.queued}" for e in report.events]
+    if report.dry_run:
+        out.append(f"dry run: {report.queued} delivery(ies) to queue, {report.due} already due; "
+                   "nothing was changed")
+    else:
+        out.append(f"sent {report.sent}, deferred {report.deferred}, failed {report.failed}, "
+                   f"bounced {report.bounced}, skipped {report.skipped}")
+    if report.failures:
+        out.append("failures:")
+        out += [f"  {failure}" for failure in report.failures]
+    out += [f"warning: {warning}" for warning in report.warnings]
+    if report.stopped:
+        out.append(f"stopped: {report.stopped}")
+    return out
+
+
+def delivery_lines(status: Status) -> list[str]:
+    """Describe the ledger: subscribers, deliveries per event and state, failures."""
+    out = ["subscribers: " + ", ".join(f"{n} {s}" for s, n in status.subscribers.items())]
+    scope = f" for {status.day}" if status.day else ""
+    if not status.counts:
+        out.append(f"no deliveries{scope}")
+    per_event: dict[tuple[date, str, int], list[str]] = {}
+    for c in status.counts:
+        per_event.setdefault((c.event_on, c.slug, c.year), []).append(f"{c.status} {c.count}")
+    for (on, slug, year), states in per_event.items():
+        out.append(f"{on}  {slug} {year}: {', '.join(states)}")
+    out.append(f"due now: {status.due}")
+    if status.problems:
+        out.append(f"failed and retrying{scope}, newest first:")
+    for p in status.problems:
+        retry = (f" (next try {p.next_attempt_at:%Y-%m-%d %H:%M} UTC)"
+                 if p.status == "deferred" else "")
+        out.append(f"  {p.status:<8} {p.email}  {p.slug} {p.year}  attempts {p.attempts}  "
+                   f"{p.reply or ''}{retry}")
+    return out
+
+
+def return_lines(status: ReturnStatus) -> list[str]:
+    """Describe the bounces and complaints per edition, with a warning for each rate over."""
+    if not status.editions and not status.elsewhere:
+        return ["bounces and complaints: none recorded"]
+    out = ["bounces and complaints per edition:"] if status.editions else []
+    for e in status.editions:
+        out.append(f"  {e.on}  {e.slug} {e.year}: sent {e.sent}, hard {e.hard} "
+                   f"({e.hard_rate:.2%}), soft {e.soft}, complaints {e.complaints} "
+                   f"({e.complaint_rate:.2%})")
+    if status.elsewhere:
+        counts = ", ".join(f"{kind} {n}" for kind, n in sorted(status.elsewhere.items()))
+        out.append(f"bounces and complaints not tied to an edition: {counts}")
+    out += [f"warning: {warning}" for warning in status.warnings()]
+    return out
+
+
+def _utc(instant: datetime) -> str:
+    return f"{instant.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _years(event: Event) -> str:
+    return "first publication" if event.is_first else count_years(event.years_since)
+
+
+def clock_lines(status: ClockStatus) -> list[str]:
+    """Describe the clock: last tick, last build, the next publish moments."""
+    tick = _utc(status.last_tick) if status.last_tick else "never (is `publisher run` running?)"
+    built = status.site_built.isoformat() if status.site_built else "never by `publisher run`"
+    out = [f"last tick: {tick}", f"site last built for: {built}"]
+    if not status.upcoming:
+        out.append("next anniversary moments: none")
+    else:
+        out.append("next anniversary moments:")
+    for moment in status.upcoming:
+        slugs = ", ".join(f"{e.article.slug} ({_years(e)})" for e in moment.events)
+        out.append(f"  {moment.local:%Y-%m-%d %H:%M} {moment.zone} = "
+                   f"{moment.instant:%Y-%m-%d %H:%M} UTC: {slugs}")
+    return out
+
+
+def ping_line(state: PingState) -> str:
+    """Describe the WebSub state of one feed in one line."""
+    if state.last_at is None:
+        last = "never pinged"
+    else:
+        outcome = "accepted" if state.last_ok else "failed"
+        last = f"{outcome} {_utc(state.last_at)}: {state.last_detail}"
+    if state.pending and state.next_at is not None:
+        last += f"; attempt {state.attempts + 1} at {_utc(state.next_at)}"
+    elif state.last_ok is False:
+        last += f"; gave up after {state.attempts} attempts until the feed changes again"
+    return f"  {state.name}: {last}"
+
+
+def websub_lines(status: WebSubStatus) -> list[str]:
+    """Describe the hub and each feed's last ping."""
+    if status.hub is None:
+        return ["websub: no hub (site.websub_hub is not set)"]
+    return [f"websub hub: {status.hub}", *(ping_line(state) for state in status.feeds)]
 
 
 def reports_errors(func: F) -> F:
@@ -122,20 +244,26 @@ def _echo_problems(problems: Sequence[PublisherError | str]) -> None:
 @click.pass_context
 @reports_errors
 def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
-    """Write the archive pages and the feeds; broken articles are listed and left out."""
+    """Write the archive pages and the feeds; broken articles are listed and left out.
+
+    \b
+    Example:
+        publisher build
+        publisher build --date 2026-03-14 --out /tmp/preview
+    """
     from publisher import site
 
     config = load_config(ctx)
     report = site.build_site(config, _as_day(day), out=out)
     _echo_problems(report.errors)
-    click.echo(report.summary())
+    click.echo(build_line(report))
     if out is None or out.absolute() == config.site.output_dir.absolute():
         # Only the folder served at base_url is what the feed URLs name: tell the hub.
         from publisher import websub
 
         pings = websub.announce(config, report.changed_feeds)
         if pings:
-            echo_lines([f"websub:{ping.line()}" for ping in pings])
+            echo_lines([f"websub:{ping_line(ping)}" for ping in pings])
     if not report.ok:
         sys.exit(EXIT_PROBLEMS)
 
@@ -147,7 +275,13 @@ def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
 @click.pass_context
 @reports_errors
 def check(ctx: click.Context, day: datetime | None) -> None:
-    """Load every article and render every page and feed in memory; list every problem."""
+    """Load every article and render every page and feed in memory; list every problem.
+
+    \b
+    Example:
+        publisher check
+        publisher check --date 2028-02-29
+    """
     from publisher import site
 
     problems = site.check_site(load_config(ctx), _as_day(day))
@@ -168,7 +302,13 @@ def check(ctx: click.Context, day: datetime | None) -> None:
 @click.pass_context
 @reports_errors
 def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> None:
-    """List the coming appearances: date, years since first publication, slug and title."""
+    """List the coming appearances: date, years since first publication, slug and title.
+
+    \b
+    Example:
+        publisher calendar
+        publisher calendar --from 2026-12-01 --days 31
+    """
     from publisher import site
 
     events, errors = site.upcoming_events(load_config(ctx), _as_day(start), days)
@@ -192,7 +332,12 @@ def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> N
 @reports_errors
 def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
                    keep_source: bool) -> None:
-    """Turn plain .txt articles into Markdown with front matter, renaming each source."""
+    """Turn plain .txt articles into Markdown with front matter, renaming each source.
+
+    \b
+    Example:
+        publisher import old/*.txt --out content
+    """
     from publisher.content import import_plain
 
     failures: list[PublisherError] = []
@@ -239,7 +384,12 @@ def subscribers() -> None:
 @reports_errors
 def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: str | None,
                     resubscribe: bool) -> None:
-    """Add a confirmed subscriber, or update a known one's name and time zone."""
+    """Add a confirmed subscriber, or update a known one's name and time zone.
+
+    \b
+    Example:
+        publisher subscribers add ada@example.org --name Ada --timezone Europe/London
+    """
     from publisher.ledger import subscriber_row
 
     with _ledger(ctx) as ledger:
@@ -259,6 +409,10 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
     """Import a CSV of email,name,timezone; bad rows are listed, the good ones imported.
 
     Addresses that unsubscribed or bounced are listed and left out.
+
+    \b
+    Example:
+        publisher subscribers import readers.csv
     """
     from publisher.ledger import import_csv
 
@@ -286,7 +440,12 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
 @click.pass_context
 @reports_errors
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
-    """List subscribers, one per line: address, status, time zone, name (tab-separated)."""
+    """List subscribers, one per line: address, status, time zone, name (tab-separated).
+
+    \b
+    Example:
+        publisher subscribers list --status confirmed
+    """
     with _ledger(ctx, read_only=True) as ledger:
         for s in ledger.iter_subscribers(cast("SubscriberStatus | None", status)):
             click.echo("\t".join(map(printable, (s.email, s.status, s.timezone or "-",
@@ -304,6 +463,10 @@ def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
     """Remove a subscriber: name, zone and delivery history go; the address stays suppressed.
 
     A sign-up never confirmed, or any address with --forget, is deleted outright.
+
+    \b
+    Example:
+        publisher subscribers remove ada@example.org
     """
     with _ledger(ctx) as ledger:
         outcome = ledger.remove(email, forget=forget)
@@ -323,7 +486,12 @@ def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
 @click.pass_context
 @reports_errors
 def subscribers_export(ctx: click.Context, status: str | None) -> None:
-    """Write subscribers as CSV to stdout; `subscribers import` reads it back."""
+    """Write subscribers as CSV to stdout; `subscribers import` reads it back.
+
+    \b
+    Example:
+        publisher subscribers export --status confirmed > readers.csv
+    """
     from publisher.ledger import export_csv
 
     with _ledger(ctx, read_only=True) as ledger:
@@ -384,7 +552,13 @@ class _StopSignals:
 @click.pass_context
 @reports_errors
 def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
-    """Email a day's events to every confirmed subscriber (never twice), then any retries due."""
+    """Email a day's events to every confirmed subscriber (never twice), then any retries due.
+
+    \b
+    Example:
+        publisher send --date 2026-12-17 --dry-run
+        publisher send --date 2026-12-17
+    """
     from publisher import dispatch
 
     config = load_config(ctx)
@@ -397,7 +571,7 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
             if bar is not None:
                 bar.close()
     _echo_problems(report.problems)
-    echo_lines(report.lines())
+    echo_lines(send_lines(report))
     if stop.signum:
         click.echo(f"stopped by {signal.Signals(stop.signum).name}: the messages in flight were "
                    "finished; the rest stays queued for the next run")
@@ -413,14 +587,20 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @click.pass_context
 @reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
-    """Show deliveries, failures, bounces, subscribers, the clock, what comes next, WebSub."""
-    from publisher import bounces, dispatch, schedule, websub
+    """Show deliveries, failures, bounces, subscribers, the clock, what comes next, WebSub.
 
-    config = load_config(ctx)
-    echo_lines(dispatch.delivery_status(config, _as_day(day)).lines())
-    echo_lines(bounces.return_status(config, _as_day(day)).lines())
-    echo_lines(schedule.clock_status(config).lines())
-    echo_lines(websub.websub_status(config).lines())
+    \b
+    Example:
+        publisher status
+        publisher status --date 2026-12-17
+    """
+    from publisher import schedule
+
+    found = schedule.overview(load_config(ctx), _as_day(day))
+    echo_lines(delivery_lines(found.deliveries))
+    echo_lines(return_lines(found.returns))
+    echo_lines(clock_lines(found.clock))
+    echo_lines(websub_lines(found.websub))
 
 
 @cli.command("bounces")
@@ -428,7 +608,12 @@ def status(ctx: click.Context, day: datetime | None) -> None:
 @click.pass_context
 @reports_errors
 def bounces_command(ctx: click.Context) -> None:
-    """Read every configured mailbox of bounces and complaints once; print what was found."""
+    """Read every configured mailbox of bounces and complaints once; print what was found.
+
+    \b
+    Example:
+        publisher bounces
+    """
     from publisher import bounces
 
     report = bounces.process(load_config(ctx))
@@ -450,7 +635,13 @@ def bounces_command(ctx: click.Context) -> None:
 @click.pass_context
 @reports_errors
 def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
-    """Keep the site and the email up to date: tick every few seconds until SIGTERM or Ctrl-C."""
+    """Keep the site and the email up to date: tick every few seconds until SIGTERM or Ctrl-C.
+
+    \b
+    Example:
+        publisher run
+        publisher run --serve --log-format json
+    """
     from publisher import daemon, web
 
     config = load_config(ctx)
@@ -477,7 +668,12 @@ def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
 @reports_errors
 def serve(ctx: click.Context, host: str | None, port: int | None, access_log: bool,
           log_format: LogFormat) -> None:
-    """Serve the built site, sign-up, unsubscribe and previews over HTTP until stopped."""
+    """Serve the built site, sign-up, unsubscribe and previews over HTTP until stopped.
+
+    \b
+    Example:
+        publisher serve --host 0.0.0.0 --port 8080
+    """
     from publisher import daemon, web
 
     config = load_config(ctx)

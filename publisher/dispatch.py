@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
-from publisher.calendar import Calendar, Event
+from publisher.calendar import Calendar, Clock, Event, local_date, utcnow
 from publisher.config import Config
 from publisher.content import Article, load_articles
 from publisher.errors import PublisherError, SubscriberError
@@ -22,7 +22,6 @@ from publisher.ledger import (
     Problem,
     SubscriberStatus,
     ZoneChoice,
-    utcnow,
 )
 from publisher.mail import Edition, Mailer, Recipient
 from publisher.tokens import load_secret
@@ -30,7 +29,6 @@ from publisher.transports import Envelope, Outcome, Stop, Transport, open_transp
 
 logger = logging.getLogger(__name__)
 
-Clock = Callable[[], datetime]
 Progress = Callable[[int, int], None]
 MAX_LISTED_FAILURES = 20
 
@@ -102,26 +100,6 @@ class SendReport:
     def ok(self) -> bool:
         """Return whether nothing needs the operator's attention."""
         return not self.problems and self.stopped is None
-
-    def lines(self) -> list[str]:
-        """Describe the run for a terminal: events, counts, then failures and warnings."""
-        head = f"{self.day}: " if self.day else ""
-        out = [f"{head}{len(self.events)} event(s)"]
-        verb = "would queue" if self.dry_run else "queued"
-        out += [f"  {e.slug} {e.year} ({e.title}): {verb} {e.queued}" for e in self.events]
-        if self.dry_run:
-            out.append(f"dry run: {self.queued} delivery(ies) to queue, {self.due} already due; "
-                       "nothing was changed")
-        else:
-            out.append(f"sent {self.sent}, deferred {self.deferred}, failed {self.failed}, "
-                       f"bounced {self.bounced}, skipped {self.skipped}")
-        if self.failures:
-            out.append("failures:")
-            out += [f"  {failure}" for failure in self.failures]
-        out += [f"warning: {warning}" for warning in self.warnings]
-        if self.stopped:
-            out.append(f"stopped: {self.stopped}")
-        return out
 
     def note_failure(self, claim: Claim, reply: str) -> None:
         """Keep the first failures for the summary (the ledger keeps them all)."""
@@ -416,7 +394,7 @@ def send_date(config: Config, day: date | None = None, *, dry_run: bool = False,
     """Queue ``day``'s events for every confirmed subscriber in any zone, then send all due."""
     clock = clock or utcnow
     now = clock()
-    day = day or now.astimezone(config.site.zone).date()
+    day = day or local_date(now, config.site.zone)
     report = SendReport(day=day, dry_run=dry_run)
     loaded = load_articles(config.site.content_dir)
     report.problems.extend(str(error) for error in loaded.errors)
@@ -467,27 +445,6 @@ class Status:
     problems: list[Problem]
     subscribers: dict[SubscriberStatus, int]
     due: int
-
-    def lines(self) -> list[str]:
-        """Describe the ledger for a terminal."""
-        out = ["subscribers: " + ", ".join(f"{n} {s}" for s, n in self.subscribers.items())]
-        scope = f" for {self.day}" if self.day else ""
-        if not self.counts:
-            out.append(f"no deliveries{scope}")
-        per_event: dict[tuple[date, str, int], list[str]] = {}
-        for c in self.counts:
-            per_event.setdefault((c.event_on, c.slug, c.year), []).append(f"{c.status} {c.count}")
-        for (on, slug, year), states in per_event.items():
-            out.append(f"{on}  {slug} {year}: {', '.join(states)}")
-        out.append(f"due now: {self.due}")
-        if self.problems:
-            out.append(f"failed and retrying{scope}, newest first:")
-        for p in self.problems:
-            retry = (f" (next try {p.next_attempt_at:%Y-%m-%d %H:%M} UTC)"
-                     if p.status == "deferred" else "")
-            out.append(f"  {p.status:<8} {p.email}  {p.slug} {p.year}  attempts {p.attempts}  "
-                       f"{p.reply or ''}{retry}")
-        return out
 
 
 def delivery_status(config: Config, day: date | None = None, *, limit: int = 50,

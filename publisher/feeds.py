@@ -17,7 +17,7 @@ from feedgen.ext.base import BaseExtension
 from feedgen.feed import FeedGenerator
 from markupsafe import Markup
 
-from publisher.calendar import Calendar, Event, publish_moment
+from publisher.calendar import Calendar, Event, publish_instant
 from publisher.config import SiteConfig
 from publisher.content import Article, absolute_links
 from publisher.render import Language, language_of, render
@@ -140,11 +140,6 @@ def clean_site(site: SiteConfig) -> SiteConfig:
     )
 
 
-def publish_instant(site: SiteConfig, day: date) -> datetime:
-    """Return the moment of ``day`` at which the site publishes, in the site's zone."""
-    return publish_moment(day, site.publish_time, site.zone)
-
-
 def canonical_url(url: str) -> str:
     """Return ``url`` with scheme and host in lower case and no default port (RFC 3986 6.2.3)."""
     parts = urlsplit(url)
@@ -197,7 +192,8 @@ def feed_item(site: SiteConfig, event: Event, env: jinja2.Environment,
         title=clean_text(event_title(event, locale)),
         # A second earlier per place (``position``) among the day's items: no two share a date
         # (the W3C validator warns about equal Atom ``updated`` values), newest still first.
-        published=publish_instant(site, event.on) - timedelta(seconds=position),
+        published=(publish_instant(event.on, site.publish_time, site.zone).astimezone(site.zone)
+                   - timedelta(seconds=position)),
         summary=article.summary,
         content_html=clean_text(content),
         author=article.author or site.author,
@@ -358,7 +354,8 @@ def build_feeds(site: SiteConfig, calendar: Calendar, day: date,
     """Return every feed file as it stands on ``day``: file name to bytes."""
     items = feed_items(site, calendar, day, env)
     # The newest item's time, not the clock, so that a rebuild gives the same bytes.
-    updated = max((item.published for item in items), default=publish_instant(site, day))
+    updated = max((item.published for item in items), default=publish_instant(
+        day, site.publish_time, site.zone).astimezone(site.zone))
     return {
         RSS_NAME: rss_feed(site, items, updated),
         ATOM_NAME: atom_feed(site, items, updated),

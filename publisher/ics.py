@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from datetime import UTC, date, timedelta
+from datetime import date, timedelta
 from typing import Any
 
 import icalendar
 
-from publisher.calendar import FEB_29, Calendar, anniversary_in, publish_moment
+from publisher.calendar import FEB_29, Calendar, anniversary_in, publish_instant
 from publisher.config import LeapDay, SiteConfig
 from publisher.content import Article
 from publisher.feeds import clean_article, clean_site
@@ -55,8 +55,7 @@ def _event(site: SiteConfig, article: Article, start: date, uid: str,
     event = icalendar.Event()
     event.add("uid", uid)
     # The moment the article was first published, not the build time: the same bytes each day.
-    event.add("dtstamp", publish_moment(article.date, site.publish_time, site.zone)
-              .astimezone(UTC))
+    event.add("dtstamp", publish_instant(article.date, site.publish_time, site.zone))
     event.add("dtstart", start)
     event.add("dtend", start + timedelta(days=1))
     if rule is not None:

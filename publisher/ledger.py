@@ -73,6 +73,7 @@ from sqlalchemy.pool import QueuePool, StaticPool
 from sqlalchemy.sql.elements import ColumnElement
 
 # Defined with the configuration (a light module for the command line); named here as before.
+from publisher.calendar import utcnow
 from publisher.config import SUBSCRIBER_STATUSES as SUBSCRIBER_STATUSES
 from publisher.config import SubscriberStatus as SubscriberStatus
 from publisher.errors import LedgerError, SubscriberError
@@ -92,11 +93,6 @@ STREAM_CHUNK = 500
 # Any constant works: it only has to be the same in every process that migrates this database.
 _MIGRATION_LOCK = 0x70756201
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
-
-
-def utcnow() -> datetime:
-    """Return the current instant in UTC."""
-    return datetime.now(UTC)
 
 
 class UtcDateTime(TypeDecorator[datetime]):

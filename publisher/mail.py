@@ -9,9 +9,9 @@ import html
 import logging
 import re
 import textwrap
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import format_datetime, parseaddr
 from html.parser import HTMLParser
 from typing import Any, NamedTuple
@@ -22,7 +22,7 @@ import css_inline
 import jinja2
 from markupsafe import Markup
 
-from publisher.calendar import Event, publish_moment
+from publisher.calendar import Clock, Event, publish_instant, utcnow
 from publisher.config import CONFIG_NAME, Config, DkimConfig
 from publisher.content import absolute_links
 from publisher.errors import ConfigError, SubscriberError, TemplateError
@@ -464,11 +464,11 @@ class Mailer:
     """Render editions and confirmation emails under one configuration and secret."""
 
     def __init__(self, config: Config, secret: bytes, env: jinja2.Environment | None = None, *,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Clock | None = None) -> None:
         self.config = config
         self.secret = secret
         self.env = env or config_environment(config)
-        self.clock = clock or (lambda: datetime.now(UTC))
+        self.clock = clock or utcnow
         email = config.email
         sender_name, self.envelope_sender = self._configured_mailbox("from", email.sender)
         self.domain = config.site.domain
@@ -632,7 +632,8 @@ class Edition:
                                       path=f"subscriber {subscriber_id}") from None
             # The Date is the instant the edition falls due for this subscriber, so a resend of
             # the same Message-ID carries the same bytes.
-            line = self._mailer.date_line(publish_moment(self.event.on, site.publish_time, zone))
+            due = publish_instant(self.event.on, site.publish_time, zone)
+            line = self._mailer.date_line(due.astimezone(zone))
             self._zones[zone_name] = line
         return line
 

@@ -1,52 +1,50 @@
-"""When things are due, and the tick that does them.
+"""The tick: everything that is due at one instant, taken from the ledger.
 
-The first half is pure time logic: publish instants in each time zone, the dates that became due
-between two ticks, the catch-up window, upcoming moments. The second half is :class:`Ticker`,
-which takes what is due from the ledger and builds, queues and sends.
-
-Every decision is taken from UTC instants. A local publish time is turned into the one UTC instant
-it names on a given local date with :mod:`zoneinfo` (``fold=0``), so a publish time inside a DST
-gap or overlap still names exactly one instant per local date:
-
-* on a day without that wall time (spring forward), it is read with the offset in force before the
-  change: ``02:30`` in Berlin on the last Sunday of March is ``03:30`` summer time;
-* on a day where it happens twice (fall back), it is the first occurrence.
+:class:`Ticker` asks the calendar which local dates became due in each subscriber zone since the
+last tick, then builds the site, queues and sends; :func:`coming_up` and :func:`clock_status`
+report what comes next. The time logic itself lives in :mod:`publisher.calendar`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher import transports, websub
-from publisher.bounces import BounceReport, Poller
+from publisher.bounces import BounceReport, Poller, ReturnStatus, return_status
 from publisher.calendar import (
-    LONGEST_GAP_DAYS,
+    Appearance,
     Calendar,
-    Event,
-    count_years,
-    publish_moment,
+    Clock,
+    EventsByDay,
+    Moment,
+    latest_due_date,
+    next_appearances,
+    plan_zone,
+    publish_instant,
+    upcoming,
+    utcnow,
 )
 from publisher.config import Config
 from publisher.content import Article, ArticleCache, LoadResult, load_articles
 from publisher.dispatch import (
-    Clock,
     SendPolicy,
     SendReport,
+    Status,
+    delivery_status,
     enqueue_event,
     send_all,
     skip_event,
 )
 from publisher.errors import ContentError, PublisherError
-from publisher.ledger import ALL_ZONES, Ledger, utcnow
+from publisher.ledger import ALL_ZONES, Ledger
 from publisher.mail import Mailer
 from publisher.site import BuildReport, build_site, site_environment
 from publisher.tokens import load_secret
@@ -54,165 +52,6 @@ from publisher.transports import Transport
 
 logger = logging.getLogger(__name__)
 
-
-def publish_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
-    """Return the UTC instant at which local date ``day`` reaches wall time ``at`` in ``zone``."""
-    return publish_moment(day, at, zone).astimezone(UTC)
-
-
-def local_date(instant: datetime, zone: ZoneInfo) -> date:
-    """Return the calendar date in ``zone`` at an aware instant."""
-    return instant.astimezone(zone).date()
-
-
-def due_dates(at: time, zone: ZoneInfo, since: datetime | None, now: datetime) -> list[date]:
-    """Return the local dates whose publish instant lies in ``(since, now]``, oldest first.
-
-    Without ``since`` (nothing was ever done) only the current local date can be due.
-    """
-    today = local_date(now, zone)
-    # A publish instant always falls on its own local date or just after a gap, so one day of
-    # margin before ``since``'s local date covers every zone.
-    day = today if since is None else min(today, local_date(since, zone) - timedelta(days=1))
-    found: list[date] = []
-    while day <= today:
-        instant = publish_instant(day, at, zone)
-        if instant <= now and (since is None or instant > since):
-            found.append(day)
-        day += timedelta(days=1)
-    return found
-
-
-def latest_due_date(at: time, zone: ZoneInfo, now: datetime) -> date:
-    """Return the most recent local date whose publish instant is not after ``now``."""
-    today = local_date(now, zone)
-    return today if publish_instant(today, at, zone) <= now else today - timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class ZonePlan:
-    """What one tick does for one time zone: local dates to deliver and dates too old to send."""
-
-    zone: str
-    send: tuple[date, ...]
-    skip: tuple[date, ...]
-
-
-def plan_zone(zone: str, at: time, since: datetime | None, now: datetime,
-              catch_up_days: int) -> ZonePlan:
-    """Split the local dates that became due since the last tick into sendable and too old."""
-    tz = ZoneInfo(zone)
-    oldest_sendable = local_date(now, tz) - timedelta(days=catch_up_days)
-    due = due_dates(at, tz, since, now)
-    return ZonePlan(
-        zone=zone,
-        send=tuple(d for d in due if d >= oldest_sendable),
-        skip=tuple(d for d in due if d < oldest_sendable),
-    )
-
-
-@dataclass(frozen=True)
-class Moment:
-    """One upcoming publish moment: a local date in one zone that carries events."""
-
-    instant: datetime
-    zone: str
-    day: date
-    events: tuple[Event, ...]
-
-    @property
-    def local(self) -> datetime:
-        """Return the moment as a wall-clock time in its zone."""
-        return self.instant.astimezone(ZoneInfo(self.zone))
-
-
-def _moments_in(calendar: Calendar, events_on: EventsByDay, zone: str, at: time,
-                now: datetime) -> Iterator[Moment]:
-    tz = ZoneInfo(zone)
-    day = local_date(now, tz)
-    last = day + timedelta(days=LONGEST_GAP_DAYS)
-    while day <= last and calendar.articles:
-        events = events_on(day)
-        if events:
-            instant = publish_instant(day, at, tz)
-            if instant > now:
-                yield Moment(instant, zone, day, events)
-        day += timedelta(days=1)
-
-
-class EventsByDay:
-    """Look up a day's events once, however many zones ask for that day."""
-
-    def __init__(self, calendar: Calendar) -> None:
-        self._calendar = calendar
-        self._seen: dict[date, tuple[Event, ...]] = {}
-
-    def __call__(self, day: date) -> tuple[Event, ...]:
-        """Return the events of ``day``."""
-        if day not in self._seen:
-            self._seen[day] = tuple(self._calendar.events_on(day))
-        return self._seen[day]
-
-
-def _first_moments(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
-                   limit: int) -> list[Moment]:
-    """Return the next ``limit`` publish moments with events of each zone, soonest first."""
-    events_on = EventsByDay(calendar)
-    found = [moment for zone in dict.fromkeys(zones)
-             for moment in itertools.islice(_moments_in(calendar, events_on, zone, at, now),
-                                            limit)]
-    found.sort(key=lambda m: (m.instant, m.zone))
-    return found
-
-
-def upcoming(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
-             limit: int) -> list[Moment]:
-    """Return the next ``limit`` publish moments with events across ``zones``, soonest first."""
-    return _first_moments(calendar, zones, at, now, limit)[:limit]
-
-
-@dataclass(frozen=True)
-class Appearance:
-    """One coming appearance: its event, its publish moment in each zone, whom it would reach."""
-
-    event: Event
-    moments: tuple[Moment, ...]  # one per zone still ahead, soonest first
-    reach: int = 0  # confirmed subscribers who have no delivery of it yet
-
-    @property
-    def first(self) -> Moment:
-        """Return the first publish moment of the appearance."""
-        return self.moments[0]
-
-    def line(self) -> str:
-        """Describe the appearance in one line: date, first moment, title, years, reach."""
-        first = self.first
-        notes = [] if first.zone == "UTC" else [f"{first.instant:%Y-%m-%d %H:%M} UTC"]
-        if more := len(self.moments) - 1:
-            notes.append(f"then in {more} more zone{'' if more == 1 else 's'}")
-        when = f" ({', '.join(notes)})" if notes else ""
-        return (f"{self.event.on.isoformat()} at {first.local:%H:%M} {first.zone}{when}: "
-                f"\"{self.event.article.title}\" "
-                f"({self.event.article.slug}), {self.event.years_on}, to {self.reach} "
-                f"subscriber{'' if self.reach == 1 else 's'}")
-
-
-def next_appearances(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
-                     limit: int) -> list[Appearance]:
-    """Return the next ``limit`` appearances by date, each with its moments across ``zones``."""
-    # Each of the first ``limit`` days with events is among the first ``limit`` such days of
-    # every zone that still has its publish moment ahead.
-    by_day: dict[date, list[Moment]] = {}
-    for moment in _first_moments(calendar, zones, at, now, limit):
-        by_day.setdefault(moment.day, []).append(moment)
-    found = [Appearance(event, tuple(moments))
-             for _, moments in sorted(by_day.items()) for event in moments[0].events]
-    return found[:limit]
-
-
-# ---------------------------------------------------------------------------------------------
-# The tick: everything that is due at one instant, taken from the ledger
-# ---------------------------------------------------------------------------------------------
 
 LAST_TICK_KEY = "schedule.last_tick"
 SITE_BUILT_KEY = "schedule.site_built"
@@ -488,26 +327,6 @@ class ClockStatus:
     site_built: date | None
     upcoming: list[Moment]
 
-    def lines(self) -> list[str]:
-        """Describe the clock for a terminal."""
-        tick = (f"{self.last_tick.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
-                if self.last_tick else "never (is `publisher run` running?)")
-        built = self.site_built.isoformat() if self.site_built else "never by `publisher run`"
-        out = [f"last tick: {tick}", f"site last built for: {built}"]
-        if not self.upcoming:
-            out.append("next anniversary moments: none")
-        else:
-            out.append("next anniversary moments:")
-        for moment in self.upcoming:
-            slugs = ", ".join(f"{e.article.slug} ({_years(e)})" for e in moment.events)
-            out.append(f"  {moment.local:%Y-%m-%d %H:%M} {moment.zone} = "
-                       f"{moment.instant:%Y-%m-%d %H:%M} UTC: {slugs}")
-        return out
-
-
-def _years(event: Event) -> str:
-    return "first publication" if event.is_first else count_years(event.years_since)
-
 
 def _coming_calendar(config: Config, cache: ArticleCache | None = None) -> Calendar:
     """Return the calendar of the valid articles (empty when the content folder is missing)."""
@@ -546,3 +365,19 @@ def clock_status(config: Config, now: datetime | None = None,
         site_built=_parse_day(built.split(" ")[0]) if built else None,
         upcoming=upcoming(calendar, zones, config.site.publish_time, now, limit),
     )
+
+
+@dataclass(frozen=True)
+class Overview:
+    """Everything ``publisher status`` shows: deliveries, returns, the clock and WebSub."""
+
+    deliveries: Status
+    returns: ReturnStatus
+    clock: ClockStatus
+    websub: websub.WebSubStatus
+
+
+def overview(config: Config, day: date | None = None) -> Overview:
+    """Return the deliveries and returns (of ``day``'s events, or all), the clock and WebSub."""
+    return Overview(delivery_status(config, day), return_status(config, day),
+                    clock_status(config), websub.websub_status(config))

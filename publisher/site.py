@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Generic, NamedTuple, TypeVar, cast
@@ -28,7 +28,7 @@ from typing import Any, Generic, NamedTuple, TypeVar, cast
 import jinja2
 from markupsafe import Markup
 
-from publisher.calendar import Calendar, Event
+from publisher.calendar import Calendar, Event, local_date, utcnow
 from publisher.config import Config, SiteConfig
 from publisher.content import (
     Article,
@@ -93,19 +93,6 @@ class BuildReport:
         """Return whether every article loaded."""
         return not self.errors
 
-    def summary(self) -> str:
-        """Describe the build in one line."""
-        return (
-            f"built {self.day.isoformat()} into {self.output_dir}: {self.pages} pages, "
-            f"{self.feeds} feeds ({self.feed_items} items, {self.events_today} today); "
-            f"{self.written} files written, {self.unchanged} unchanged"
-        )
-
-
-def site_today(site: SiteConfig, now: datetime | None = None) -> date:
-    """Return the current date in the site's zone (``now`` may be any aware instant)."""
-    return (now or datetime.now(site.zone)).astimezone(site.zone).date()
-
 
 def site_environment(config: Config) -> jinja2.Environment:
     """Return the Jinja2 environment of the site, checking that ``templates_dir`` exists."""
@@ -123,7 +110,7 @@ def upcoming_events(config: Config, start: date | None = None, days: int = 30, *
                     cache: ArticleCache | None = None) -> tuple[list[Event], list[ContentError]]:
     """Return the appearances in ``days`` days from ``start`` (default today), and load errors."""
     calendar, errors = load_calendar(config, cache)
-    first = start or site_today(config.site)
+    first = start or local_date(utcnow(), config.site.zone)
     return list(calendar.between(first, last_day(first, days))), errors
 
 
@@ -253,7 +240,8 @@ def check_site(config: Config, day: date | None = None, *,
         return [exc]
     problems: list[PublisherError] = list(errors)
     seen: set[str] = set()
-    for _, make in site_files(config.site, calendar, day or site_today(config.site), env):
+    day = day or local_date(utcnow(), config.site.zone)
+    for _, make in site_files(config.site, calendar, day, env):
         try:
             make()
         except TemplateError as exc:
@@ -330,7 +318,7 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
     as it left them, nothing is loaded, rendered or written.
     """
     site = config.site
-    day = day or site_today(site)
+    day = day or local_date(utcnow(), site.zone)
     target = (out or site.output_dir).absolute()
     env = env or site_environment(config)
     templates = _template_stamps(env)

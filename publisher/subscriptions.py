@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from publisher import transports
+from publisher.calendar import Clock
 from publisher.config import Config
 from publisher.errors import PublisherError, SubscriberError, TokenError
 from publisher.ledger import (
@@ -61,7 +62,7 @@ class Subscriptions:
     """Double opt-in over the ledger: every answer is the same whether an address was known."""
 
     def __init__(self, config: Config, ledger: Ledger, secret: bytes, mailer: Mailer,
-                 clock: Callable[[], datetime],
+                 clock: Clock,
                  open_transport: Callable[[Config], transports.Transport]
                  = transports.open_transport) -> None:
         self.config = config

@@ -18,7 +18,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
 from typing import Any
@@ -44,19 +44,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from publisher import transports
-from publisher.calendar import Event
+from publisher.calendar import Clock, Event, local_date, utcnow
 from publisher.config import Config
 from publisher.content import ArticleCache
 from publisher.errors import ContentError, PublisherError, SubscriberError, TokenError
 from publisher.feeds import FEEDS, build_feeds
-from publisher.ledger import Ledger, utcnow
+from publisher.ledger import Ledger
 from publisher.mail import Mailer, Preview, Recipient
 from publisher.render import render
 from publisher.site import (
     feed_links,
     load_calendar,
     site_environment,
-    site_today,
     upcoming_events,
 )
 from publisher.subscriptions import Subscriptions
@@ -548,7 +547,7 @@ class WebService:
 
     def __init__(self, config: Config, ledger: Ledger, secret: bytes, *,
                  env: jinja2.Environment | None = None,
-                 clock: Callable[[], datetime] = utcnow,
+                 clock: Clock = utcnow,
                  open_transport: Callable[[Config], transports.Transport]
                  = transports.open_transport) -> None:
         self.config = config
@@ -713,7 +712,7 @@ class WebService:
         """List the coming appearances with links to each email and to the feeds of each day."""
         keep = self._check_preview(request)
         given = request.query_params.get("from")
-        start = _parse_day(given) if given else site_today(self.site, self.clock())
+        start = _parse_day(given) if given else local_date(self.clock(), self.site.zone)
         try:
             days = min(max(int(request.query_params.get("days", PREVIEW_DAYS)), 1),
                        PREVIEW_MAX_DAYS)
@@ -827,7 +826,7 @@ def _form_error(exc: SubscriberError) -> str:
 
 def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | None = None,
                env: jinja2.Environment | None = None,
-               clock: Callable[[], datetime] = utcnow,
+               clock: Clock = utcnow,
                open_transport: Callable[[Config], transports.Transport]
                = transports.open_transport,
                purge: bool = True) -> Starlette:

@@ -19,7 +19,7 @@ import re
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -42,9 +42,10 @@ from publisher.bounces import (
     one_line,
     status_code,
 )
+from publisher.calendar import Clock, utcnow
 from publisher.config import Config, WebhookConfig
 from publisher.errors import WebhookError
-from publisher.ledger import Ledger, ReturnKind, utcnow
+from publisher.ledger import Ledger, ReturnKind
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class SnsVerifier:
     """Check SNS messages: the topic, and the signature against SNS's signing certificate."""
 
     def __init__(self, topic_arn: str, fetch: Fetch = fetch_https,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+                 clock: Clock = utcnow) -> None:
         self.topic_arn = topic_arn
         self.fetch = fetch
         self.clock = clock
@@ -309,7 +310,7 @@ class Webhooks:
     """The ``/webhooks/<provider>`` routes over one configuration, ledger and secret."""
 
     def __init__(self, config: Config, ledger: Ledger, secret: bytes, *,
-                 clock: Callable[[], datetime] = utcnow, fetch: Fetch | None = None) -> None:
+                 clock: Clock = utcnow, fetch: Fetch | None = None) -> None:
         self.settings = config.bounces.webhooks
         self.recorder = Recorder(config, ledger, secret, clock=clock)
         self.fetch = fetch or fetch_https

@@ -15,15 +15,16 @@ import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from http.client import HTTPException
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import urlencode
 
+from publisher.calendar import utcnow
 from publisher.config import Config
 from publisher.feeds import FEEDS
-from publisher.ledger import Ledger, utcnow
+from publisher.ledger import Ledger
 
 STATE_KEY = "websub:{name}"
 TIMEOUT_SECONDS = 10.0  # per ping; the pings of one build run at the same time
@@ -78,26 +79,8 @@ class PingState:
         except (ValueError, KeyError, TypeError):
             return fresh
 
-    def line(self) -> str:
-        """Describe the state in one line, for ``publisher status``."""
-        if self.last_at is None:
-            last = "never pinged"
-        else:
-            outcome = "accepted" if self.last_ok else "failed"
-            last = f"{outcome} {_when(self.last_at)}: {self.last_detail}"
-        if self.pending and self.next_at is not None:
-            last += f"; attempt {self.attempts + 1} at {_when(self.next_at)}"
-        elif self.last_ok is False:
-            last += f"; gave up after {self.attempts} attempts until the feed changes again"
-        return f"  {self.name}: {last}"
-
-
 def _instant(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
-
-
-def _when(instant: datetime) -> str:
-    return f"{instant.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _user_agent() -> str:
@@ -208,12 +191,6 @@ class WebSubStatus:
 
     hub: str | None
     feeds: list[PingState]
-
-    def lines(self) -> list[str]:
-        """Describe the pings for a terminal."""
-        if self.hub is None:
-            return ["websub: no hub (site.websub_hub is not set)"]
-        return [f"websub hub: {self.hub}", *(state.line() for state in self.feeds)]
 
 
 def websub_status(config: Config) -> WebSubStatus:

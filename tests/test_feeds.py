@@ -19,7 +19,7 @@ import pytest
 from lxml import etree
 
 from publisher import content, feeds
-from publisher.calendar import Calendar, Event
+from publisher.calendar import Calendar, Event, publish_instant
 from publisher.config import Config
 from publisher.content import load_articles
 from publisher.render import language, make_environment
@@ -344,8 +344,9 @@ def test_event_identity_helpers(small_site: Config) -> None:
     assert feeds.event_title(event, english) == "Leap day (2 years ago)"
     assert feeds.event_title(Event(leap, date(2025, 2, 28), 1), english) == "Leap day (1 year ago)"
     assert feeds.event_title(event, german) == "Leap day (vor 2 Jahren)"
-    assert feeds.publish_instant(small_site.site, date(2026, 2, 28)) == datetime.fromisoformat(
-        "2026-02-28T09:00:00+01:00")
+    site = small_site.site
+    assert publish_instant(date(2026, 2, 28), site.publish_time,
+                           site.zone) == datetime.fromisoformat("2026-02-28T09:00:00+01:00")
 
 
 def test_items_of_one_day_get_distinct_times_newest_first(

@@ -8,9 +8,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from publisher.calendar import Calendar
-from publisher.content import Article
-from publisher.schedule import (
+from publisher.calendar import (
+    Calendar,
     due_dates,
     latest_due_date,
     local_date,
@@ -19,6 +18,7 @@ from publisher.schedule import (
     publish_instant,
     upcoming,
 )
+from publisher.content import Article
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from sqlalchemy import select
 
 from publisher.calendar import Calendar, Event
-from publisher.cli import EXIT_PROBLEMS, cli
+from publisher.cli import EXIT_PROBLEMS, cli, send_lines
 from publisher.config import Config, from_mapping
 from publisher.content import load_article, load_articles
 from publisher.dispatch import (
@@ -214,7 +214,7 @@ def test_dry_run_changes_nothing(world: World) -> None:
     report = world.send(dry_run=True)
     assert report.dry_run and report.queued == 3 and report.sent == 0
     assert world.sink.messages == [] and world.statuses() == Counter()
-    assert any("would queue 3" in line for line in report.lines())
+    assert any("would queue 3" in line for line in send_lines(report))
 
 
 def test_maildir_is_the_default_transport(world: World) -> None:

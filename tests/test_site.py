@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Browser
 
 from publisher import site
-from publisher.calendar import Calendar
+from publisher.calendar import Calendar, local_date
 from publisher.config import Config
 from publisher.content import load_articles
 from publisher.errors import ConfigError, OutputError, TemplateError
@@ -401,7 +401,7 @@ def test_upcoming_events_lists_the_coming_days(small_site: Config) -> None:
 
 def test_site_today_uses_the_site_zone(make_config: Callable[..., Config]) -> None:
     config = make_config(timezone="Pacific/Kiritimati")  # UTC+14
-    assert site.site_today(config.site, datetime(2026, 1, 1, 11, 0, tzinfo=UTC)) == date(2026, 1, 2)
+    assert local_date(datetime(2026, 1, 1, 11, 0, tzinfo=UTC), config.site.zone) == date(2026, 1, 2)
 
 
 @pytest.mark.browser

@@ -13,7 +13,7 @@ from click.testing import CliRunner, Result
 from lxml import etree
 
 from publisher import feeds, websub
-from publisher.cli import cli
+from publisher.cli import cli, ping_line
 from publisher.config import load
 from publisher.ledger import Ledger
 from tests.fixtures.content import WriteArticle
@@ -168,7 +168,7 @@ def test_giving_up_after_the_last_attempt_waits_for_the_next_change(
             now = state.next_at or now
         assert not state.pending and state.attempts == websub.MAX_ATTEMPTS
         assert websub.deliver_due(config, ledger, now + timedelta(days=1), refused) == []
-        assert "gave up after 12 attempts" in state.line()
+        assert "gave up after 12 attempts" in ping_line(state)
         websub.mark_changed(config, ledger, [feeds.ATOM_NAME], now)
         [state] = websub.deliver_due(config, ledger, now)
     assert state.last_ok and len(hub.pings) == 4 and hub.problems() == []

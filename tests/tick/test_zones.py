@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from publisher.calendar import publish_instant
 from publisher.content import load_article
-from publisher.schedule import publish_instant
 from tests.fixtures.content import WriteArticle
 from tests.fixtures.database import sqlite_url
 from tests.fixtures.ticks import MakeWorld
