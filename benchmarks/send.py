@@ -129,7 +129,8 @@ def send_once(args: argparse.Namespace, folder: Path, url: str) -> None:
     """Fill the ledger with subscribers, then time one ``send_date``."""
     from publisher.config import from_mapping
     from publisher.dispatch import send_date
-    from publisher.ledger import Ledger, SubscriberRow
+    from publisher.ledger import Ledger
+    from publisher.subscriptions.fields import SubscriberRow
 
     config = from_mapping({
         "site": {"title": "Benchmark", "base_url": "https://example.org/", "timezone": "UTC",

@@ -25,8 +25,9 @@ from build import DAY, write_articles
 
 from publisher.config import from_mapping
 from publisher.content import load_articles
-from publisher.ledger import Ledger, SubscriberRow
+from publisher.ledger import Ledger
 from publisher.schedule import Ticker
+from publisher.subscriptions.fields import SubscriberRow
 
 ZONES = ("Europe/Berlin", "Asia/Tokyo", "Asia/Kolkata", "America/Los_Angeles",
          "America/New_York", "Australia/Adelaide", "Asia/Kathmandu", "Africa/Lagos",

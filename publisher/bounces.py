@@ -22,7 +22,7 @@ import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import HeaderParser
@@ -52,8 +52,6 @@ POLL_STATE_KEY = "bounces.last_poll"
 POLL_LOCK = "bounces-poll"
 DIAGNOSTIC_LENGTH = 1000
 TEXT_SCAN_BYTES = 64 * 1024
-COMPLAINT_RATE_LIMIT = 0.001  # large mailbox providers refuse bulk mail from 0.3 % on
-HARD_BOUNCE_RATE_LIMIT = 0.02
 # RFC 5965 feedback types that are a person's complaint; "auth-failure" and "not-spam" are not.
 COMPLAINT_TYPES = frozenset({"abuse", "fraud", "virus"})
 
@@ -676,78 +674,3 @@ class Poller:
         if tally.did_work:
             log.info("bounces: %s", tally.line(), extra={"bounces": tally.line()})
         return tally
-
-
-# ---------------------------------------------------------------------------------------------
-# Status: returns per edition, and the rates mailbox providers watch
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EditionReturns:
-    """One edition's sent messages and the deliveries of it that came back, per kind."""
-
-    on: date
-    slug: str
-    year: int
-    sent: int
-    hard: int = 0
-    soft: int = 0
-    complaints: int = 0
-
-    @property
-    def hard_rate(self) -> float:
-        """Return hard bounces as a share of the messages sent."""
-        return self.hard / self.sent if self.sent else 0.0
-
-    @property
-    def complaint_rate(self) -> float:
-        """Return complaints as a share of the messages sent."""
-        return self.complaints / self.sent if self.sent else 0.0
-
-
-@dataclass(frozen=True)
-class ReturnStatus:
-    """What ``publisher status`` shows about returns: per edition, and those of no edition."""
-
-    editions: list[EditionReturns]
-    elsewhere: dict[str, int]
-
-    def warnings(self) -> list[str]:
-        """Return a warning for each edition over a complaint or hard-bounce rate limit."""
-        out = []
-        for e in self.editions:
-            if e.complaint_rate > COMPLAINT_RATE_LIMIT:
-                out.append(f"{e.slug} {e.year}: complaint rate {e.complaint_rate:.2%} is over "
-                           f"{COMPLAINT_RATE_LIMIT:.1%} (large mailbox providers refuse bulk "
-                           "mail from 0.3%)")
-            if e.hard_rate > HARD_BOUNCE_RATE_LIMIT:
-                out.append(f"{e.slug} {e.year}: hard bounce rate {e.hard_rate:.2%} is over "
-                           f"{HARD_BOUNCE_RATE_LIMIT:.0%}")
-        return out
-
-
-def return_status(config: Config, day: date | None = None) -> ReturnStatus:
-    """Return the bounce and complaint counts and rates per edition (of ``day``, or all)."""
-    with Ledger.open(config.state.database_url, read_only=True) as ledger:
-        counts = ledger.return_counts()
-        # Counting deliveries reads an index entry per delivery (a third of a second for a
-        # million): only worth it when something came back.
-        deliveries = ledger.delivery_counts(day) if counts else []
-    sent: dict[tuple[str, int], tuple[date, int]] = {}
-    for c in deliveries:
-        on, total = sent.get((c.slug, c.year), (c.event_on, 0))
-        sent[(c.slug, c.year)] = (on, total + (c.count if c.status == "sent" else 0))
-    per_edition: dict[tuple[str, int], dict[str, int]] = {}
-    elsewhere: dict[str, int] = {}
-    for count in counts:
-        if count.slug is None or count.year is None:
-            if day is None:
-                elsewhere[count.kind] = elsewhere.get(count.kind, 0) + count.count
-        elif (count.slug, count.year) in sent:
-            per_edition.setdefault((count.slug, count.year), {})[count.kind] = count.count
-    editions = [EditionReturns(sent[key][0], key[0], key[1], sent[key][1], kinds.get("hard", 0),
-                               kinds.get("soft", 0), kinds.get("complaint", 0))
-                for key, kinds in per_edition.items()]
-    editions.sort(key=lambda e: (e.on, e.slug))
-    return ReturnStatus(editions, elsewhere)

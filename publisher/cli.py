@@ -29,12 +29,11 @@ from publisher.errors import ConfigError, ContentError, PublisherError
 if TYPE_CHECKING:
     import socket
 
-    from publisher.bounces import ReturnStatus
-    from publisher.dispatch import SendReport, Status
+    from publisher.dispatch import SendReport
     from publisher.ledger import Ledger
-    from publisher.schedule import ClockStatus
     from publisher.site import BuildReport
-    from publisher.websub import PingState, WebSubStatus
+    from publisher.status import ClockStatus, ReturnStatus, Status, WebSubStatus
+    from publisher.websub import PingState
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -390,7 +389,7 @@ def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: 
     Example:
         publisher subscribers add ada@example.org --name Ada --timezone Europe/London
     """
-    from publisher.ledger import subscriber_row
+    from publisher.subscriptions.fields import subscriber_row
 
     with _ledger(ctx) as ledger:
         subscriber, outcome = ledger.add_subscriber(subscriber_row(email, name, timezone),
@@ -414,7 +413,7 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
     Example:
         publisher subscribers import readers.csv
     """
-    from publisher.ledger import import_csv
+    from publisher.subscriptions.csvfiles import import_csv
 
     with _ledger(ctx) as ledger:
         report = import_csv(ledger, file, include_suppressed=include_suppressed)
@@ -492,7 +491,7 @@ def subscribers_export(ctx: click.Context, status: str | None) -> None:
     Example:
         publisher subscribers export --status confirmed > readers.csv
     """
-    from publisher.ledger import export_csv
+    from publisher.subscriptions.csvfiles import export_csv
 
     with _ledger(ctx, read_only=True) as ledger:
         export_csv(ledger, sys.stdout, cast("SubscriberStatus | None", status))
@@ -594,9 +593,9 @@ def status(ctx: click.Context, day: datetime | None) -> None:
         publisher status
         publisher status --date 2026-12-17
     """
-    from publisher import schedule
+    from publisher.status import overview
 
-    found = schedule.overview(load_config(ctx), _as_day(day))
+    found = overview(load_config(ctx), _as_day(day))
     echo_lines(delivery_lines(found.deliveries))
     echo_lines(return_lines(found.returns))
     echo_lines(clock_lines(found.clock))

@@ -17,10 +17,7 @@ from publisher.errors import PublisherError, SubscriberError
 from publisher.ledger import (
     ALL_ZONES,
     Claim,
-    DeliveryCount,
     Ledger,
-    Problem,
-    SubscriberStatus,
     ZoneChoice,
 )
 from publisher.mail import Edition, Mailer, Recipient
@@ -434,24 +431,3 @@ def _preview(ledger: Ledger, mailer: Mailer, events: list[Event], site_zone: str
         queued = ledger.count_unqueued(event.article.slug, event.year, ALL_ZONES, site_zone)
         report.events.append(EventSummary(event.article.slug, event.year, event.article.title,
                                           queued))
-
-
-@dataclass(frozen=True)
-class Status:
-    """The ledger at a glance: deliveries per event and state, problems, subscribers."""
-
-    day: date | None
-    counts: list[DeliveryCount]
-    problems: list[Problem]
-    subscribers: dict[SubscriberStatus, int]
-    due: int
-
-
-def delivery_status(config: Config, day: date | None = None, *, limit: int = 50,
-                    now: datetime | None = None) -> Status:
-    """Return delivery counts and failures (for the events of ``day``, or all)."""
-    with Ledger.open(config.state.database_url, read_only=True) as ledger:
-        # Read only: messages accepted by a sender that has not folded them in yet (still
-        # sending, or died) count as sent, as they will once folded.
-        return Status(day, ledger.delivery_counts(day), ledger.problems(day, limit),
-                      ledger.subscriber_counts(), ledger.count_due(now or utcnow()))

@@ -1,8 +1,9 @@
 """The tick: everything that is due at one instant, taken from the ledger.
 
 :class:`Ticker` asks the calendar which local dates became due in each subscriber zone since the
-last tick, then builds the site, queues and sends; :func:`coming_up` and :func:`clock_status`
-report what comes next. The time logic itself lives in :mod:`publisher.calendar`.
+last tick, then builds the site, queues and sends; :func:`coming_up` reports what comes next.
+The time logic itself lives in :mod:`publisher.calendar`; what `publisher status` reads of the
+tick's marks, in :mod:`publisher.status`.
 """
 
 from __future__ import annotations
@@ -10,26 +11,23 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher import transports, websub
-from publisher.bounces import BounceReport, Poller, ReturnStatus, return_status
+from publisher.bounces import BounceReport, Poller
 from publisher.calendar import (
     Appearance,
     Calendar,
     Clock,
     EventsByDay,
-    Moment,
     latest_due_date,
     next_appearances,
     plan_zone,
     publish_instant,
-    upcoming,
     utcnow,
 )
 from publisher.config import Config
@@ -37,8 +35,6 @@ from publisher.content import Article, ArticleCache, LoadResult, load_articles
 from publisher.dispatch import (
     SendPolicy,
     SendReport,
-    Status,
-    delivery_status,
     enqueue_event,
     send_all,
     skip_event,
@@ -47,17 +43,22 @@ from publisher.errors import ContentError, PublisherError
 from publisher.ledger import ALL_ZONES, Ledger
 from publisher.mail import Mailer
 from publisher.site import BuildReport, build_site, site_environment
+from publisher.status import (
+    LAST_TICK_KEY,
+    NEXT_MOMENTS,
+    coming_calendar,
+    parse_instant,
+    site_state_key,
+    zone_groups,
+)
 from publisher.tokens import load_secret
 from publisher.transports import Transport
 
 logger = logging.getLogger(__name__)
 
 
-LAST_TICK_KEY = "schedule.last_tick"
-SITE_BUILT_KEY = "schedule.site_built"
 # A failed build (e.g. a template error) is retried this often, or at once when content changes.
 BUILD_RETRY = timedelta(minutes=5)
-NEXT_MOMENTS = 5
 
 
 @dataclass
@@ -117,38 +118,6 @@ class TickReport:
         if self.problems:
             parts.append(f"{len(self.problems)} problem(s)")
         return f"tick {self.now.isoformat(timespec='seconds')}: " + ("; ".join(parts) or "idle")
-
-
-def _parse_instant(value: str | None) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None  # a damaged value counts as "never": the tick then starts afresh
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _parse_day(value: str) -> date | None:
-    try:
-        return date.fromisoformat(value)
-    except ValueError:
-        return None
-
-
-def zone_groups(config: Config, ledger: Ledger) -> list[str]:
-    """Return the time zones of confirmed subscribers; those without one count as the site's."""
-    site_zone = config.site.timezone
-    return list(dict.fromkeys(zone or site_zone for zone in ledger.subscriber_zones()))
-
-
-def site_state_key(config: Config) -> str:
-    """Return the state key recording what was last built into this host's output folder."""
-    # One key per host and folder: instances on two hosts sharing a ledger each publish their
-    # own copy, often at the same path, and each must build it. Hashed, as a path can be
-    # longer than the state table's keys.
-    place = f"{socket.gethostname()}\0{config.site.output_dir.absolute()}"
-    return f"{SITE_BUILT_KEY}:{hashlib.sha256(place.encode()).hexdigest()[:32]}"
 
 
 def site_lock_name(config: Config) -> str:
@@ -292,7 +261,7 @@ class Ticker:
         self._build_site(now, report)
         self._started = True
         if not self.stop.is_set():
-            self._queue(_parse_instant(self.ledger.get_state(LAST_TICK_KEY)), now, report)
+            self._queue(parse_instant(self.ledger.get_state(LAST_TICK_KEY)), now, report)
             # Recorded before sending: what is queued stays queued however the send ends.
             self.ledger.set_state(LAST_TICK_KEY, now.isoformat(), now)
             self._send(report)
@@ -319,24 +288,6 @@ class Ticker:
             logger.exception("tick failed")
 
 
-@dataclass(frozen=True)
-class ClockStatus:
-    """What ``publisher status`` shows about the clock: last tick, last build, what comes next."""
-
-    last_tick: datetime | None
-    site_built: date | None
-    upcoming: list[Moment]
-
-
-def _coming_calendar(config: Config, cache: ArticleCache | None = None) -> Calendar:
-    """Return the calendar of the valid articles (empty when the content folder is missing)."""
-    try:
-        articles = load_articles(config.site.content_dir, cache).articles
-    except ContentError:
-        articles = []  # no content folder: nothing is coming
-    return Calendar(articles, config.site.leap_day)
-
-
 def coming_up(config: Config, ledger: Ledger, now: datetime | None = None,
               limit: int = NEXT_MOMENTS, *, cache: ArticleCache | None = None
               ) -> list[Appearance]:
@@ -344,40 +295,8 @@ def coming_up(config: Config, ledger: Ledger, now: datetime | None = None,
     now = now or utcnow()
     site = config.site
     zones = zone_groups(config, ledger) or [site.timezone]
-    found = next_appearances(_coming_calendar(config, cache), zones, site.publish_time, now,
+    found = next_appearances(coming_calendar(config, cache), zones, site.publish_time, now,
                              limit)
     return [dataclasses.replace(appearance, reach=ledger.count_unqueued(
         appearance.event.article.slug, appearance.event.year, ALL_ZONES, site.timezone))
         for appearance in found]
-
-
-def clock_status(config: Config, now: datetime | None = None,
-                 limit: int = NEXT_MOMENTS) -> ClockStatus:
-    """Return the last tick, the day the site was last built for and the next publish moments."""
-    now = now or utcnow()
-    calendar = _coming_calendar(config)
-    with Ledger.open(config.state.database_url, read_only=True) as ledger:
-        zones = zone_groups(config, ledger) or [config.site.timezone]
-        last_tick = _parse_instant(ledger.get_state(LAST_TICK_KEY))
-        built = ledger.get_state(site_state_key(config))
-    return ClockStatus(
-        last_tick=last_tick,
-        site_built=_parse_day(built.split(" ")[0]) if built else None,
-        upcoming=upcoming(calendar, zones, config.site.publish_time, now, limit),
-    )
-
-
-@dataclass(frozen=True)
-class Overview:
-    """Everything ``publisher status`` shows: deliveries, returns, the clock and WebSub."""
-
-    deliveries: Status
-    returns: ReturnStatus
-    clock: ClockStatus
-    websub: websub.WebSubStatus
-
-
-def overview(config: Config, day: date | None = None) -> Overview:
-    """Return the deliveries and returns (of ``day``'s events, or all), the clock and WebSub."""
-    return Overview(delivery_status(config, day), return_status(config, day),
-                    clock_status(config), websub.websub_status(config))

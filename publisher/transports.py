@@ -510,10 +510,16 @@ class SmtpConnection:
         takes in that content: the caller records one message while the next one travels, so
         at most two messages are unrecorded at any moment. ``report`` returns once the caller
         has recorded the outcome; ``pace`` is awaited before each message goes out (the rate
-        limit). Once ``halted()`` is true no content goes out any more: the message in flight
-        is finished, the next one is reported ``unsent``, and no other is taken.
+        limit). The message after the next is taken while the server reads the content. Once
+        ``halted()`` is true no content goes out any more: the message in flight is finished,
+        those taken are reported ``unsent``, and no other is taken.
         """
-        current = take()
+        pending: list[Envelope] = []  # taken ahead, handed out before anything new
+
+        def next_envelope() -> Envelope | None:
+            return pending.pop() if pending else take()
+
+        current = next_envelope()
         finished: tuple[Envelope, Outcome] | None = None  # reported once the next is sent
         announced = retrying = False  # announced: current's MAIL, RCPT and DATA went out
         # The next message's bytes (CRLF, then dot-stuffed), prepared while the server works.
@@ -554,7 +560,7 @@ class SmtpConnection:
                         self.reset()  # the server waits for content that will not come
                         break
                     if refusal is None:
-                        following = take()
+                        following = next_envelope()
                         announcement = b""
                         if following is not None:
                             following_data, following_wire = _prepared(following)
@@ -571,6 +577,11 @@ class SmtpConnection:
                         if finished is not None:
                             await report(*finished)
                             finished = None
+                        if following is not None and not pending:
+                            # Built while the server reads: send.py loopback 0.32-0.83 vs 0.27-0.62.
+                            ahead_of_time = take()
+                            if ahead_of_time is not None:
+                                pending.append(ahead_of_time)
                         self.stage = "data"
                         code, reply = await self._reply()
                         finished = (message, classify(code, _reply_text(reply), "data"))
@@ -599,12 +610,13 @@ class SmtpConnection:
                 finished = None
             await report(message, outcome)
             # A message announced behind a lost one was never sent: it goes out afresh.
-            current = following if following is not None else take()
+            current = following if following is not None else next_envelope()
             announced = retrying = False
         if finished is not None:
             await report(*finished)
-        if current is not None:
-            await report(current, UNSENT)
+        for unsent in [current, *pending]:
+            if unsent is not None:
+                await report(unsent, UNSENT)
 
     def _lost(self, exc: BaseException) -> Outcome:
         what = ("cannot connect to" if self.stage == "connect"
@@ -771,7 +783,7 @@ class SmtpTransport:
 
     Each connection streams the messages it takes from the caller's iterable (pipelined where
     the server offers it) and waits until the caller has recorded each outcome, so at most two
-    messages per connection are unrecorded and at most three per connection are held in
+    messages per connection are unrecorded and at most four per connection are held in
     memory. One connection is driven by the caller's thread on a blocking socket; several by
     one asyncio event loop, run in the caller's thread while it waits for outcomes.
     Connections are kept open across calls.

@@ -58,7 +58,7 @@ from publisher.site import (
     site_environment,
     upcoming_events,
 )
-from publisher.subscriptions import Subscriptions
+from publisher.subscriptions.links import Subscriptions
 from publisher.tokens import load_secret
 from publisher.webhooks import Webhooks
 

@@ -129,7 +129,8 @@ def retry_delay(attempts: int) -> timedelta:
     return min(wait, LONGEST_WAIT)
 
 
-def _states(config: Config, ledger: Ledger) -> list[PingState]:
+def ping_states(config: Config, ledger: Ledger) -> list[PingState]:
+    """Return each feed's ping state as the ledger keeps it."""
     hub = config.site.websub_hub or ""
     return [PingState.from_json(ledger.get_state(STATE_KEY.format(name=feed.name)), feed.name,
                                 config.site.url(feed.name), hub) for feed in FEEDS]
@@ -144,7 +145,7 @@ def mark_changed(config: Config, ledger: Ledger, names: Iterable[str],
     """Record that the feeds ``names`` changed: each is to be pinged now, whatever came before."""
     now = now or utcnow()
     changed = set(names)
-    for state in _states(config, ledger):
+    for state in ping_states(config, ledger):
         if state.name in changed:
             _store(ledger, replace(state, pending=True, attempts=0, next_at=now), now)
 
@@ -156,7 +157,7 @@ def deliver_due(config: Config, ledger: Ledger, now: datetime | None = None,
     if hub is None:
         return []
     now = now or utcnow()
-    due = [state for state in _states(config, ledger)
+    due = [state for state in ping_states(config, ledger)
            if state.pending and (state.next_at is None or state.next_at <= now)]
     if not due:
         return []
@@ -183,19 +184,3 @@ def announce(config: Config, changed: Sequence[str], now: datetime | None = None
     with Ledger.open(config.state.database_url) as ledger:
         mark_changed(config, ledger, changed, now)
         return deliver_due(config, ledger, now, pinger)
-
-
-@dataclass(frozen=True)
-class WebSubStatus:
-    """What ``publisher status`` shows about WebSub: the hub and each feed's last ping."""
-
-    hub: str | None
-    feeds: list[PingState]
-
-
-def websub_status(config: Config) -> WebSubStatus:
-    """Return the hub and the last ping of each feed, as recorded in the ledger."""
-    if config.site.websub_hub is None:
-        return WebSubStatus(None, [])
-    with Ledger.open(config.state.database_url, read_only=True) as ledger:
-        return WebSubStatus(config.site.websub_hub, _states(config, ledger))

@@ -13,11 +13,13 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine
 
 from publisher import config as config_module
-from publisher.bounces import POLL_STATE_KEY, read_maildir, return_status
+from publisher.bounces import POLL_STATE_KEY, read_maildir
 from publisher.cli import EXIT_CONFIG, EXIT_PROBLEMS, cli
 from publisher.errors import ConfigError
-from publisher.ledger import MIGRATIONS, Ledger, schema_migrations, subscriber_row
+from publisher.ledger import MIGRATIONS, Ledger, schema_migrations
 from publisher.schedule import Ticker
+from publisher.status import return_status
+from publisher.subscriptions.fields import subscriber_row
 from tests.fixtures.returns import DAY, SENT_AT, BounceWorld, sample_bytes
 
 READERS = [f"reader{n}@example.org" for n in range(6)]

@@ -15,9 +15,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from publisher import web
 from publisher.calendar import Event
-from publisher.ledger import Subscriber, subscriber_row
+from publisher.ledger import Subscriber
 from publisher.mail import Mailer, Recipient
 from publisher.site import load_calendar
+from publisher.subscriptions.fields import subscriber_row
 from publisher.tokens import unsubscribe_token
 from tests.fixtures.browser import (
     BROWSER_ZONE,

@@ -21,8 +21,9 @@ from sqlalchemy import update
 
 from publisher import daemon, dispatch, web
 from publisher.config import from_mapping
-from publisher.ledger import Ledger, subscriber_row, subscribers
+from publisher.ledger import Ledger, subscribers
 from publisher.schedule import coming_up
+from publisher.subscriptions.fields import subscriber_row
 from tests.fixtures.browser import wait_for
 from tests.fixtures.content import WriteArticle
 from tests.fixtures.ticks import MakeWorld, World, write_config

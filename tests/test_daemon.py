@@ -24,8 +24,9 @@ from publisher import config as config_module
 from publisher.config import Config
 from publisher.daemon import TICK_JOB_ID, configure_logging, run, start_clock
 from publisher.errors import ConfigError
-from publisher.ledger import Ledger, deliveries, subscriber_row
-from publisher.schedule import LAST_TICK_KEY
+from publisher.ledger import Ledger, deliveries
+from publisher.status import LAST_TICK_KEY
+from publisher.subscriptions.fields import subscriber_row
 from tests.fixtures.content import WriteArticle
 from tests.fixtures.database import sqlite_url
 from tests.fixtures.smtp import SmtpSink

@@ -32,9 +32,11 @@ from publisher.calendar import Calendar, Event
 from publisher.config import Config, from_mapping
 from publisher.content import load_article, load_articles
 from publisher.dispatch import SendPolicy, enqueue_event, send_due
-from publisher.ledger import ALL_ZONES, Ledger, SubscriberRow, accepted, deliveries
+from publisher.ledger import ALL_ZONES, Ledger, accepted, deliveries
 from publisher.mail import Mailer
-from publisher.schedule import site_lock_name, site_state_key
+from publisher.schedule import site_lock_name
+from publisher.status import site_state_key
+from publisher.subscriptions.fields import SubscriberRow
 from publisher.transports import Envelope, MaildirTransport, Outcome, Stop
 from tests.fixtures.content import BASE_URL, WriteArticle
 from tests.fixtures.ticks import FakeClock, MakeWorld, write_config

@@ -14,9 +14,7 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import StatementError
 
-from publisher import ledger as ledger_module
 from publisher.config import from_mapping
-from publisher.dispatch import delivery_status
 from publisher.errors import LedgerError
 from publisher.ledger import (
     ALL_ZONES,
@@ -24,10 +22,13 @@ from publisher.ledger import (
     Ledger,
     ZoneChoice,
     accepted,
+    database,
     deliveries,
+    schema,
     schema_migrations,
-    subscriber_row,
 )
+from publisher.status import delivery_status
+from publisher.subscriptions.fields import subscriber_row
 
 T0 = datetime(2024, 11, 9, 8, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
@@ -101,14 +102,14 @@ def test_database_newer_than_the_code_is_refused(database_url: str) -> None:
 
 def test_upgrade_indexes_the_counts_per_event_and_state(
         database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    step = ledger_module._index_event_states
+    step = schema._index_event_states
     before = MIGRATIONS[:MIGRATIONS.index(step)]
-    monkeypatch.setattr(ledger_module, "MIGRATIONS", before)
+    monkeypatch.setattr(schema, "MIGRATIONS", before)
     with Ledger.open(database_url) as ledger:
         add(ledger, 3)
         enqueue(ledger)
         ledger.claim("w", 1, LEASE, T0)
-    monkeypatch.setattr(ledger_module, "MIGRATIONS", MIGRATIONS)
+    monkeypatch.setattr(schema, "MIGRATIONS", MIGRATIONS)
     with Ledger.open(database_url) as ledger:
         with ledger.engine.connect() as conn:
             indexes = {i["name"]: i["column_names"]
@@ -337,7 +338,7 @@ def test_status_reads_while_a_long_write_holds_the_database(
         ledger.record_sent(a.delivery_id, code=250, reply="250 ok", message_id=None, now=T0)
     # A process queueing a million deliveries holds the write lock for seconds; a status
     # waiting for it would fail here after 0.2 s.
-    monkeypatch.setattr(ledger_module, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
     writer = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     try:

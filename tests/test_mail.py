@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from email import policy
 from email.header import decode_header, make_header
+from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from html.parser import HTMLParser
@@ -282,7 +283,7 @@ def test_line_breaks_and_nul_in_title_and_name_are_removed(mailer: Mailer) -> No
 
 @pytest.mark.parametrize("address", [
     "ada@example.org\r\nBcc: victim@example.org", "not-an-address", "ädä@example.org",
-    "a b@example.org", "ada@exa_mple.org>",
+    "a b@example.org", "ada@exa_mple.org>", ".ada@example.org", "ada..byron@example.org",
 ])
 def test_unusable_address_is_a_subscriber_error(edition: Edition, address: str) -> None:
     with pytest.raises(SubscriberError) as caught:
@@ -294,6 +295,22 @@ def test_unusable_address_is_a_subscriber_error(edition: Edition, address: str) 
 def test_address_is_cleaned_and_domain_made_ascii(edition: Edition) -> None:
     message = parse(edition.message(Recipient(12, "ada@bücher.example\n", None)))
     assert message["To"] == "ada@xn--bcher-kva.example"
+
+
+@pytest.mark.parametrize("name", [
+    None, "Ada Lovelace", "O'Brien", "Ada-Marie d'Arc", "x+y=z {a} |b| ~c~ #1 $2 %3 &4 *5 ^6 `7",
+    "J. R. R. Tolkien", "Lovelace, Ada", 'Ada "the" Lovelace', "Ada (Countess)", "a@b",
+    "Bartholomew " * 6, "Bartholomew-" * 9, "x" * 90, "a  b", "Ann <b>",
+])
+@pytest.mark.parametrize("address", ["ada@example.org", "ada.byron@mail.example.org",
+                                     "a." * 30 + "z@example.org"])
+def test_to_is_written_as_the_email_package_writes_it(edition: Edition, name: str | None,
+                                                     address: str) -> None:
+    data = edition.message(Recipient(14, address, name))
+    to = next(line for line in re.split(rb"\r\n(?! )", data) if line.startswith(b"To:"))
+    expected = policy.SMTP.header_factory("To", Address(
+        " ".join((name or "").split()), addr_spec=address)).fold(policy=policy.SMTP)
+    assert to + b"\r\n" == expected.encode("ascii")
 
 
 def test_body_lines_stay_short_and_values_survive_encoding(edition: Edition) -> None:

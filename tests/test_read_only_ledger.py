@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from publisher.cli import cli
-from publisher.ledger import Ledger, subscriber_row
+from publisher.ledger import Ledger
+from publisher.subscriptions.fields import subscriber_row
 from tests.fixtures.content import WriteArticle
 from tests.fixtures.isolation import own_mounts
 from tests.fixtures.ticks import write_config

@@ -39,8 +39,9 @@ from publisher.dispatch import (
     skip_event,
 )
 from publisher.errors import TransportError
-from publisher.ledger import ALL_ZONES, Ledger, deliveries, subscriber_row
+from publisher.ledger import ALL_ZONES, Ledger, deliveries
 from publisher.mail import Edition, Mailer, message_id_for
+from publisher.subscriptions.fields import subscriber_row
 from publisher.tokens import load_secret
 from publisher.transports import Envelope, Outcome, Stop, Transport, open_transport
 from tests.fixtures.database import Relay

@@ -14,23 +14,18 @@ from click.testing import CliRunner
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import MetaData, Table, create_engine, insert
 
-from publisher import ledger as ledger_module
 from publisher.cli import EXIT_PROBLEMS, cli
 from publisher.errors import SubscriberError
-from publisher.ledger import (
-    ALL_ZONES,
+from publisher.ledger import ALL_ZONES, MIGRATIONS, Ledger, schema_migrations
+from publisher.subscriptions import csvfiles
+from publisher.subscriptions.csvfiles import (
     EXPORT_COLUMNS,
-    MIGRATIONS,
-    Ledger,
     as_cell,
-    clean_name,
     export_csv,
     from_cell,
     import_csv,
-    normalise_address,
-    schema_migrations,
-    subscriber_row,
 )
+from publisher.subscriptions.fields import clean_name, normalise_address, subscriber_row
 
 T0 = datetime(2024, 11, 9, 8, 0, tzinfo=UTC)
 
@@ -412,7 +407,7 @@ def test_import_reports_suppressed_addresses_and_leaves_them_out(
 
 def test_import_in_chunks_keeps_the_first_of_each_address_and_its_dates(
         ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ledger_module, "IMPORT_CHUNK", 3)  # rows 1-3, 4-6, 7
+    monkeypatch.setattr(csvfiles, "IMPORT_CHUNK", 3)  # rows 1-3, 4-6, 7
     rows = ("email,name,status\n"
             "ada@example.org,Ada,\nbob@example.org,Bob,unsubscribed\n"
             "ADA@example.org,Ada Again,\ncy@example.org,Cy,bounced\n"

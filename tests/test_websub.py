@@ -16,6 +16,7 @@ from publisher import feeds, websub
 from publisher.cli import cli, ping_line
 from publisher.config import load
 from publisher.ledger import Ledger
+from publisher.status import websub_status
 from tests.fixtures.content import WriteArticle
 from tests.fixtures.database import sqlite_url
 from tests.fixtures.hub import Hub
@@ -120,7 +121,7 @@ def test_a_refusing_hub_is_retried_with_backoff_and_never_fails_the_build(
 
     config = load(config_path)
     with Ledger.open(config.state.database_url) as ledger:
-        states = websub.websub_status(config).feeds
+        states = websub_status(config).feeds
         first_retry = states[0].next_at
         assert first_retry is not None
         # Not before the backoff has passed.

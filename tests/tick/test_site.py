@@ -9,7 +9,8 @@ import pytest
 
 from publisher import content
 from publisher.content import Article
-from publisher.schedule import Ticker, clock_status
+from publisher.schedule import Ticker
+from publisher.status import clock_status
 from tests.fixtures.content import WriteArticle
 from tests.fixtures.database import sqlite_url
 from tests.fixtures.ticks import MakeWorld, World

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from publisher.ledger import Ledger, import_csv, subscriber_row
+from publisher.ledger import Ledger
+from publisher.subscriptions.csvfiles import import_csv
+from publisher.subscriptions.fields import subscriber_row
 from publisher.tokens import unsubscribe_token
 from tests.fixtures.browser import LOOPBACK_CLIENT, SECRET, MakeWebSite, WebSite, link_in, wait_for
 from tests.fixtures.smtp import SmtpSink

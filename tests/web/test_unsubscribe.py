@@ -14,9 +14,10 @@ from email.parser import BytesParser
 import pytest
 from itsdangerous import URLSafeSerializer
 
-from publisher.ledger import Ledger, new_key, subscriber_row
+from publisher.ledger import Ledger, new_key
 from publisher.mail import Mailer, Recipient
 from publisher.site import load_calendar
+from publisher.subscriptions.fields import subscriber_row
 from publisher.tokens import UNSUBSCRIBE_SALT, confirm_token, unsubscribe_token
 from tests.fixtures.browser import SECRET, SITE_DAY, TEST_ORIGIN, MakeWebSite, WebSite, text_part
 from tests.fixtures.web import (

@@ -1,7 +1,7 @@
 """Joining and leaving through emailed links: sign-up, confirmation, unsubscription, purge.
 
 The rules the web service applies; what each step does to the stored subscribers (and why an
-address that left stays suppressed) is in :mod:`publisher.ledger`.
+address that left stays suppressed) is in :mod:`publisher.ledger.subscribers`.
 """
 
 from __future__ import annotations
@@ -15,14 +15,9 @@ from publisher import transports
 from publisher.calendar import Clock
 from publisher.config import Config
 from publisher.errors import PublisherError, SubscriberError, TokenError
-from publisher.ledger import (
-    Ledger,
-    PendingSignUp,
-    Subscriber,
-    check_timezone,
-    subscriber_row,
-)
+from publisher.ledger import Ledger, PendingSignUp, Subscriber
 from publisher.mail import Mailer, Recipient
+from publisher.subscriptions.fields import check_timezone, subscriber_row
 from publisher.tokens import (
     LinkSubject,
     SignedAddress,
