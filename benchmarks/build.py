@@ -9,12 +9,16 @@ Generates ``--articles`` Markdown articles of about ``--size`` bytes, then times
 * a cold build: an empty output folder and an empty article cache, so every article is parsed,
   every page rendered and written (what the first build of ``publisher run`` does; imports and
   interpreter start-up are not included, see the last line for a fresh ``publisher build``);
-* a rebuild with nothing changed, in the same process (the daemon's case): the article cache
-  re-reads no file and the build finds its previous output intact, so nothing is rendered;
+* a rebuild with nothing changed, in the same process (the daemon's case): the build cache
+  beside the site shows the same inputs and its previous output intact, so nothing is rendered;
 * a rebuild on the next day (the daemon's daily build): a few pages change;
 * Hugo (Debian package ``hugo``) building the same articles with minimal layouts (a page per
   article, an index listing every article, the RSS feed of the newest ``feed_items``), first into
   an empty folder, then again over its own output, as its command-line build always works.
+
+then ``publisher build`` as a new process (interpreter start-up and imports included), each
+``--repeat`` times: into an empty folder, again with nothing changed, and after one article
+was edited (the build cache kept beside the site is what makes the last two fast).
 
 Prints each figure, Hugo's, and the ratios (ours / Hugo's: below 1.0 is faster). The cold
 builds also show their processor time (user and system, children included), which a busy
@@ -96,7 +100,7 @@ class Timing:
 
 def processor_time() -> float:
     """Return the user and system time of this process and of its children that ended."""
-    # Children count too: the helper process of a build and Hugo are both reaped children.
+    # Children count too: a build's worker process and Hugo are both reaped children.
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(
         resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -165,14 +169,14 @@ def time_hugo(hugo: str, site: Path, output: Path) -> tuple[float, float]:
     return time.perf_counter() - start, processor_time() - processor
 
 
-def time_command(folder: Path, config_text: str) -> float:
-    """Time one ``publisher build`` in a fresh process (interpreter start-up and imports too)."""
-    (folder / "publisher.toml").write_text(config_text, encoding="utf-8")
+def time_command(folder: Path) -> tuple[float, float]:
+    """Time one ``publisher build`` in a fresh process (interpreter start-up and imports too);
+    return its wall and processor time."""
     command = [str(Path(sys.executable).with_name("publisher")), "build", "--date",
                DAY.isoformat()]
-    start = time.perf_counter()
+    start, processor = time.perf_counter(), processor_time()
     subprocess.run(command, check=True, cwd=folder, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, processor_time() - processor
 
 
 def median(runs: list[float]) -> float:
@@ -227,9 +231,26 @@ def main() -> None:
         same = [time_build(config, DAY, cache) for _ in range(args.repeat)]
         next_day = time_build(config, DAY + timedelta(days=1), cache)
         theirs_again = (repeated(args.repeat, lambda _: hugo_cold(0)[0]) if hugo else [])
-        command = time_command(folder, f'[site]\nbase_url = "https://bench.example.org/"\n'
-                                       f'content_dir = "{content}"\n'
-                                       f'output_dir = "{folder / "cli-site"}"\n')
+
+        def command_cold(number: int) -> tuple[float, float]:
+            (folder / "publisher.toml").write_text(
+                f'[site]\nbase_url = "https://bench.example.org/"\ncontent_dir = "{content}"\n'
+                f'output_dir = "{folder / f"cli-{number}"}"\n', encoding="utf-8")
+            return time_command(folder)
+
+        def command_edited(number: int) -> tuple[float, float]:
+            article = content / f"article-{number:05d}.md"
+            article.write_text(article.read_text(encoding="utf-8") + "\nEdited.\n",
+                               encoding="utf-8")
+            return time_command(folder)
+
+        # The last cold one stays configured for the others.
+        commands = [command_cold(number) for number in range(args.repeat)]
+        commands_same = [time_command(folder) for _ in range(args.repeat)]
+        commands_one = [command_edited(number) for number in range(args.repeat)]
+        command, command_cpu = (median([t[i] for t in commands]) for i in (0, 1))
+        command_same, same_cpu = (median([t[i] for t in commands_same]) for i in (0, 1))
+        command_one, one_cpu = (median([t[i] for t in commands_one]) for i in (0, 1))
 
         cold_s, same_s = median([wall for wall, _ in ours_cold]), median([t.seconds for t in same])
         cold_cpu = median([processor for _, processor in ours_cold])
@@ -241,7 +262,11 @@ def main() -> None:
               f"({same[-1].report.written} files written, {same[-1].report.unchanged} kept)")
         print(f"rebuild, next day:       {next_day.seconds:7.3f} s  "
               f"({next_day.report.written} files written, {next_day.report.unchanged} kept)")
-        print(f"publisher build command: {command:7.3f} s  (fresh process, cold)")
+        print(f"publisher build command: {command:7.3f} s  (new process, empty folder; "
+              f"processor time {command_cpu:.3f} s)")
+        print(f"  again, nothing changed:{command_same:7.3f} s  (processor time {same_cpu:.3f} s)")
+        print(f"  again, one article edited:{command_one:7.3f} s  (processor time "
+              f"{one_cpu:.3f} s)")
         if hugo:
             hugo_cold_s, hugo_again_s = median([wall for wall, _ in theirs_cold]), median(
                 theirs_again)
@@ -259,6 +284,14 @@ def main() -> None:
                   f"{same_s / hugo_again_s:6.3f}")
             print(f"ratio publisher build command / hugo (empty):    "
                   f"{command / hugo_cold_s:6.3f}")
+            print(f"ratio command, nothing changed / hugo (empty):   "
+                  f"{command_same / hugo_cold_s:6.3f}  (target <= 0.05)")
+            print(f"  the same, processor time:                      "
+                  f"{same_cpu / hugo_cpu:6.3f}")
+            print(f"ratio command, one article edited / hugo (empty):"
+                  f"{command_one / hugo_cold_s:6.3f}  (target <= 0.1)")
+            print(f"  the same, processor time:                      "
+                  f"{one_cpu / hugo_cpu:6.3f}")
         else:
             print("hugo not found (make system-bench-deps installs it): no baseline")
         if args.keep:

@@ -256,7 +256,8 @@ def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
     report = site.build_site(config, _as_day(day), out=out)
     _echo_problems(report.errors)
     click.echo(build_line(report))
-    if out is None or out.absolute() == config.site.output_dir.absolute():
+    if config.site.websub_hub is not None and (
+            out is None or out.absolute() == config.site.output_dir.absolute()):
         # Only the folder served at base_url is what the feed URLs name: tell the hub.
         from publisher import websub
 

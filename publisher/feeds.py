@@ -337,12 +337,12 @@ def _json_item(item: FeedItem) -> dict[str, object]:
     return entry
 
 
-def feed_items(site: SiteConfig, calendar: Calendar, day: date,
+def feed_items(site: SiteConfig, events: Sequence[Event],
                env: jinja2.Environment) -> list[FeedItem]:
-    """Return the newest ``feed_items`` events up to ``day`` as feed items, newest first."""
+    """Return the events (newest first) as feed items."""
     items: list[FeedItem] = []
     position, previous = 0, None
-    for event in calendar.recent(day, site.feed_items):
+    for event in events:
         position = position + 1 if event.on == previous else 0
         previous = event.on
         items.append(feed_item(site, event, env, position))
@@ -352,7 +352,13 @@ def feed_items(site: SiteConfig, calendar: Calendar, day: date,
 def build_feeds(site: SiteConfig, calendar: Calendar, day: date,
                 env: jinja2.Environment) -> dict[str, bytes]:
     """Return every feed file as it stands on ``day``: file name to bytes."""
-    items = feed_items(site, calendar, day, env)
+    return feed_files(site, calendar.recent(day, site.feed_items), day, env)
+
+
+def feed_files(site: SiteConfig, events: Sequence[Event], day: date,
+               env: jinja2.Environment) -> dict[str, bytes]:
+    """Return every feed file of ``events``, the newest ``feed_items`` up to ``day``."""
+    items = feed_items(site, events, env)
     # The newest item's time, not the clock, so that a rebuild gives the same bytes.
     updated = max((item.published for item in items), default=publish_instant(
         day, site.publish_time, site.zone).astimezone(site.zone))

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable
-from datetime import date, timedelta
+from datetime import date, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import icalendar
+from icalendar.prop import vCategory, vDate, vDatetime, vRecur, vText, vUri
 
 from publisher.calendar import FEB_29, Calendar, anniversary_in, publish_instant
 from publisher.config import LeapDay, SiteConfig
 from publisher.content import Article
-from publisher.feeds import clean_article, clean_site
+from publisher.feeds import clean_site, clean_text
 
 ICS_NAME = "anniversaries.ics"
 MEDIA_TYPE = "text/calendar"
@@ -51,29 +54,55 @@ def _uid(site: SiteConfig, article: Article, suffix: str = "") -> str:
 
 
 def _event(site: SiteConfig, article: Article, start: date, uid: str,
-           rule: dict[str, Any] | None) -> icalendar.Event:
-    event = icalendar.Event()
-    event.add("uid", uid)
-    # The moment the article was first published, not the build time: the same bytes each day.
-    event.add("dtstamp", publish_instant(article.date, site.publish_time, site.zone))
-    event.add("dtstart", start)
-    event.add("dtend", start + timedelta(days=1))
-    if rule is not None:
-        event.add("rrule", rule)
-    event.add("summary", article.title)
+           rule: dict[str, Any] | None) -> list[str]:
+    """Return the content lines of one event, its properties in icalendar's order."""
+    # Holds the cold build <= 1.0 x Hugo (make bench, build.py): icalendar's components cost
+    # a millisecond an event, so the lines are put together here, each value encoded by it.
     url = site.article_url(article.slug)
     description = f"{article.summary}\n\n{url}" if article.summary else url
-    event.add("description", description)
-    event.add("url", url)
+    lines = [f"SUMMARY:{_text(article.title)}",
+             f"DTSTART;VALUE=DATE:{_day(start)}",
+             f"DTEND;VALUE=DATE:{_day(start + timedelta(days=1))}",
+             f"DTSTAMP:{_stamp(article.date, site.publish_time, site.zone)}",
+             f"UID:{_text(uid)}"]
+    if rule is not None:
+        lines.append(f"RRULE:{_rule(tuple(rule.items()))}")
     if article.tags:
-        event.add("categories", list(article.tags))
-    event.add("transp", "TRANSPARENT")  # an anniversary does not make anyone busy
-    return event
+        lines.append(f"CATEGORIES:{_value(vCategory(list(article.tags)))}")
+    lines += [f"DESCRIPTION:{_text(description)}",
+              "TRANSP:TRANSPARENT",  # an anniversary does not make anyone busy
+              f"URL:{_value(vUri(url))}"]
+    return ["BEGIN:VEVENT", *lines, "END:VEVENT"]
 
 
-def article_events(site: SiteConfig, article: Article, leap_day: LeapDay
-                   ) -> list[icalendar.Event]:
-    """Return the events of one article: its first publication, then every anniversary.
+# A large calendar repeats few days, moments and rules: each is encoded once.
+@functools.lru_cache(maxsize=1 << 16)
+def _day(day: date) -> str:
+    return _value(vDate(day))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _stamp(day: date, at: time, zone: ZoneInfo) -> str:
+    # The moment the article was first published, not the build time: the same bytes each day.
+    return _value(vDatetime(publish_instant(day, at, zone)))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _rule(rule: tuple[tuple[str, Any], ...]) -> str:
+    return _value(vRecur(dict(rule)))
+
+
+def _text(text: str) -> str:
+    return _value(vText(text))
+
+
+def _value(value: Any) -> str:
+    return str(value.to_ical().decode("utf-8"))
+
+
+def article_events(site: SiteConfig, article: Article, leap_day: LeapDay) -> list[str]:
+    """Return the events of one article as content lines: its first publication, then every
+    anniversary.
 
     One recurring event when the anniversaries fall on the article's own month-day; else a
     single event for the first publication and a recurring one from the first anniversary.
@@ -81,11 +110,11 @@ def article_events(site: SiteConfig, article: Article, leap_day: LeapDay
     first = first_anniversary(article, leap_day)
     rule = yearly_rule(article.anniversary, leap_day)
     if first is not None and (article.date.month, article.date.day) == article.anniversary:
-        return [_event(site, article, article.date, _uid(site, article), rule)]
-    events = [_event(site, article, article.date, _uid(site, article, "-published"), None)]
+        return _event(site, article, article.date, _uid(site, article), rule)
+    lines = _event(site, article, article.date, _uid(site, article, "-published"), None)
     if first is not None:
-        events.append(_event(site, article, first, _uid(site, article), rule))
-    return events
+        lines += _event(site, article, first, _uid(site, article), rule)
+    return lines
 
 
 def calendar_ics(site: SiteConfig, articles: Iterable[Article], leap_day: LeapDay,
@@ -115,13 +144,40 @@ def calendar_ics(site: SiteConfig, articles: Iterable[Article], leap_day: LeapDa
     return b"".join(parts)
 
 
-# icalendar takes about a millisecond per article: the daemon's daily rebuild and a rebuild of
-# unchanged articles reuse each article's events (the cache holds ~1 KB per article).
-@functools.lru_cache(maxsize=1 << 14)
+# Each article's events, kept from one build to the next (and, through the build cache, to
+# the next process): the daemon's daily rebuild and a rebuild after one article changed
+# encode only that article's (~1 KB each).
+_blocks: dict[tuple[SiteConfig, Article, LeapDay], bytes] = {}
+MAX_BLOCKS = 1 << 14
+
+
+def kept_blocks(articles: Iterable[Article]) -> dict[tuple[SiteConfig, Article, LeapDay], bytes]:
+    """Return the events kept for ``articles``, to be handed to :func:`keep_blocks` later."""
+    wanted = {id(article) for article in articles}
+    return {key: block for key, block in _blocks.items() if id(key[1]) in wanted}
+
+
+def keep_blocks(blocks: dict[tuple[SiteConfig, Article, LeapDay], bytes]) -> None:
+    """Take back events kept by :func:`kept_blocks` (e.g. in another process)."""
+    _blocks.update(blocks)
+
+
 def _article_block(site: SiteConfig, article: Article, leap_day: LeapDay) -> bytes:
-    lines: list[str] = []
-    for event in article_events(site, clean_article(article), leap_day):
-        lines += (line for line in event.content_lines() if line)
+    key = (site, article, leap_day)
+    found = _blocks.get(key)
+    if found is None:
+        if len(_blocks) >= MAX_BLOCKS:
+            _blocks.clear()
+        found = _blocks[key] = _encode(site, article, leap_day)
+    return found
+
+
+def _encode(site: SiteConfig, article: Article, leap_day: LeapDay) -> bytes:
+    # Only the fields an event shows are cleaned: the body would cost more than the rest.
+    shown = dataclasses.replace(article, title=clean_text(article.title),
+                                summary=clean_text(article.summary),
+                                tags=tuple(clean_text(tag) for tag in article.tags))
+    lines = article_events(site, shown, leap_day)
     return b"".join(fold(line) + b"\r\n" for line in lines)
 
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import date
 from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 from publisher.calendar import Calendar
 from publisher.config import SiteConfig
+from publisher.content import Article
 
 SITEMAP_NAME = "sitemap.xml"
 ROBOTS_NAME = "robots.txt"
@@ -19,13 +20,16 @@ MAX_URLS = 50_000  # per sitemap file (sitemaps.org protocol); more go into numb
 PRIVATE_PATHS = ("preview/", "confirm/", "unsubscribe/")
 
 
-def sitemap_entries(site: SiteConfig, calendar: Calendar, day: date
-                    ) -> Iterator[tuple[str, date]]:
-    """Yield (URL, last change) for the front page and every published article's page."""
+def sitemap_entries(site: SiteConfig, calendar: Calendar, day: date,
+                    published: Sequence[Article] | None = None) -> Iterator[tuple[str, date]]:
+    """Yield (URL, last change) for the front page and every published article's page.
+
+    ``published``: the calendar's articles published by ``day``, where already known.
+    """
     # The front page changes every day; an article's page when it comes back (its list of
     # appearances and its next anniversary change then).
     yield site.url(), day
-    for article in calendar.published(day):
+    for article in calendar.published(day) if published is None else published:
         last = calendar.last_appearance(article, day)
         yield site.article_url(article.slug), last or article.date
 

@@ -52,12 +52,8 @@ from publisher.feeds import FEEDS, build_feeds
 from publisher.ledger import Ledger
 from publisher.mail import Mailer, Preview, Recipient
 from publisher.render import render
-from publisher.site import (
-    feed_links,
-    load_calendar,
-    site_environment,
-    upcoming_events,
-)
+from publisher.site import load_calendar, site_environment, upcoming_events
+from publisher.site.pages import feed_links
 from publisher.subscriptions.links import Subscriptions
 from publisher.tokens import load_secret
 from publisher.webhooks import Webhooks

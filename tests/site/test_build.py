@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import shutil
 import stat
 import threading
 from collections.abc import Callable
@@ -20,9 +21,12 @@ from publisher.config import Config
 from publisher.content import load_articles
 from publisher.errors import ConfigError, OutputError, TemplateError
 from publisher.render import make_environment
+from publisher.site import output as site_output
+from publisher.site import pages
+from publisher.site.view import RECENT_EVENTS
 from tests.fixtures.content import BASE_URL, SMALL_SITE_DAY, WriteArticle, WriteFile
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL_SITE_FILES = {
     "style.css", "favicon.ico", "index.html", "feed.xml", "atom.xml", "feed.json",
     "anniversaries.ics", "sitemap.xml", "robots.txt",
@@ -39,7 +43,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def leftovers(output: Path) -> list[str]:
     """Return the staging or retired folders a build left next to the output folder."""
     return sorted(p.name for p in output.parent.iterdir()
-                  if p.name.startswith(f".{output.name}.") and not p.name.endswith(".lock"))
+                  if p.name.startswith(f".{output.name}.")
+                  and not p.name.endswith((".lock", ".cache")))
+
+
+def forget_last_build(folder: Path) -> None:
+    """Remove the build cache kept beside a site folder."""
+    shutil.rmtree(site_output.cache_folder(folder))
 
 
 def with_templates(config: Config, folder: Path, **templates: str) -> Config:
@@ -76,7 +86,7 @@ def test_index_lists_today_recent_and_archive(small_site: Config) -> None:
     recent_days = re.findall(r'<time datetime="([\d-]+)"', recent)
     assert recent_days[0] == "2025-12-17"
     assert recent_days == sorted(recent_days, reverse=True)
-    assert len(recent_days) == site.RECENT_EVENTS
+    assert len(recent_days) == RECENT_EVENTS
     # The archive: newest year first, each article once, newest first within a year.
     years = re.findall(r"<h3>(\d{4})</h3>", archive)
     assert years == ["2024", "2021", "2020", "2019"]
@@ -140,7 +150,7 @@ def test_templates_read_a_feed_link_by_attribute_or_key(small_site: Config) -> N
     env = make_environment()
     template = env.from_string("{% for feed in feeds %}{{ feed.label }}={{ feed['type'] }} "
                                "{% endfor %}")
-    assert template.render(feeds=site.feed_links(small_site.site)) == (
+    assert template.render(feeds=pages.feed_links(small_site.site)) == (
         "RSS=application/rss+xml Atom=application/atom+xml JSON Feed=application/feed+json ")
 
 
@@ -196,7 +206,7 @@ def test_new_bytes_are_dated_after_every_date_the_site_gave_before(
     else:
         (output / site.MODIFIED_MARK).unlink()  # the newest file then stands for the mark
         os.utime(output / "feed.json", (ahead, ahead))
-    site._last_builds.clear()  # a new process, or another instance sharing the folder
+    forget_last_build(output)  # another instance sharing the folder, with no record of it
     write_article("eclipse", "A different text now.", title="Total eclipse", date="2024-04-08",
                   recurring=False)
     site.build_site(small_site, SMALL_SITE_DAY)
@@ -208,7 +218,7 @@ def test_new_bytes_are_dated_after_every_date_the_site_gave_before(
         name: first[name] for name in set(first) - changed}  # unchanged bytes, same date
     assert (output / site.MODIFIED_MARK).read_text() == f"{ahead + 1}\n"
     # A rebuild that changes no bytes gives no new date.
-    site._last_builds.clear()
+    forget_last_build(output)
     site.build_site(small_site, SMALL_SITE_DAY)
     assert mtimes(output) == second
     assert (output / site.MODIFIED_MARK).read_text() == f"{ahead + 1}\n"
@@ -274,7 +284,7 @@ def exchange_supported(folder: Path) -> bool:
     first.mkdir()
     second.mkdir()
     try:
-        return site._exchange(first, second)
+        return site_output.exchange(first, second)
     finally:
         first.rmdir()
         second.rmdir()
@@ -354,8 +364,8 @@ def test_subscribe_block_can_be_replaced_by_a_child_template(
         bare_html='{% extends "index.html" %}\n{% block subscribe %}{% endblock %}\n')
     calendar = Calendar(load_articles(config.site.content_dir).articles)
     env = make_environment(config.site.templates_dir)
-    bare = site.render_index(config.site, calendar, SMALL_SITE_DAY, env, "bare.html")
-    filled = site.render_index(config.site, calendar, SMALL_SITE_DAY, env, "signup.html")
+    bare = pages.render_index(config.site, calendar, SMALL_SITE_DAY, env, "bare.html")
+    filled = pages.render_index(config.site, calendar, SMALL_SITE_DAY, env, "signup.html")
     assert "<form" not in bare
     assert filled.index('<form id="signup">') < filled.index('id="archive"')
     assert filled.replace('<form id="signup"></form>', "") == bare

@@ -1,5 +1,5 @@
 """Rebuilding the site: nothing is done when nothing changed, every kind of change is noticed,
-and a large build shared with a forked copy of the process gives the same bytes as one process.
+and a large build shared with a worker process gives the same bytes as one process.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from publisher.config import Config
 from publisher.content import (
     Article,
     ArticleCache,
-    FileStamp,
     content_stamps,
     load_articles,
 )
 from publisher.errors import TemplateError
+from publisher.site import build
 from tests.fixtures.content import SMALL_SITE_DAY, WriteArticle
-from tests.test_site import leftovers, snapshot, with_templates
+from tests.site.test_build import leftovers, snapshot, with_templates
 
 Change = Callable[[Config, Path], Config]
 
@@ -43,7 +43,7 @@ def counting_loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         calls.append(content_dir)
         return load_articles(content_dir, cache, **options)
 
-    monkeypatch.setattr("publisher.site.load_articles", load)
+    monkeypatch.setattr(build, "load_articles", load)
     return calls
 
 
@@ -117,36 +117,40 @@ def test_another_day_is_built_again(small_site: Config) -> None:
 
 
 @pytest.fixture
-def helpers(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
-    """Share every build with a forked copy, and record whether each start was possible."""
-    monkeypatch.setattr(site, "PARALLEL_FROM", 2)
+def workers(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Share every build with a worker process, and record whether each share was possible."""
+    monkeypatch.setattr(build, "PARALLEL_FROM", 2)
     started: list[bool] = []
-    real = site._Helper.start
+    possible = build._may_fork
 
-    def start(work: Callable[..., object], room: int = 0) -> object:
-        helper = real(work, room)
-        started.append(helper is not None)
-        return helper
+    def may_fork() -> bool:
+        started.append(possible())
+        return started[-1]
 
-    monkeypatch.setattr(site._Helper, "start", staticmethod(start))
+    monkeypatch.setattr(build, "_may_fork", may_fork)
     return started
 
 
-def test_a_build_shared_with_a_forked_copy_gives_the_same_bytes(
+def alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Build in this process only from now on."""
+    monkeypatch.setattr(build, "_may_fork", lambda: False)
+
+
+def test_a_build_shared_with_a_worker_process_gives_the_same_bytes(
         small_site: Config, write_article: WriteArticle, tmp_path: Path,
-        helpers: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+        workers: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
     # Broken and duplicated articles are among the files either process parses.
     write_article("zz-duplicate", slug="moon", date="2022-01-01")
     (small_site.site.content_dir / "broken.md").write_text("no front matter\n", "utf-8")
     shared = site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
-    assert helpers and all(helpers)  # the build was shared with a forked copy
+    assert workers and all(workers)  # the build was shared with a worker
 
-    monkeypatch.setattr(site._Helper, "possible", staticmethod(lambda: False))
-    alone = moved(small_site, tmp_path / "alone")
-    single = site.build_site(alone, SMALL_SITE_DAY, cache=ArticleCache())
-    assert snapshot(small_site.site.output_dir) == snapshot(alone.site.output_dir)
-    assert dataclasses.replace(shared, output_dir=alone.site.output_dir) == dataclasses.replace(
-        single, errors=shared.errors)
+    alone(monkeypatch)
+    by_itself = moved(small_site, tmp_path / "alone")
+    single = site.build_site(by_itself, SMALL_SITE_DAY, cache=ArticleCache())
+    assert snapshot(small_site.site.output_dir) == snapshot(by_itself.site.output_dir)
+    assert dataclasses.replace(shared, output_dir=by_itself.site.output_dir) == (
+        dataclasses.replace(single, errors=shared.errors))
     assert [str(e) for e in shared.errors] == [str(e) for e in single.errors]
 
 
@@ -155,17 +159,10 @@ def tree(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
 
 
-def test_pages_of_a_slug_two_files_claim_are_put_right_after_a_shared_build(
+def test_the_page_of_a_slug_two_files_claim_belongs_to_the_first_in_a_shared_build(
         small_site: Config, write_article: WriteArticle, tmp_path: Path,
-        helpers: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
-    # Files named h-* go to the forked copy. Neither process knows the other's articles while
-    # it writes, so each may write a page that an earlier file's article claims.
-    def by_name(stamps: list[FileStamp], share: float) -> tuple[list[FileStamp],
-                                                                list[FileStamp]]:
-        theirs = [stamp for stamp in stamps if Path(stamp[0]).name.startswith("h-")]
-        return theirs, [stamp for stamp in stamps if stamp not in theirs]
-
-    monkeypatch.setattr(site, "_split", by_name)
+        workers: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The two processes parse every other file: the files claiming one slug are parsed apart.
     write_article("a-first", slug="one", date="2022-01-01")  # here, and first
     write_article("h-second", slug="one", date="2022-02-02")  # the copy's, not first
     write_article("h-third", slug="two", date="2022-03-03")  # the copy's, and first
@@ -175,22 +172,22 @@ def test_pages_of_a_slug_two_files_claim_are_put_right_after_a_shared_build(
     write_article("h-later", slug="four", date="2030-01-01")  # the copy's, not published yet
     write_article("z-seventh", slug="four", date="2022-06-06")
     shared = site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
-    assert helpers and all(helpers)
+    assert workers and all(workers)
 
-    monkeypatch.setattr(site._Helper, "possible", staticmethod(lambda: False))
-    alone = moved(small_site, tmp_path / "alone")
-    single = site.build_site(alone, SMALL_SITE_DAY, cache=ArticleCache())
+    alone(monkeypatch)
+    by_itself = moved(small_site, tmp_path / "alone")
+    single = site.build_site(by_itself, SMALL_SITE_DAY, cache=ArticleCache())
     output = small_site.site.output_dir
-    assert snapshot(output) == snapshot(alone.site.output_dir)
-    assert tree(output) == tree(alone.site.output_dir)  # no folder of a page taken away
+    assert snapshot(output) == snapshot(by_itself.site.output_dir)
+    assert tree(output) == tree(by_itself.site.output_dir)
     assert "articles/three" not in tree(output) and "articles/four" not in tree(output)
-    assert dataclasses.replace(shared, output_dir=alone.site.output_dir) == dataclasses.replace(
-        single, errors=shared.errors)
+    assert dataclasses.replace(shared, output_dir=by_itself.site.output_dir) == (
+        dataclasses.replace(single, errors=shared.errors))
     assert [str(e) for e in shared.errors] == [str(e) for e in single.errors]
 
 
 def test_a_shared_build_over_the_previous_site_keeps_unchanged_files(
-        small_site: Config, tmp_path: Path, helpers: list[bool],
+        small_site: Config, tmp_path: Path, workers: list[bool],
         monkeypatch: pytest.MonkeyPatch) -> None:
     cache = ArticleCache()
     site.build_site(small_site, SMALL_SITE_DAY, cache=cache)
@@ -198,12 +195,12 @@ def test_a_shared_build_over_the_previous_site_keeps_unchanged_files(
     inodes = {name: (output / name).stat().st_ino for name in snapshot(output)}
     next_day = SMALL_SITE_DAY + timedelta(days=1)
     later = site.build_site(small_site, next_day, cache=cache)
-    assert helpers and all(helpers)
+    assert workers and all(workers)
     kept = [name for name in snapshot(output) if inodes.get(name) == (output / name).stat().st_ino]
     assert later.unchanged == len(kept) > 0
     assert later.written + later.unchanged == len(snapshot(output))
 
-    monkeypatch.setattr(site._Helper, "possible", staticmethod(lambda: False))
+    alone(monkeypatch)
     fresh = moved(small_site, tmp_path / "fresh")
     site.build_site(fresh, next_day)
     assert snapshot(output) == snapshot(fresh.site.output_dir)
@@ -211,7 +208,7 @@ def test_a_shared_build_over_the_previous_site_keeps_unchanged_files(
 
 
 def parsed_here(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Record each article file this process parses (a forked copy records into its own)."""
+    """Record each article file this process parses (a worker records into its own copy)."""
     parsed: list[str] = []
     load = content.load_article
 
@@ -223,50 +220,57 @@ def parsed_here(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return parsed
 
 
-@pytest.mark.parametrize("room", [None, 64])
-def test_the_articles_the_copy_parsed_come_back_through_shared_memory_or_the_pipe(
-        small_site: Config, tmp_path: Path, helpers: list[bool],
-        monkeypatch: pytest.MonkeyPatch, room: int | None) -> None:
-    if room is not None:  # too small for them: they take the pipe
-        start = site._Helper.start
-        monkeypatch.setattr(site._Helper, "start",
-                            staticmethod(lambda work, _room=0: start(work, room)))
+def test_the_articles_the_worker_parsed_are_not_parsed_again(
+        small_site: Config, tmp_path: Path, workers: list[bool],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     parsed = parsed_here(monkeypatch)
     shared = site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
-    assert helpers and all(helpers)
-    _, ours = site._split(content_stamps(small_site.site.content_dir), site.HELPER_SHARE)
-    assert sorted(parsed) == sorted(name for name, _, _ in ours)  # none of the copy's again
+    assert workers and all(workers)
+    stamps = content_stamps(small_site.site.content_dir)
+    assert sorted(parsed) == sorted(name for name, _, _ in stamps[0::2])  # none of the worker's
 
-    monkeypatch.setattr(site._Helper, "possible", staticmethod(lambda: False))
-    alone = moved(small_site, tmp_path / "alone")
-    single = site.build_site(alone, SMALL_SITE_DAY, cache=ArticleCache())
-    assert snapshot(small_site.site.output_dir) == snapshot(alone.site.output_dir)
+    alone(monkeypatch)
+    by_itself = moved(small_site, tmp_path / "alone")
+    single = site.build_site(by_itself, SMALL_SITE_DAY, cache=ArticleCache())
+    assert snapshot(small_site.site.output_dir) == snapshot(by_itself.site.output_dir)
     assert (shared.written, shared.pages) == (single.written, single.pages)
 
 
-def test_a_template_error_in_the_forked_copy_leaves_the_previous_site(
-        small_site: Config, tmp_path: Path, helpers: list[bool]) -> None:
+def test_a_template_error_in_the_worker_leaves_the_previous_site(
+        small_site: Config, tmp_path: Path, workers: list[bool]) -> None:
     site.build_site(small_site, SMALL_SITE_DAY)
     before = snapshot(small_site.site.output_dir)
-    # Fail only on a page the copy renders: one of the files of its share.
-    share, _ = site._split(content_stamps(small_site.site.content_dir), site.HELPER_SHARE)
-    articles = ArticleCache().parse(share).fresh(share)
-    theirs = next(article.slug for _, article in articles if article.date <= SMALL_SITE_DAY)
+    # Fail only on a page the worker renders: every other published article's, from the second.
+    calendar, _ = site.load_calendar(small_site)
+    theirs = site.day_view(small_site.site, calendar, SMALL_SITE_DAY).published[1].slug
     broken = with_templates(small_site, tmp_path / "templates", article_html=(
         '{% extends "base.html" %}{% block content %}'
         f'{{% if article.slug == "{theirs}" %}}{{{{ no_such_value }}}}{{% endif %}}'
         '{% endblock %}'))
     with pytest.raises(TemplateError, match="no_such_value"):
         site.build_site(broken, SMALL_SITE_DAY, cache=ArticleCache())
-    assert helpers[-1]
+    assert workers[-1]
     assert snapshot(small_site.site.output_dir) == before
     assert leftovers(small_site.site.output_dir) == []
     assert multiprocessing.active_children() == []
 
 
 def test_a_process_running_threads_builds_alone(
-        small_site: Config, helpers: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+        small_site: Config, workers: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
     # A forked copy of a process with other threads could inherit a lock held mid-way.
     monkeypatch.setattr(threading, "active_count", lambda: 2)
+    started: list[object] = []
+    monkeypatch.setattr(build, "_pool", lambda: started.append(1))
     report = site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
-    assert report.ok and helpers and not any(helpers)
+    assert report.ok and workers and not any(workers) and started == []
+
+
+def test_the_worker_keeps_every_parsed_article_for_the_next_process(
+        small_site: Config, workers: list[bool], monkeypatch: pytest.MonkeyPatch) -> None:
+    site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
+    assert workers and all(workers)
+    parsed = parsed_here(monkeypatch)
+    leap = small_site.site.content_dir / "leap.md"
+    leap.write_text(leap.read_text(encoding="utf-8").replace("mostly", "usually"), "utf-8")
+    site.build_site(small_site, SMALL_SITE_DAY, cache=ArticleCache())
+    assert parsed == [str(leap)]

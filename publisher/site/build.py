@@ -1,0 +1,351 @@
+"""One build of the site, in the order it happens: load, the day's view, the files, the output."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from publisher.calendar import Calendar, local_date, utcnow
+from publisher.config import Config
+from publisher.content import (
+    Article,
+    ArticleCache,
+    FileStamp,
+    LoadResult,
+    content_stamps,
+    load_articles,
+)
+from publisher.errors import ContentError, PublisherError, TemplateError
+from publisher.site import output
+from publisher.site.output import InPlace, Manifest, Placing, Staging, Written
+from publisher.site.view import DayView, day_view
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    import jinja2
+
+    from publisher.site.pages import SiteFile
+
+# Holds the cold build <= 1.0 x Hugo (make bench, build.py): from this many article files or
+# pages, a second process parses and writes a share of them.
+PARALLEL_FROM = 1000
+
+
+@dataclass
+class BuildReport:
+    """What one build wrote, and the articles it had to leave out."""
+
+    day: date
+    output_dir: Path
+    pages: int = 0
+    feeds: int = 0
+    events_today: int = 0
+    feed_items: int = 0
+    written: int = 0
+    unchanged: int = 0
+    errors: list[ContentError] = field(default_factory=list)
+    changed_feeds: list[str] = field(default_factory=list)  # feed files given new bytes
+
+    @property
+    def ok(self) -> bool:
+        """Return whether every article loaded."""
+        return not self.errors
+
+
+def site_environment(config: Config) -> jinja2.Environment:
+    """Return the Jinja2 environment of the site, checking that ``templates_dir`` exists."""
+    from publisher.render import config_environment
+
+    return config_environment(config)
+
+
+def build_site(config: Config, day: date | None = None, out: Path | None = None,
+               articles: LoadResult | Sequence[Article] | None = None, *,
+               cache: ArticleCache | None = None,
+               env: jinja2.Environment | None = None) -> BuildReport:
+    """Write the site as it stands on ``day`` into ``out`` (default: ``site.output_dir``).
+
+    Broken articles are left out and listed in the report; a template or output failure
+    raises and leaves the previous site in place. When the last build of that folder (in
+    any process) had the same settings, day, templates, code and article files, and its
+    files are as it left them, nothing is loaded, rendered or written; when only some
+    article files changed, only the files showing them are rendered.
+    """
+    site = config.site
+    day = day or local_date(utcnow(), site.zone)
+    target = (out or site.output_dir).absolute()
+    # Stamped before loading: a file edited meanwhile costs one more build, never a stale one.
+    content = content_stamps(site.content_dir) if articles is None else None
+    code = output.package_fingerprint()
+    with output.build_lock(target):
+        last = output.load_manifest(target, code) if content is not None else None
+        if last is not None and content is not None and (env is None or _template_folders(
+                env) == last.folders) and last.holds(
+                    (site, day, _template_stamps(last.folders), code), content, target):
+            return _again(last)
+        # Imported only now: a build that finds nothing changed never loads Jinja2, feedgen or
+        # icalendar (make bench, build.py: a new process, nothing changed <= 0.05 x Hugo).
+        from publisher.site.pages import site_files
+
+        env = env or site_environment(config)
+        folders = _template_folders(env)
+        # Given articles, or templates from elsewhere, leave nothing to compare the next time.
+        inputs = None if content is None or folders is None else (
+            site, day, _template_stamps(folders), code)
+        cache = cache if cache is not None else ArticleCache()
+        loaded, parsed = _load(config, target, content, articles, cache, code)
+        view = day_view(site, Calendar(loaded.articles, site.leap_day), day)
+        files = _placing(site_files(view, _steady(env)), content, inputs)
+        keep = None if not parsed or content is None else functools.partial(
+            _keep, target, code, content, parsed, cache)
+        writer = _writer(target, last, inputs)
+        try:
+            with output.output_errors(target):
+                written = _write(writer, target, files, len(view.published), keep)
+        finally:
+            writer.clean_up()
+        report = _report(view, target, loaded, written)
+        output.save_manifest(target, code, None if inputs is None or content is None
+                             or folders is None else Manifest(
+            inputs, folders, content, tuple(written.files), written.made_of, report))
+    return dataclasses.replace(report, errors=list(report.errors))
+
+
+def _writer(target: Path, last: Manifest | None, inputs: tuple[object, ...] | None
+            ) -> Staging | InPlace:
+    """Return how to write: in place when only articles changed since a build left every
+    file as it recorded, else staged and swapped in."""
+    # In place: the one-article figure of make bench (build.py, <= 0.1 x Hugo) would
+    # otherwise be spent creating and removing a folder and a link per page.
+    if last is None or inputs is None or last.inputs != inputs:
+        return Staging.next_to(target)
+    if last.intact(target):
+        return InPlace.over(target, last)
+    return Staging.next_to(target, last)
+
+
+def _again(last: Manifest) -> BuildReport:
+    """Return the last build's report for a build that found nothing to do."""
+    report = last.report
+    assert isinstance(report, BuildReport)
+    return dataclasses.replace(report, errors=list(report.errors), written=0,
+                               unchanged=len(last.files), changed_feeds=[])
+
+
+def _load(config: Config, target: Path, content: tuple[FileStamp, ...] | None,
+          articles: LoadResult | Sequence[Article] | None, cache: ArticleCache,
+          code: tuple[object, ...]) -> tuple[LoadResult, list[str]]:
+    """Return the articles (given, or those of the files as stamped) and the files that had
+    to be parsed."""
+    if content is None:
+        return (articles if isinstance(articles, LoadResult) else LoadResult(
+            articles=list(articles or ()))), []
+    from publisher import ics
+
+    stale = cache.stale(content)
+    if stale:
+        ours = ArticleCache()
+        ours.absorb(cache)
+        for kept in output.load_kept(target, code):
+            if isinstance(kept, tuple) and len(kept) == 2 and isinstance(kept[0], ArticleCache):
+                cache.absorb(kept[0])
+                ics.keep_blocks(kept[1])
+        cache.absorb(ours)  # what this process parsed is at least as new
+        stale = cache.stale(content)
+        _parse(cache, stale)
+    return (load_articles(config.site.content_dir, cache, stamps=content),
+            [name for name, _, _ in stale])
+
+
+def _keep(target: Path, code: tuple[object, ...], content: tuple[FileStamp, ...],
+          parsed: Iterable[str], cache: ArticleCache) -> None:
+    """Keep the parsed articles and their calendar events for the next build's process.
+
+    Only the shards holding a file parsed by this build are written again.
+    """
+    from publisher import ics
+
+    changed = {output.kept_shard(name) for name in parsed}
+    for shard in sorted(changed):
+        names = [name for name, _, _ in content if output.kept_shard(name) == shard]
+        keep = ArticleCache()
+        keep.absorb(cache)
+        keep.forget_missing(map(Path, names))
+        articles = [article for _, article in keep.fresh(content)]
+        output.save_kept(target, code, shard, (keep, ics.kept_blocks(articles)))
+
+
+def _parse(cache: ArticleCache, stale: list[FileStamp]) -> None:
+    """Parse the files the cache lacks; a large number of them on two cores."""
+    if len(stale) < PARALLEL_FROM or not _may_fork():
+        cache.parse(stale)
+        return
+    # Every other file: names often follow dates, and an older article lists more years.
+    with _pool() as pool:
+        theirs = pool.submit(_parse_share, stale[1::2])
+        cache.parse(stale[0::2])
+        cache.absorb(theirs.result())
+
+
+def _parse_share(share: list[FileStamp]) -> ArticleCache:
+    return ArticleCache().parse(share)
+
+
+def _placing(files: Iterable[SiteFile], content: tuple[FileStamp, ...] | None,
+             inputs: tuple[object, ...] | None) -> list[Placing]:
+    """Return each file with what it is made of beyond the inputs (None: always rendered)."""
+    from publisher.site.pages import EVERY
+
+    stamps = {} if content is None else {name: (size, mtime) for name, size, mtime in content}
+
+    def made_of(depends: tuple[Article, ...] | None) -> object:
+        if inputs is None or depends is EVERY or depends is None:
+            return None
+        return tuple((str(article.source), stamps.get(str(article.source)))
+                     for article in depends)
+
+    return [(file.path, made_of(file.depends), file.make) for file in files]
+
+
+# A share of the files to place, as a forked worker finds it (set just before the fork).
+_share: Callable[[], Written] | None = None
+_kept: Callable[[], None] | None = None  # and the keeping of the articles, after it
+
+
+def _write(writer: Staging | InPlace, target: Path, files: list[Placing], pages: int,
+           keep: Callable[[], None] | None) -> Written:
+    """Place every file and publish the site; keep the parsed articles (``keep``) meanwhile.
+
+    On a large new site a worker process places every other page and the calendar, then
+    keeps the articles and their calendar events while this process swaps the site in.
+    """
+    from publisher.ics import ICS_NAME
+
+    global _share, _kept
+    if isinstance(writer, InPlace) or pages < PARALLEL_FROM or not _may_fork():
+        done = writer.write(files)
+        writer.publish(target, bool(done.written or done.removed))
+        if keep is not None:
+            keep()
+        return done
+    # Spread rather than cut: an older article's page lists more years.
+    theirs = [*files[1:pages:2], *(file for file in files[pages:] if file[0] == ICS_NAME)]
+    ours = [*files[0:pages:2], *(file for file in files[pages:] if file[0] != ICS_NAME)]
+    _share, _kept = (lambda: writer.write(theirs)), keep
+    try:
+        with _pool() as pool:
+            placed: Future[Written] = pool.submit(_write_share)
+            done = writer.write(ours)
+            done.add(placed.result())
+            kept = pool.submit(_keep_share) if keep is not None else None
+            writer.publish(target, bool(done.written or done.removed))
+            if kept is not None:
+                kept.result()
+    finally:
+        _share = _kept = None
+    return done
+
+
+def _write_share() -> Written:
+    assert _share is not None
+    return _share()
+
+
+def _keep_share() -> None:
+    assert _kept is not None
+    _kept()
+
+
+def _may_fork() -> bool:
+    """Return whether this process may fork workers: a second core, no other thread."""
+    import multiprocessing
+
+    # A copy of a process running other threads (the daemon's clock, the web service) could
+    # inherit a lock held half-way by one of them.
+    return ((os.cpu_count() or 1) >= 2 and threading.active_count() == 1
+            and "fork" in multiprocessing.get_all_start_methods())
+
+
+def _pool() -> ProcessPoolExecutor:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Forked: the worker starts with this process's articles, templates and staging folder.
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"))
+
+
+def _report(view: DayView, target: Path, loaded: LoadResult, written: Written) -> BuildReport:
+    from publisher.feeds import FEEDS
+
+    new = {stamp[0] for stamp in written.files} - written.kept
+    return BuildReport(
+        day=view.day, output_dir=target, pages=1 + len(view.published), feeds=len(FEEDS),
+        events_today=len(view.today), feed_items=len(view.feed_events),
+        written=written.written, unchanged=len(written.kept), errors=list(loaded.errors),
+        changed_feeds=[feed.name for feed in FEEDS if feed.name in new])
+
+
+def _steady(env: jinja2.Environment) -> jinja2.Environment:
+    """Return the environment for one build: each template checked for changes once."""
+    # Holds the cold build <= 1.0 x Hugo (make bench, build.py): Jinja2 otherwise looks at
+    # a template's file every time a page uses it, twice per page.
+    steady = env.overlay(auto_reload=False)
+    if steady.cache is not None:
+        for key, template in list(steady.cache.items()):
+            if not template.is_up_to_date:
+                del steady.cache[key]
+    return steady
+
+
+def _template_folders(env: jinja2.Environment) -> tuple[str, ...] | None:
+    """Return the folders the environment loads templates from (None: not from folders)."""
+    import jinja2
+
+    loader = env.loader
+    if not isinstance(loader, jinja2.FileSystemLoader):
+        return None  # templates from elsewhere: no way to tell they did not change
+    return tuple(map(str, loader.searchpath))
+
+
+def _template_stamps(folders: Sequence[str]) -> tuple[object, ...]:
+    """Return every file in the template folders, with its size and mtime."""
+    stamps: list[object] = []
+    for folder in folders:
+        for root, _dirs, names in os.walk(folder):
+            for name in sorted(names):
+                stat = os.stat(os.path.join(root, name))
+                stamps.append((root, name, stat.st_size, stat.st_mtime_ns))
+    return tuple(stamps)
+
+
+def check_site(config: Config, day: date | None = None, *,
+               cache: ArticleCache | None = None) -> list[PublisherError]:
+    """Load and render the whole site in memory; return every problem found, writing nothing."""
+    from publisher.site.pages import site_files
+
+    env = site_environment(config)
+    try:
+        loaded = load_articles(config.site.content_dir, cache)
+    except ContentError as exc:
+        return [exc]
+    problems: list[PublisherError] = list(loaded.errors)
+    view = day_view(config.site, Calendar(loaded.articles, config.site.leap_day),
+                    day or local_date(utcnow(), config.site.zone))
+    seen: set[str] = set()
+    for file in site_files(view, env):
+        try:
+            file.make()
+        except TemplateError as exc:
+            # A broken template fails the same way on every page: report it once.
+            if str(exc) not in seen:
+                seen.add(str(exc))
+                problems.append(exc)
+    return problems

@@ -1,0 +1,188 @@
+"""Every file of the site, rendered to bytes from the day's view; nothing here touches the disk.
+
+Each producer yields the files of one kind as :class:`SiteFile` entries: the relative path,
+what the bytes depend on beyond the build's inputs (see :mod:`publisher.site.output`), and
+a function making the bytes. A new set of files is one more producer in :data:`PRODUCERS`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import date
+from typing import Any, NamedTuple
+
+import jinja2
+from markupsafe import Markup
+
+from publisher.calendar import Calendar
+from publisher.config import SiteConfig
+from publisher.content import Article
+from publisher.feeds import FEEDS, clean_text, clean_utf8, feed_files
+from publisher.ics import ICS_NAME, calendar_ics
+from publisher.render import language_of, render, template_file
+from publisher.site.view import DayView, day_view
+from publisher.sitemap import ROBOTS_NAME, robots_txt, sitemap_entries, sitemap_files, sitemap_names
+
+INDEX_TEMPLATE = "index.html"
+ARTICLE_TEMPLATE = "article.html"
+STYLESHEET = "style.css"
+ICON = "favicon.ico"  # copied as it is: browsers and feed readers ask for /favicon.ico
+
+FileMaker = Callable[[], bytes]
+# What a file's bytes depend on besides the build's inputs (settings, day, templates): no
+# article (()), these articles, or every published one (EVERY).
+Depends = tuple[Article, ...] | None
+EVERY: Depends = None
+
+
+class SiteFile(NamedTuple):
+    """One file of the site: where it goes, what it is made of, and how to make it."""
+
+    path: str
+    depends: Depends
+    make: FileMaker
+
+
+Producer = Callable[[DayView, jinja2.Environment], Iterator[SiteFile]]
+
+
+class PageFeed(NamedTuple):
+    """One feed as every page links to it (``feed.url`` or ``feed["url"]`` in a template)."""
+
+    url: str
+    type: str  # the media type
+    title: str  # the site's title and the format
+    label: str  # the format: RSS, Atom, JSON Feed
+
+
+def feed_links(site: SiteConfig) -> list[PageFeed]:
+    """Return the feeds for ``<link rel="alternate">``: url, type and title of each."""
+    # Named fields rather than a mapping: a template reads them on every page, and Jinja2
+    # tries an attribute first.
+    return [PageFeed(site.url(feed.name), feed.media_type, f"{site.title} ({feed.label})",
+                     feed.label) for feed in FEEDS]
+
+
+def _page(env: jinja2.Environment, template: str, view: DayView, root: str, page_url: str,
+          values: Mapping[str, Any], feeds: list[PageFeed]) -> str:
+    """Render one page as the template gives it, before clean_text."""
+    site = view.site
+    context = {"site": site, "day": view.day, "root": root, "service_root": site.url(),
+               "page_url": page_url, "feeds": feeds, **values}
+    return render(env, template, context)
+
+
+def render_index(site: SiteConfig, calendar: Calendar, day: date, env: jinja2.Environment,
+                 template: str = INDEX_TEMPLATE) -> str:
+    """Render the front page as it stands on ``day`` (``template`` may extend index.html)."""
+    # One pass over the finished page removes what HTML and UTF-8 cannot carry, wherever
+    # it came from (article, configuration or template).
+    return clean_text(_index(day_view(site, calendar, day), env, feed_links(site), template))
+
+
+def _index(view: DayView, env: jinja2.Environment, feeds: list[PageFeed],
+           template: str = INDEX_TEMPLATE) -> str:
+    return _page(env, template, view, "./", view.site.url(), {
+        "today": view.today,
+        "recent": view.earlier,
+        "next_anniversaries": view.next_anniversaries,
+        "archive": view.published,
+    }, feeds)
+
+
+def render_article(site: SiteConfig, calendar: Calendar, article: Article, day: date,
+                   env: jinja2.Environment) -> str:
+    """Render one article's page as it stands on ``day``."""
+    view = day_view(site, calendar, day)
+    return clean_text(_article(view, article, env, feed_links(site)))
+
+
+def _article(view: DayView, article: Article, env: jinja2.Environment,
+             feeds: list[PageFeed]) -> str:
+    site, day = view.site, view.day
+    return _page(env, ARTICLE_TEMPLATE, view, "../../", site.article_url(article.slug), {
+        "locale": language_of(article.lang, site.language),
+        "article": article,
+        "body": Markup(article.body_html),
+        "history": view.calendar.history(article, day),
+        "next_anniversary": view.calendar.next_anniversary(article, day),
+    }, feeds)
+
+
+def render_stylesheet(site: SiteConfig, env: jinja2.Environment) -> str:
+    """Render the stylesheet (a template, so a user's ``style.css`` replaces it)."""
+    return render(env, STYLESHEET, {"site": site})
+
+
+def page_path(article: Article) -> str:
+    """Return the relative path of an article's page."""
+    return f"articles/{article.slug}/index.html"
+
+
+def article_pages(view: DayView, env: jinja2.Environment,
+                  articles: Iterable[Article]) -> Iterator[SiteFile]:
+    """Yield the page of each of ``articles`` (published by the view's day)."""
+    feeds = feed_links(view.site)  # the same on every page: built once
+    for article in articles:
+        yield SiteFile(page_path(article), (article,), functools.partial(
+            _article_bytes, view, article, env, feeds))
+
+
+def _article_bytes(view: DayView, article: Article, env: jinja2.Environment,
+                   feeds: list[PageFeed]) -> bytes:
+    return clean_utf8(_article(view, article, env, feeds))
+
+
+def assets(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
+    """Yield the stylesheet, the icon and robots.txt: the same on every day."""
+    site = view.site
+    yield SiteFile(STYLESHEET, (), lambda: render_stylesheet(site, env).encode("utf-8"))
+    yield SiteFile(ICON, (), lambda: template_file(env, ICON))
+    yield SiteFile(ROBOTS_NAME, (), lambda: robots_txt(site))
+
+
+def front_page(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
+    """Yield the front page: today's appearances, recent ones, what comes next, the archive."""
+    yield SiteFile("index.html", EVERY,
+                   lambda: clean_utf8(_index(view, env, feed_links(view.site))))
+
+
+def feed_set(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
+    """Yield the RSS, Atom and JSON feeds of the newest appearances."""
+    events = view.feed_events
+    made = functools.cache(lambda: feed_files(view.site, events, view.day, env))
+    depends = tuple(event.article for event in events)
+    for feed in FEEDS:
+        yield SiteFile(feed.name, depends, functools.partial(lambda name: made()[name],
+                                                             feed.name))
+
+
+def calendar_file(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
+    """Yield the iCalendar file of every published article."""
+    yield SiteFile(ICS_NAME, EVERY, lambda: calendar_ics(view.site, view.published,
+                                                         view.calendar.leap_day))
+
+
+def sitemaps(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
+    """Yield sitemap.xml (in parts, for a large site) listing every page."""
+    made = functools.cache(lambda: sitemap_files(view.site, sitemap_entries(
+        view.site, view.calendar, view.day, view.published)))
+    for name in sitemap_names(1 + len(view.published)):
+        yield SiteFile(name, EVERY, functools.partial(lambda name: made()[name], name))
+
+
+# Every file but the article pages, in the order a build makes them.
+PRODUCERS: tuple[Producer, ...] = (assets, front_page, feed_set, calendar_file, sitemaps)
+
+
+def site_files(view: DayView, env: jinja2.Environment,
+               pages: Sequence[Article] | None = None,
+               producers: Sequence[Producer] = PRODUCERS) -> Iterator[SiteFile]:
+    """Yield every file of the site on the view's day.
+
+    ``pages``: only these articles' pages (default: every article published by the day).
+    """
+    yield from article_pages(view, env, view.published if pages is None else pages)
+    for produce in producers:
+        yield from produce(view, env)
