@@ -316,7 +316,7 @@ def main() -> None:
     args.body = body_for(args.size)
     size = message_size(args.body)
     try:
-        with sink(free_port()) as (_kind, port):
+        with sink(free_port()) as (_kind, port, _pid):
             measure(args, folder, port, size)
     finally:
         if args.keep is None:

@@ -61,13 +61,13 @@ def tool(name: str) -> str | None:
 
 
 @contextmanager
-def sink(port: int) -> Iterator[tuple[str, int]]:
-    """Run an SMTP sink on ``port``: postfix's smtp-sink, else aiosmtpd."""
+def sink(port: int) -> Iterator[tuple[str, int, int]]:
+    """Run an SMTP sink on ``port``: postfix's smtp-sink (and its pid), else aiosmtpd (0)."""
     smtp_sink = tool("smtp-sink")
     if smtp_sink is None:
         from tests.fixtures.smtp import running_sink
         with running_sink() as fallback:
-            yield "aiosmtpd", fallback.port
+            yield "aiosmtpd", fallback.port, 0
         return
     user = ["-u", "nobody"] if os.geteuid() == 0 else []
     process = subprocess.Popen([smtp_sink, *user, f"127.0.0.1:{port}", "256"],
@@ -78,7 +78,7 @@ def sink(port: int) -> Iterator[tuple[str, int]]:
                 if probe.connect_ex(("127.0.0.1", port)) == 0:
                     break
             time.sleep(0.05)
-        yield "smtp-sink", port
+        yield "smtp-sink", port, process.pid
     finally:
         process.terminate()
         process.wait()
@@ -151,18 +151,30 @@ def send_once(args: argparse.Namespace, folder: Path, url: str) -> None:
     profile = cProfile.Profile() if args.profile else None
     print(SENDING, flush=True)
     cpu_before = cpu_seconds()
+    switches_before = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw
     started = time.perf_counter()
     if profile is not None:
         profile.enable()
     report = send_date(config, DAY, clock=lambda: datetime.now(UTC))
     seconds = time.perf_counter() - started
     cpu = cpu_seconds() - cpu_before
+    # Taken from the processor while running: on loopback, mostly by the sink that a write woke.
+    preempted = resource.getrusage(resource.RUSAGE_SELF).ru_nivcsw - switches_before
     if profile is not None:
         profile.disable()
         pstats.Stats(profile, stream=sys.stdout).sort_stats("cumulative").print_stats(25)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"sent": report.sent, "seconds": seconds, "cpu": cpu,
+    print(json.dumps({"sent": report.sent, "seconds": seconds, "cpu": cpu, "preempted": preempted,
                       "peak_kib": peak_kib, "problems": report.problems}))
+
+
+def process_seconds(pid: int) -> float:
+    """Return the processor time (user and system) a running process has used so far."""
+    if not pid:
+        return 0.0
+    with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+        fields = handle.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def cpu_seconds() -> float:
@@ -296,25 +308,44 @@ def messages_for(args: argparse.Namespace, connections: int) -> int:
     return min(int(args.messages), max(200, 50 * connections))
 
 
-def speed(args: argparse.Namespace, kind: str, port: int, size: int) -> None:
-    """Print our rate and smtp-source's for each connection count, with the ratios."""
+def children_seconds() -> float:
+    """Return the processor time of the child processes this process has waited for."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
+def speed(args: argparse.Namespace, kind: str, port: int, size: int, sink_pid: int) -> None:
+    """Print our rate and smtp-source's for each connection count, with the ratios.
+
+    Each line also gives the sink's processor time per message: on two cores shared with other
+    work, a sender's wall time per message is close to its own processor time plus the sink's.
+    """
     has_baseline = kind == "smtp-sink" and tool("smtp-source") is not None
     ratios: dict[int, float] = {}
     rates: dict[int, float] = {}
     memory: dict[int, float] = {}
     for connections in connection_counts(args.connections):
         messages = messages_for(args, connections)
+        sink_before = process_seconds(sink_pid)
         ours = run_child(args, messages, port, connections, profile=args.profile)
+        sink_ours = (process_seconds(sink_pid) - sink_before) / messages * 1e6
         rates[connections] = ours["sent"] / ours["seconds"]
         memory[connections] = ours["pss_kib"] / 1024
         line = (f"{connections} connection(s), {messages} messages: publisher send "
                 f"{rates[connections]:7,.1f} msg/s ({ours['seconds']:.2f} s, "
                 f"{ours['cpu'] / ours['sent'] * 1e6:.0f} us of processor time per message, "
+                + (f"the sink's {sink_ours:.0f} us, " if sink_pid else "")
+                + f"preempted {ours['preempted'] / messages:.2f} times per message; "
                 f"peak PSS of the whole send {memory[connections]:.1f} MiB)")
         if has_baseline:
+            sink_before, source_before = process_seconds(sink_pid), children_seconds()
             theirs = baseline(args, port, size, connections, messages)
+            source_us = (children_seconds() - source_before) / messages * 1e6
+            sink_theirs = (process_seconds(sink_pid) - sink_before) / messages * 1e6
             ratios[connections] = rates[connections] / theirs
-            line += f"; smtp-source -d {theirs:7,.1f} msg/s; ratio {ratios[connections]:.2f}"
+            line += (f"; smtp-source -d {theirs:7,.1f} msg/s ({source_us:.0f} us of processor "
+                     f"time per message, the sink's {sink_theirs:.0f} us); "
+                     f"ratio {ratios[connections]:.2f}")
         print(line, flush=True)
     if not has_baseline:
         print("smtp-source not installed (make system-bench-deps): no baseline")
@@ -389,11 +420,11 @@ def main() -> None:
         return
     args.body = body_for(args.size)
     size = message_size(args.body)
-    with sink(free_port()) as (kind, sink_port), relay(sink_port, args.rtt) as port:
+    with sink(free_port()) as (kind, sink_port, sink_pid), relay(sink_port, args.rtt) as port:
         distance = f"a relay {args.rtt:g} ms away (proxy)" if args.rtt else "loopback"
         print(f"sink: {kind}, {distance}; messages of {size} bytes; "
               f"ledger: {args.database or 'SQLite file'}", flush=True)
-        speed(args, kind, port, size)
+        speed(args, kind, port, size, sink_pid)
         if args.memory:
             memory(args, port)
 

@@ -276,8 +276,7 @@ def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], dict[str, int]
     block = text[4 : end.start()]
     body_start = end.end() + 1
     body_line = text.count("\n", 0, body_start) + 1
-    simple = simple_front_matter(block)
-    data, lines = simple if simple is not None else yaml_front_matter(path, block)
+    data, lines = yaml_front_matter(path, block)
     return data, lines, text[body_start:], body_line
 
 
@@ -332,120 +331,6 @@ def _refuse_aliases(path: Path, document: yaml.Node) -> None:
                 pending.extend(node.value)
             elif isinstance(node, yaml.MappingNode):
                 pending.extend(item for pair in node.value for item in pair)
-
-
-# Most front matter is a few `key: value` lines, which this module reads without libyaml:
-# PyYAML builds libyaml's values in Python, at about the cost of rendering the article's
-# Markdown. Only a subset YAML reads one obvious way is accepted -- plain text without `:` or
-# `#`, text in quotes without escapes, `[a, b]` and `- item` lists of plain text, true/false
-# words and nulls -- and anything else (numbers, escapes, comments after a value, values over
-# several lines, characters YAML rejects) goes to libyaml, so every value is the one YAML gives.
-_NOT_YAML_PRINTABLE = re.compile(
-    "[^\n\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
-)
-_KEY_LINE = re.compile(r"([A-Za-z_][A-Za-z0-9_]{0,99}):(?: +(.*))?")
-_ITEM_LINE = re.compile(r"( *)- +(.*)")
-_PLAIN = re.compile(r"""[^-?:,\[\]{}#&*!|>'"%@` ][^:#]*""")
-_PLAIN_ITEM = re.compile(r"""[^-?:,\[\]{}#&*!|>'"%@` ][^:#,\[\]{}]*""")
-_SINGLE_QUOTED = re.compile(r"'((?:[^']|'')*)'")
-_DOUBLE_QUOTED = re.compile(r'"([^"\\]*)"')
-_BOOLEANS: Mapping[str, bool] = yaml.constructor.SafeConstructor.bool_values
-_UNSURE = object()  # a value outside the simple subset
-
-
-# The loader's own patterns for untagged plain values, by first character, each followed by
-# those for any first character.
-_RESOLVERS = {
-    first: (*resolvers, *_FrontMatterLoader.yaml_implicit_resolvers.get(None, ()))
-    for first, resolvers in _FrontMatterLoader.yaml_implicit_resolvers.items() if first
-}
-_ANY_RESOLVERS = tuple(_FrontMatterLoader.yaml_implicit_resolvers.get(None, ()))
-
-
-def _typed(plain: str) -> object:
-    """Return a plain scalar as YAML types it: text, a boolean or None (else _UNSURE)."""
-    for tag, pattern in _RESOLVERS.get(plain[0], _ANY_RESOLVERS):
-        if pattern.match(plain):
-            if tag == "tag:yaml.org,2002:bool":
-                return _BOOLEANS[plain.lower()]
-            if tag == "tag:yaml.org,2002:null":
-                return None
-            return _UNSURE
-    return plain
-
-
-def _simple_scalar(text: str, plain: re.Pattern[str]) -> object:
-    """Return one value (without trailing spaces) of the simple subset, else _UNSURE."""
-    if text.startswith("'"):
-        match = _SINGLE_QUOTED.fullmatch(text)
-        return match.group(1).replace("''", "'") if match else _UNSURE
-    if text.startswith('"'):
-        match = _DOUBLE_QUOTED.fullmatch(text)
-        return match.group(1) if match else _UNSURE
-    return _typed(text) if plain.fullmatch(text) else _UNSURE
-
-
-def _flow_list(text: str) -> object:
-    """Return ``[a, b]`` as a list of plain values, else _UNSURE."""
-    if not text.endswith("]"):
-        return _UNSURE
-    inner = text[1:-1].strip(" ")
-    if not inner:
-        return []
-    items = [_simple_scalar(item.strip(" "), _PLAIN_ITEM) for item in inner.split(",")]
-    return _UNSURE if _UNSURE in items else items
-
-
-def simple_front_matter(block: str) -> tuple[dict[str, Any], dict[str, int]] | None:
-    """Read a front matter block of the simple subset: its fields, and the file line of each key.
-
-    Return None for a block outside the subset, which :func:`yaml_front_matter` reads instead.
-    """
-    if _NOT_YAML_PRINTABLE.search(block):
-        return None
-    data: dict[str, Any] = {}
-    lines: dict[str, int] = {}
-    rows = block.split("\n")
-    number = 0
-    while number < len(rows):
-        row, key_row = rows[number], number
-        number += 1
-        if not row.strip(" ") or row.startswith("#"):
-            continue  # blank or a comment
-        match = _KEY_LINE.fullmatch(row)
-        if match is None or _typed(match.group(1)) != match.group(1):
-            return None  # not `key: value`, or a key YAML would read as true, a number...
-        text = (match.group(2) or "").rstrip(" ")
-        value: object
-        if text.startswith("["):
-            value = _flow_list(text)
-        elif text:
-            value = _simple_scalar(text, _PLAIN)
-        else:
-            value, number = _block_list(rows, number)
-        if value is _UNSURE:
-            return None
-        data[match.group(1)] = value
-        lines[match.group(1)] = key_row + 2  # the block starts on the file's second line
-    return data, lines
-
-
-def _block_list(rows: list[str], start: int) -> tuple[object, int]:
-    """Return the ``- item`` rows from ``start`` as a list (or None) and the row after them."""
-    items: list[object] = []
-    indent = None
-    number = start
-    while number < len(rows):
-        match = _ITEM_LINE.fullmatch(rows[number])
-        if match is None or indent not in (None, match.group(1)):
-            break  # the next key, or a row that sends the whole block to libyaml
-        indent = match.group(1)
-        item = _simple_scalar(match.group(2).rstrip(" "), _PLAIN)
-        if item is _UNSURE:
-            return _UNSURE, number
-        items.append(item)
-        number += 1
-    return (items or None), number
 
 
 def _optional_text(data: Mapping[str, Any], name: str, path: Path, line: int | None) -> str | None:

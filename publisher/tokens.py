@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import functools
 import hashlib
@@ -113,17 +112,12 @@ LinkSubject = str | SignedAddress
 
 
 @functools.lru_cache(maxsize=8)
-def _unsubscribe_signers(secret: bytes) -> tuple[Signer, bytes, URLSafeSerializer]:
-    # Deriving the signing key costs more than the signature itself, and itsdangerous derives
-    # it on every call: keep the signer and its key per secret, since one token is signed for
-    # every message sent. The serializer reads the links made before keys.
+def _unsubscribe_signers(secret: bytes) -> tuple[Signer, URLSafeSerializer]:
+    # One signer per secret, since one token is signed for every message sent; the serializer
+    # reads the links made before keys.
     signer = Signer(secret, salt=UNSUBSCRIBE_KEY_SALT, digest_method=hashlib.sha256)
     legacy = URLSafeSerializer(secret, salt=UNSUBSCRIBE_SALT, signer_kwargs=_SIGNER_OPTIONS)
-    return signer, signer.derive_key(), legacy
-
-
-def _b64(data: bytes) -> bytes:
-    return base64.urlsafe_b64encode(data).rstrip(b"=")
+    return signer, legacy
 
 
 def unsubscribe_token(secret: bytes, key: str) -> str:
@@ -132,16 +126,13 @@ def unsubscribe_token(secret: bytes, key: str) -> str:
     The key is random, so the token says nothing about the subscriber, and it is the same
     token every time: a message sent again has the same bytes.
     """
-    # The bytes of itsdangerous's Signer.sign, without its per-call key derivation (this runs
-    # once per message): the key, a dot, the HMAC-SHA256 of the key in URL-safe base64.
-    _, signing_key, _ = _unsubscribe_signers(secret)
-    value = key.encode("utf-8")
-    return (value + b"." + _b64(hmac.digest(signing_key, value, "sha256"))).decode("ascii")
+    signer, _ = _unsubscribe_signers(secret)
+    return signer.sign(key).decode("ascii")
 
 
 def read_unsubscribe_token(secret: bytes, token: str) -> LinkSubject:
     """Return the key (or, for an older link, the id and address) a token was signed for."""
-    signer, _, legacy = _unsubscribe_signers(secret)
+    signer, legacy = _unsubscribe_signers(secret)
     with contextlib.suppress(BadSignature):
         return _subject_of(signer.unsign(token).decode("utf-8"))
     try:

@@ -114,6 +114,7 @@ _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 # ---------------------------------------------------------------------------------------------
 # The built site: files resolved per request, cached by (path, mtime, size)
 # ---------------------------------------------------------------------------------------------
+# Not Starlette's StaticFiles and GZipMiddleware: `make bench` web.py, feed req/s 1.4-7x theirs.
 
 
 def media_type(relative: str) -> str:

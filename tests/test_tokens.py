@@ -113,8 +113,7 @@ def test_links_already_sent_keep_working(subscriber_id: int, email: str) -> None
 
 @pytest.mark.parametrize("key", [KEY, new_key(), "x", "k" * KEY_LENGTH])
 def test_unsubscribe_token_is_what_itsdangerous_signs(key: str) -> None:
-    # Tokens are signed without itsdangerous's per-call key derivation; they must stay its
-    # bytes, so that they verify whichever way they were signed.
+    # Tokens must stay itsdangerous's bytes, so that links already sent keep verifying.
     reference = Signer(SECRET, salt=UNSUBSCRIBE_KEY_SALT, digest_method=hashlib.sha256)
     assert unsubscribe_token(SECRET, key) == reference.sign(key).decode()
     assert read_unsubscribe_token(SECRET, reference.sign(key).decode()) == key

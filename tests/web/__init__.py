@@ -1,0 +1,1 @@
+"""Tests of the web service, one file per concern."""
