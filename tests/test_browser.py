@@ -220,14 +220,16 @@ def _contrast(first: str, second: str) -> float:
 
 
 def _form_pages(live: LiveSite) -> list[str]:
-    """Return a page of each kind that has form controls: sign-up, confirm, unsubscribe, preview."""
+    """Return a page of each kind that has form controls: sign-up, confirm, unsubscribe,
+    preferences, preview."""
     email = "measured@example.org"
     with httpx2.Client() as client:
         assert client.post(live.url + "subscribe", data={"email": email}).status_code == 200
     confirm = link_in(_confirmation_for(live, email), live.url, "confirm")
     subscriber, _ = live.ledger.add_subscriber(subscriber_row("member@example.org", "M"))
-    return [live.url, live.url + "subscribe", confirm, _list_unsubscribe_url(live, subscriber),
-            live.url + "preview/"]
+    unsubscribe = _list_unsubscribe_url(live, subscriber)
+    return [live.url, live.url + "subscribe", confirm, unsubscribe,
+            unsubscribe.replace("/unsubscribe/", "/preferences/"), live.url + "preview/"]
 
 
 def test_form_controls_fit_a_finger_in_light_and_dark(live_site: LiveSite,
