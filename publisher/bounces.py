@@ -37,6 +37,8 @@ from publisher.calendar import Clock, utcnow
 from publisher.config import Config, ImapConfig
 from publisher.errors import ConfigError, MailboxError, SubscriberError
 from publisher.ledger import (
+    DIGEST_KEY,
+    DIGEST_SLUG,
     Ledger,
     ReturnKind,
     ReturnRow,
@@ -349,6 +351,8 @@ def edition_of(message_id: str) -> tuple[str, int] | None:
         return None
     if not all(c in "0123456789abcdef" for c in parts[2]):
         return None
+    if parts[0] == DIGEST_KEY and len(parts[1]) == 8:
+        return DIGEST_SLUG, int(parts[1])  # a daily digest: its row's slug, its date as year
     return parts[0], int(parts[1])
 
 

@@ -12,14 +12,12 @@ from dataclasses import dataclass
 from datetime import date
 
 from publisher.calendar import Event
-from publisher.ledger import digest_year
+from publisher.ledger import DIGEST_KEY, digest_year
 from publisher.mail import PREFERENCES, UNSUBSCRIBE, Edition, Mailer, reflow, slot
 from publisher.render import Language, language_of
 
 DIGEST_HTML_TEMPLATE = "digest.html"
 DIGEST_TEXT_TEMPLATE = "digest.txt"
-# The Message-ID's and MIME boundary's name of a digest: "@" may not stand in a Message-ID.
-DIGEST_KEY = "digest"
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from publisher.bounces import edition_of
 from publisher.calendar import Event
 from publisher.content import Article, load_article
 from publisher.digest import digest_edition
-from publisher.mail import GMAIL_CLIP_BYTES, Mailer, Recipient
+from publisher.ledger import DIGEST_SLUG
+from publisher.mail import GMAIL_CLIP_BYTES, Mailer, Recipient, message_id_for
 from publisher.tokens import read_unsubscribe_token
 from tests.test_mail import ADA, BASE_URL, SECRET, check_golden, make_config
 
@@ -102,3 +104,11 @@ def test_golden_digest(tmp_path: Path) -> None:
     check_golden("digest.eml", digest.message(Recipient(
         42, "ada@example.org", "Ada Lovelace", timezone="America/New_York",
         unsubscribe_key=ADA.unsubscribe_key)))
+
+
+def test_a_return_quoting_a_digest_names_its_delivery(mailer: Mailer) -> None:
+    message_id = digest_edition(mailer, samples(), DAY).message_id(ADA)
+    assert edition_of(message_id) == (DIGEST_SLUG, 20260720)
+    # An article called "digest" keeps its own four-digit years.
+    assert edition_of(message_id_for("digest", 2026, ADA.email, "example.org")) == ("digest",
+                                                                                   2026)

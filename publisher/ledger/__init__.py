@@ -15,6 +15,7 @@ from __future__ import annotations
 from publisher.config import SUBSCRIBER_STATUSES as SUBSCRIBER_STATUSES
 from publisher.config import SubscriberStatus as SubscriberStatus
 from publisher.ledger.deliveries import (
+    DIGEST_KEY,
     DIGEST_SLUG,
     DIGEST_WAITING,
     Claim,
@@ -58,7 +59,7 @@ from publisher.ledger.subscribers import (
 )
 
 __all__ = [
-    "ALL_ZONES", "DIGEST_SLUG", "DIGEST_WAITING", "MIGRATIONS", "SUBSCRIBER_STATUSES",
+    "ALL_ZONES", "DIGEST_KEY", "DIGEST_SLUG", "DIGEST_WAITING", "MIGRATIONS", "SUBSCRIBER_STATUSES",
     "SUPPRESSED", "AddOutcome", "AllZones", "Claim", "DeliveryCount", "DeliveryStatus", "Ledger",
     "PendingSignUp", "Problem", "RemoveOutcome", "ReturnCount", "ReturnEffect", "ReturnKind",
     "ReturnRow", "ReturnTarget", "Subscriber", "SubscriberStatus", "ZoneChoice", "accepted",

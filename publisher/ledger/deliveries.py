@@ -56,6 +56,8 @@ DeliveryStatus = Literal["pending", "sending", "sent", "deferred", "failed", "sk
 # subscriber and local date. The appearances it carries wait, due at DIGEST_WAITING (never),
 # until the digest's outcome is theirs.
 DIGEST_SLUG = "@digest"
+# What a digest's Message-ID is named by, with its date: "@" may not stand in a Message-ID.
+DIGEST_KEY = "digest"
 DIGEST_WAITING = datetime(9999, 12, 31, tzinfo=UTC)
 
 
