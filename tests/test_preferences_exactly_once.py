@@ -3,7 +3,7 @@
 The ledger is driven as the daemon drives it: each day's appearances are queued at the group's
 moment, then claimed in batches and recorded as the server accepts each message. Between any
 two steps a subscriber may switch between single emails and a digest or change which
-anniversaries they want, and a sender may die after claiming (its lease then runs out and
+anniversaries and topics they want, and a sender may die after claiming (its lease then runs out and
 another sender takes the rows over) or after the server accepted a message but before the
 ledger folded that in. Whatever the schedule:
 
@@ -31,15 +31,17 @@ SITE_ZONE = "UTC"
 AT = time(9, 0)
 LEASE = timedelta(minutes=5)
 GIVE_UP = timedelta(hours=48)
-# Each day's appearances: (slug, year, years since the first publication).
+# Each day's appearances: (slug, year, years since the first publication, tags).
 DAYS = {
-    date(2025, 6, 5): (("one", 2025, 1), ("six", 2025, 6), ("ten", 2025, 10)),
-    date(2025, 6, 6): (("fifty", 2025, 50), ("two", 2025, 2)),
+    date(2025, 6, 5): (("one", 2025, 1, ("space",)), ("six", 2025, 6, ()),
+                       ("ten", 2025, 10, ("space", "history"))),
+    date(2025, 6, 6): (("fifty", 2025, 50, ("history",)), ("two", 2025, 2, ("space",))),
 }
 READERS = ("ada@example.org", "bo@example.org", "cy@example.org")
 
 choice = st.builds(Choices, years=st.sampled_from([None, "milestones", (2, 6)]),
-                   frequency=st.sampled_from(["each", "digest"]))
+                   frequency=st.sampled_from(["each", "digest"]),
+                   tags=st.sampled_from([None, ("space",), ("history",)]))
 change = st.tuples(st.sampled_from(range(len(READERS))), choice)
 # What a sender does with its next claimed message: send it, die before sending it (its lease
 # runs out), or die after the server accepted it (the acceptance is recorded, not folded in).
@@ -75,11 +77,11 @@ class Run:
 
     def queue(self, day: date) -> None:
         """Queue the day's appearances for the site's group, then its digests."""
-        for slug, year, years_since in DAYS[day]:
+        for slug, year, years_since, tags in DAYS[day]:
             self.ledger.enqueue(slug, year, day, due_at=self.now, give_up_at=self.now + GIVE_UP,
                                 zone=None, site_zone=SITE_ZONE, now=self.now,
                                 groups=[DeliveryGroup(SITE_ZONE, AT)], site_time=AT,
-                                years_since=years_since, tags=())
+                                years_since=years_since, tags=tags)
         self.ledger.enqueue_digests(day, due_at=self.now, give_up_at=self.now + GIVE_UP,
                                     now=self.now)
 
@@ -119,8 +121,8 @@ def wants(run: Run, ids: dict[str, int], day: date) -> set[tuple[int, str, int]]
     for sid in ids.values():
         subscriber = run.ledger.get_subscriber(sid)
         assert subscriber is not None
-        found |= {(sid, slug, year) for slug, year, years in DAYS[day]
-                  if subscriber.choices.wants(years, ())}
+        found |= {(sid, slug, year) for slug, year, years, tags in DAYS[day]
+                  if subscriber.choices.wants(years, tags)}
     return found
 
 
