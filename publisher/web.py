@@ -47,9 +47,10 @@ from publisher import transports
 from publisher.calendar import Clock, Event, local_date, utcnow
 from publisher.config import Config
 from publisher.content import ArticleCache, load_articles
+from publisher.digest import digest_edition
 from publisher.errors import ContentError, PublisherError, SubscriberError, TokenError
 from publisher.feeds import FEEDS, build_feeds
-from publisher.ledger import Ledger, Subscriber
+from publisher.ledger import DIGEST_SLUG, Ledger, Subscriber
 from publisher.mail import Mailer, Preview, Recipient
 from publisher.preferences import Choices, parse_choices, tag_key
 from publisher.render import render
@@ -513,8 +514,15 @@ class Previews:
         return upcoming_events(self.config, start, days, cache=self.cache)
 
     def email(self, slug: str, day: date) -> Preview | None:
-        """Return the sample subscriber's email of one article on one day, or None."""
+        """Return the sample subscriber's email of one article on one day, or None.
+
+        The slug ``@digest`` names the day's digest, holding every appearance of the day.
+        """
         calendar, _ = load_calendar(self.config, self.cache)
+        if slug == DIGEST_SLUG:
+            events = calendar.events_on(day)
+            return (digest_edition(self.mailer, events, day).preview(SAMPLE_RECIPIENT)
+                    if events else None)
         for event in calendar.events_on(day):
             if event.article.slug == slug:
                 return self.mailer.edition(event).preview(SAMPLE_RECIPIENT)

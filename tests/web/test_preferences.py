@@ -136,3 +136,14 @@ def test_a_bad_choice_at_sign_up_is_400_and_stores_nothing(web_site: WebSite) ->
     assert response.status_code == 400
     assert "Please check the years" in response.text
     assert web_site.ledger.find_subscriber("new@example.org") is None
+
+
+def test_the_preview_shows_the_days_digest(web_site: WebSite) -> None:
+    client = web_site.client()
+    listing = client.get("/preview/?days=1").text
+    assert 'href="../preview/email/2026-03-14/@digest.html"' in listing
+    digest = client.get("/preview/email/2026-03-14/@digest.txt")
+    assert digest.status_code == 200
+    assert digest.text.startswith("Subject: Web <Anniversaries>: 14 March 2026")
+    assert "Pi day & <circles>" in digest.text and "A birthday" in digest.text
+    assert client.get("/preview/email/2026-03-15/@digest.html").status_code == 404
