@@ -29,6 +29,8 @@ MILESTONES = "milestones"
 # Milestones: 1, 5, 10, 25, 50, 75, 100 and every 25 after.
 _FIRST_MILESTONES = frozenset({1, 5, 10})
 MAX_YEARS = 50
+# The limits publisher.content sets on an article's tags (not imported: reading the ledger must
+# not load the Markdown and YAML parsers).
 MAX_TAGS = 50
 TAG_LENGTH = 100
 # The widest encoded column: 50 tags of 100 characters and their commas.
@@ -75,7 +77,8 @@ class Choices:
     def wants(self, years_since: int, tags: Iterable[str]) -> bool:
         """Return whether an appearance ``years_since`` after the first, so tagged, is wanted.
 
-        The same rule as :func:`appearance_filter`, for one subscriber in Python.
+        The same rule as :func:`years_filter` and :func:`tags_filter`, for one subscriber in
+        Python.
         """
         if years_since and self.years is not None:
             if self.years == MILESTONES:
@@ -110,7 +113,7 @@ class Choices:
                 "tags": ",".join(self.tags) if self.tags is not None else ""}
 
     def describe(self) -> str:
-        """Describe the choices in a few words, for ``subscribers list``."""
+        """Describe the choices in a few words, as ``subscribers set`` confirms them."""
         cells = self.cells()
         return (f"{cells['frequency']} {cells['years']} at {self.at or 'publish time'} "
                 f"tags {cells['tags'] or 'all'}")
@@ -239,12 +242,6 @@ def tags_filter(subscribers: Table, tags: Iterable[str]) -> ColumnElement[bool]:
     keys = sorted({key for tag in tags if (key := tag_key(tag))})
     return or_(column.is_(None),
                *(column.contains(f",{key},", autoescape=True) for key in keys))
-
-
-def appearance_filter(subscribers: Table, years_since: int, tags: Iterable[str]
-                      ) -> ColumnElement[bool]:
-    """Return the condition on ``subscribers`` of wanting one appearance of one article."""
-    return and_(years_filter(subscribers, years_since), tags_filter(subscribers, tags))
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,6 @@ FileMaker = Callable[[], bytes]
 TopicFile = tuple[str, tuple[Article, ...], FileMaker]
 
 
-def tag_folder(tag: str) -> str:
-    """Return the folder of a tag's feeds, relative to the site, ending in ``/``."""
-    return f"{TAGS_FOLDER}/{tag_key(tag)}/"
-
-
 def milestone_events(calendar: Calendar, day: date, limit: int) -> list[Event]:
     """Return up to ``limit`` milestone appearances on or before ``day``, newest first."""
     return calendar.recent(day, limit,
