@@ -223,8 +223,6 @@ class _Sender:
         if claim.items not in self.digests:
             events = [self._event(slug, on) for slug, _, on in claim.items]
             problems = [event for event in events if isinstance(event, str)]
-            if not claim.items:
-                problems.append(f"the digest of {claim.event_on} holds no appearance")
             if problems:
                 problem = f"cannot build the digest of {claim.event_on}: {problems[0]}"
                 self.report.problems.append(problem)
@@ -242,6 +240,9 @@ class _Sender:
 
     def build(self, claim: Claim) -> tuple[Envelope, str] | Outcome:
         """Return a claim's envelope and Message-ID, or the outcome that replaces sending."""
+        if claim.is_digest and not claim.items:
+            # Its appearances went another way (the subscriber left, say): nothing to send.
+            return Outcome("failed", None, "the digest holds no appearance")
         edition = self.digest(claim) if claim.is_digest else self.edition(claim)
         if isinstance(edition, str):
             # The operator can fix the article or template: retry on the usual schedule.
