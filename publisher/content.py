@@ -50,6 +50,10 @@ _FIELDS = {"title", "date", "anniversary", "summary", "tags", "author", "lang", 
 _Date = date
 
 
+ArticleRow = tuple[str, str, int, tuple[int, int], str, str, str, str, int | None,
+                   tuple[str, ...], str | None, str | None, bool]
+
+
 @dataclass(frozen=True)
 class Article:
     """One dated article, ready to be published on its date and its anniversaries."""
@@ -67,6 +71,22 @@ class Article:
     author: str | None = None
     lang: str | None = None
     recurring: bool = True
+
+    def row(self) -> ArticleRow:
+        """Return the fields as plain values for :mod:`marshal`: dates as ordinals, path as text."""
+        return (self.slug, self.title, self.date.toordinal(), self.anniversary, self.body_html,
+                self.body_text, self.summary, str(self.source),
+                None if self.commemorated is None else self.commemorated.toordinal(), self.tags,
+                self.author, self.lang, self.recurring)
+
+    @classmethod
+    def from_row(cls, row: ArticleRow) -> Article:
+        """Return the article whose :meth:`row` this is."""
+        (slug, title, day, anniversary, body_html, body_text, summary, source, commemorated,
+         tags, author, lang, recurring) = row
+        return cls(slug, title, _Date.fromordinal(day), anniversary, body_html, body_text,
+                   summary, Path(source), None if commemorated is None
+                   else _Date.fromordinal(commemorated), tags, author, lang, recurring)
 
     @property
     def month_day(self) -> str:
@@ -522,6 +542,15 @@ class ArticleCache:
             with contextlib.suppress(ContentError, OSError):
                 self.load(Path(name), (size, mtime_ns))
         return self
+
+    def entries(self) -> Iterator[tuple[str, int, int, Article | ContentError]]:
+        """Yield each file held: its path, size, modification time and what it parsed to."""
+        for name, (size, mtime_ns, result) in self._entries.items():
+            yield name, size, mtime_ns, result
+
+    def hold(self, name: str, size: int, mtime_ns: int, result: Article | ContentError) -> None:
+        """Hold what the file ``name`` parsed to (e.g. in an earlier process)."""
+        self._entries[name] = (size, mtime_ns, result)
 
     def absorb(self, other: ArticleCache) -> None:
         """Take over what another cache parsed (e.g. in another process)."""

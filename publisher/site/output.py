@@ -30,7 +30,7 @@ from publisher.errors import OutputError
 # In every built site: the latest Last-Modified second any of its files was given, so that the
 # next build (after a restart, or by another instance) dates its new files strictly later.
 MODIFIED_MARK = ".modified"
-CACHE_FORMAT = 1  # bumped when what the cache files hold changes shape
+CACHE_FORMAT = 2  # bumped when what the cache files hold changes shape
 MANIFEST = "manifest.pickle"
 ARTICLES = "articles-{:02d}.pickle"
 
