@@ -183,8 +183,7 @@ def _keep(target: Path, code: tuple[object, ...], content: tuple[FileStamp, ...]
         output.save_kept(target, code, shard, _pack(keep, ics.kept_blocks(articles)))
 
 
-# Plain values through marshal, not objects through pickle: loading the kept articles takes a
-# third of the time (make bench, build.py: one article edited, new process <= 0.1 x Hugo).
+# Marshal, not pickle: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
 KeptEvents = dict[tuple[SiteConfig, Article, LeapDay], bytes]
 
 
