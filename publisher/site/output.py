@@ -192,9 +192,14 @@ def _save(path: Path, code: tuple[object, ...], value: object) -> None:
 def stamps_of(target: Path, relatives: Iterable[str]) -> tuple[OutputStamp, ...]:
     """Return the inode, size and mtime of each file below ``target``."""
     stamps = []
-    for relative in relatives:
-        stat = os.stat(os.path.join(target, relative))
-        stamps.append((relative, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    # Relative to the open folder: make bench, build.py, again, nothing changed <= 0.05 x Hugo.
+    folder = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for relative in relatives:
+            stat = os.stat(relative, dir_fd=folder)
+            stamps.append((relative, stat.st_ino, stat.st_size, stat.st_mtime_ns))
+    finally:
+        os.close(folder)
     return tuple(stamps)
 
 
