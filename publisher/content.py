@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import html
 import os
 import re
@@ -12,13 +13,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-import yaml
 from markdown_it_pyrs import MarkdownIt
 
 from publisher.errors import ContentError, DuplicateSlugError, UnreadableError
+
+if TYPE_CHECKING:
+    import yaml
 
 ARTICLE_SUFFIXES = (".md", ".txt")
 # What one article may cost: its file, and each field that every page, feed and email repeats.
@@ -116,19 +119,25 @@ def render_markdown(text: str) -> str:
     return str(_markdown.render(text))
 
 
-# libyaml's parser where PyYAML was built with it: the pure-Python one costs more than
-# rendering the Markdown of a typical article.
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+@functools.cache
+def _front_matter_loader() -> type[yaml.SafeLoader]:
+    """Return the safe YAML loader that keeps dates as text, so that impossible ones get a
+    clear error."""
+    # Imported on the first parse: make bench, build.py, again, nothing changed <= 0.05 x Hugo.
+    import yaml
 
+    # libyaml's parser where PyYAML was built with it: the pure-Python one costs more than
+    # rendering the Markdown of a typical article.
+    safe: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-class _FrontMatterLoader(_SafeLoader):  # type: ignore[valid-type,misc]
-    """Safe YAML loader that keeps dates as text so that impossible ones get a clear error."""
+    class FrontMatterLoader(safe):  # type: ignore[valid-type,misc]
+        pass
 
-
-_FrontMatterLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+    FrontMatterLoader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return FrontMatterLoader
 
 
 def read_article_bytes(path: Path) -> bytes:
@@ -306,7 +315,9 @@ def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], dict[str, int]
 
 def yaml_front_matter(path: Path, block: str) -> tuple[dict[str, Any], dict[str, int]]:
     """Read a front matter block with libyaml: its fields, and the file line of each key."""
-    loader = _FrontMatterLoader(block)
+    import yaml
+
+    loader = _front_matter_loader()(block)
     try:
         node = loader.get_single_node()
         if node is not None and "*" in block:  # no alias without its star
@@ -337,6 +348,8 @@ def yaml_front_matter(path: Path, block: str) -> tuple[dict[str, Any], dict[str,
 
 def _refuse_aliases(path: Path, document: yaml.Node) -> None:
     """Raise for a YAML alias (``*name``): a few bytes of one can stand for megabytes."""
+    import yaml
+
     # The composer turns an alias into the node it names, so a node met twice is an alias.
     if not isinstance(document, yaml.MappingNode):
         return  # refused as it is, whatever it holds
@@ -629,6 +642,8 @@ def import_plain(path: Path, out_dir: Path | None = None, *, force: bool = False
 def to_markdown(article: Article) -> str:
     """Write an article as Markdown with front matter, for ``publisher import``."""
     front = {"title": article.title, "date": article.date.isoformat()}
+    import yaml
+
     head = yaml.safe_dump(front, allow_unicode=True, sort_keys=False, width=1000)
     paragraphs = article.body_text.split("\n\n")
     return f"---\n{head}---\n\n" + "\n\n".join(_escape_markdown(p) for p in paragraphs) + "\n"
