@@ -35,8 +35,7 @@ if TYPE_CHECKING:
 
     from publisher.site.pages import SiteFile
 
-# Holds the cold build <= 1.0 x Hugo (make bench, build.py): from this many article files or
-# pages, a second process parses and writes a share of them.
+# From this many files, two processes: make bench, build.py, cold build <= 1.0 x Hugo.
 PARALLEL_FROM = 1000
 
 
@@ -92,8 +91,7 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
                 env) == last.folders) and last.holds(
                     (site, day, _template_stamps(last.folders), code), content, target):
             return _again(last)
-        # Imported only now: a build that finds nothing changed never loads Jinja2, feedgen or
-        # icalendar (make bench, build.py: a new process, nothing changed <= 0.05 x Hugo).
+        # Only now: make bench, build.py, again, nothing changed (new process) <= 0.05 x Hugo.
         from publisher.site.pages import site_files
 
         env = env or site_environment(config)
@@ -124,8 +122,7 @@ def _writer(target: Path, last: Manifest | None, inputs: tuple[object, ...] | No
             ) -> Staging | InPlace:
     """Return how to write: in place when only articles changed since a build left every
     file as it recorded, else staged and swapped in."""
-    # In place: the one-article figure of make bench (build.py, <= 0.1 x Hugo) would
-    # otherwise be spent creating and removing a folder and a link per page.
+    # In place: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
     if last is None or inputs is None or last.inputs != inputs:
         return Staging.next_to(target)
     if last.intact(target):
@@ -342,8 +339,7 @@ def _report(view: DayView, target: Path, loaded: LoadResult, written: Written) -
 
 def _steady(env: jinja2.Environment) -> jinja2.Environment:
     """Return the environment for one build: each template checked for changes once."""
-    # Holds the cold build <= 1.0 x Hugo (make bench, build.py): Jinja2 otherwise looks at
-    # a template's file every time a page uses it, twice per page.
+    # Each file looked at once, not twice a page: make bench, build.py, cold build <= 1.0 x Hugo.
     steady = env.overlay(auto_reload=False)
     if steady.cache is not None:
         for key, template in list(steady.cache.items()):

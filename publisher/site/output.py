@@ -157,7 +157,7 @@ def load_kept(target: Path, code: tuple[object, ...]) -> list[object]:
 
 def save_kept(target: Path, code: tuple[object, ...], shard: int, kept: object) -> None:
     """Keep what the next build's process can reuse of the articles of one shard."""
-    # In shards: after one article changed, a sixteenth of them is written again.
+    # In shards, one rewritten: make bench, build.py, one article edited <= 0.1 x Hugo.
     _save(cache_folder(target) / ARTICLES.format(shard), code, kept)
 
 
@@ -459,7 +459,7 @@ def _place(path: str, previous: str | None, data: bytes, modified: int
             except OSError:
                 # e.g. a file system without hard links: write a copy, with the same date
                 modified = old.st_mtime_ns
-    # os-level calls: a file object would add a status and a terminal check per file.
+    # os-level calls, no file object: make bench, build.py, cold build <= 1.0 x Hugo.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
         view = memoryview(data)
