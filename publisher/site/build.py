@@ -177,7 +177,11 @@ def _keep(target: Path, code: tuple[object, ...], content: tuple[FileStamp, ...]
         keep.absorb(cache)
         keep.forget_missing(map(Path, names))
         articles = [article for _, article in keep.fresh(content)]
-        output.save_kept(target, code, shard, _pack(keep, ics.kept_blocks(articles)))
+        try:
+            packed = _pack(keep, ics.kept_blocks(articles))
+        except ValueError:  # a value marshal cannot write: parsed again by the next process
+            continue
+        output.save_kept(target, code, shard, packed)
 
 
 # Marshal, not pickle: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
@@ -286,13 +290,13 @@ def _write(writer: Staging | InPlace, target: Path, files: list[Placing], pages:
     try:
         with _pool() as pool:
             placed: Future[Written] = pool.submit(_write_share)
-            # Queued now, not after the swap: make bench, build.py, cold build <= 1.0 x Hugo.
+            # Queued now, not after both shares: make bench, build.py, cold build <= 1.0 x Hugo.
             kept = pool.submit(_keep_share) if keep is not None else None
             done = writer.write(ours)
             done.add(placed.result())
+            writer.publish(target, bool(done.written or done.removed))
             if kept is not None:
                 kept.result()
-            writer.publish(target, bool(done.written or done.removed))
     finally:
         _share = _kept = None
     return done
