@@ -641,9 +641,9 @@ def import_plain(path: Path, out_dir: Path | None = None, *, force: bool = False
 
 def to_markdown(article: Article) -> str:
     """Write an article as Markdown with front matter, for ``publisher import``."""
-    front = {"title": article.title, "date": article.date.isoformat()}
     import yaml
 
+    front = {"title": article.title, "date": article.date.isoformat()}
     head = yaml.safe_dump(front, allow_unicode=True, sort_keys=False, width=1000)
     paragraphs = article.body_text.split("\n\n")
     return f"---\n{head}---\n\n" + "\n\n".join(_escape_markdown(p) for p in paragraphs) + "\n"
