@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import html
 import os
 import re
@@ -12,13 +13,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-import yaml
 from markdown_it_pyrs import MarkdownIt
 
 from publisher.errors import ContentError, DuplicateSlugError, UnreadableError
+
+if TYPE_CHECKING:
+    import yaml
 
 ARTICLE_SUFFIXES = (".md", ".txt")
 # What one article may cost: its file, and each field that every page, feed and email repeats.
@@ -50,6 +53,10 @@ _FIELDS = {"title", "date", "anniversary", "summary", "tags", "author", "lang", 
 _Date = date
 
 
+ArticleRow = tuple[str, str, int, tuple[int, int], str, str, str, str, int | None,
+                   tuple[str, ...], str | None, str | None, bool]
+
+
 @dataclass(frozen=True)
 class Article:
     """One dated article, ready to be published on its date and its anniversaries."""
@@ -67,6 +74,26 @@ class Article:
     author: str | None = None
     lang: str | None = None
     recurring: bool = True
+
+    def __hash__(self) -> int:
+        # Not both bodies: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
+        return hash((self.source, self.slug, self.date))
+
+    def row(self) -> ArticleRow:
+        """Return the fields as plain values for :mod:`marshal`: dates as ordinals, path as text."""
+        return (self.slug, self.title, self.date.toordinal(), self.anniversary, self.body_html,
+                self.body_text, self.summary, str(self.source),
+                None if self.commemorated is None else self.commemorated.toordinal(), self.tags,
+                self.author, self.lang, self.recurring)
+
+    @classmethod
+    def from_row(cls, row: ArticleRow) -> Article:
+        """Return the article whose :meth:`row` this is."""
+        (slug, title, day, anniversary, body_html, body_text, summary, source, commemorated,
+         tags, author, lang, recurring) = row
+        return cls(slug, title, _Date.fromordinal(day), anniversary, body_html, body_text,
+                   summary, Path(source), None if commemorated is None
+                   else _Date.fromordinal(commemorated), tags, author, lang, recurring)
 
     @property
     def month_day(self) -> str:
@@ -92,19 +119,25 @@ def render_markdown(text: str) -> str:
     return str(_markdown.render(text))
 
 
-# libyaml's parser where PyYAML was built with it: the pure-Python one costs more than
-# rendering the Markdown of a typical article.
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+@functools.cache
+def _front_matter_loader() -> type[yaml.SafeLoader]:
+    """Return the safe YAML loader that keeps dates as text, so that impossible ones get a
+    clear error."""
+    # Imported on the first parse: make bench, build.py, again, nothing changed <= 0.05 x Hugo.
+    import yaml
 
+    # libyaml's parser where PyYAML was built with it: the pure-Python one costs more than
+    # rendering the Markdown of a typical article.
+    safe: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
-class _FrontMatterLoader(_SafeLoader):  # type: ignore[valid-type,misc]
-    """Safe YAML loader that keeps dates as text so that impossible ones get a clear error."""
+    class FrontMatterLoader(safe):  # type: ignore[valid-type,misc]
+        pass
 
-
-_FrontMatterLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
+    FrontMatterLoader.yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    return FrontMatterLoader
 
 
 def read_article_bytes(path: Path) -> bytes:
@@ -282,7 +315,9 @@ def _front_matter(path: Path, text: str) -> tuple[dict[str, Any], dict[str, int]
 
 def yaml_front_matter(path: Path, block: str) -> tuple[dict[str, Any], dict[str, int]]:
     """Read a front matter block with libyaml: its fields, and the file line of each key."""
-    loader = _FrontMatterLoader(block)
+    import yaml
+
+    loader = _front_matter_loader()(block)
     try:
         node = loader.get_single_node()
         if node is not None and "*" in block:  # no alias without its star
@@ -313,6 +348,8 @@ def yaml_front_matter(path: Path, block: str) -> tuple[dict[str, Any], dict[str,
 
 def _refuse_aliases(path: Path, document: yaml.Node) -> None:
     """Raise for a YAML alias (``*name``): a few bytes of one can stand for megabytes."""
+    import yaml
+
     # The composer turns an alias into the node it names, so a node met twice is an alias.
     if not isinstance(document, yaml.MappingNode):
         return  # refused as it is, whatever it holds
@@ -468,13 +505,15 @@ class ArticleCache:
         # Keyed by the path as text, as file stamps name it: a Path costs more to make.
         self._entries: dict[str, tuple[int, int, Article | ContentError]] = {}
 
-    def load(self, path: Path, stamp: tuple[int, int] | None = None) -> Article:
+    def load(self, path: Path | str, stamp: tuple[int, int] | None = None) -> Article:
         """Return the article at ``path``, parsing it only when the file changed.
 
         ``stamp``: the file's size and modification time as just listed, instead of asking the
         file system again.
         """
+        # Text until parsed: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
         if stamp is None:
+            path = Path(path)
             try:
                 found = path.stat()
             except OSError:
@@ -487,7 +526,7 @@ class ArticleCache:
             result = entry[2]
         else:
             try:
-                result = load_article(path)
+                result = load_article(Path(path))
             except UnreadableError:
                 # Not remembered: a permission given back changes no stamp.
                 self._entries.pop(key, None)
@@ -523,11 +562,20 @@ class ArticleCache:
                 self.load(Path(name), (size, mtime_ns))
         return self
 
+    def entries(self) -> Iterator[tuple[str, int, int, Article | ContentError]]:
+        """Yield each file held: its path, size, modification time and what it parsed to."""
+        for name, (size, mtime_ns, result) in self._entries.items():
+            yield name, size, mtime_ns, result
+
+    def hold(self, name: str, size: int, mtime_ns: int, result: Article | ContentError) -> None:
+        """Hold what the file ``name`` parsed to (e.g. in an earlier process)."""
+        self._entries[name] = (size, mtime_ns, result)
+
     def absorb(self, other: ArticleCache) -> None:
         """Take over what another cache parsed (e.g. in another process)."""
         self._entries.update(other._entries)
 
-    def forget_missing(self, seen: Iterable[Path]) -> None:
+    def forget_missing(self, seen: Iterable[Path | str]) -> None:
         """Drop entries for files that no longer exist."""
         keep = set(map(str, seen))
         for name in list(self._entries):
@@ -544,25 +592,23 @@ def load_articles(content_dir: Path, cache: ArticleCache | None = None, *,
     """
     result = LoadResult()
     cache = cache or ArticleCache()
-    seen: dict[str, Path] = {}
-    paths: list[Path] = []
+    seen: dict[str, str] = {}
+    names: list[str] = []
     for name, size, mtime_ns in content_stamps(content_dir) if stamps is None else stamps:
-        path = Path(name)
-        stamp = (size, mtime_ns)
-        paths.append(path)
+        names.append(name)
         try:
-            article = cache.load(path, stamp)
+            article = cache.load(name, (size, mtime_ns))
         except ContentError as exc:
             result.errors.append(exc)
             continue
         if article.slug in seen:
             result.errors.append(DuplicateSlugError(
                 f"slug {article.slug!r} is already used by {seen[article.slug]}",
-                path=path, field="slug"))
+                path=Path(name), field="slug"))
             continue
-        seen[article.slug] = path
+        seen[article.slug] = name
         result.articles.append(article)
-    cache.forget_missing(paths)
+    cache.forget_missing(names)
     return result
 
 
@@ -595,6 +641,8 @@ def import_plain(path: Path, out_dir: Path | None = None, *, force: bool = False
 
 def to_markdown(article: Article) -> str:
     """Write an article as Markdown with front matter, for ``publisher import``."""
+    import yaml
+
     front = {"title": article.title, "date": article.date.isoformat()}
     head = yaml.safe_dump(front, allow_unicode=True, sort_keys=False, width=1000)
     paragraphs = article.body_text.split("\n\n")

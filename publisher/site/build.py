@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from publisher.calendar import Calendar, local_date, utcnow
-from publisher.config import Config
+from publisher.config import Config, LeapDay, SiteConfig
 from publisher.content import (
     Article,
     ArticleCache,
+    ArticleRow,
     FileStamp,
     LoadResult,
     content_stamps,
@@ -34,8 +35,7 @@ if TYPE_CHECKING:
 
     from publisher.site.pages import SiteFile
 
-# Holds the cold build <= 1.0 x Hugo (make bench, build.py): from this many article files or
-# pages, a second process parses and writes a share of them.
+# From this many files, two processes: make bench, build.py, cold build <= 1.0 x Hugo.
 PARALLEL_FROM = 1000
 
 
@@ -91,8 +91,7 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
                 env) == last.folders) and last.holds(
                     (site, day, _template_stamps(last.folders), code), content, target):
             return _again(last)
-        # Imported only now: a build that finds nothing changed never loads Jinja2, feedgen or
-        # icalendar (make bench, build.py: a new process, nothing changed <= 0.05 x Hugo).
+        # Only now: make bench, build.py, again, nothing changed (new process) <= 0.05 x Hugo.
         from publisher.site.pages import site_files
 
         env = env or site_environment(config)
@@ -123,8 +122,7 @@ def _writer(target: Path, last: Manifest | None, inputs: tuple[object, ...] | No
             ) -> Staging | InPlace:
     """Return how to write: in place when only articles changed since a build left every
     file as it recorded, else staged and swapped in."""
-    # In place: the one-article figure of make bench (build.py, <= 0.1 x Hugo) would
-    # otherwise be spent creating and removing a folder and a link per page.
+    # In place: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
     if last is None or inputs is None or last.inputs != inputs:
         return Staging.next_to(target)
     if last.intact(target):
@@ -155,9 +153,8 @@ def _load(config: Config, target: Path, content: tuple[FileStamp, ...] | None,
         ours = ArticleCache()
         ours.absorb(cache)
         for kept in output.load_kept(target, code):
-            if isinstance(kept, tuple) and len(kept) == 2 and isinstance(kept[0], ArticleCache):
-                cache.absorb(kept[0])
-                ics.keep_blocks(kept[1])
+            if isinstance(kept, bytes):
+                ics.keep_blocks(_unpack(kept, cache))
         cache.absorb(ours)  # what this process parsed is at least as new
         stale = cache.stale(content)
         _parse(cache, stale)
@@ -180,7 +177,57 @@ def _keep(target: Path, code: tuple[object, ...], content: tuple[FileStamp, ...]
         keep.absorb(cache)
         keep.forget_missing(map(Path, names))
         articles = [article for _, article in keep.fresh(content)]
-        output.save_kept(target, code, shard, (keep, ics.kept_blocks(articles)))
+        try:
+            packed = _pack(keep, ics.kept_blocks(articles))
+        except ValueError:  # a value marshal cannot write: parsed again by the next process
+            continue
+        output.save_kept(target, code, shard, packed)
+
+
+# Marshal, not pickle: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
+KeptEvents = dict[tuple[SiteConfig, Article, LeapDay], bytes]
+
+
+def _pack(cache: ArticleCache, blocks: KeptEvents) -> bytes:
+    """Return the parsed articles of ``cache`` and their calendar events as bytes."""
+    import marshal
+    import pickle
+
+    rows: list[tuple[str, int, int, ArticleRow]] = []
+    errors: list[tuple[str, int, int, ContentError]] = []
+    index: dict[int, int] = {}
+    for name, size, mtime_ns, result in cache.entries():
+        if isinstance(result, Article):
+            index[id(result)] = len(rows)
+            rows.append((name, size, mtime_ns, result.row()))
+        else:
+            errors.append((name, size, mtime_ns, result))
+    settings: list[tuple[SiteConfig, LeapDay]] = []
+    events: list[tuple[int, int, bytes]] = []
+    for (site, article, leap_day), block in blocks.items():
+        if id(article) in index:
+            if (site, leap_day) not in settings:
+                settings.append((site, leap_day))
+            events.append((index[id(article)], settings.index((site, leap_day)), block))
+    return marshal.dumps((rows, pickle.dumps(errors, pickle.HIGHEST_PROTOCOL),
+                          pickle.dumps(settings, pickle.HIGHEST_PROTOCOL), events))
+
+
+def _unpack(data: bytes, cache: ArticleCache) -> KeptEvents:
+    """Put the articles :func:`_pack` kept into ``cache``; return their calendar events."""
+    import marshal
+    import pickle
+
+    rows, errors, settings, events = marshal.loads(data)
+    articles = []
+    for name, size, mtime_ns, row in rows:
+        articles.append(Article.from_row(row))
+        cache.hold(name, size, mtime_ns, articles[-1])
+    for name, size, mtime_ns, error in pickle.loads(errors):
+        cache.hold(name, size, mtime_ns, error)
+    pairs = pickle.loads(settings)
+    return {(pairs[pair][0], articles[number], pairs[pair][1]): block
+            for number, pair, block in events}
 
 
 def _parse(cache: ArticleCache, stale: list[FileStamp]) -> None:
@@ -225,7 +272,7 @@ def _write(writer: Staging | InPlace, target: Path, files: list[Placing], pages:
     """Place every file and publish the site; keep the parsed articles (``keep``) meanwhile.
 
     On a large new site a worker process places every other page and the calendar, then
-    keeps the articles and their calendar events while this process swaps the site in.
+    keeps the articles and their calendar events while this process places the rest.
     """
     from publisher.ics import ICS_NAME
 
@@ -243,9 +290,10 @@ def _write(writer: Staging | InPlace, target: Path, files: list[Placing], pages:
     try:
         with _pool() as pool:
             placed: Future[Written] = pool.submit(_write_share)
+            # Queued now, not after both shares: make bench, build.py, cold build <= 1.0 x Hugo.
+            kept = pool.submit(_keep_share) if keep is not None else None
             done = writer.write(ours)
             done.add(placed.result())
-            kept = pool.submit(_keep_share) if keep is not None else None
             writer.publish(target, bool(done.written or done.removed))
             if kept is not None:
                 kept.result()
@@ -295,8 +343,7 @@ def _report(view: DayView, target: Path, loaded: LoadResult, written: Written) -
 
 def _steady(env: jinja2.Environment) -> jinja2.Environment:
     """Return the environment for one build: each template checked for changes once."""
-    # Holds the cold build <= 1.0 x Hugo (make bench, build.py): Jinja2 otherwise looks at
-    # a template's file every time a page uses it, twice per page.
+    # Each file looked at once, not twice a page: make bench, build.py, cold build <= 1.0 x Hugo.
     steady = env.overlay(auto_reload=False)
     if steady.cache is not None:
         for key, template in list(steady.cache.items()):
