@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -27,6 +27,7 @@ from publisher.ledger import (
     schema,
     schema_migrations,
 )
+from publisher.preferences import DeliveryGroup, parse_choices
 from publisher.status import delivery_status
 from publisher.subscriptions.fields import subscriber_row
 
@@ -129,6 +130,37 @@ def test_upgrade_indexes_the_counts_per_event_and_state(database_url: str) -> No
         assert indexes["ix_deliveries_event_status"] == ["event_on", "slug", "year", "status"]
         assert "ix_deliveries_event_on" not in indexes
         assert statuses(ledger) == {"pending": 2, "sending": 1}
+
+
+def test_upgrade_records_changes_of_time_from_then_on(database_url: str) -> None:
+    # A database as version 6 left it, with one subscriber who chose a time.
+    step = schema._add_changed_at
+    engine = create_engine(database_url)
+    naive = T0.replace(tzinfo=None)
+    with engine.begin() as conn:
+        schema_migrations.create(conn)
+        for version, earlier in enumerate(MIGRATIONS[:MIGRATIONS.index(step)], start=1):
+            earlier(conn)
+            conn.execute(schema_migrations.insert().values(version=version, applied_at=T0))
+        old = Table("subscribers", MetaData(), autoload_with=conn)
+        assert "changed_at" not in old.c
+        conn.execute(insert(old).values(email="ada@example.org", status="confirmed",
+                                        created_at=naive, updated_at=naive,
+                                        unsubscribe_key="key1", send_time="07:30"))
+    engine.dispose()
+    with Ledger.open(database_url) as ledger:
+        with ledger.engine.connect() as conn:
+            indexes = {i["name"]: i["column_names"]
+                       for i in inspect(conn).get_indexes("subscribers")}
+        assert indexes["ix_subscribers_changed"] == ["status", "changed_at"]
+        found = ledger.find_subscriber("ada@example.org")
+        assert found is not None and found.changed_at is None and found.send_time == "07:30"
+        ledger.set_choices(parse_choices(at="06:00"), email="ada@example.org", now=T0)
+        found = ledger.find_subscriber("ada@example.org")
+        assert found is not None and found.changed_at == T0
+        assert ledger.changed_groups(T0 - timedelta(seconds=1), "UTC", time(9)) == [
+            DeliveryGroup("UTC", time(6))]
+        assert ledger.changed_groups(T0, "UTC", time(9)) == []
 
 
 def test_sqlite_file_gets_its_folder_and_write_ahead_log(tmp_path: Path) -> None:

@@ -133,3 +133,33 @@ def test_the_reach_of_an_appearance_counts_only_those_who_want_it(ledger: Ledger
     assert reach(years_since=7, tags=["Science"]) == 2
     assert reach(years_since=7, tags=["history"]) == 1
     assert reach(years_since=0, tags=[]) == 2
+
+
+def changed_at(ledger: Ledger, email: str) -> object:
+    """Return when a subscriber's zone or choices last changed (None: never)."""
+    found = ledger.find_subscriber(email)
+    assert found is not None
+    return found.changed_at
+
+
+def test_a_new_time_or_zone_is_recorded_with_its_instant(run: Run, ledger: Ledger,
+                                                         tmp_path: Path) -> None:
+    assert run("subscribers", "add", "ada@example.org", "--timezone", "Europe/London")[0] == 0
+    assert run("subscribers", "add", "bo@example.org")[0] == 0
+    assert changed_at(ledger, "ada@example.org") is None
+    # Choices or a name that stay as they were change nothing.
+    assert run("subscribers", "set", "ada@example.org", "--every", "--each")[0] == 0
+    assert run("subscribers", "add", "ada@example.org", "--name", "Ada")[0] == 0
+    assert changed_at(ledger, "ada@example.org") is None
+    assert run("subscribers", "set", "ada@example.org", "--time", "07:30")[0] == 0
+    moved = changed_at(ledger, "ada@example.org")
+    assert moved is not None
+    assert run("subscribers", "add", "bo@example.org", "--timezone", "Asia/Tokyo")[0] == 0
+    assert changed_at(ledger, "bo@example.org") is not None
+    # Importing known addresses leaves them as they are, their choices included.
+    path = tmp_path / "known.csv"
+    path.write_text("email,time\nada@example.org,06:00\ncy@example.org,06:00\n",
+                    encoding="utf-8")
+    assert import_csv(ledger, path).added == 1
+    assert changed_at(ledger, "ada@example.org") == moved
+    assert changed_at(ledger, "cy@example.org") is None

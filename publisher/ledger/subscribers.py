@@ -76,6 +76,7 @@ class Subscriber:
     frequency: str | None = None
     send_time: str | None = None
     tags: str | None = None
+    changed_at: datetime | None = None  # when the zone or choices last changed
 
     @property
     def choices(self) -> Choices:
@@ -194,6 +195,8 @@ class SubscriberStore(Store):
                 changes["name"] = row.name
             if row.timezone is not None and row.timezone != current.timezone:
                 changes["timezone"] = row.timezone
+                if current.status == "confirmed":
+                    changes["changed_at"] = now
             outcome: AddOutcome = "updated" if changes else "unchanged"
             if current.status != "confirmed":
                 outcome = "confirmed" if current.status == "pending" else "resubscribed"
@@ -396,17 +399,26 @@ class SubscriberStore(Store):
         """Store a subscriber's choices, found by address or by link key; None when unknown.
 
         What is already queued stays as it is: a change applies from the next appearance
-        queued, so nothing already sent goes again and nothing queued is lost.
+        queued, so nothing already sent goes again and nothing queued is lost. A change that
+        changes something records its instant, for the tick to queue the day's mail of a
+        moment the subscriber moved to after it went by.
         """
         if (key is None) == (email is None):
             raise ValueError("give exactly one of key and email")
         match = (subscribers.c.unsubscribe_key == key if key is not None
                  else subscribers.c.email == normalise_address(str(email)))
+        now = now or utcnow()
         changes: dict[str, Any] = {"timezone": timezone} if timezone is not None else {}
+        changes.update(choices.columns())
         with self._write() as conn:
-            conn.execute(update(subscribers).where(match)
-                         .values(updated_at=now or utcnow(), **choices.columns(), **changes))
-            return subscriber_where(conn, match)
+            found = subscriber_where(conn, match)
+            if found is None:
+                return None
+            if any(getattr(found, name) != value for name, value in changes.items()):
+                changes["changed_at"] = now
+            conn.execute(update(subscribers).where(subscribers.c.id == found.id)
+                         .values(updated_at=now, **changes))
+            return subscriber_where(conn, subscribers.c.id == found.id)
 
     def statuses_of(self, emails: Iterable[str]) -> dict[str, SubscriberStatus]:
         """Return the status of each of these (normalised) addresses that is known."""
@@ -479,3 +491,18 @@ class SubscriberStore(Store):
                     found[DeliveryGroup(zone or site_zone,
                                         read_time(at) if at is not None else site_time)] = None
         return list(found)
+
+    def changed_groups(self, since: datetime, site_zone: str, site_time: time
+                       ) -> list[DeliveryGroup]:
+        """Return the groups of confirmed subscribers whose zone or choices changed after ``since``.
+
+        NULLs count as the site's zone and time, as in :meth:`subscriber_groups`.
+        """
+        with self._read() as conn:
+            rows = conn.execute(
+                select(subscribers.c.timezone, subscribers.c.send_time).distinct()
+                .where(subscribers.c.changed_at > since,
+                       subscribers.c.status == "confirmed")).all()
+        return list(dict.fromkeys(
+            DeliveryGroup(zone or site_zone, read_time(at) if at is not None else site_time)
+            for zone, at in rows))

@@ -57,6 +57,19 @@ def test_saving_stores_every_choice(web_site: WebSite) -> None:
     assert choices_of(web_site) == Choices((3, 7))
 
 
+def test_saving_a_new_time_records_when(web_site: WebSite) -> None:
+    path = member(web_site)
+    form = {"anniversaries": "every", "frequency": "each", "time": ""}
+    assert web_site.client().post(path, data=form, headers=SAME_SITE).status_code == 200
+    found = web_site.ledger.find_subscriber("member@example.org")
+    assert found is not None and found.changed_at is None  # nothing changed
+    web_site.clock.advance(minutes=5)
+    assert web_site.client().post(path, data={**form, "time": "06:45"},
+                                  headers=SAME_SITE).status_code == 200
+    found = web_site.ledger.find_subscriber("member@example.org")
+    assert found is not None and found.changed_at == web_site.clock.now
+
+
 def test_a_bad_choice_is_400_and_changes_nothing(web_site: WebSite) -> None:
     path = member(web_site)
     response = web_site.client().post(path, data={**DIGEST_MILESTONES, "time": "25:00"},
