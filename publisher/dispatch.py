@@ -114,15 +114,17 @@ def worker_name() -> str:
 def enqueue_event(ledger: Ledger, event: Event, due_at: datetime, zone: ZoneChoice,
                   site_zone: str, *, give_up_after: timedelta, now: datetime | None = None,
                   groups: Sequence[DeliveryGroup] | None = None,
-                  site_time: time | None = None) -> int:
+                  site_time: time | None = None, changed_since: datetime | None = None) -> int:
     """Queue ``event`` for the confirmed subscribers of ``zone`` (or ``groups``) who want it.
 
-    Return how many rows were new.
+    ``changed_since``: only those whose zone or choices changed after it. Return how many
+    rows were new.
     """
     return ledger.enqueue(event.article.slug, event.year, event.on, due_at=due_at,
                           give_up_at=due_at + give_up_after, zone=zone, site_zone=site_zone,
                           now=now, groups=groups, site_time=site_time,
-                          years_since=event.years_since, tags=event.article.tags)
+                          years_since=event.years_since, tags=event.article.tags,
+                          changed_since=changed_since)
 
 
 def enqueue_digests(ledger: Ledger, day: date, due_at: datetime, *, give_up_after: timedelta,

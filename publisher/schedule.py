@@ -25,6 +25,7 @@ from publisher.calendar import (
     Clock,
     EventsByDay,
     latest_due_date,
+    local_date,
     next_appearances,
     plan_zone,
     publish_instant,
@@ -61,6 +62,10 @@ logger = logging.getLogger(__name__)
 
 # A failed build (e.g. a template error) is retried this often, or at once when content changes.
 BUILD_RETRY = timedelta(minutes=5)
+# Changes are looked for this far before the previous tick as well: one written by another
+# process (the web service) whose clock ran a little behind, or that committed after that tick
+# looked, is still seen once.
+MOVED_MARGIN = timedelta(minutes=10)
 
 
 @dataclass
@@ -253,6 +258,40 @@ class Ticker:
             if events_on(day):
                 enqueue_digests(self.ledger, day, now,
                                 give_up_after=give_up_after, now=now)
+        if since is not None:
+            self._queue_moved(since, now, events_on, report)
+
+    def _queue_moved(self, since: datetime, now: datetime, events_on: EventsByDay,
+                     report: TickReport) -> None:
+        """Queue the day's mail of subscribers who moved to a moment that already went by.
+
+        Their new group's moment fell before the last tick, so no group's queueing reaches
+        them; the unique keys make queueing what they already have a no-op.
+        """
+        site = self.config.site
+        changed_since = since - MOVED_MARGIN
+        window = self.config.schedule.catch_up_days
+        for group in self.ledger.changed_groups(changed_since, site.timezone, site.publish_time):
+            try:
+                zone = ZoneInfo(group.zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue  # reported by the groups' own queueing
+            today = local_date(now, zone)
+            oldest = today - timedelta(days=window)
+            day = max(local_date(changed_since, zone), oldest)
+            while day <= today:
+                if publish_instant(day, group.at, zone) <= now and events_on(day):
+                    for event in events_on(day):
+                        queued = enqueue_event(
+                            self.ledger, event, now, None, site.timezone,
+                            give_up_after=self.policy.give_up_after, now=now, groups=[group],
+                            site_time=site.publish_time, changed_since=changed_since)
+                        if queued:
+                            report.events.add(event.key)
+                        report.queued += queued
+                    enqueue_digests(self.ledger, day, now,
+                                    give_up_after=self.policy.give_up_after, now=now)
+                day += timedelta(days=1)
 
     def _send(self, report: TickReport) -> None:
         report.sent = send_all(self.config, self.ledger, self.mailer, self._calendar,

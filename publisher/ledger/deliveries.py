@@ -183,12 +183,14 @@ class DeliveryStore(Store):
                 status: Literal["pending", "skipped"] = "pending",
                 reason: str | None = None, now: datetime | None = None,
                 groups: Sequence[DeliveryGroup] | None = None, site_time: time | None = None,
-                years_since: int | None = None, tags: Sequence[str] | None = None) -> int:
+                years_since: int | None = None, tags: Sequence[str] | None = None,
+                changed_since: datetime | None = None) -> int:
         """Insert one delivery per confirmed subscriber in ``zone`` lacking one; return how many.
 
         ``groups`` (with ``site_time``) narrows to subscribers of those zones and delivery
         times instead of ``zone``; ``years_since`` and ``tags`` leave out those whose choices
-        do not want this appearance. A subscriber taking a daily digest gets a row that waits
+        do not want this appearance; ``changed_since``, those whose zone and choices did not
+        change after it. A subscriber taking a daily digest gets a row that waits
         for the digest of ``event_on`` (see :meth:`enqueue_digests`) instead of falling due.
 
         One INSERT … SELECT … ON CONFLICT DO NOTHING: subscribers never pass through Python, and
@@ -202,6 +204,8 @@ class DeliveryStore(Store):
             where.append(years_filter(subscribers, years_since))
         if tags is not None:
             where.append(tags_filter(subscribers, tags))
+        if changed_since is not None:
+            where.append(subscribers.c.changed_at > changed_since)
         digest = subscribers.c.frequency == "digest"
         next_attempt: Any = literal(due_at, UtcDateTime())
         give_up: Any = literal(give_up_at, UtcDateTime())
