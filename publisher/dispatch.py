@@ -128,10 +128,13 @@ def enqueue_event(ledger: Ledger, event: Event, due_at: datetime, zone: ZoneChoi
 
 
 def enqueue_digests(ledger: Ledger, day: date, due_at: datetime, *, give_up_after: timedelta,
-                    now: datetime | None = None) -> int:
-    """Queue the digest of local date ``day`` for whoever has appearances waiting in one."""
+                    now: datetime | None = None, changed_since: datetime | None = None) -> int:
+    """Queue the digest of local date ``day`` for whoever has appearances waiting in one.
+
+    ``changed_since``: only for those whose zone or choices changed after it.
+    """
     return ledger.enqueue_digests(day, due_at=due_at, give_up_at=due_at + give_up_after,
-                                  now=now)
+                                  now=now, changed_since=changed_since)
 
 
 def skip_event(ledger: Ledger, event: Event, due_at: datetime, zone: ZoneChoice,

@@ -271,6 +271,8 @@ class Ticker:
         site = self.config.site
         changed_since = since - MOVED_MARGIN
         window = self.config.schedule.catch_up_days
+        give_up_after = self.policy.give_up_after
+        days: set[date] = set()
         for group in self.ledger.changed_groups(changed_since, site.timezone, site.publish_time):
             try:
                 zone = ZoneInfo(group.zone)
@@ -281,17 +283,19 @@ class Ticker:
             day = max(local_date(changed_since, zone), oldest)
             while day <= today:
                 if publish_instant(day, group.at, zone) <= now and events_on(day):
+                    days.add(day)
                     for event in events_on(day):
                         queued = enqueue_event(
                             self.ledger, event, now, None, site.timezone,
-                            give_up_after=self.policy.give_up_after, now=now, groups=[group],
+                            give_up_after=give_up_after, now=now, groups=[group],
                             site_time=site.publish_time, changed_since=changed_since)
                         if queued:
                             report.events.add(event.key)
                         report.queued += queued
-                    enqueue_digests(self.ledger, day, now,
-                                    give_up_after=self.policy.give_up_after, now=now)
                 day += timedelta(days=1)
+        for day in sorted(days):
+            enqueue_digests(self.ledger, day, now, give_up_after=give_up_after, now=now,
+                            changed_since=changed_since)
 
     def _send(self, report: TickReport) -> None:
         report.sent = send_all(self.config, self.ledger, self.mailer, self._calendar,

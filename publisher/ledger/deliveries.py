@@ -233,17 +233,25 @@ class DeliveryStore(Store):
             return int(conn.execute(statement).rowcount)
 
     def enqueue_digests(self, day: date, *, due_at: datetime, give_up_at: datetime,
-                        now: datetime | None = None) -> int:
+                        now: datetime | None = None, changed_since: datetime | None = None
+                        ) -> int:
         """Queue the digest of local date ``day`` for each subscriber with appearances waiting.
 
         One digest per (subscriber, local date), kept so by the deliveries' unique key: a
-        digest row is (``@digest``, ``YYYYMMDD``, subscriber). Return how many were new.
+        digest row is (``@digest``, ``YYYYMMDD``, subscriber). ``changed_since``: only for
+        subscribers whose zone or choices changed after it. Return how many were new.
         """
         now = now or utcnow()
+        mine: list[ColumnElement[bool]] = []
+        if changed_since is not None:
+            # A few lookups per changed subscriber instead of reading the day's every digest.
+            mine.append(deliveries.c.subscriber_id.in_(select(subscribers.c.id).where(
+                subscribers.c.status == "confirmed", subscribers.c.changed_at > changed_since)))
         # From the index on (digest_on, subscriber_id) alone: a subscriber whose digest of
         # the day exists already only meets the unique key.
         waiting = (select(deliveries.c.subscriber_id).distinct()
-                   .where(deliveries.c.digest_on == day).order_by(deliveries.c.subscriber_id))
+                   .where(deliveries.c.digest_on == day, *mine)
+                   .order_by(deliveries.c.subscriber_id))
         source = select(
             literal(DIGEST_SLUG, String()), literal(digest_year(day), Integer()),
             literal(day, Date()), waiting.subquery().c.subscriber_id,
@@ -274,7 +282,7 @@ class DeliveryStore(Store):
                 conn.execute(update(deliveries).where(
                     deliveries.c.digest_on == day, deliveries.c.status == "pending",
                     deliveries.c.next_attempt_at == DIGEST_WAITING,
-                    deliveries.c.attempts == 0, late,
+                    deliveries.c.attempts == 0, late, *mine,
                 ).values(digest_on=None, next_attempt_at=due_at, give_up_at=give_up_at,
                          updated_at=now))
             return added
