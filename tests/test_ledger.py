@@ -7,11 +7,13 @@ import subprocess
 import sys
 import threading
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import MetaData, Table, create_engine, func, insert, inspect, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import StatementError
 
 from publisher.config import from_mapping
@@ -101,16 +103,20 @@ def test_database_newer_than_the_code_is_refused(database_url: str) -> None:
         Ledger.open(database_url)
 
 
+def migrate_to_before(conn: Connection, step: Callable[[Connection], None]) -> None:
+    """Apply and record every migration that comes before ``step``."""
+    schema_migrations.create(conn)
+    for version, earlier in enumerate(MIGRATIONS[:MIGRATIONS.index(step)], start=1):
+        earlier(conn)
+        conn.execute(schema_migrations.insert().values(version=version, applied_at=T0))
+
+
 def test_upgrade_indexes_the_counts_per_event_and_state(database_url: str) -> None:
     # A database as the version before left it: three deliveries of one event, one claimed.
-    step = schema._index_event_states
     engine = create_engine(database_url)
     naive = T0.replace(tzinfo=None)
     with engine.begin() as conn:
-        schema_migrations.create(conn)
-        for version, earlier in enumerate(MIGRATIONS[:MIGRATIONS.index(step)], start=1):
-            earlier(conn)
-            conn.execute(schema_migrations.insert().values(version=version, applied_at=T0))
+        migrate_to_before(conn, schema._index_event_states)
         old = Table("subscribers", MetaData(), autoload_with=conn)
         conn.execute(insert(old), [
             {"id": n, "email": f"reader{n}@example.org", "status": "confirmed",
@@ -134,14 +140,10 @@ def test_upgrade_indexes_the_counts_per_event_and_state(database_url: str) -> No
 
 def test_upgrade_records_changes_of_time_from_then_on(database_url: str) -> None:
     # A database as version 6 left it, with one subscriber who chose a time.
-    step = schema._add_changed_at
     engine = create_engine(database_url)
     naive = T0.replace(tzinfo=None)
     with engine.begin() as conn:
-        schema_migrations.create(conn)
-        for version, earlier in enumerate(MIGRATIONS[:MIGRATIONS.index(step)], start=1):
-            earlier(conn)
-            conn.execute(schema_migrations.insert().values(version=version, applied_at=T0))
+        migrate_to_before(conn, schema._add_changed_at)
         old = Table("subscribers", MetaData(), autoload_with=conn)
         assert "changed_at" not in old.c
         conn.execute(insert(old).values(email="ada@example.org", status="confirmed",
