@@ -176,6 +176,13 @@ def damaged_cache(config: Config, _: Path) -> Config:
     return config
 
 
+def allow_code_changes(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Let a change bump the version or install a library under ``folder``, undone afterwards."""
+    monkeypatch.setattr(publisher, "__version__", publisher.__version__)
+    monkeypatch.syspath_prepend(str(folder / "site-packages"))
+    (folder / "site-packages").mkdir(exist_ok=True)
+
+
 Change = Callable[[Config, Path], Config]
 
 
@@ -185,9 +192,7 @@ Change = Callable[[Config, Path], Config]
 def test_the_cache_never_serves_what_a_change_makes_stale(
         small_site: Config, tmp_path: Path, change: Change,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(publisher, "__version__", publisher.__version__)
-    monkeypatch.syspath_prepend(str(tmp_path / "site-packages"))
-    (tmp_path / "site-packages").mkdir(exist_ok=True)
+    allow_code_changes(monkeypatch, tmp_path)
     site.build_site(small_site, SMALL_SITE_DAY)
     before = snapshot(small_site.site.output_dir)
     changed = change(small_site, tmp_path)
@@ -203,9 +208,7 @@ def test_the_cache_never_serves_what_a_change_makes_stale(
 def test_other_code_parses_every_article_again(
         small_site: Config, tmp_path: Path, change: Change,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(publisher, "__version__", publisher.__version__)
-    monkeypatch.syspath_prepend(str(tmp_path / "site-packages"))
-    (tmp_path / "site-packages").mkdir(exist_ok=True)
+    allow_code_changes(monkeypatch, tmp_path)
     site.build_site(small_site, SMALL_SITE_DAY)
     parsed = parsed_files(monkeypatch)
     slugs = rendered_pages(monkeypatch)
