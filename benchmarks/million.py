@@ -141,22 +141,27 @@ def write_site(folder: Path, port: int, body: int, connections: int = 1) -> Path
     """Write the article and a publisher.toml sending to ``port``; return the config's path."""
     (folder / "content").mkdir(exist_ok=True)
     (folder / "content" / "bench.txt").write_text(article_text(body), encoding="utf-8")
-    config = folder / "publisher.toml"
-    config.write_text(f"""
-[site]
-title = "Benchmark"
-base_url = "https://example.org/"
-content_dir = "content"
-[state]
-database_url = "sqlite:///{folder / 'ledger.db'}"
-[email]
+    return write_config(folder, f"""[email]
 transport = "smtp"
 [email.smtp]
 host = "127.0.0.1"
 port = {port}
 security = "none"
 connections = {connections}
-""", encoding="utf-8")
+""")
+
+
+def write_config(folder: Path, more: str = "") -> Path:
+    """Write a publisher.toml for ``folder``, ``more`` added to [site]; return its path."""
+    config = folder / "publisher.toml"
+    config.write_text(f"""
+[state]
+database_url = "sqlite:///{folder / 'ledger.db'}"
+[site]
+title = "Benchmark"
+base_url = "https://example.org/"
+content_dir = "content"
+{more}""", encoding="utf-8")
     return config
 
 

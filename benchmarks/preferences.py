@@ -33,7 +33,7 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from million import PUBLISHER, ZONES, copy_ledger, run_measured
+from million import PUBLISHER, ZONES, copy_ledger, run_measured, write_config
 from send import ROOT
 
 DAY = date(2024, 11, 9)
@@ -57,17 +57,7 @@ def write_site(folder: Path, articles: tuple[tuple[str, int, list[str]], ...] = 
             f"---\ntitle: The {slug} article\ndate: {DAY.replace(year=year).isoformat()}\n"
             f"tags: [{', '.join(tags)}]\nsummary: A short summary of the {slug} article.\n---\n\n"
             + "A paragraph of text. " * 200 + "\n", encoding="utf-8")
-    config = folder / "publisher.toml"
-    config.write_text(f"""
-[site]
-title = "Benchmark"
-base_url = "https://example.org/"
-content_dir = "content"
-timezone = "UTC"
-[state]
-database_url = "sqlite:///{folder / 'ledger.db'}"
-""", encoding="utf-8")
-    return config
+    return write_config(folder, 'timezone = "UTC"\n')
 
 
 def write_csv(path: Path, count: int, *, choices: bool) -> None:
