@@ -6,9 +6,10 @@ import mailbox
 from datetime import UTC, date, datetime, time, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import cast
+from typing import Literal, cast
 from zoneinfo import ZoneInfo
 
+import pytest
 from sqlalchemy import select
 
 from publisher.calendar import publish_instant
@@ -17,6 +18,7 @@ from publisher.ledger import DIGEST_SLUG, deliveries
 from publisher.preferences import Choices, parse_choices
 from publisher.status import delivery_status
 from tests.fixtures.content import WriteArticle
+from tests.fixtures.smtp import SmtpSink
 from tests.fixtures.ticks import MakeWorld, World
 
 DAY = date(2025, 6, 5)
@@ -139,6 +141,37 @@ def test_switching_mid_day_neither_repeats_nor_drops(make_world: MakeWorld,
         "one-year", "six-years", "ten-years", "new-today"}
     assert {slug for to, slug, _ in counts if to == "back@example.org"} == {"digest"}
     assert all(n == 1 for n in counts.values())
+
+
+@pytest.mark.parametrize("leave", ["unsubscribe", "bounce"])
+def test_a_held_digest_goes_to_no_one_who_left_since(
+        make_world: MakeWorld, write_article: WriteArticle, database_url: str,
+        smtp_server: SmtpSink, leave: Literal["unsubscribe", "bounce"]) -> None:
+    three_articles(write_article)
+    world = make_world(database_url, timezone="UTC", publish_time="09:00",
+                       email=smtp_server.email_table())
+    for who in ("left", "stayed"):
+        world.subscribe(f"{who}@example.org")
+        choose(world, f"{who}@example.org", frequency="digest", at="18:00")
+    # The server holds the leaving subscriber's digest back; its appearances wait with it.
+    smtp_server.answer("451 4.7.1 Try again later", to="left@example.org")
+    world.run(BEFORE, datetime(2025, 6, 5, 18, 0, tzinfo=UTC), STEP)
+    assert not smtp_server.received_by("left@example.org")
+    found = world.ledger.find_subscriber("left@example.org")
+    assert found is not None
+    if leave == "unsubscribe":
+        world.ledger.unsubscribe_link(email=found.email)
+    else:
+        assert world.ledger.bounce(found.id, "5.1.1 no such user")
+    world.run(datetime(2025, 6, 5, 18, 30, tzinfo=UTC), AFTER + timedelta(days=1), STEP)
+    assert not smtp_server.received_by("left@example.org")
+    assert len(smtp_server.received_by("stayed@example.org")) == 1
+    with world.ledger.engine.connect() as conn:
+        rows = conn.execute(select(deliveries.c.slug, deliveries.c.status)
+                            .where(deliveries.c.subscriber_id == found.id)).all()
+    assert {r.slug: r.status for r in rows} == {
+        DIGEST_SLUG: "skipped", "one-year": "skipped", "six-years": "skipped",
+        "ten-years": "skipped", "new-today": "skipped"}
 
 
 def test_choices_round_trip_through_their_columns() -> None:
