@@ -192,10 +192,7 @@ def announce(config: Config, preview_root: str | None = None, ledger: Ledger | N
 
 def run_daemon(config: Config, stop: threading.Event | None = None, *,
                preview_root: str | None = None) -> None:
-    """Open the ledger, log what comes next, and tick on the clock until SIGTERM or SIGINT.
-
-    ``preview_root``: the address of the web service that shows previews (default: base_url).
-    """
+    """Open the ledger, log what comes next (previews at ``preview_root``), tick until stopped."""
     stop = stop or threading.Event()
     with Ledger.open(config.state.database_url) as ledger:
         ticker = Ticker(config, ledger, stop=stop)

@@ -514,10 +514,7 @@ class Previews:
         return upcoming_events(self.config, start, days, cache=self.cache)
 
     def email(self, slug: str, day: date) -> Preview | None:
-        """Return the sample subscriber's email of one article on one day, or None.
-
-        The slug ``@digest`` names the day's digest, holding every appearance of the day.
-        """
+        """Return the sample's email of one article (``@digest``: the digest) on a day, or None."""
         calendar, _ = load_calendar(self.config, self.cache)
         if slug == DIGEST_SLUG:
             events = calendar.events_on(day)

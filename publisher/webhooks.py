@@ -1,11 +1,4 @@
-"""Webhooks for bounces and complaints: Amazon SES (through SNS), Postmark, SendGrid, Mailgun.
-
-Each request is authenticated the provider's way before anything is read from it: SES's SNS
-messages by their signature and the signing certificate, Postmark by HTTP basic auth, SendGrid by
-its ECDSA signature, Mailgun by its HMAC. A request that fails gets 401 or 403 and changes
-nothing. What is authentic becomes :class:`~publisher.bounces.Return` values, recorded like the
-returns read from a mailbox: each event once.
-"""
+"""Take bounce and complaint webhooks from SES, Postmark, SendGrid and Mailgun, authenticated."""
 
 from __future__ import annotations
 

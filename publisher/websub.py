@@ -1,11 +1,4 @@
-"""WebSub publishing: tell the hub which feeds changed, retried with backoff from the ledger.
-
-A build that gives a feed new bytes marks that feed's ping as pending in the ledger's state
-table; :func:`deliver_due` then POSTs ``hub.mode=publish`` with the feed's URL (the topic) to
-the hub, once per feed. A ping the hub does not accept with a 2xx stays pending and is tried
-again later, each wait twice the one before, until MAX_ATTEMPTS. Nothing here ever raises
-into a build: every outcome is recorded, and ``publisher status`` shows the last one.
-"""
+"""Ping the WebSub hub for each changed feed, retried with backoff kept in the ledger."""
 
 from __future__ import annotations
 
