@@ -91,6 +91,8 @@ SAMPLE_RECIPIENT = Recipient(subscriber_id=0, email="reader@example.org", name="
 ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"  # RFC 8058's POST body
 
 PAGE_CACHE = "no-store"
+NO_REFERRER = {"referrer-policy": "no-referrer"}  # pages whose address holds a token
+PREVIEW_HEADERS = {"cache-control": PAGE_CACHE, **NO_REFERRER, "x-robots-tag": "noindex"}
 SITE_CACHE = "public, no-cache"  # readers revalidate each time; the answer is usually a 304
 
 _MEDIA_TYPES = {
@@ -592,9 +594,12 @@ class WebService:
         host = request.headers.get("host", "")
         return {*self.origins, f"{request.url.scheme}://{host}".lower()}
 
-    async def form(self, request: Request, *, cross_site_ok: bool = False) -> FormData:
-        """Read a posted form, refusing one posted from another site's page."""
+    async def form(self, request: Request, *, one_click: bool = False) -> FormData:
+        """Read a posted form, refusing one from another site's page (unless one-click, if let)."""
         form = await request.form(max_files=0, max_fields=20)
+        # A mail provider posts the one-click body from its own servers, with no cookie and no
+        # Origin; the signed token in the URL is the whole authorisation, as RFC 8058 intends.
+        cross_site_ok = one_click and form.get(ONE_CLICK_FIELD) == ONE_CLICK_VALUE
         if not cross_site_ok and not same_origin(request.headers, self._own_origins(request)):
             raise HTTPException(403, "This form can only be sent from this site's own pages.")
         return form
@@ -670,21 +675,15 @@ class WebService:
     async def confirm_page(self, request: Request) -> Response:
         """Show the button that confirms a sign-up; a GET alone changes nothing."""
         token = request.path_params["token"]
-        try:
-            email = await anyio.to_thread.run_sync(self.subscriptions.confirm_address, token)
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
+        email = await anyio.to_thread.run_sync(self.subscriptions.confirm_address, token)
         return self.page(SUBSCRIBE_CONFIRM_TEMPLATE, request, email=email,
                          action=f"{relative_root(request.url.path)}confirm/{token}")
 
     async def confirm(self, request: Request) -> Response:
         """Confirm a sign-up."""
         await self.form(request)
-        try:
-            subscriber = await anyio.to_thread.run_sync(
-                self.subscriptions.confirm, request.path_params["token"])
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
+        subscriber = await anyio.to_thread.run_sync(self.subscriptions.confirm,
+                                                    request.path_params["token"])
         return self.page(SUBSCRIBE_CONFIRMED_TEMPLATE, request, email=subscriber.email,
                          preferences=self.subscriptions.preferences_link(subscriber))
 
@@ -693,66 +692,50 @@ class WebService:
     async def unsubscribe_page(self, request: Request) -> Response:
         """Show the unsubscribe button; link scanners that GET this page unsubscribe nobody."""
         token = request.path_params["token"]
-        try:
-            email = await anyio.to_thread.run_sync(self.subscriptions.unsubscribe_address, token)
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
+        email = await anyio.to_thread.run_sync(self.subscriptions.unsubscribe_address, token)
         if email is None:  # nothing to offer: say so rather than show a button
-            return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=None, changed=False,
-                             headers={"referrer-policy": "no-referrer"})
+            return self._unsubscribed(request, None, changed=False)
         return self.page(UNSUBSCRIBE_TEMPLATE, request, email=email,
                          action=f"{relative_root(request.url.path)}unsubscribe/{token}",
-                         headers={"referrer-policy": "no-referrer"})
+                         headers=NO_REFERRER)
 
     async def unsubscribe(self, request: Request) -> Response:
         """Unsubscribe at once: the button's form, or a mail provider's RFC 8058 POST."""
-        form = await request.form(max_files=0, max_fields=20)
-        # A mail provider posts the one-click body from its own servers, with no cookie and no
-        # Origin; the signed token in the URL is the whole authorisation, as RFC 8058 intends.
-        if form.get(ONE_CLICK_FIELD) != ONE_CLICK_VALUE and not same_origin(
-                request.headers, self._own_origins(request)):
-            raise HTTPException(403, "This form can only be sent from this site's own pages.")
-        try:
-            done = await anyio.to_thread.run_sync(
-                self.subscriptions.unsubscribe, request.path_params["token"])
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=done.email,
-                         changed=done.changed, headers={"referrer-policy": "no-referrer"})
+        await self.form(request, one_click=True)
+        done = await anyio.to_thread.run_sync(self.subscriptions.unsubscribe,
+                                              request.path_params["token"])
+        return self._unsubscribed(request, done.email, changed=done.changed)
+
+    def _unsubscribed(self, request: Request, email: str | None, *, changed: bool
+                      ) -> HTMLResponse:
+        return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=email, changed=changed,
+                         headers=NO_REFERRER)
 
     # -- preferences ---------------------------------------------------------------------------
 
     async def _preferences(self, request: Request, subscriber: Subscriber | None, *,
-                           status: int = 200, choices: Choices | None = None,
-                           saved: bool = False, error: str | None = None) -> Response:
+                           status: int = 200, saved: bool = False, error: str | None = None
+                           ) -> Response:
         token = request.path_params["token"]
         if subscriber is None:  # unsubscribed since, or never confirmed: nothing to choose
-            return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=None, changed=False,
-                             headers={"referrer-policy": "no-referrer"})
+            return self._unsubscribed(request, None, changed=False)
         root = relative_root(request.url.path)
         return self.page(PREFERENCES_TEMPLATE, request, status=status, email=subscriber.email,
                          action=f"{root}preferences/{token}", saved=saved, error=error,
                          unsubscribe=f"{root}unsubscribe/{token}",
-                         headers={"referrer-policy": "no-referrer"},
-                         **await self.choice_fields(choices or subscriber.choices))
+                         headers=NO_REFERRER, **await self.choice_fields(subscriber.choices))
 
     async def preferences_page(self, request: Request) -> Response:
         """Show a subscriber's choices, as their emails' link names them; change nothing."""
-        try:
-            found = await anyio.to_thread.run_sync(self.subscriptions.preferences_of,
-                                                   request.path_params["token"])
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
+        found = await anyio.to_thread.run_sync(self.subscriptions.preferences_of,
+                                               request.path_params["token"])
         return await self._preferences(request, found)
 
     async def save_preferences(self, request: Request) -> Response:
         """Store the choices posted from the preferences page (from this site's pages only)."""
         form = await self.form(request)
         token = request.path_params["token"]
-        try:
-            found = await anyio.to_thread.run_sync(self.subscriptions.preferences_of, token)
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
+        found = await anyio.to_thread.run_sync(self.subscriptions.preferences_of, token)
         try:
             choices = choices_from_form(form)
         except SubscriberError as exc:
@@ -788,8 +771,7 @@ class WebService:
         return self.page(PREVIEW_TEMPLATE, request, start=start, days=days, events=events,
                          errors=errors, query=query, token=keep.get("token"),
                          sample=SAMPLE_RECIPIENT,
-                         feed_names=[feed.name for feed in FEEDS],
-                         headers={"referrer-policy": "no-referrer"})
+                         feed_names=[feed.name for feed in FEEDS], headers=NO_REFERRER)
 
     async def preview_email(self, request: Request) -> Response:
         """Show one email, HTML (``.html``) or text (``.txt``), for the sample subscriber."""
@@ -802,13 +784,11 @@ class WebService:
         preview = await anyio.to_thread.run_sync(self.previews.email, slug, day)
         if preview is None:
             raise HTTPException(404, f"No article {slug!r} appears on {day.isoformat()}.")
-        headers = {"cache-control": PAGE_CACHE, "referrer-policy": "no-referrer",
-                   "x-robots-tag": "noindex"}
         if kind == "txt":
             return PlainTextResponse(f"Subject: {preview.subject}\n\n{preview.text}",
-                                     headers=headers)
+                                     headers=PREVIEW_HEADERS)
         return HTMLResponse(preview.html, headers={
-            **headers, "content-security-policy": EMAIL_PREVIEW_POLICY})
+            **PREVIEW_HEADERS, "content-security-policy": EMAIL_PREVIEW_POLICY})
 
     async def preview_feed(self, request: Request) -> Response:
         """Serve one feed as it will stand on a day (``?view=text`` shows it as plain text)."""
@@ -820,9 +800,7 @@ class WebService:
             raise HTTPException(404, f"No feed is called {name!r}.")
         content_type = ("text/plain; charset=utf-8" if request.query_params.get("view") == "text"
                         else media_type(name))
-        return Response(body, headers={"content-type": content_type, "cache-control": PAGE_CACHE,
-                                       "referrer-policy": "no-referrer",
-                                       "x-robots-tag": "noindex"})
+        return Response(body, headers={"content-type": content_type, **PREVIEW_HEADERS})
 
     # -- errors and background work ------------------------------------------------------------
 
@@ -837,6 +815,10 @@ class WebService:
             log.exception("cannot render %s", ERROR_TEMPLATE)
             return PlainTextResponse(exc.detail, status_code=exc.status_code,
                                      headers=exc.headers)
+
+    async def token_error(self, request: Request, exc: Exception) -> Response:
+        """Answer a forged, garbled or expired link (TokenError) with a 400 error page."""
+        return await self.http_error(request, HTTPException(400, str(exc)))
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
         """Answer an unexpected failure without showing its details (the server logs them)."""
@@ -931,7 +913,8 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
 
     app = Starlette(
         routes=service.routes(),
-        exception_handlers={HTTPException: service.http_error, 500: service.server_error},
+        exception_handlers={HTTPException: service.http_error, TokenError: service.token_error,
+                            500: service.server_error},
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
     )
