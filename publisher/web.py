@@ -956,25 +956,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Stopped(Exception):
-    """SIGTERM arrived: the server has shut down and the process should end normally."""
-
-
-def _raise_stopped(_signum: int, _frame: object) -> None:
-    raise _Stopped
-
-
 def serve(config: Config, sock: socket.socket, *, access_log: bool = True) -> None:
     """Serve the application on a bound socket in the foreground until SIGINT or SIGTERM."""
     # uvicorn shuts down gracefully on either signal, then raises it again under the previous
-    # handler; these handlers turn that into a normal return (exit status 0, no traceback).
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    # handler; both then end here as KeyboardInterrupt (exit status 0, no traceback).
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with sock:
             app = create_app(config)
             log.info("serving %s on http://%s", config.site.base_url, _address(sock))
             uvicorn.Server(_server_config(app, access_log=access_log)).run(sockets=[sock])
-    except (KeyboardInterrupt, _Stopped):
+    except KeyboardInterrupt:
         log.info("stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)
