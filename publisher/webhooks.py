@@ -36,7 +36,7 @@ from publisher.bounces import (
     status_code,
 )
 from publisher.calendar import Clock, utcnow
-from publisher.config import Config, WebhookConfig
+from publisher.config import Config
 from publisher.errors import WebhookError
 from publisher.ledger import Ledger, ReturnKind
 
@@ -318,9 +318,6 @@ class Webhooks:
                 for name, handler in (("ses", self.ses), ("postmark", self.postmark),
                                       ("sendgrid", self.sendgrid), ("mailgun", self.mailgun))]
 
-    def _enabled(self, name: str) -> WebhookConfig | None:
-        return self.settings.get(name)
-
     async def _record(self, reports: list[Report], source: Source) -> Response:
         tally = BounceReport()
 
@@ -371,7 +368,7 @@ class Webhooks:
 
     async def postmark(self, request: Request) -> Response:
         """Take a Postmark webhook, authenticated by HTTP basic auth."""
-        settings = self._enabled("postmark")
+        settings = self.settings.get("postmark")
         password = settings.get("password") if settings is not None else None
         if settings is None or not password:
             return _refuse(403, "this webhook is not configured", "postmark")
@@ -395,7 +392,7 @@ class Webhooks:
 
     async def sendgrid(self, request: Request) -> Response:
         """Take a batch of SendGrid events, authenticated by SendGrid's ECDSA signature."""
-        settings = self._enabled("sendgrid")
+        settings = self.settings.get("sendgrid")
         key_text = settings.get("public_key") if settings is not None else None
         if not key_text:
             return _refuse(403, "this webhook is not configured", "sendgrid")
@@ -415,7 +412,7 @@ class Webhooks:
 
     async def mailgun(self, request: Request) -> Response:
         """Take a Mailgun event, authenticated by the HMAC of its timestamp and token."""
-        settings = self._enabled("mailgun")
+        settings = self.settings.get("mailgun")
         signing_key = settings.get("signing_key") if settings is not None else None
         if not signing_key:
             return _refuse(403, "this webhook is not configured", "mailgun")
