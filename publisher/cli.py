@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -34,8 +33,6 @@ if TYPE_CHECKING:
     from publisher.site import BuildReport
     from publisher.status import ClockStatus, ReturnStatus, Status, WebSubStatus
     from publisher.websub import PingState
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_PROBLEMS = 1  # the command ran, but some input was rejected
 EXIT_CONFIG = 2  # bad usage or configuration: nothing was done
@@ -77,6 +74,11 @@ def printable(text: str) -> str:
 def echo_lines(lines: Sequence[str], *, err: bool = False) -> None:
     """Print lines of a report, each with its control characters escaped."""
     click.echo("\n".join(map(printable, lines)), err=err)
+
+
+def _echo_problems(problems: Sequence[PublisherError | str]) -> None:
+    for problem in problems:
+        click.echo(f"error: {printable(str(problem))}", err=True)
 
 
 # --- reports: what the library returns, as lines for a terminal ----------------------------
@@ -199,25 +201,19 @@ def websub_lines(status: WebSubStatus) -> list[str]:
     return [f"websub hub: {status.hub}", *(ping_line(state) for state in status.feeds)]
 
 
-def reports_errors(func: F) -> F:
-    """Turn a PublisherError into a message on stderr and a non-zero exit code."""
+class ReportingGroup(click.Group):
+    """The command group: a PublisherError from any command is a message and an exit code."""
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        """Run the command, reporting a PublisherError as a message and an exit code."""
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, turning a PublisherError into a line on stderr and an exit code."""
         try:
-            return func(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"error: {printable(str(exc))}", err=True)
-            sys.exit(EXIT_CONFIG)
+            return super().invoke(ctx)
         except PublisherError as exc:
-            click.echo(f"error: {printable(str(exc))}", err=True)
-            sys.exit(EXIT_PROBLEMS)
-
-    return wrapper  # type: ignore[return-value]
+            _echo_problems([exc])
+            sys.exit(EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_PROBLEMS)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @config_option
 @click.version_option(package_name="anniversary-publisher")
 def cli() -> None:
@@ -233,11 +229,6 @@ def _as_day(value: datetime | None) -> date | None:
     return value.date() if value is not None else None
 
 
-def _echo_problems(problems: Sequence[PublisherError | str]) -> None:
-    for problem in problems:
-        click.echo(f"error: {printable(str(problem))}", err=True)
-
-
 @cli.command()
 @config_option
 @click.option("--date", "day", type=DATE, default=None,
@@ -245,7 +236,6 @@ def _echo_problems(problems: Sequence[PublisherError | str]) -> None:
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write the site here instead of site.output_dir.")
 @click.pass_context
-@reports_errors
 def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
     """Write the archive pages and the feeds; broken articles are listed and left out.
 
@@ -277,7 +267,6 @@ def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
 @click.option("--date", "day", type=DATE, default=None,
               help="Check the site as it stands on this day (default: today in the site's zone).")
 @click.pass_context
-@reports_errors
 def check(ctx: click.Context, day: datetime | None) -> None:
     """Load every article and render every page and feed in memory; list every problem.
 
@@ -304,7 +293,6 @@ def check(ctx: click.Context, day: datetime | None) -> None:
 @click.option("--days", type=click.IntRange(min=1), default=30, show_default=True,
               help="How many days to list.")
 @click.pass_context
-@reports_errors
 def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> None:
     """List the coming appearances: date, years since first publication, slug and title.
 
@@ -333,7 +321,6 @@ def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> N
 @click.option("--force", is_flag=True, help="Overwrite an existing Markdown file.")
 @click.option("--keep", "keep_source", is_flag=True,
               help="Leave each .txt in place (remove it yourself: both would claim one slug).")
-@reports_errors
 def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
                    keep_source: bool) -> None:
     """Turn plain .txt articles into Markdown with front matter, renaming each source.
@@ -385,7 +372,6 @@ def subscribers() -> None:
 @click.option("--resubscribe", is_flag=True,
               help="Subscribe an address again that unsubscribed or bounced.")
 @click.pass_context
-@reports_errors
 def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: str | None,
                     resubscribe: bool) -> None:
     """Add a confirmed subscriber, or update a known one's name and time zone.
@@ -408,7 +394,6 @@ def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: 
 @click.option("--include-suppressed", is_flag=True,
               help="Subscribe again the addresses in FILE that unsubscribed or bounced.")
 @click.pass_context
-@reports_errors
 def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool) -> None:
     """Import a CSV of email,name,timezone; bad rows are listed, the good ones imported.
 
@@ -442,7 +427,6 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
 @config_option
 @click.option("--status", type=STATUS_CHOICE, default=None, help="Only this status.")
 @click.pass_context
-@reports_errors
 def subscribers_list(ctx: click.Context, status: str | None) -> None:
     """List subscribers, one per line (tab-separated): address, status, time zone, name, then
     their choices: frequency, years, time, tags ("-": the site's time, "all": every tag).
@@ -475,7 +459,6 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
 @click.option("--tags", default=None, metavar="a,b", help="Only articles with these tags.")
 @click.option("--all-tags", is_flag=True, help="Articles about every topic (the default).")
 @click.pass_context
-@reports_errors
 def subscribers_set(ctx: click.Context, email: str, years: str | None, frequency: str | None,
                     timezone: str | None, at: str | None, tags: str | None,
                     all_tags: bool) -> None:
@@ -521,7 +504,6 @@ def subscribers_set(ctx: click.Context, email: str, years: str | None, frequency
 @click.option("--forget", is_flag=True,
               help="Delete the address itself too: nothing then stops it being added again.")
 @click.pass_context
-@reports_errors
 def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
     """Remove a subscriber: name, zone and delivery history go; the address stays suppressed.
 
@@ -547,7 +529,6 @@ def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
 @config_option
 @click.option("--status", type=STATUS_CHOICE, default=None, help="Only this status.")
 @click.pass_context
-@reports_errors
 def subscribers_export(ctx: click.Context, status: str | None) -> None:
     """Write subscribers as CSV to stdout; `subscribers import` reads it back.
 
@@ -613,7 +594,6 @@ class _StopSignals:
               help="Send the events of this day (default: today in the site's zone).")
 @click.option("--dry-run", is_flag=True, help="Show what would be queued; change nothing.")
 @click.pass_context
-@reports_errors
 def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
     """Email a day's events to every confirmed subscriber (never twice), then any retries due.
 
@@ -648,7 +628,6 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @click.option("--date", "day", type=DATE, default=None,
               help="Only the deliveries of this day's events.")
 @click.pass_context
-@reports_errors
 def status(ctx: click.Context, day: datetime | None) -> None:
     """Show deliveries, failures, bounces, subscribers, the clock, what comes next, WebSub.
 
@@ -669,7 +648,6 @@ def status(ctx: click.Context, day: datetime | None) -> None:
 @cli.command("bounces")
 @config_option
 @click.pass_context
-@reports_errors
 def bounces_command(ctx: click.Context) -> None:
     """Read every configured mailbox of bounces and complaints once; print what was found.
 
@@ -696,7 +674,6 @@ def bounces_command(ctx: click.Context) -> None:
 @click.option("--serve", "serve_web", is_flag=True,
               help="Also run the web service (as `publisher serve`) on web.host:web.port.")
 @click.pass_context
-@reports_errors
 def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
     """Keep the site and the email up to date: tick every few seconds until SIGTERM or Ctrl-C.
 
@@ -728,7 +705,6 @@ def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
               help="text: readable lines; json: one JSON object per line.")
 @click.pass_context
-@reports_errors
 def serve(ctx: click.Context, host: str | None, port: int | None, access_log: bool,
           log_format: LogFormat) -> None:
     """Serve the built site, sign-up, unsubscribe and previews over HTTP until stopped.
