@@ -39,8 +39,8 @@ EXIT_CONFIG = 2  # bad usage or configuration: nothing was done
 
 
 def _remember_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
-    if value is not None:
-        ctx.ensure_object(dict)["config_path"] = value
+    if value is not None:  # given to the group and the command, the command's wins
+        ctx.find_root().ensure_object(dict)["config_path"] = value
 
 
 config_option = click.option(
@@ -53,12 +53,9 @@ config_option = click.option(
 def load_config(ctx: click.Context) -> Config:
     """Load the configuration named by ``--config`` on the group or the command."""
     obj = ctx.find_root().ensure_object(dict)
-    path = ctx.ensure_object(dict).get("config_path") or obj.get("config_path")
-    cached = obj.get("config")
-    if cached is None:
-        cached = config_module.load(path)
-        obj["config"] = cached
-    return cached
+    if "config" not in obj:
+        obj["config"] = config_module.load(obj.get("config_path"))
+    return cast(Config, obj["config"])
 
 
 # C0 and C1 controls and DEL: a title or a server's reply could otherwise move the cursor,
