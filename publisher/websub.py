@@ -51,11 +51,7 @@ class PingState:
 
     def to_json(self) -> str:
         """Return the state as the ledger stores it."""
-        data: dict[str, Any] = asdict(self)
-        for key in ("next_at", "last_at"):
-            value = data[key]
-            data[key] = value.isoformat() if value is not None else None
-        return json.dumps(data, sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True, default=datetime.isoformat)
 
     @classmethod
     def from_json(cls, text: str | None, name: str, topic: str, hub: str) -> PingState:
