@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from http.client import HTTPException
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import urlencode
 
+from publisher import __version__
 from publisher.calendar import utcnow
 from publisher.config import Config
 from publisher.feeds import FEEDS
@@ -25,6 +25,7 @@ FIRST_RETRY = timedelta(minutes=1)
 LONGEST_WAIT = timedelta(hours=1)
 MAX_ATTEMPTS = 12  # about seven hours of trying, then the ping waits for the next change
 CONTENT_TYPE = "application/x-www-form-urlencoded"
+USER_AGENT = f"anniversary-publisher/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -72,13 +73,6 @@ def _instant(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def _user_agent() -> str:
-    try:
-        return f"anniversary-publisher/{version('anniversary-publisher')}"
-    except PackageNotFoundError:
-        return "anniversary-publisher"
-
-
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """Report a redirect as the hub's answer: following it would turn the POST into a GET."""
 
@@ -94,7 +88,7 @@ def ping(hub: str, topic: str, timeout: float = TIMEOUT_SECONDS) -> PingResult:
     """POST ``hub.mode=publish`` and ``hub.url=topic`` to ``hub``; return its answer."""
     body = urlencode({"hub.mode": "publish", "hub.url": topic}).encode("ascii")
     request = urllib.request.Request(hub, data=body, method="POST", headers={
-        "Content-Type": CONTENT_TYPE, "User-Agent": _user_agent()})
+        "Content-Type": CONTENT_TYPE, "User-Agent": USER_AGENT})
     try:
         with _opener.open(request, timeout=timeout) as response:
             return PingResult(200 <= response.status < 300, f"{response.status} {response.reason}")
