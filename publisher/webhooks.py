@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import re
 import urllib.request
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC
 from typing import Any
@@ -106,19 +106,17 @@ class SnsVerifier:
         self.topic_arn = topic_arn
         self.fetch = fetch
         self.clock = clock
-        self._certificates: OrderedDict[str, x509.Certificate] = OrderedDict()
+        self._load = functools.lru_cache(maxsize=CERTIFICATES_KEPT)(self._download)
+
+    def _download(self, url: str) -> x509.Certificate:
+        try:
+            return x509.load_pem_x509_certificate(self.fetch(url))
+        except (OSError, ValueError) as exc:
+            raise WebhookError(f"cannot load the signing certificate {url}: {exc}") from None
 
     def certificate(self, url: str) -> x509.Certificate:
         """Return the certificate at a checked SNS URL, fetched once and then kept."""
-        found = self._certificates.get(url)
-        if found is None:
-            try:
-                found = x509.load_pem_x509_certificate(self.fetch(url))
-            except (OSError, ValueError) as exc:
-                raise WebhookError(f"cannot load the signing certificate {url}: {exc}") from None
-            self._certificates[url] = found
-            while len(self._certificates) > CERTIFICATES_KEPT:
-                self._certificates.popitem(last=False)
+        found = self._load(url)
         now = self.clock().astimezone(UTC)
         if not found.not_valid_before_utc <= now <= found.not_valid_after_utc:
             raise WebhookError(f"the signing certificate {url} is not valid now")
