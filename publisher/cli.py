@@ -21,7 +21,7 @@ from publisher.config import (
     LogFormat,
     SubscriberStatus,
 )
-from publisher.errors import ConfigError, ContentError, PublisherError
+from publisher.errors import ConfigError, ContentError, PublisherError, SubscriberError
 
 # Each command imports what it uses when it runs: the site, the ledger (SQLAlchemy), mail and
 # the web service are each slow to import, and a command needs at most some of them.
@@ -424,7 +424,7 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
 @config_option
 @click.option("--status", type=STATUS_CHOICE, default=None, help="Only this status.")
 @click.pass_context
-def subscribers_list(ctx: click.Context, status: str | None) -> None:
+def subscribers_list(ctx: click.Context, status: SubscriberStatus | None) -> None:
     """List subscribers, one per line (tab-separated): address, status, time zone, name, then
     their choices: frequency, years, time, tags ("-": the site's time, "all": every tag).
 
@@ -433,7 +433,7 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
         publisher subscribers list --status confirmed
     """
     with _ledger(ctx, read_only=True) as ledger:
-        for s in ledger.iter_subscribers(cast("SubscriberStatus | None", status)):
+        for s in ledger.iter_subscribers(status):
             cells = s.choices.cells()
             click.echo("\t".join(map(printable, (
                 s.email, s.status, s.timezone or "-", s.name or "", cells["frequency"],
@@ -486,8 +486,7 @@ def subscribers_set(ctx: click.Context, email: str, years: str | None, frequency
     with _ledger(ctx) as ledger:
         found = ledger.find_subscriber(email)
         if found is None:
-            click.echo(f"error: {email} is not a subscriber", err=True)
-            sys.exit(EXIT_PROBLEMS)
+            raise SubscriberError(f"{email} is not a subscriber")
         choices = dataclasses.replace(found.choices, **changes)
         updated = ledger.set_choices(choices, email=found.email, timezone=zone)
     assert updated is not None
@@ -513,8 +512,7 @@ def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
     with _ledger(ctx) as ledger:
         outcome = ledger.remove(email, forget=forget)
     if outcome is None:
-        click.echo(f"error: {email} is not a subscriber", err=True)
-        sys.exit(EXIT_PROBLEMS)
+        raise SubscriberError(f"{email} is not a subscriber")
     if outcome == "deleted":
         click.echo(f"removed {email}")
     else:
@@ -526,7 +524,7 @@ def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
 @config_option
 @click.option("--status", type=STATUS_CHOICE, default=None, help="Only this status.")
 @click.pass_context
-def subscribers_export(ctx: click.Context, status: str | None) -> None:
+def subscribers_export(ctx: click.Context, status: SubscriberStatus | None) -> None:
     """Write subscribers as CSV to stdout; `subscribers import` reads it back.
 
     \b
@@ -536,7 +534,7 @@ def subscribers_export(ctx: click.Context, status: str | None) -> None:
     from publisher.subscriptions.csvfiles import export_csv
 
     with _ledger(ctx, read_only=True) as ledger:
-        export_csv(ledger, sys.stdout, cast("SubscriberStatus | None", status))
+        export_csv(ledger, sys.stdout, status)
 
 
 class _ProgressBar:
