@@ -78,9 +78,6 @@ def _echo_problems(problems: Sequence[PublisherError | str]) -> None:
         click.echo(f"error: {printable(str(problem))}", err=True)
 
 
-# --- reports: what the library returns, as lines for a terminal ----------------------------
-
-
 def build_line(report: BuildReport) -> str:
     """Describe a build in one line."""
     return (
@@ -217,8 +214,6 @@ def cli() -> None:
     """Republish dated articles on their anniversaries."""
 
 
-# --- site: build, check, calendar, import -------------------------------------------------
-
 DATE = click.DateTime(formats=["%Y-%m-%d"])
 
 
@@ -340,9 +335,6 @@ def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
     _echo_problems(failures)
     if failures:
         sys.exit(EXIT_PROBLEMS)
-
-
-# --- email: subscribers, send, status ------------------------------------------------------
 
 
 def _ledger(ctx: click.Context, *, read_only: bool = False) -> Ledger:
@@ -659,9 +651,6 @@ def bounces_command(ctx: click.Context) -> None:
         sys.exit(EXIT_PROBLEMS)
 
 
-# --- the daemon ---------------------------------------------------------------------------
-
-
 @cli.command()
 @config_option
 @click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
@@ -684,9 +673,6 @@ def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
     daemon.configure_logging(log_format)
     with web.beside(config, sock):
         daemon.run_daemon(config, preview_root=web.own_url(sock) if sock is not None else None)
-
-
-# --- web: the HTTP service ----------------------------------------------------------------
 
 
 @cli.command()

@@ -114,12 +114,6 @@ _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers name th
 _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
-# ---------------------------------------------------------------------------------------------
-# The built site: files resolved per request, cached by (path, mtime, size)
-# ---------------------------------------------------------------------------------------------
-# Not Starlette's StaticFiles and GZipMiddleware: `make bench` web.py, feed req/s 1.4-7x theirs.
-
-
 def media_type(relative: str) -> str:
     """Return the Content-Type of a file from its path relative to the site folder."""
     feed_type = _FEED_TYPES.get(relative)
@@ -134,6 +128,7 @@ def _compressible(content_type: str) -> bool:
     return content_type.startswith(_COMPRESSIBLE)
 
 
+# Not Starlette's StaticFiles and GZipMiddleware: `make bench` web.py, feed req/s 1.4-7x theirs.
 @dataclass(frozen=True)
 class StaticFile:
     """One file held in memory with its validators and, when worth it, a gzipped copy."""
@@ -272,11 +267,6 @@ def _footprint(file: StaticFile) -> int:
     return len(file.body) + len(file.gzipped or b"")
 
 
-# ---------------------------------------------------------------------------------------------
-# HTTP validators and content coding
-# ---------------------------------------------------------------------------------------------
-
-
 def accepts_gzip(accept_encoding: str) -> bool:
     """Return whether an Accept-Encoding header allows gzip (``q=0`` refuses it)."""
     allowed: bool | None = None
@@ -349,11 +339,6 @@ def large_file_response(file: LargeFile, request: Request) -> Response:
         return Response(status_code=304, headers={
             key: response.headers[key] for key in ("etag", "last-modified", "cache-control")})
     return response
-
-
-# ---------------------------------------------------------------------------------------------
-# Abuse limits: sign-ups per client and per address, cross-site posts
-# ---------------------------------------------------------------------------------------------
 
 
 class SlidingWindow:
@@ -433,11 +418,6 @@ def allowed_hosts(config: Config) -> list[str]:
     return [f"[{own}]" if ":" in own else own, *_LOOPBACK_HOSTS, *config.web.allowed_hosts]
 
 
-# ---------------------------------------------------------------------------------------------
-# Security headers
-# ---------------------------------------------------------------------------------------------
-
-
 def content_security_policy(config: Config) -> str:
     """Return the CSP of every page: scripts only from files of this site, no framing."""
     base = origin_of(config.site.base_url)
@@ -497,11 +477,6 @@ def security_headers(config: Config) -> dict[str, str]:
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Previews
-# ---------------------------------------------------------------------------------------------
-
-
 class Previews:
     """Emails and feeds as they will look on any date, for a sample subscriber."""
 
@@ -533,11 +508,6 @@ class Previews:
             return None
         calendar, _ = load_calendar(self.config, self.cache)
         return build_feeds(self.config.site, calendar, day, self.env)[name]
-
-
-# ---------------------------------------------------------------------------------------------
-# The application
-# ---------------------------------------------------------------------------------------------
 
 
 def _parse_day(value: str) -> date:
@@ -573,8 +543,6 @@ class WebService:
         self.script = StaticFile.of(SCRIPT_TEMPLATE, render(self.env, SCRIPT_TEMPLATE, {
             "site": self.site}).encode("utf-8"))
 
-    # -- helpers -------------------------------------------------------------------------------
-
     def page(self, template: str, request: Request, status: int = 200,
              headers: Mapping[str, str] | None = None, **values: Any) -> HTMLResponse:
         """Render one of the service's pages inside the site's layout."""
@@ -608,8 +576,6 @@ class WebService:
         """Return the injected clock as a Unix timestamp, for the rate limits."""
         return self.clock().timestamp()
 
-    # -- the built site ------------------------------------------------------------------------
-
     async def static(self, request: Request) -> Response:
         """Serve a file of the built site."""
         found = await self.files.find(request.url.path)
@@ -625,8 +591,6 @@ class WebService:
     async def subscribe_script(self, request: Request) -> Response:
         """Serve the script that fills in the browser's time zone."""
         return file_response(self.script, request)
-
-    # -- sign-up -------------------------------------------------------------------------------
 
     async def subscribe_page(self, request: Request) -> Response:
         """Show the sign-up form on its own page, with the choices a subscriber can make."""
@@ -687,8 +651,6 @@ class WebService:
         return self.page(SUBSCRIBE_CONFIRMED_TEMPLATE, request, email=subscriber.email,
                          preferences=self.subscriptions.preferences_link(subscriber))
 
-    # -- unsubscribe ---------------------------------------------------------------------------
-
     async def unsubscribe_page(self, request: Request) -> Response:
         """Show the unsubscribe button; link scanners that GET this page unsubscribe nobody."""
         token = request.path_params["token"]
@@ -710,8 +672,6 @@ class WebService:
                       ) -> HTMLResponse:
         return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=email, changed=changed,
                          headers=NO_REFERRER)
-
-    # -- preferences ---------------------------------------------------------------------------
 
     async def _preferences(self, request: Request, subscriber: Subscriber | None, *,
                            status: int = 200, saved: bool = False, error: str | None = None
@@ -743,8 +703,6 @@ class WebService:
         saved = await anyio.to_thread.run_sync(self.subscriptions.save_preferences, token,
                                                choices)
         return await self._preferences(request, saved, saved=saved is not None)
-
-    # -- previews ------------------------------------------------------------------------------
 
     def _check_preview(self, request: Request) -> dict[str, str]:
         if not preview_allowed(request, self.config.web.preview_token):
@@ -801,8 +759,6 @@ class WebService:
         content_type = ("text/plain; charset=utf-8" if request.query_params.get("view") == "text"
                         else media_type(name))
         return Response(body, headers={"content-type": content_type, **PREVIEW_HEADERS})
-
-    # -- errors and background work ------------------------------------------------------------
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         """Render an HTTP error on the error page, keeping its headers (e.g. Retry-After)."""
@@ -923,11 +879,6 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
     app.add_middleware(SecurityHeaders, headers=security_headers(config))
     app.state.service = service
     return app
-
-
-# ---------------------------------------------------------------------------------------------
-# Serving
-# ---------------------------------------------------------------------------------------------
 
 
 def _server_config(app: ASGIApp, *, access_log: bool) -> uvicorn.Config:

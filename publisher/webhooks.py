@@ -166,11 +166,6 @@ def verify_mailgun(signing_key: str, signed: object) -> None:
         raise WebhookError("the signature does not match")
 
 
-# ---------------------------------------------------------------------------------------------
-# Provider payloads into returns
-# ---------------------------------------------------------------------------------------------
-
-
 def _text(value: object) -> str | None:
     return value.strip() or None if isinstance(value, str) else None
 
@@ -277,11 +272,6 @@ def postmark_report(payload: Mapping[str, Any]) -> Report:
                                                                        "Details")))
     return Report("return", identity, (Return(kind, _text(payload.get("Email")),
                                               status_code(details), details),))
-
-
-# ---------------------------------------------------------------------------------------------
-# The routes
-# ---------------------------------------------------------------------------------------------
 
 
 def _refuse(status: int, reason: str, provider: str, headers: Mapping[str, str] | None = None
