@@ -492,15 +492,12 @@ class Previews:
 
     def email(self, slug: str, day: date) -> Preview | None:
         """Return the sample's email of one article (``@digest``: the digest) on a day, or None."""
-        calendar, _ = load_calendar(self.config, self.cache)
+        events = load_calendar(self.config, self.cache)[0].events_on(day)
         if slug == DIGEST_SLUG:
-            events = calendar.events_on(day)
             return (digest_edition(self.mailer, events, day).preview(SAMPLE_RECIPIENT)
                     if events else None)
-        for event in calendar.events_on(day):
-            if event.article.slug == slug:
-                return self.mailer.edition(event).preview(SAMPLE_RECIPIENT)
-        return None
+        event = next((event for event in events if event.article.slug == slug), None)
+        return self.mailer.edition(event).preview(SAMPLE_RECIPIENT) if event else None
 
     def feed(self, day: date, name: str) -> bytes | None:
         """Return one feed file as it stands on ``day``, or None for an unknown name."""
