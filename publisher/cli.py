@@ -638,10 +638,14 @@ def bounces_command() -> None:
         sys.exit(EXIT_PROBLEMS)
 
 
+log_format_option = click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+    help="text: readable lines; json: one JSON object per line.")
+
+
 @cli.command()
 @config_option
-@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
-              help="text: readable lines; json: one JSON object per line.")
+@log_format_option
 @click.option("--serve", "serve_web", is_flag=True,
               help="Also run the web service (as `publisher serve`) on web.host:web.port.")
 def run(log_format: LogFormat, serve_web: bool) -> None:
@@ -669,8 +673,7 @@ def run(log_format: LogFormat, serve_web: bool) -> None:
               help="Port to listen on (default: web.port, 8000).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
-@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
-              help="text: readable lines; json: one JSON object per line.")
+@log_format_option
 def serve(host: str | None, port: int | None, access_log: bool, log_format: LogFormat) -> None:
     """Serve the built site, sign-up, unsubscribe and previews over HTTP until stopped.
 
