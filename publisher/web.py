@@ -560,7 +560,7 @@ class WebService:
         return {*self.origins, f"{request.url.scheme}://{host}".lower()}
 
     async def form(self, request: Request, *, one_click: bool = False) -> FormData:
-        """Read a posted form, refusing one from another site's page (unless one-click, if let)."""
+        """Read a posted form; refuse one from another site, bar RFC 8058's if ``one_click``."""
         form = await request.form(max_files=0, max_fields=20)
         # A mail provider posts the one-click body from its own servers, with no cookie and no
         # Origin; the signed token in the URL is the whole authorisation, as RFC 8058 intends.
