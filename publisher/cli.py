@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import re
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
@@ -22,7 +21,7 @@ from publisher.config import (
     LogFormat,
     SubscriberStatus,
 )
-from publisher.errors import ConfigError, ContentError, PublisherError
+from publisher.errors import ConfigError, ContentError, PublisherError, SubscriberError
 
 # Each command imports what it uses when it runs: the site, the ledger (SQLAlchemy), mail and
 # the web service are each slow to import, and a command needs at most some of them.
@@ -35,15 +34,13 @@ if TYPE_CHECKING:
     from publisher.status import ClockStatus, ReturnStatus, Status, WebSubStatus
     from publisher.websub import PingState
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 EXIT_PROBLEMS = 1  # the command ran, but some input was rejected
 EXIT_CONFIG = 2  # bad usage or configuration: nothing was done
 
 
 def _remember_config(ctx: click.Context, _param: click.Parameter, value: Path | None) -> None:
-    if value is not None:
-        ctx.ensure_object(dict)["config_path"] = value
+    if value is not None:  # given to the group and the command, the command's wins
+        ctx.find_root().ensure_object(dict)["config_path"] = value
 
 
 config_option = click.option(
@@ -53,15 +50,12 @@ config_option = click.option(
 )
 
 
-def load_config(ctx: click.Context) -> Config:
+def load_config() -> Config:
     """Load the configuration named by ``--config`` on the group or the command."""
-    obj = ctx.find_root().ensure_object(dict)
-    path = ctx.ensure_object(dict).get("config_path") or obj.get("config_path")
-    cached = obj.get("config")
-    if cached is None:
-        cached = config_module.load(path)
-        obj["config"] = cached
-    return cached
+    obj = click.get_current_context().find_root().ensure_object(dict)
+    if "config" not in obj:
+        obj["config"] = config_module.load(obj.get("config_path"))
+    return cast(Config, obj["config"])
 
 
 # C0 and C1 controls and DEL: a title or a server's reply could otherwise move the cursor,
@@ -79,7 +73,9 @@ def echo_lines(lines: Sequence[str], *, err: bool = False) -> None:
     click.echo("\n".join(map(printable, lines)), err=err)
 
 
-# --- reports: what the library returns, as lines for a terminal ----------------------------
+def _echo_problems(problems: Sequence[PublisherError | str]) -> None:
+    for problem in problems:
+        click.echo(f"error: {printable(str(problem))}", err=True)
 
 
 def build_line(report: BuildReport) -> str:
@@ -199,32 +195,24 @@ def websub_lines(status: WebSubStatus) -> list[str]:
     return [f"websub hub: {status.hub}", *(ping_line(state) for state in status.feeds)]
 
 
-def reports_errors(func: F) -> F:
-    """Turn a PublisherError into a message on stderr and a non-zero exit code."""
+class ReportingGroup(click.Group):
+    """The command group: a PublisherError from any command is a message and an exit code."""
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        """Run the command, reporting a PublisherError as a message and an exit code."""
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command, turning a PublisherError into a line on stderr and an exit code."""
         try:
-            return func(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"error: {printable(str(exc))}", err=True)
-            sys.exit(EXIT_CONFIG)
+            return super().invoke(ctx)
         except PublisherError as exc:
-            click.echo(f"error: {printable(str(exc))}", err=True)
-            sys.exit(EXIT_PROBLEMS)
-
-    return wrapper  # type: ignore[return-value]
+            _echo_problems([exc])
+            sys.exit(EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_PROBLEMS)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @config_option
 @click.version_option(package_name="anniversary-publisher")
 def cli() -> None:
     """Republish dated articles on their anniversaries."""
 
-
-# --- site: build, check, calendar, import -------------------------------------------------
 
 DATE = click.DateTime(formats=["%Y-%m-%d"])
 
@@ -233,20 +221,13 @@ def _as_day(value: datetime | None) -> date | None:
     return value.date() if value is not None else None
 
 
-def _echo_problems(problems: Sequence[PublisherError | str]) -> None:
-    for problem in problems:
-        click.echo(f"error: {printable(str(problem))}", err=True)
-
-
 @cli.command()
 @config_option
 @click.option("--date", "day", type=DATE, default=None,
               help="Build the site as it stands on this day (default: today in the site's zone).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Write the site here instead of site.output_dir.")
-@click.pass_context
-@reports_errors
-def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
+def build(day: datetime | None, out: Path | None) -> None:
     """Write the archive pages and the feeds; broken articles are listed and left out.
 
     \b
@@ -256,7 +237,7 @@ def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
     """
     from publisher import site
 
-    config = load_config(ctx)
+    config = load_config()
     report = site.build_site(config, _as_day(day), out=out)
     _echo_problems(report.errors)
     click.echo(build_line(report))
@@ -276,9 +257,7 @@ def build(ctx: click.Context, day: datetime | None, out: Path | None) -> None:
 @config_option
 @click.option("--date", "day", type=DATE, default=None,
               help="Check the site as it stands on this day (default: today in the site's zone).")
-@click.pass_context
-@reports_errors
-def check(ctx: click.Context, day: datetime | None) -> None:
+def check(day: datetime | None) -> None:
     """Load every article and render every page and feed in memory; list every problem.
 
     \b
@@ -288,7 +267,7 @@ def check(ctx: click.Context, day: datetime | None) -> None:
     """
     from publisher import site
 
-    problems = site.check_site(load_config(ctx), _as_day(day))
+    problems = site.check_site(load_config(), _as_day(day))
     for problem in problems:
         click.echo(printable(str(problem)))
     if problems:
@@ -303,9 +282,7 @@ def check(ctx: click.Context, day: datetime | None) -> None:
               help="First day to list (default: today in the site's zone).")
 @click.option("--days", type=click.IntRange(min=1), default=30, show_default=True,
               help="How many days to list.")
-@click.pass_context
-@reports_errors
-def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> None:
+def calendar_command(start: datetime | None, days: int) -> None:
     """List the coming appearances: date, years since first publication, slug and title.
 
     \b
@@ -315,7 +292,7 @@ def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> N
     """
     from publisher import site
 
-    events, errors = site.upcoming_events(load_config(ctx), _as_day(start), days)
+    events, errors = site.upcoming_events(load_config(), _as_day(start), days)
     _echo_problems(errors)
     width = max((len(event.article.slug) for event in events), default=0)
     for event in events:
@@ -333,7 +310,6 @@ def calendar_command(ctx: click.Context, start: datetime | None, days: int) -> N
 @click.option("--force", is_flag=True, help="Overwrite an existing Markdown file.")
 @click.option("--keep", "keep_source", is_flag=True,
               help="Leave each .txt in place (remove it yourself: both would claim one slug).")
-@reports_errors
 def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
                    keep_source: bool) -> None:
     """Turn plain .txt articles into Markdown with front matter, renaming each source.
@@ -358,13 +334,10 @@ def import_command(files: tuple[Path, ...], out: Path | None, force: bool,
         sys.exit(EXIT_PROBLEMS)
 
 
-# --- email: subscribers, send, status ------------------------------------------------------
-
-
-def _ledger(ctx: click.Context, *, read_only: bool = False) -> Ledger:
+def _ledger(*, read_only: bool = False) -> Ledger:
     from publisher.ledger import Ledger
 
-    return Ledger.open(load_config(ctx).state.database_url, read_only=read_only)
+    return Ledger.open(load_config().state.database_url, read_only=read_only)
 
 
 STATUS_CHOICE = click.Choice(SUBSCRIBER_STATUSES)
@@ -384,9 +357,7 @@ def subscribers() -> None:
               help="IANA time zone for the delivery time (default: the site's zone).")
 @click.option("--resubscribe", is_flag=True,
               help="Subscribe an address again that unsubscribed or bounced.")
-@click.pass_context
-@reports_errors
-def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: str | None,
+def subscribers_add(email: str, name: str | None, timezone: str | None,
                     resubscribe: bool) -> None:
     """Add a confirmed subscriber, or update a known one's name and time zone.
 
@@ -396,7 +367,7 @@ def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: 
     """
     from publisher.subscriptions.fields import subscriber_row
 
-    with _ledger(ctx) as ledger:
+    with _ledger() as ledger:
         subscriber, outcome = ledger.add_subscriber(subscriber_row(email, name, timezone),
                                                     resubscribe=resubscribe)
     click.echo(f"{subscriber.email}: {outcome}")
@@ -407,9 +378,7 @@ def subscribers_add(ctx: click.Context, email: str, name: str | None, timezone: 
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--include-suppressed", is_flag=True,
               help="Subscribe again the addresses in FILE that unsubscribed or bounced.")
-@click.pass_context
-@reports_errors
-def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool) -> None:
+def subscribers_import(file: Path, include_suppressed: bool) -> None:
     """Import a CSV of email,name,timezone; bad rows are listed, the good ones imported.
 
     Addresses that unsubscribed or bounced are listed and left out.
@@ -420,7 +389,7 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
     """
     from publisher.subscriptions.csvfiles import import_csv
 
-    with _ledger(ctx) as ledger:
+    with _ledger() as ledger:
         report = import_csv(ledger, file, include_suppressed=include_suppressed)
     _echo_problems(report.errors)
     for email, status in report.suppressed:
@@ -441,9 +410,7 @@ def subscribers_import(ctx: click.Context, file: Path, include_suppressed: bool)
 @subscribers.command("list")
 @config_option
 @click.option("--status", type=STATUS_CHOICE, default=None, help="Only this status.")
-@click.pass_context
-@reports_errors
-def subscribers_list(ctx: click.Context, status: str | None) -> None:
+def subscribers_list(status: SubscriberStatus | None) -> None:
     """List subscribers, one per line (tab-separated): address, status, time zone, name, then
     their choices: frequency, years, time, tags ("-": the site's time, "all": every tag).
 
@@ -451,8 +418,8 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
     Example:
         publisher subscribers list --status confirmed
     """
-    with _ledger(ctx, read_only=True) as ledger:
-        for s in ledger.iter_subscribers(cast("SubscriberStatus | None", status)):
+    with _ledger(read_only=True) as ledger:
+        for s in ledger.iter_subscribers(status):
             cells = s.choices.cells()
             click.echo("\t".join(map(printable, (
                 s.email, s.status, s.timezone or "-", s.name or "", cells["frequency"],
@@ -474,11 +441,8 @@ def subscribers_list(ctx: click.Context, status: str | None) -> None:
               help="Local delivery time (empty: the site's publish time).")
 @click.option("--tags", default=None, metavar="a,b", help="Only articles with these tags.")
 @click.option("--all-tags", is_flag=True, help="Articles about every topic (the default).")
-@click.pass_context
-@reports_errors
-def subscribers_set(ctx: click.Context, email: str, years: str | None, frequency: str | None,
-                    timezone: str | None, at: str | None, tags: str | None,
-                    all_tags: bool) -> None:
+def subscribers_set(email: str, years: str | None, frequency: str | None, timezone: str | None,
+                    at: str | None, tags: str | None, all_tags: bool) -> None:
     """Change a subscriber's choices; what is not given stays as it is.
 
     \b
@@ -503,11 +467,10 @@ def subscribers_set(ctx: click.Context, email: str, years: str | None, frequency
     if tags is not None or all_tags:
         changes["tags"] = parse_tags(tags) if tags is not None else None
     zone = check_timezone(timezone)
-    with _ledger(ctx) as ledger:
+    with _ledger() as ledger:
         found = ledger.find_subscriber(email)
         if found is None:
-            click.echo(f"error: {email} is not a subscriber", err=True)
-            sys.exit(EXIT_PROBLEMS)
+            raise SubscriberError(f"{email} is not a subscriber")
         choices = dataclasses.replace(found.choices, **changes)
         updated = ledger.set_choices(choices, email=found.email, timezone=zone)
     assert updated is not None
@@ -520,9 +483,7 @@ def subscribers_set(ctx: click.Context, email: str, years: str | None, frequency
 @click.argument("email")
 @click.option("--forget", is_flag=True,
               help="Delete the address itself too: nothing then stops it being added again.")
-@click.pass_context
-@reports_errors
-def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
+def subscribers_remove(email: str, forget: bool) -> None:
     """Remove a subscriber: name, zone and delivery history go; the address stays suppressed.
 
     A sign-up never confirmed, or any address with --forget, is deleted outright.
@@ -531,11 +492,10 @@ def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
     Example:
         publisher subscribers remove ada@example.org
     """
-    with _ledger(ctx) as ledger:
+    with _ledger() as ledger:
         outcome = ledger.remove(email, forget=forget)
     if outcome is None:
-        click.echo(f"error: {email} is not a subscriber", err=True)
-        sys.exit(EXIT_PROBLEMS)
+        raise SubscriberError(f"{email} is not a subscriber")
     if outcome == "deleted":
         click.echo(f"removed {email}")
     else:
@@ -546,9 +506,7 @@ def subscribers_remove(ctx: click.Context, email: str, forget: bool) -> None:
 @subscribers.command("export")
 @config_option
 @click.option("--status", type=STATUS_CHOICE, default=None, help="Only this status.")
-@click.pass_context
-@reports_errors
-def subscribers_export(ctx: click.Context, status: str | None) -> None:
+def subscribers_export(status: SubscriberStatus | None) -> None:
     """Write subscribers as CSV to stdout; `subscribers import` reads it back.
 
     \b
@@ -557,8 +515,8 @@ def subscribers_export(ctx: click.Context, status: str | None) -> None:
     """
     from publisher.subscriptions.csvfiles import export_csv
 
-    with _ledger(ctx, read_only=True) as ledger:
-        export_csv(ledger, sys.stdout, cast("SubscriberStatus | None", status))
+    with _ledger(read_only=True) as ledger:
+        export_csv(ledger, sys.stdout, status)
 
 
 class _ProgressBar:
@@ -612,9 +570,7 @@ class _StopSignals:
 @click.option("--date", "day", type=DATE, default=None,
               help="Send the events of this day (default: today in the site's zone).")
 @click.option("--dry-run", is_flag=True, help="Show what would be queued; change nothing.")
-@click.pass_context
-@reports_errors
-def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
+def send(day: datetime | None, dry_run: bool) -> None:
     """Email a day's events to every confirmed subscriber (never twice), then any retries due.
 
     \b
@@ -624,7 +580,7 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
     """
     from publisher import dispatch
 
-    config = load_config(ctx)
+    config = load_config()
     bar = _ProgressBar() if sys.stdout.isatty() else None
     with _StopSignals() as stop:
         try:
@@ -647,9 +603,7 @@ def send(ctx: click.Context, day: datetime | None, dry_run: bool) -> None:
 @config_option
 @click.option("--date", "day", type=DATE, default=None,
               help="Only the deliveries of this day's events.")
-@click.pass_context
-@reports_errors
-def status(ctx: click.Context, day: datetime | None) -> None:
+def status(day: datetime | None) -> None:
     """Show deliveries, failures, bounces, subscribers, the clock, what comes next, WebSub.
 
     \b
@@ -659,7 +613,7 @@ def status(ctx: click.Context, day: datetime | None) -> None:
     """
     from publisher.status import overview
 
-    found = overview(load_config(ctx), _as_day(day))
+    found = overview(load_config(), _as_day(day))
     echo_lines(delivery_lines(found.deliveries))
     echo_lines(return_lines(found.returns))
     echo_lines(clock_lines(found.clock))
@@ -668,9 +622,7 @@ def status(ctx: click.Context, day: datetime | None) -> None:
 
 @cli.command("bounces")
 @config_option
-@click.pass_context
-@reports_errors
-def bounces_command(ctx: click.Context) -> None:
+def bounces_command() -> None:
     """Read every configured mailbox of bounces and complaints once; print what was found.
 
     \b
@@ -679,25 +631,24 @@ def bounces_command(ctx: click.Context) -> None:
     """
     from publisher import bounces
 
-    report = bounces.process(load_config(ctx))
+    report = bounces.process(load_config())
     _echo_problems(report.problems)
     echo_lines([report.line()])
     if report.problems:
         sys.exit(EXIT_PROBLEMS)
 
 
-# --- the daemon ---------------------------------------------------------------------------
+log_format_option = click.option(
+    "--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
+    help="text: readable lines; json: one JSON object per line.")
 
 
 @cli.command()
 @config_option
-@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
-              help="text: readable lines; json: one JSON object per line.")
+@log_format_option
 @click.option("--serve", "serve_web", is_flag=True,
               help="Also run the web service (as `publisher serve`) on web.host:web.port.")
-@click.pass_context
-@reports_errors
-def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
+def run(log_format: LogFormat, serve_web: bool) -> None:
     """Keep the site and the email up to date: tick every few seconds until SIGTERM or Ctrl-C.
 
     \b
@@ -707,14 +658,11 @@ def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
     """
     from publisher import daemon, web
 
-    config = load_config(ctx)
+    config = load_config()
     sock = _listen(config, None, None) if serve_web else None
     daemon.configure_logging(log_format)
     with web.beside(config, sock):
         daemon.run_daemon(config, preview_root=web.own_url(sock) if sock is not None else None)
-
-
-# --- web: the HTTP service ----------------------------------------------------------------
 
 
 @cli.command()
@@ -725,12 +673,8 @@ def run(ctx: click.Context, log_format: LogFormat, serve_web: bool) -> None:
               help="Port to listen on (default: web.port, 8000).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
               help="Log one line per request.")
-@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="text", show_default=True,
-              help="text: readable lines; json: one JSON object per line.")
-@click.pass_context
-@reports_errors
-def serve(ctx: click.Context, host: str | None, port: int | None, access_log: bool,
-          log_format: LogFormat) -> None:
+@log_format_option
+def serve(host: str | None, port: int | None, access_log: bool, log_format: LogFormat) -> None:
     """Serve the built site, sign-up, unsubscribe and previews over HTTP until stopped.
 
     \b
@@ -739,7 +683,7 @@ def serve(ctx: click.Context, host: str | None, port: int | None, access_log: bo
     """
     from publisher import daemon, web
 
-    config = load_config(ctx)
+    config = load_config()
     sock = _listen(config, host, port)
     daemon.configure_logging(log_format)
     daemon.announce(config, web.own_url(sock))

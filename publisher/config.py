@@ -10,24 +10,22 @@ from dataclasses import dataclass, field
 from datetime import time
 from email.utils import formataddr
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, cast, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from publisher.errors import ConfigError
 
 CONFIG_NAME = "publisher.toml"
-LEAP_DAY_POLICIES = ("feb28", "mar1", "skip")
 LeapDay = Literal["feb28", "mar1", "skip"]
 TransportName = Literal["smtp", "maildir"]
 Security = Literal["starttls", "ssl", "none"]
 # Named here, in a module without heavy imports, because the command line offers them as
 # choices: the daemon's log formats and the ledger's subscriber states.
 LogFormat = Literal["text", "json"]
-LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
+LOG_FORMATS: tuple[LogFormat, ...] = get_args(LogFormat)
 SubscriberStatus = Literal["pending", "confirmed", "unsubscribed", "bounced"]
-SUBSCRIBER_STATUSES: tuple[SubscriberStatus, ...] = (
-    "pending", "confirmed", "unsubscribed", "bounced")
+SUBSCRIBER_STATUSES: tuple[SubscriberStatus, ...] = get_args(SubscriberStatus)
 
 
 @dataclass(frozen=True)
@@ -280,12 +278,21 @@ class _Table:
             raise self._fail(key, f"must be at least {minimum}, got {value}")
         return value
 
-    def choice(self, key: str, default: str, choices: tuple[str, ...]) -> str:
-        """Return a string that is one of ``choices``."""
+    def choice(self, key: str, default: str, kind: object) -> Any:
+        """Return a string that is one of the values of the ``Literal`` type ``kind``."""
+        choices: tuple[str, ...] = get_args(kind)
         value = self.text(key, default)
         if value not in choices:
             raise self._fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
         return value
+
+    def clock_time(self, key: str, default: str) -> time:
+        """Return an ``HH:MM`` value (24-hour clock) as a time."""
+        value = self.text(key, default)
+        match = _TIME.match(value)
+        if not match:
+            raise self._fail(key, f"expected HH:MM on a 24-hour clock, got {value!r}")
+        return time(int(match.group(1)), int(match.group(2)))
 
     def path_value(self, key: str, default: str | None, base: Path) -> Path | None:
         """Return a path, ``~`` expanded and relative ones taken from ``base``."""
@@ -301,7 +308,7 @@ class _Table:
         value = self.data.get(key, {})
         if not isinstance(value, dict):
             raise self._fail(key, f"expected a table, got {type(value).__name__}")
-        return _Table(value, f"{self.name}.{key}", self.path)
+        return _Table(value, f"{self.name}.{key}" if self.name else key, self.path)
 
     def has(self, key: str) -> bool:
         """Return whether the table sets ``key``."""
@@ -325,7 +332,7 @@ def _site(t: _Table, base: Path) -> SiteConfig:
         ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
         raise t._fail("timezone", f"unknown IANA time zone {zone!r}") from None
-    publish = parse_time(t.text("publish_time", "09:00"), t, "publish_time")
+    publish = t.clock_time("publish_time", "09:00")
     language = t.text("language", "en")
     if not _LANGUAGE_TAG.fullmatch(language):
         raise t._fail("language", f"expected a BCP 47 language tag such as 'de' or 'pt-BR', "
@@ -342,7 +349,7 @@ def _site(t: _Table, base: Path) -> SiteConfig:
         language=language,
         content_dir=cast(Path, t.path_value("content_dir", "content", base)),
         output_dir=cast(Path, t.path_value("output_dir", "var/site", base)),
-        leap_day=cast(LeapDay, t.choice("leap_day", "feb28", LEAP_DAY_POLICIES)),
+        leap_day=t.choice("leap_day", "feb28", LeapDay),
         feed_items=feed_items,
         description=t.text("description", "Articles brought back on their anniversaries."),
         author=t.optional_text("author"),
@@ -354,17 +361,6 @@ def _site(t: _Table, base: Path) -> SiteConfig:
 def _absolute_http(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-def parse_time(value: str, table: _Table | None = None, key: str = "") -> time:
-    """Parse ``HH:MM`` (24-hour clock) into a :class:`datetime.time`."""
-    match = _TIME.match(value)
-    if not match:
-        message = f"expected HH:MM on a 24-hour clock, got {value!r}"
-        if table is not None:
-            raise table._fail(key, message)
-        raise ConfigError(message, field=key or None)
-    return time(int(match.group(1)), int(match.group(2)))
 
 
 def _resolve_sqlite(url: str, base: Path) -> str:
@@ -395,7 +391,7 @@ def _email(t: _Table, base: Path, site: SiteConfig) -> EmailConfig:
     smtp = SmtpConfig(
         host=s.text("host", "localhost"),
         port=s.number("port", 587, minimum=1),
-        security=cast(Security, s.choice("security", "starttls", ("starttls", "ssl", "none"))),
+        security=s.choice("security", "starttls", Security),
         username=s.optional_text("username"),
         timeout=s.real("timeout", 30.0),
         connections=s.number("connections", 1, minimum=1),
@@ -411,8 +407,6 @@ def _email(t: _Table, base: Path, site: SiteConfig) -> EmailConfig:
             private_key=cast(Path, d.path_value("private_key", "dkim.key", base)),
         )
         d.reject_unknown()
-    else:
-        t.used.add("dkim")
     # formataddr quotes a title holding specials such as "<" or "," so the default stays parseable.
     sender = t.text("from", formataddr((site.title, f"publisher@{site.domain}")))
     if "@" not in sender:
@@ -421,7 +415,7 @@ def _email(t: _Table, base: Path, site: SiteConfig) -> EmailConfig:
         sender=sender,
         reply_to=t.optional_text("reply_to"),
         subject=t.text("subject", "{{ article.title }} — {{ event|ago }}"),
-        transport=cast(TransportName, t.choice("transport", "maildir", ("smtp", "maildir"))),
+        transport=t.choice("transport", "maildir", TransportName),
         maildir=cast(Path, t.path_value("maildir", "var/outbox", base)),
         smtp=smtp,
         dkim=dkim,
@@ -447,7 +441,7 @@ def _bounces(t: _Table, base: Path) -> BouncesConfig:
     imap: ImapConfig | None = None
     if t.has("imap"):
         i = t.table("imap")
-        security = cast(Security, i.choice("security", "ssl", ("starttls", "ssl", "none")))
+        security = i.choice("security", "ssl", Security)
         imap = ImapConfig(
             host=i.text("host", "localhost"),
             port=i.number("port", 993 if security == "ssl" else 143, minimum=1),
@@ -460,12 +454,9 @@ def _bounces(t: _Table, base: Path) -> BouncesConfig:
         if not imap.username:
             raise i._fail("username", "the mailbox's login name is required")
         i.reject_unknown()
-    else:
-        t.used.add("imap")
     webhooks: dict[str, WebhookConfig] = {}
     for name, (keys, required, secret_key) in WEBHOOKS.items():
         if not t.has(name):
-            t.used.add(name)
             continue
         w = t.table(name)
         settings = {key: value for key in keys if (value := w.optional_text(key)) is not None}
@@ -525,16 +516,8 @@ def from_mapping(data: Mapping[str, Any], *, path: Path | None = None,
     """Validate a parsed TOML document into a :class:`Config`."""
     base = base_dir or (path.parent if path else Path.cwd())
     root = _Table(data, "", path)
-    root.name = ""
-
-    def section(name: str) -> _Table:
-        """Return a top-level table whose errors name keys as ``name.key``."""
-        table = root.table(name)
-        table.name = name
-        return table
-
-    site_t, state_t, email_t = section("site"), section("state"), section("email")
-    schedule_t, web_t, bounces_t = section("schedule"), section("web"), section("bounces")
+    site_t, state_t, email_t = root.table("site"), root.table("state"), root.table("email")
+    schedule_t, web_t, bounces_t = root.table("schedule"), root.table("web"), root.table("bounces")
     site = _site(site_t, base)
     config = Config(
         site=site,

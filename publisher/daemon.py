@@ -18,7 +18,6 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from publisher.calendar import Event
 from publisher.config import Config, LogFormat
 from publisher.content import ArticleCache
 from publisher.errors import PublisherError
@@ -54,14 +53,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-class _DropBusySkips(logging.Filter):
-    """Drop APScheduler's warning that a tick was skipped because the previous one still runs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        """Return False for the skipped-tick warning, True for any other record."""
-        # A tick that sends a large edition outlasts many intervals; the next tick picks up
-        # whatever is left, so each skipped interval is expected, not a warning.
-        return "maximum number of running instances" not in record.getMessage()
+def _not_a_busy_skip(record: logging.LogRecord) -> bool:
+    # A tick that sends a large edition outlasts many intervals; the next tick picks up
+    # whatever is left, so APScheduler's warning of each skipped interval is no warning.
+    return "maximum number of running instances" not in record.getMessage()
 
 
 def configure_logging(log_format: LogFormat = "text", *, level: int = logging.INFO,
@@ -72,16 +67,11 @@ def configure_logging(log_format: LogFormat = "text", *, level: int = logging.IN
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level)
+    logging.basicConfig(handlers=[handler], level=level, force=True)
     # APScheduler reports every job run at INFO; the tick logs what it did itself.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
-    scheduler_logger = logging.getLogger("apscheduler.scheduler")
-    if not any(isinstance(f, _DropBusySkips) for f in scheduler_logger.filters):
-        scheduler_logger.addFilter(_DropBusySkips())
+    # addFilter skips a filter already there, so configuring twice filters once.
+    logging.getLogger("apscheduler.scheduler").addFilter(_not_a_busy_skip)
 
 
 def start_clock(config: Config, tick: Callable[[], object]) -> BackgroundScheduler:
@@ -158,11 +148,6 @@ def run(config: Config, tick: Callable[[], object], stop: threading.Event) -> No
             signal.signal(sig, handler)
 
 
-def email_preview_url(root: str, event: Event) -> str:
-    """Return the address of the preview of an event's email, below the web service's ``root``."""
-    return f"{root}preview/email/{event.on.isoformat()}/{quote(event.article.slug)}.html"
-
-
 def announce(config: Config, preview_root: str | None = None, ledger: Ledger | None = None,
              *, cache: ArticleCache | None = None, now: datetime | None = None) -> None:
     """Log the next appearances and the address of the first one's email preview."""
@@ -183,7 +168,8 @@ def announce(config: Config, preview_root: str | None = None, ledger: Ledger | N
         logger.info("next appearance: %s", appearance.line(), extra={
             "day": appearance.event.on.isoformat(), "slug": appearance.event.article.slug,
             "publish_at": appearance.first.instant.isoformat(), "reach": appearance.reach})
-    url = email_preview_url(root, coming[0].event)
+    first = coming[0].event
+    url = f"{root}preview/email/{first.on.isoformat()}/{quote(first.article.slug)}.html"
     # The token is a secret and logs travel further than the configuration: it is named, not
     # written out.
     token = " (add ?token= and web.preview_token)" if config.web.preview_token else ""
@@ -192,10 +178,7 @@ def announce(config: Config, preview_root: str | None = None, ledger: Ledger | N
 
 def run_daemon(config: Config, stop: threading.Event | None = None, *,
                preview_root: str | None = None) -> None:
-    """Open the ledger, log what comes next, and tick on the clock until SIGTERM or SIGINT.
-
-    ``preview_root``: the address of the web service that shows previews (default: base_url).
-    """
+    """Open the ledger, log what comes next (previews at ``preview_root``), tick until stopped."""
     stop = stop or threading.Event()
     with Ledger.open(config.state.database_url) as ledger:
         ticker = Ticker(config, ledger, stop=stop)

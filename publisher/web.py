@@ -91,6 +91,8 @@ SAMPLE_RECIPIENT = Recipient(subscriber_id=0, email="reader@example.org", name="
 ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"  # RFC 8058's POST body
 
 PAGE_CACHE = "no-store"
+NO_REFERRER = {"referrer-policy": "no-referrer"}  # pages whose address holds a token
+PREVIEW_HEADERS = {"cache-control": PAGE_CACHE, **NO_REFERRER, "x-robots-tag": "noindex"}
 SITE_CACHE = "public, no-cache"  # readers revalidate each time; the answer is usually a 304
 
 _MEDIA_TYPES = {
@@ -112,12 +114,6 @@ _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers name th
 _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
-# ---------------------------------------------------------------------------------------------
-# The built site: files resolved per request, cached by (path, mtime, size)
-# ---------------------------------------------------------------------------------------------
-# Not Starlette's StaticFiles and GZipMiddleware: `make bench` web.py, feed req/s 1.4-7x theirs.
-
-
 def media_type(relative: str) -> str:
     """Return the Content-Type of a file from its path relative to the site folder."""
     feed_type = _FEED_TYPES.get(relative)
@@ -132,6 +128,7 @@ def _compressible(content_type: str) -> bool:
     return content_type.startswith(_COMPRESSIBLE)
 
 
+# Not Starlette's StaticFiles and GZipMiddleware: `make bench` web.py, feed req/s 1.4-7x theirs.
 @dataclass(frozen=True)
 class StaticFile:
     """One file held in memory with its validators and, when worth it, a gzipped copy."""
@@ -270,11 +267,6 @@ def _footprint(file: StaticFile) -> int:
     return len(file.body) + len(file.gzipped or b"")
 
 
-# ---------------------------------------------------------------------------------------------
-# HTTP validators and content coding
-# ---------------------------------------------------------------------------------------------
-
-
 def accepts_gzip(accept_encoding: str) -> bool:
     """Return whether an Accept-Encoding header allows gzip (``q=0`` refuses it)."""
     allowed: bool | None = None
@@ -347,11 +339,6 @@ def large_file_response(file: LargeFile, request: Request) -> Response:
         return Response(status_code=304, headers={
             key: response.headers[key] for key in ("etag", "last-modified", "cache-control")})
     return response
-
-
-# ---------------------------------------------------------------------------------------------
-# Abuse limits: sign-ups per client and per address, cross-site posts
-# ---------------------------------------------------------------------------------------------
 
 
 class SlidingWindow:
@@ -431,11 +418,6 @@ def allowed_hosts(config: Config) -> list[str]:
     return [f"[{own}]" if ":" in own else own, *_LOOPBACK_HOSTS, *config.web.allowed_hosts]
 
 
-# ---------------------------------------------------------------------------------------------
-# Security headers
-# ---------------------------------------------------------------------------------------------
-
-
 def content_security_policy(config: Config) -> str:
     """Return the CSP of every page: scripts only from files of this site, no framing."""
     base = origin_of(config.site.base_url)
@@ -495,11 +477,6 @@ def security_headers(config: Config) -> dict[str, str]:
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Previews
-# ---------------------------------------------------------------------------------------------
-
-
 class Previews:
     """Emails and feeds as they will look on any date, for a sample subscriber."""
 
@@ -514,19 +491,13 @@ class Previews:
         return upcoming_events(self.config, start, days, cache=self.cache)
 
     def email(self, slug: str, day: date) -> Preview | None:
-        """Return the sample subscriber's email of one article on one day, or None.
-
-        The slug ``@digest`` names the day's digest, holding every appearance of the day.
-        """
-        calendar, _ = load_calendar(self.config, self.cache)
+        """Return the sample's email of one article (``@digest``: the digest) on a day, or None."""
+        events = load_calendar(self.config, self.cache)[0].events_on(day)
         if slug == DIGEST_SLUG:
-            events = calendar.events_on(day)
             return (digest_edition(self.mailer, events, day).preview(SAMPLE_RECIPIENT)
                     if events else None)
-        for event in calendar.events_on(day):
-            if event.article.slug == slug:
-                return self.mailer.edition(event).preview(SAMPLE_RECIPIENT)
-        return None
+        event = next((event for event in events if event.article.slug == slug), None)
+        return self.mailer.edition(event).preview(SAMPLE_RECIPIENT) if event else None
 
     def feed(self, day: date, name: str) -> bytes | None:
         """Return one feed file as it stands on ``day``, or None for an unknown name."""
@@ -534,11 +505,6 @@ class Previews:
             return None
         calendar, _ = load_calendar(self.config, self.cache)
         return build_feeds(self.config.site, calendar, day, self.env)[name]
-
-
-# ---------------------------------------------------------------------------------------------
-# The application
-# ---------------------------------------------------------------------------------------------
 
 
 def _parse_day(value: str) -> date:
@@ -574,8 +540,6 @@ class WebService:
         self.script = StaticFile.of(SCRIPT_TEMPLATE, render(self.env, SCRIPT_TEMPLATE, {
             "site": self.site}).encode("utf-8"))
 
-    # -- helpers -------------------------------------------------------------------------------
-
     def page(self, template: str, request: Request, status: int = 200,
              headers: Mapping[str, str] | None = None, **values: Any) -> HTMLResponse:
         """Render one of the service's pages inside the site's layout."""
@@ -595,9 +559,12 @@ class WebService:
         host = request.headers.get("host", "")
         return {*self.origins, f"{request.url.scheme}://{host}".lower()}
 
-    async def form(self, request: Request, *, cross_site_ok: bool = False) -> FormData:
-        """Read a posted form, refusing one posted from another site's page."""
+    async def form(self, request: Request, *, one_click: bool = False) -> FormData:
+        """Read a posted form; refuse one from another site, bar RFC 8058's if ``one_click``."""
         form = await request.form(max_files=0, max_fields=20)
+        # A mail provider posts the one-click body from its own servers, with no cookie and no
+        # Origin; the signed token in the URL is the whole authorisation, as RFC 8058 intends.
+        cross_site_ok = one_click and form.get(ONE_CLICK_FIELD) == ONE_CLICK_VALUE
         if not cross_site_ok and not same_origin(request.headers, self._own_origins(request)):
             raise HTTPException(403, "This form can only be sent from this site's own pages.")
         return form
@@ -605,8 +572,6 @@ class WebService:
     def now(self) -> float:
         """Return the injected clock as a Unix timestamp, for the rate limits."""
         return self.clock().timestamp()
-
-    # -- the built site ------------------------------------------------------------------------
 
     async def static(self, request: Request) -> Response:
         """Serve a file of the built site."""
@@ -623,8 +588,6 @@ class WebService:
     async def subscribe_script(self, request: Request) -> Response:
         """Serve the script that fills in the browser's time zone."""
         return file_response(self.script, request)
-
-    # -- sign-up -------------------------------------------------------------------------------
 
     async def subscribe_page(self, request: Request) -> Response:
         """Show the sign-up form on its own page, with the choices a subscriber can make."""
@@ -673,89 +636,63 @@ class WebService:
     async def confirm_page(self, request: Request) -> Response:
         """Show the button that confirms a sign-up; a GET alone changes nothing."""
         token = request.path_params["token"]
-        try:
-            email = await anyio.to_thread.run_sync(self.subscriptions.confirm_address, token)
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
+        email = await anyio.to_thread.run_sync(self.subscriptions.confirm_address, token)
         return self.page(SUBSCRIBE_CONFIRM_TEMPLATE, request, email=email,
                          action=f"{relative_root(request.url.path)}confirm/{token}")
 
     async def confirm(self, request: Request) -> Response:
         """Confirm a sign-up."""
         await self.form(request)
-        try:
-            subscriber = await anyio.to_thread.run_sync(
-                self.subscriptions.confirm, request.path_params["token"])
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
+        subscriber = await anyio.to_thread.run_sync(self.subscriptions.confirm,
+                                                    request.path_params["token"])
         return self.page(SUBSCRIBE_CONFIRMED_TEMPLATE, request, email=subscriber.email,
                          preferences=self.subscriptions.preferences_link(subscriber))
-
-    # -- unsubscribe ---------------------------------------------------------------------------
 
     async def unsubscribe_page(self, request: Request) -> Response:
         """Show the unsubscribe button; link scanners that GET this page unsubscribe nobody."""
         token = request.path_params["token"]
-        try:
-            email = await anyio.to_thread.run_sync(self.subscriptions.unsubscribe_address, token)
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
+        email = await anyio.to_thread.run_sync(self.subscriptions.unsubscribe_address, token)
         if email is None:  # nothing to offer: say so rather than show a button
-            return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=None, changed=False,
-                             headers={"referrer-policy": "no-referrer"})
+            return self._unsubscribed(request, None, changed=False)
         return self.page(UNSUBSCRIBE_TEMPLATE, request, email=email,
                          action=f"{relative_root(request.url.path)}unsubscribe/{token}",
-                         headers={"referrer-policy": "no-referrer"})
+                         headers=NO_REFERRER)
 
     async def unsubscribe(self, request: Request) -> Response:
         """Unsubscribe at once: the button's form, or a mail provider's RFC 8058 POST."""
-        form = await request.form(max_files=0, max_fields=20)
-        # A mail provider posts the one-click body from its own servers, with no cookie and no
-        # Origin; the signed token in the URL is the whole authorisation, as RFC 8058 intends.
-        if form.get(ONE_CLICK_FIELD) != ONE_CLICK_VALUE and not same_origin(
-                request.headers, self._own_origins(request)):
-            raise HTTPException(403, "This form can only be sent from this site's own pages.")
-        try:
-            done = await anyio.to_thread.run_sync(
-                self.subscriptions.unsubscribe, request.path_params["token"])
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
-        return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=done.email,
-                         changed=done.changed, headers={"referrer-policy": "no-referrer"})
+        await self.form(request, one_click=True)
+        done = await anyio.to_thread.run_sync(self.subscriptions.unsubscribe,
+                                              request.path_params["token"])
+        return self._unsubscribed(request, done.email, changed=done.changed)
 
-    # -- preferences ---------------------------------------------------------------------------
+    def _unsubscribed(self, request: Request, email: str | None, *, changed: bool
+                      ) -> HTMLResponse:
+        return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=email, changed=changed,
+                         headers=NO_REFERRER)
 
     async def _preferences(self, request: Request, subscriber: Subscriber | None, *,
-                           status: int = 200, choices: Choices | None = None,
-                           saved: bool = False, error: str | None = None) -> Response:
+                           status: int = 200, saved: bool = False, error: str | None = None
+                           ) -> Response:
         token = request.path_params["token"]
         if subscriber is None:  # unsubscribed since, or never confirmed: nothing to choose
-            return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=None, changed=False,
-                             headers={"referrer-policy": "no-referrer"})
+            return self._unsubscribed(request, None, changed=False)
         root = relative_root(request.url.path)
         return self.page(PREFERENCES_TEMPLATE, request, status=status, email=subscriber.email,
                          action=f"{root}preferences/{token}", saved=saved, error=error,
                          unsubscribe=f"{root}unsubscribe/{token}",
-                         headers={"referrer-policy": "no-referrer"},
-                         **await self.choice_fields(choices or subscriber.choices))
+                         headers=NO_REFERRER, **await self.choice_fields(subscriber.choices))
 
     async def preferences_page(self, request: Request) -> Response:
         """Show a subscriber's choices, as their emails' link names them; change nothing."""
-        try:
-            found = await anyio.to_thread.run_sync(self.subscriptions.preferences_of,
-                                                   request.path_params["token"])
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
+        found = await anyio.to_thread.run_sync(self.subscriptions.preferences_of,
+                                               request.path_params["token"])
         return await self._preferences(request, found)
 
     async def save_preferences(self, request: Request) -> Response:
         """Store the choices posted from the preferences page (from this site's pages only)."""
         form = await self.form(request)
         token = request.path_params["token"]
-        try:
-            found = await anyio.to_thread.run_sync(self.subscriptions.preferences_of, token)
-        except TokenError as exc:
-            raise HTTPException(400, str(exc)) from None
+        found = await anyio.to_thread.run_sync(self.subscriptions.preferences_of, token)
         try:
             choices = choices_from_form(form)
         except SubscriberError as exc:
@@ -763,8 +700,6 @@ class WebService:
         saved = await anyio.to_thread.run_sync(self.subscriptions.save_preferences, token,
                                                choices)
         return await self._preferences(request, saved, saved=saved is not None)
-
-    # -- previews ------------------------------------------------------------------------------
 
     def _check_preview(self, request: Request) -> dict[str, str]:
         if not preview_allowed(request, self.config.web.preview_token):
@@ -791,8 +726,7 @@ class WebService:
         return self.page(PREVIEW_TEMPLATE, request, start=start, days=days, events=events,
                          errors=errors, query=query, token=keep.get("token"),
                          sample=SAMPLE_RECIPIENT,
-                         feed_names=[feed.name for feed in FEEDS],
-                         headers={"referrer-policy": "no-referrer"})
+                         feed_names=[feed.name for feed in FEEDS], headers=NO_REFERRER)
 
     async def preview_email(self, request: Request) -> Response:
         """Show one email, HTML (``.html``) or text (``.txt``), for the sample subscriber."""
@@ -805,13 +739,11 @@ class WebService:
         preview = await anyio.to_thread.run_sync(self.previews.email, slug, day)
         if preview is None:
             raise HTTPException(404, f"No article {slug!r} appears on {day.isoformat()}.")
-        headers = {"cache-control": PAGE_CACHE, "referrer-policy": "no-referrer",
-                   "x-robots-tag": "noindex"}
         if kind == "txt":
             return PlainTextResponse(f"Subject: {preview.subject}\n\n{preview.text}",
-                                     headers=headers)
+                                     headers=PREVIEW_HEADERS)
         return HTMLResponse(preview.html, headers={
-            **headers, "content-security-policy": EMAIL_PREVIEW_POLICY})
+            **PREVIEW_HEADERS, "content-security-policy": EMAIL_PREVIEW_POLICY})
 
     async def preview_feed(self, request: Request) -> Response:
         """Serve one feed as it will stand on a day (``?view=text`` shows it as plain text)."""
@@ -823,11 +755,7 @@ class WebService:
             raise HTTPException(404, f"No feed is called {name!r}.")
         content_type = ("text/plain; charset=utf-8" if request.query_params.get("view") == "text"
                         else media_type(name))
-        return Response(body, headers={"content-type": content_type, "cache-control": PAGE_CACHE,
-                                       "referrer-policy": "no-referrer",
-                                       "x-robots-tag": "noindex"})
-
-    # -- errors and background work ------------------------------------------------------------
+        return Response(body, headers={"content-type": content_type, **PREVIEW_HEADERS})
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         """Render an HTTP error on the error page, keeping its headers (e.g. Retry-After)."""
@@ -840,6 +768,10 @@ class WebService:
             log.exception("cannot render %s", ERROR_TEMPLATE)
             return PlainTextResponse(exc.detail, status_code=exc.status_code,
                                      headers=exc.headers)
+
+    async def token_error(self, request: Request, exc: Exception) -> Response:
+        """Answer a forged, garbled or expired link (TokenError) with a 400 error page."""
+        return await self.http_error(request, HTTPException(400, str(exc)))
 
     async def server_error(self, request: Request, exc: Exception) -> Response:
         """Answer an unexpected failure without showing its details (the server logs them)."""
@@ -934,7 +866,8 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
 
     app = Starlette(
         routes=service.routes(),
-        exception_handlers={HTTPException: service.http_error, 500: service.server_error},
+        exception_handlers={HTTPException: service.http_error, TokenError: service.token_error,
+                            500: service.server_error},
         lifespan=lifespan,
         max_body_size=MAX_BODY_BYTES,
     )
@@ -943,11 +876,6 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
     app.add_middleware(SecurityHeaders, headers=security_headers(config))
     app.state.service = service
     return app
-
-
-# ---------------------------------------------------------------------------------------------
-# Serving
-# ---------------------------------------------------------------------------------------------
 
 
 def _server_config(app: ASGIApp, *, access_log: bool) -> uvicorn.Config:
@@ -976,25 +904,17 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class _Stopped(Exception):
-    """SIGTERM arrived: the server has shut down and the process should end normally."""
-
-
-def _raise_stopped(_signum: int, _frame: object) -> None:
-    raise _Stopped
-
-
 def serve(config: Config, sock: socket.socket, *, access_log: bool = True) -> None:
     """Serve the application on a bound socket in the foreground until SIGINT or SIGTERM."""
     # uvicorn shuts down gracefully on either signal, then raises it again under the previous
-    # handler; these handlers turn that into a normal return (exit status 0, no traceback).
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    # handler; both then end here as KeyboardInterrupt (exit status 0, no traceback).
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         with sock:
             app = create_app(config)
             log.info("serving %s on http://%s", config.site.base_url, _address(sock))
             uvicorn.Server(_server_config(app, access_log=access_log)).run(sockets=[sock])
-    except (KeyboardInterrupt, _Stopped):
+    except KeyboardInterrupt:
         log.info("stopped")
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -1,23 +1,16 @@
-"""Webhooks for bounces and complaints: Amazon SES (through SNS), Postmark, SendGrid, Mailgun.
-
-Each request is authenticated the provider's way before anything is read from it: SES's SNS
-messages by their signature and the signing certificate, Postmark by HTTP basic auth, SendGrid by
-its ECDSA signature, Mailgun by its HMAC. A request that fails gets 401 or 403 and changes
-nothing. What is authentic becomes :class:`~publisher.bounces.Return` values, recorded like the
-returns read from a mailbox: each event once.
-"""
+"""Take bounce and complaint webhooks from SES, Postmark, SendGrid and Mailgun, authenticated."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
 import logging
 import re
 import urllib.request
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC
 from typing import Any
@@ -43,7 +36,7 @@ from publisher.bounces import (
     status_code,
 )
 from publisher.calendar import Clock, utcnow
-from publisher.config import Config, WebhookConfig
+from publisher.config import Config
 from publisher.errors import WebhookError
 from publisher.ledger import Ledger, ReturnKind
 
@@ -113,19 +106,17 @@ class SnsVerifier:
         self.topic_arn = topic_arn
         self.fetch = fetch
         self.clock = clock
-        self._certificates: OrderedDict[str, x509.Certificate] = OrderedDict()
+        self._load = functools.lru_cache(maxsize=CERTIFICATES_KEPT)(self._download)
+
+    def _download(self, url: str) -> x509.Certificate:
+        try:
+            return x509.load_pem_x509_certificate(self.fetch(url))
+        except (OSError, ValueError) as exc:
+            raise WebhookError(f"cannot load the signing certificate {url}: {exc}") from None
 
     def certificate(self, url: str) -> x509.Certificate:
         """Return the certificate at a checked SNS URL, fetched once and then kept."""
-        found = self._certificates.get(url)
-        if found is None:
-            try:
-                found = x509.load_pem_x509_certificate(self.fetch(url))
-            except (OSError, ValueError) as exc:
-                raise WebhookError(f"cannot load the signing certificate {url}: {exc}") from None
-            self._certificates[url] = found
-            while len(self._certificates) > CERTIFICATES_KEPT:
-                self._certificates.popitem(last=False)
+        found = self._load(url)
         now = self.clock().astimezone(UTC)
         if not found.not_valid_before_utc <= now <= found.not_valid_after_utc:
             raise WebhookError(f"the signing certificate {url} is not valid now")
@@ -173,11 +164,6 @@ def verify_mailgun(signing_key: str, signed: object) -> None:
     expected = hmac.new(signing_key.encode(), text, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, str(signed.get("signature", ""))):
         raise WebhookError("the signature does not match")
-
-
-# ---------------------------------------------------------------------------------------------
-# Provider payloads into returns
-# ---------------------------------------------------------------------------------------------
 
 
 def _text(value: object) -> str | None:
@@ -288,11 +274,6 @@ def postmark_report(payload: Mapping[str, Any]) -> Report:
                                               status_code(details), details),))
 
 
-# ---------------------------------------------------------------------------------------------
-# The routes
-# ---------------------------------------------------------------------------------------------
-
-
 def _refuse(status: int, reason: str, provider: str, headers: Mapping[str, str] | None = None
             ) -> Response:
     log.warning("webhook %s refused (%d): %s", provider, status, reason)
@@ -324,9 +305,6 @@ class Webhooks:
                       max_body_size=MAX_BODY_BYTES)
                 for name, handler in (("ses", self.ses), ("postmark", self.postmark),
                                       ("sendgrid", self.sendgrid), ("mailgun", self.mailgun))]
-
-    def _enabled(self, name: str) -> WebhookConfig | None:
-        return self.settings.get(name)
 
     async def _record(self, reports: list[Report], source: Source) -> Response:
         tally = BounceReport()
@@ -378,7 +356,7 @@ class Webhooks:
 
     async def postmark(self, request: Request) -> Response:
         """Take a Postmark webhook, authenticated by HTTP basic auth."""
-        settings = self._enabled("postmark")
+        settings = self.settings.get("postmark")
         password = settings.get("password") if settings is not None else None
         if settings is None or not password:
             return _refuse(403, "this webhook is not configured", "postmark")
@@ -402,7 +380,7 @@ class Webhooks:
 
     async def sendgrid(self, request: Request) -> Response:
         """Take a batch of SendGrid events, authenticated by SendGrid's ECDSA signature."""
-        settings = self._enabled("sendgrid")
+        settings = self.settings.get("sendgrid")
         key_text = settings.get("public_key") if settings is not None else None
         if not key_text:
             return _refuse(403, "this webhook is not configured", "sendgrid")
@@ -422,7 +400,7 @@ class Webhooks:
 
     async def mailgun(self, request: Request) -> Response:
         """Take a Mailgun event, authenticated by the HMAC of its timestamp and token."""
-        settings = self._enabled("mailgun")
+        settings = self.settings.get("mailgun")
         signing_key = settings.get("signing_key") if settings is not None else None
         if not signing_key:
             return _refuse(403, "this webhook is not configured", "mailgun")

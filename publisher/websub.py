@@ -1,11 +1,4 @@
-"""WebSub publishing: tell the hub which feeds changed, retried with backoff from the ledger.
-
-A build that gives a feed new bytes marks that feed's ping as pending in the ledger's state
-table; :func:`deliver_due` then POSTs ``hub.mode=publish`` with the feed's URL (the topic) to
-the hub, once per feed. A ping the hub does not accept with a 2xx stays pending and is tried
-again later, each wait twice the one before, until MAX_ATTEMPTS. Nothing here ever raises
-into a build: every outcome is recorded, and ``publisher status`` shows the last one.
-"""
+"""Ping the WebSub hub for each changed feed, retried with backoff kept in the ledger."""
 
 from __future__ import annotations
 
@@ -17,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from http.client import HTTPException
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 from urllib.parse import urlencode
 
+from publisher import __version__
 from publisher.calendar import utcnow
 from publisher.config import Config
 from publisher.feeds import FEEDS
@@ -32,6 +25,7 @@ FIRST_RETRY = timedelta(minutes=1)
 LONGEST_WAIT = timedelta(hours=1)
 MAX_ATTEMPTS = 12  # about seven hours of trying, then the ping waits for the next change
 CONTENT_TYPE = "application/x-www-form-urlencoded"
+USER_AGENT = f"anniversary-publisher/{__version__}"
 
 
 @dataclass(frozen=True)
@@ -58,11 +52,7 @@ class PingState:
 
     def to_json(self) -> str:
         """Return the state as the ledger stores it."""
-        data: dict[str, Any] = asdict(self)
-        for key in ("next_at", "last_at"):
-            value = data[key]
-            data[key] = value.isoformat() if value is not None else None
-        return json.dumps(data, sort_keys=True)
+        return json.dumps(asdict(self), sort_keys=True, default=datetime.isoformat)
 
     @classmethod
     def from_json(cls, text: str | None, name: str, topic: str, hub: str) -> PingState:
@@ -83,13 +73,6 @@ def _instant(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def _user_agent() -> str:
-    try:
-        return f"anniversary-publisher/{version('anniversary-publisher')}"
-    except PackageNotFoundError:
-        return "anniversary-publisher"
-
-
 class _NoRedirects(urllib.request.HTTPRedirectHandler):
     """Report a redirect as the hub's answer: following it would turn the POST into a GET."""
 
@@ -105,7 +88,7 @@ def ping(hub: str, topic: str, timeout: float = TIMEOUT_SECONDS) -> PingResult:
     """POST ``hub.mode=publish`` and ``hub.url=topic`` to ``hub``; return its answer."""
     body = urlencode({"hub.mode": "publish", "hub.url": topic}).encode("ascii")
     request = urllib.request.Request(hub, data=body, method="POST", headers={
-        "Content-Type": CONTENT_TYPE, "User-Agent": _user_agent()})
+        "Content-Type": CONTENT_TYPE, "User-Agent": USER_AGENT})
     try:
         with _opener.open(request, timeout=timeout) as response:
             return PingResult(200 <= response.status < 300, f"{response.status} {response.reason}")
