@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.header import decode_header, make_header
+from email.header import decode_header
 from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
@@ -313,15 +313,6 @@ def _from_text(text: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _decoded(value: str | None) -> str:
-    if not value:
-        return ""
-    try:
-        return str(make_header(decode_header(value)))
-    except (UnicodeError, LookupError, ValueError):
-        return value
-
-
 def _automatic_reply(message: Message) -> bool:
     """Return whether a message is an out-of-office or other automatic reply."""
     submitted = _field(message, "Auto-Submitted").strip().lower()
@@ -333,7 +324,8 @@ def _automatic_reply(message: Message) -> bool:
                   for name in ("Precedence", "X-Precedence")}
     if precedence & _AUTO_REPLY_PRECEDENCE:
         return True
-    subject = _decoded(_field(message, "Subject")).strip().lower()
+    # The modern policy has decoded the subject's encoded words already.
+    subject = _field(message, "Subject").strip().lower()
     return subject.startswith(_AUTO_REPLY_SUBJECTS)
 
 
