@@ -157,7 +157,7 @@ def read_report(data: bytes) -> Report:
     message = email.message_from_bytes(data, policy=email.policy.default)
     own_id = angle_id(_field(message, "Message-ID"))
     identity = f"mail:{own_id}" if own_id else f"mail-sha256:{hashlib.sha256(data).hexdigest()}"
-    feedback = _feedback_fields(message)
+    feedback = _first_block(message, "message/feedback-report")
     if feedback is not None:
         complaints = _complaints(message, feedback)
         return Report("return" if complaints else "other", identity, complaints)
@@ -189,9 +189,9 @@ def _header_blocks(part: Message) -> list[Message]:
             for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if block.strip()]
 
 
-def _original(message: Message) -> Message | None:
-    """Return the quoted message (or its headers) a report carries, if any."""
-    for content_type in ("message/rfc822", "text/rfc822-headers"):
+def _first_block(message: Message, *content_types: str) -> Message | None:
+    """Return the first header block of the report's first part of these types, if any."""
+    for content_type in content_types:
         for part in _parts(message, content_type):
             blocks = _header_blocks(part)
             if blocks:
@@ -214,7 +214,8 @@ def _text(message: Message) -> str:
 
 def _copied_headers(message: Message) -> dict[str, str]:
     """Return Message-ID and Return-Path from a quoted message, attached or pasted as text."""
-    original = _original(message)
+    # The quoted message, or its headers.
+    original = _first_block(message, "message/rfc822", "text/rfc822-headers")
     found: dict[str, str] = {}
     if original is not None:
         for name in ("message-id", "return-path"):
@@ -229,14 +230,6 @@ def _copied_headers(message: Message) -> dict[str, str]:
 
 def _return_paths(message: Message, *extra: str | None) -> tuple[str, ...]:
     return addresses([*extra, *(_field(message, name) for name in _RETURN_PATH_HEADERS)])
-
-
-def _feedback_fields(message: Message) -> Message | None:
-    for part in _parts(message, "message/feedback-report"):
-        blocks = _header_blocks(part)
-        if blocks:
-            return blocks[0]
-    return None
 
 
 def _complaints(message: Message, fields: Message) -> tuple[Return, ...]:
