@@ -588,26 +588,15 @@ def read_imap(settings: ImapConfig, handle: Callable[[bytes], None]) -> None:
             connection.logout()
 
 
-def mailboxes(config: Config) -> list[tuple[Source, Callable[[Callable[[bytes], None]], None]]]:
-    """Return the configured mailboxes, each as its name and a function that reads it."""
-    found: list[tuple[Source, Callable[[Callable[[bytes], None]], None]]] = []
-    settings = config.bounces
-    if settings.maildir is not None:
-        maildir = settings.maildir
-        found.append(("maildir", lambda handle: read_maildir(maildir, handle)))
-    if settings.imap is not None:
-        imap = settings.imap
-        found.append(("imap", lambda handle: read_imap(imap, handle)))
-    return found
-
-
 def read_mailboxes(config: Config, ledger: Ledger, secret: bytes, *,
                    clock: Clock = utcnow) -> BounceReport:
     """Read every configured mailbox once, recording what each message reports."""
-    sources = mailboxes(config)
-    if not sources:
-        raise ConfigError("no mailbox to read: set maildir or add a [bounces.imap] table",
-                          path=config.path, field="bounces")
+    settings = config.bounces
+    sources: list[tuple[Source, Callable[[Callable[[bytes], None]], None]]] = []
+    if settings.maildir is not None:
+        sources.append(("maildir", partial(read_maildir, settings.maildir)))
+    if settings.imap is not None:
+        sources.append(("imap", partial(read_imap, settings.imap)))
     recorder = Recorder(config, ledger, secret, clock=clock)
     tally = BounceReport()
     for name, read in sources:
