@@ -1,11 +1,6 @@
-"""Read what comes back after a send: bounces, complaints and auto-replies, each once.
+"""Read what comes back after a send (bounces, complaints, auto-replies); record each once.
 
-Reports arrive as mail in a Maildir or an IMAP mailbox — RFC 3464 delivery status notifications,
-the older formats GNU Mailman's ``flufl.bounce`` detectors know, RFC 5965 feedback reports — or
-as provider webhooks (:mod:`publisher.webhooks`). Each return is matched to the delivery it is
-about: by the signed tag in the envelope sender (VERP), else by the original Message-ID, else by
-the recipient's address. It is recorded once in the ledger, which applies it: a hard bounce marks
-the subscriber bounced, soft bounces do once they pile up, a complaint unsubscribes.
+The formats understood, the order returns are matched in and their effects: docs/bounces.md.
 """
 
 from __future__ import annotations
@@ -73,9 +68,7 @@ _AUTO_REPLY_SUBJECTS = ("auto:", "automatic reply", "autoreply", "auto reply", "
 _RETURN_PATH_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "to")
 
 
-# ---------------------------------------------------------------------------------------------
-# What a report says
-# ---------------------------------------------------------------------------------------------
+# -- what a report says ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -92,14 +85,10 @@ class Return:
 
 @dataclass(frozen=True)
 class Report:
-    """What one message or provider event turned out to be, and the returns it states.
-
-    ``identity`` names the report itself (its Message-ID, a digest of its bytes, or the
-    provider's event id): the same report read twice has the same identity.
-    """
+    """What one message or provider event turned out to be, and the returns it states."""
 
     category: Category
-    identity: str
+    identity: str  # its Message-ID, a digest of its bytes or the provider's event id
     returns: tuple[Return, ...] = ()
 
 
@@ -322,9 +311,7 @@ def _automatic_reply(message: Message) -> bool:
     return subject.startswith(_AUTO_REPLY_SUBJECTS)
 
 
-# ---------------------------------------------------------------------------------------------
-# Matching a return to its delivery, and recording it
-# ---------------------------------------------------------------------------------------------
+# -- matching a return to its delivery, and recording it -------------------------------------------
 
 
 def edition_of(message_id: str) -> tuple[str, int] | None:
@@ -463,19 +450,13 @@ class Recorder:
         self.record(report, source, tally)
 
 
-# ---------------------------------------------------------------------------------------------
-# Mailboxes
-# ---------------------------------------------------------------------------------------------
+# -- mailboxes -------------------------------------------------------------------------------------
 
 PROCESSED_MAILDIR_FOLDER = "processed"
 
 
 def read_maildir(path: Path, handle: Callable[[bytes], None]) -> None:
-    """Hand each message of a Maildir to ``handle``, then move it to the ``.processed`` folder.
-
-    A message is moved only after ``handle`` returned, so one read by a run that died is read
-    again, and recording it again changes nothing.
-    """
+    """Hand each message of a Maildir to ``handle``, then move it to the ``.processed`` folder."""
     with _maildir_errors(path):
         for sub in ("cur", "new", "tmp"):
             (path / sub).mkdir(parents=True, exist_ok=True)
@@ -541,11 +522,7 @@ def _ok(answer: tuple[str, Sequence[object]], what: str) -> Sequence[object]:
 
 
 def read_imap(settings: ImapConfig, handle: Callable[[bytes], None]) -> None:
-    """Hand each message of an IMAP folder to ``handle``, then move it to the processed folder.
-
-    A message is moved only after ``handle`` returned, so one read by a run that died is read
-    again, and recording it again changes nothing.
-    """
+    """Hand each message of an IMAP folder to ``handle``, then move it to the processed folder."""
     password = settings.password
     if password is None:
         raise MailboxError("PUBLISHER_IMAP_PASSWORD is not set")
