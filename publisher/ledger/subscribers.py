@@ -45,7 +45,7 @@ from publisher.ledger.schema import (
     subscribers,
 )
 from publisher.preferences import Choices, DeliveryGroup
-from publisher.subscriptions.fields import SubscriberRow, normalise_address
+from publisher.subscriptions.fields import SUPPRESSED, SubscriberRow, normalise_address
 
 STREAM_CHUNK = 500
 CONFIRMED = subscribers.c.status == "confirmed"
@@ -100,9 +100,6 @@ class PendingSignUp:
 
 AddOutcome = Literal["added", "confirmed", "updated", "unchanged", "resubscribed"]
 RemoveOutcome = Literal["deleted", "suppressed"]
-# Nothing is sent to these addresses, and only the person (by confirming a new sign-up) or the
-# operator (by saying so explicitly) can subscribe them again.
-SUPPRESSED: tuple[SubscriberStatus, ...] = ("unsubscribed", "bounced")
 
 
 def subscriber_where(conn: Connection, condition: ColumnElement[bool]) -> Subscriber | None:
@@ -211,7 +208,7 @@ class SubscriberStore(Store):
             assert current is not None
             if inserted:
                 return current, "added"
-            if current.status in ("unsubscribed", "bounced") and not resubscribe:
+            if current.status in SUPPRESSED and not resubscribe:
                 raise SubscriberError(
                     f"{row.email} is {current.status} (since "
                     f"{current.updated_at:%Y-%m-%d}); pass --resubscribe to add it again",
