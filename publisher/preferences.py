@@ -260,19 +260,8 @@ def group_filter(subscribers: Table, groups: Iterable[DeliveryGroup], site_zone:
         zone: ColumnElement[bool] = subscribers.c.timezone == group.zone
         if group.zone == site_zone:
             zone = or_(zone, subscribers.c.timezone.is_(None))
-        at: ColumnElement[bool] = subscribers.c.send_time == format_time(group.at)
+        at: ColumnElement[bool] = subscribers.c.send_time == group.at.isoformat("minutes")
         if group.at == site_time:
             at = or_(at, subscribers.c.send_time.is_(None))
         wanted.append(and_(zone, at))
     return or_(*wanted) if wanted else false()
-
-
-def format_time(at: time) -> str:
-    """Return a delivery time as stored, ``HH:MM``."""
-    return f"{at.hour:02d}:{at.minute:02d}"
-
-
-def read_time(value: str) -> time:
-    """Return the time a stored ``HH:MM`` names."""
-    hours, minutes = value.split(":")
-    return time(int(hours), int(minutes))
