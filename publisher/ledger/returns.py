@@ -54,10 +54,6 @@ class ReturnCount:
     count: int
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation of subscriber input
-
-
 class ReturnStore(Store):
     """The statements on returns: find what came back, record it once, count per edition."""
 
