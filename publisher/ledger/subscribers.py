@@ -1,9 +1,4 @@
-"""Subscribers in the ledger: adding, sign-ups waiting for their link, leaving, suppression.
-
-An address that unsubscribed or bounced stays in the table (without name or zone) so that no
-import or unconfirmed sign-up adds it back; :mod:`publisher.subscriptions` holds the rules that
-decide when each statement here runs.
-"""
+"""Subscribers in the ledger: adding, sign-ups waiting for their link, leaving, suppression."""
 
 from __future__ import annotations
 
@@ -194,10 +189,7 @@ class SubscriberStore(Store):
 
     def add_subscriber(self, row: SubscriberRow, *, resubscribe: bool = False,
                        now: datetime | None = None) -> tuple[Subscriber, AddOutcome]:
-        """Add a subscriber as confirmed (the operator vouches), or update a known one.
-
-        An address that unsubscribed or bounced stays so unless ``resubscribe`` is given.
-        """
+        """Add a subscriber as confirmed (the operator vouches), or update a known one."""
         now = now or utcnow()
         with self._write() as conn:
             inserted = conn.execute(self._insert(subscribers).values(
@@ -265,12 +257,7 @@ class SubscriberStore(Store):
 
     def add_pending(self, row: SubscriberRow, now: datetime | None = None
                     ) -> PendingSignUp | None:
-        """Record a sign-up until its link is followed; None for an address already confirmed.
-
-        A new address is stored as pending. An address that unsubscribed or bounced keeps that
-        status, and its name and zone, until the link is followed. A sign-up while another is
-        waiting keeps that one's key, so every link sent for it works until it expires.
-        """
+        """Record a sign-up until its link is followed; None for an address already confirmed."""
         now = now or utcnow()
         with self._write() as conn:
             chosen = row.choices.columns()
@@ -305,11 +292,7 @@ class SubscriberStore(Store):
             return subscriber_where(conn, subscribers.c.id == owner.scalar_subquery())
 
     def confirm_sign_up(self, key: str, now: datetime | None = None) -> Subscriber | None:
-        """Apply the sign-up a confirmation link names; None when none is left to apply.
-
-        The subscriber becomes confirmed with the name and zone given at sign-up, whatever
-        their status was. Following the link again returns them unchanged while confirmed.
-        """
+        """Apply the sign-up a confirmation link names; None when none is left to apply."""
         now = now or utcnow()
         with self._write() as conn:
             found = conn.execute(select(signups).where(signups.c.key == key)).first()
@@ -331,11 +314,7 @@ class SubscriberStore(Store):
 
     def confirm(self, subscriber_id: int, email: str, now: datetime | None = None
                 ) -> Subscriber | None:
-        """Confirm a pending sign-up by id and address (links made before sign-up keys).
-
-        Idempotent; None when id and address do not match. An address that unsubscribed or
-        bounced is left so: only a sign-up's own link subscribes it again.
-        """
+        """Confirm a pending sign-up by id and address (links made before sign-up keys)."""
         now = now or utcnow()
         with self._write() as conn:
             match = and_(subscribers.c.id == subscriber_id, subscribers.c.email == email)
@@ -350,10 +329,7 @@ class SubscriberStore(Store):
 
     def unsubscribe_link(self, *, key: str | None = None, email: str | None = None,
                          now: datetime | None = None) -> tuple[Subscriber | None, bool]:
-        """Unsubscribe whom a link names: by its key, or by address (links made before keys).
-
-        Return the subscriber (None when nobody matches) and whether this changed anything.
-        """
+        """Unsubscribe whom a link names: by its key, or by address (links made before keys)."""
         if (key is None) == (email is None):
             raise ValueError("give exactly one of key and email")
         match = (subscribers.c.unsubscribe_key == key if key is not None
@@ -375,12 +351,7 @@ class SubscriberStore(Store):
 
     def remove(self, email: str, *, forget: bool = False, now: datetime | None = None
                ) -> RemoveOutcome | None:
-        """Remove an address: its details and delivery history go, its suppression stays.
-
-        An address that was ever subscribed is kept, without name or zone, as unsubscribed (or
-        bounced), so that no import or unconfirmed sign-up adds it back; a sign-up never
-        confirmed, or any address with ``forget``, is deleted outright. None when unknown.
-        """
+        """Remove an address: its details and delivery history go, its suppression stays."""
         address = normalise_address(email)
         now = now or utcnow()
         with self._write() as conn:
@@ -399,11 +370,7 @@ class SubscriberStore(Store):
             return "suppressed"
 
     def purge_pending(self, older_than: timedelta, now: datetime | None = None) -> int:
-        """Drop sign-ups left unconfirmed for longer than ``older_than``; return how many.
-
-        An address never confirmed is deleted; an address that unsubscribed or bounced only
-        loses the sign-up, and stays suppressed.
-        """
+        """Drop sign-ups left unconfirmed for longer than ``older_than``; return how many."""
         cutoff = (now or utcnow()) - older_than
         stale = select(subscribers.c.id).where(subscribers.c.status == "pending",
                                                subscribers.c.updated_at < cutoff)
@@ -419,13 +386,7 @@ class SubscriberStore(Store):
     def set_choices(self, choices: Choices, *, email: str | None = None, key: str | None = None,
                     timezone: str | None = None, now: datetime | None = None
                     ) -> Subscriber | None:
-        """Store a subscriber's choices, found by address or by link key; None when unknown.
-
-        What is already queued stays as it is: a change applies from the next appearance
-        queued, so nothing already sent goes again and nothing queued is lost. A change that
-        changes something records its instant, for the tick to queue the day's mail of a
-        moment the subscriber moved to after it went by.
-        """
+        """Store a subscriber's choices, found by address or by link key; None when unknown."""
         if (key is None) == (email is None):
             raise ValueError("give exactly one of key and email")
         match = (subscribers.c.unsubscribe_key == key if key is not None
@@ -489,10 +450,7 @@ class SubscriberStore(Store):
 
     def changed_groups(self, since: datetime, site_zone: str, site_time: time
                        ) -> list[DeliveryGroup]:
-        """Return the groups of confirmed subscribers whose zone or choices changed after ``since``.
-
-        NULLs count as the site's zone and time, as in :meth:`subscriber_groups`.
-        """
+        """Return the groups of the confirmed subscribers whose choices changed after ``since``."""
         with self._read() as conn:
             rows = conn.execute(
                 select(subscribers.c.timezone, subscribers.c.send_time).distinct()
