@@ -144,10 +144,7 @@ class Subscriptions:
 
     def unsubscribe_address(self, token: str) -> str | None:
         """Return the address an unsubscribe link names, None when it names nobody now."""
-        subject = read_unsubscribe_token(self.secret, token)
-        found = (self.ledger.find_subscriber(subject.email)
-                 if isinstance(subject, SignedAddress)
-                 else self.ledger.find_unsubscribe_key(subject))
+        found = self._link_owner(token)
         return found.email if found is not None else None
 
     def unsubscribe(self, token: str) -> Unsubscribed:
