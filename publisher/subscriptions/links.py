@@ -34,11 +34,6 @@ log = logging.getLogger(__name__)
 NO_LONGER_VALID = "this confirmation link is no longer valid: please subscribe again"
 
 
-def confirm_url(config: Config, token: str) -> str:
-    """Return the URL of the page that confirms a sign-up."""
-    return config.site.url(f"confirm/{token}")
-
-
 @dataclass(frozen=True)
 class SignUp:
     """What a sign-up did: the address as stored, and the sign-up to confirm (if any)."""
@@ -86,36 +81,32 @@ class Subscriptions:
 
     def confirmation_url(self, pending: PendingSignUp) -> str:
         """Return the signed, expiring link that confirms this sign-up."""
-        return confirm_url(self.config, confirm_token(self.secret, pending.key,
-                                                      now=self.clock()))
+        token = confirm_token(self.secret, pending.key, now=self.clock())
+        return self.config.site.url(f"confirm/{token}")
 
-    def send_confirmation(self, pending: PendingSignUp) -> transports.Outcome:
-        """Send the confirmation email through the configured transport and log the outcome."""
+    def deliver_confirmation(self, pending: PendingSignUp) -> None:
+        """Send the confirmation after the visitor has their answer; log the outcome."""
         recipient = Recipient(pending.subscriber_id, pending.email, pending.name,
                               pending.timezone)
-        data = self.mailer.confirmation(recipient, self.confirmation_url(pending))
-        envelope = transports.Envelope(0, self.mailer.return_path(), recipient.email, data)
-        transport = self.open_transport(self.config)
         try:
-            outcome = next((result for _, result in transport.send([envelope])),
-                           transports.Outcome("deferred", None, "the transport reported nothing"))
-        finally:
-            transport.close()
+            data = self.mailer.confirmation(recipient, self.confirmation_url(pending))
+            envelope = transports.Envelope(0, self.mailer.return_path(), recipient.email, data)
+            transport = self.open_transport(self.config)
+            try:
+                outcome = next((result for _, result in transport.send([envelope])),
+                               transports.Outcome("deferred", None,
+                                                  "the transport reported nothing"))
+            finally:
+                transport.close()
+        except PublisherError as exc:
+            log.warning("confirmation to subscriber %d not sent: %s", recipient.subscriber_id, exc)
+            return
         if outcome.status == "sent":
             log.info("confirmation sent to subscriber %d", recipient.subscriber_id)
         else:
             log.warning("confirmation to subscriber %d not sent: %s %s %s",
                         recipient.subscriber_id, outcome.status, outcome.code or "",
                         outcome.reply)
-        return outcome
-
-    def deliver_confirmation(self, pending: PendingSignUp) -> None:
-        """Send the confirmation after the visitor has their answer; log what goes wrong."""
-        try:
-            self.send_confirmation(pending)
-        except PublisherError as exc:
-            log.warning("confirmation to subscriber %d not sent: %s",
-                        pending.subscriber_id, exc)
 
     def _confirm_subject(self, token: str) -> LinkSubject:
         return read_confirm_token(self.secret, token, self.config.web.confirm_hours * 3600,
