@@ -17,10 +17,8 @@ from publisher.subscriptions.fields import SUPPRESSED, SubscriberRow, subscriber
 if TYPE_CHECKING:
     from publisher.ledger import Ledger
 
-# Rows imported per transaction. Addresses (and unsubscribe keys) arrive in no order, so each
-# transaction rewrites pages all over their indexes: a million rows wrote 12 GB of log in
-# chunks of 5,000 and 2 GB in chunks of 50,000 (about 90 MB of memory). PostgreSQL takes at
-# most 65,535 values in one statement, and a chunk's addresses are looked up in one.
+# make bench, million.py import: 12 GB of log for a million rows in chunks of 5,000, 2 GB in
+# these. Below PostgreSQL's 65,535 values a statement: a chunk's addresses are looked up in one.
 IMPORT_CHUNK = 50_000
 IMPORT_COLUMNS = ("email", "name", "timezone")
 # The subscriber's choices (publisher.preferences): empty cells are the defaults.
