@@ -40,17 +40,13 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 
 @dataclass
 class ImportReport:
-    """What a CSV import did: rows added, rows already present, and every rejected row.
-
-    ``suppressed`` lists the addresses left out because they unsubscribed or bounced (with
-    their status); ``resubscribed`` counts those subscribed again on the operator's word.
-    """
+    """What a CSV import did: rows added, rows already present, and every rejected row."""
 
     added: int = 0
     unchanged: int = 0
     skipped_pending: int = 0
-    resubscribed: int = 0
-    suppressed: list[tuple[str, SubscriberStatus]] = field(default_factory=list)
+    resubscribed: int = 0  # suppressed addresses subscribed again on the operator's word
+    suppressed: list[tuple[str, SubscriberStatus]] = field(default_factory=list)  # left out
     errors: list[SubscriberError] = field(default_factory=list)
 
 
@@ -70,11 +66,7 @@ def _header(first: list[str]) -> list[str] | None:
 
 
 def read_subscriber_csv(path: Path) -> Iterator[SubscriberRow | SubscriberError | None]:
-    """Yield a row, or the error of a bad one, per record of a subscriber CSV; None: pending.
-
-    Columns are ``email,name,timezone`` in that order, or named by a header row; the columns of
-    ``subscribers export`` are understood too, the subscriber's choices among them.
-    """
+    """Yield a row, or the error of a bad one, per record of a subscriber CSV; None: pending."""
     try:
         handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
@@ -130,13 +122,7 @@ def _parse_record(record: list[str], columns: list[str], path: Path, line: int
 
 def import_csv(ledger: Ledger, path: Path, now: datetime | None = None, *,
                include_suppressed: bool = False) -> ImportReport:
-    """Import a subscriber CSV: good rows become confirmed subscribers, bad rows are reported.
-
-    Known addresses are left exactly as they are, so importing the same file again changes
-    nothing; one that unsubscribed or bounced is reported as suppressed, and subscribed again
-    only with ``include_suppressed``. Rows go to the database in chunks: the file is never
-    held in memory.
-    """
+    """Import a subscriber CSV: good rows become confirmed subscribers, bad rows are reported."""
     report = ImportReport()
     chunk: list[SubscriberRow] = []
 

@@ -1,7 +1,4 @@
-"""What people type, checked: addresses, names and time zones become a :class:`SubscriberRow`.
-
-Errors name the field at fault. Nothing here touches the database.
-"""
+"""What people type, checked: addresses, names and time zones become a :class:`SubscriberRow`."""
 
 from __future__ import annotations
 

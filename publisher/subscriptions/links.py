@@ -1,9 +1,4 @@
-"""Joining, choosing and leaving through emailed links: sign-up, confirmation, preferences,
-unsubscription, purge.
-
-The rules the web service applies; what each step does to the stored subscribers (and why an
-address that left stays suppressed) is in :mod:`publisher.ledger.subscribers`.
-"""
+"""Sign-up, confirmation, preferences, unsubscription and purge through emailed links."""
 
 from __future__ import annotations
 
@@ -44,8 +39,7 @@ class SignUp:
 
 @dataclass(frozen=True)
 class Unsubscribed:
-    """What following an unsubscribe link did: the address it names (if it still names one),
-    and whether this changed anything."""
+    """What following an unsubscribe link did: whom it names now, if anyone, and if it changed."""
 
     email: str | None
     changed: bool
@@ -67,11 +61,7 @@ class Subscriptions:
 
     def sign_up(self, email: str, name: str | None, timezone: str | None,
                 choices: Choices | None = None) -> SignUp:
-        """Record a sign-up; raise SubscriberError for a bad address or name.
-
-        A confirmed address is left exactly as it is and gets no email. Any other gets a
-        confirmation link, and nothing else changes until that link is followed.
-        """
+        """Record a sign-up; raise SubscriberError for a bad address or name."""
         try:
             zone = check_timezone(timezone)
         except SubscriberError:
@@ -139,11 +129,7 @@ class Subscriptions:
         return found.email if found is not None else None
 
     def unsubscribe(self, token: str) -> Unsubscribed:
-        """Unsubscribe whom a token names (idempotent); raise TokenError for a bad token.
-
-        A link made before subscribers had keys names the address it was sent to: that
-        address is unsubscribed, whatever has happened to its row since.
-        """
+        """Unsubscribe whom a token names (idempotent); raise TokenError for a bad token."""
         subject = read_unsubscribe_token(self.secret, token)
         now = self.clock()
         found, changed = (self.ledger.unsubscribe_link(email=subject.email, now=now)
@@ -157,10 +143,7 @@ class Subscriptions:
                 else self.ledger.find_unsubscribe_key(subject))
 
     def preferences_of(self, token: str) -> Subscriber | None:
-        """Return whom a preferences link names, None when nobody is subscribed under it now.
-
-        The link carries the unsubscribe link's token; TokenError for a forged one.
-        """
+        """Return whom a preferences link names, None when nobody is subscribed under it now."""
         found = self._link_owner(token)
         return found if found is not None and found.status == "confirmed" else None
 
