@@ -16,6 +16,7 @@ a DST gap or overlap still names exactly one instant per local date:
 from __future__ import annotations
 
 import calendar as _stdlib_calendar
+import functools
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -305,24 +306,18 @@ def _moments_in(calendar: Calendar, events_on: EventsByDay, zone: str, at: time,
         day += timedelta(days=1)
 
 
-class EventsByDay:
-    """Look up a day's events once, however many zones ask for that day."""
+EventsByDay = Callable[[date], tuple[Event, ...]]
 
-    def __init__(self, calendar: Calendar) -> None:
-        self._calendar = calendar
-        self._seen: dict[date, tuple[Event, ...]] = {}
 
-    def __call__(self, day: date) -> tuple[Event, ...]:
-        """Return the events of ``day``."""
-        if day not in self._seen:
-            self._seen[day] = tuple(self._calendar.events_on(day))
-        return self._seen[day]
+def events_by_day(calendar: Calendar) -> EventsByDay:
+    """Return a lookup of a day's events that asks the calendar once, however many zones ask."""
+    return functools.cache(lambda day: tuple(calendar.events_on(day)))
 
 
 def _first_moments(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
                    limit: int) -> list[Moment]:
     """Return the next ``limit`` publish moments with events of each zone, soonest first."""
-    events_on = EventsByDay(calendar)
+    events_on = events_by_day(calendar)
     found = [moment for zone in dict.fromkeys(zones)
              for moment in itertools.islice(_moments_in(calendar, events_on, zone, at, now),
                                             limit)]

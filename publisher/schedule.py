@@ -24,6 +24,7 @@ from publisher.calendar import (
     Calendar,
     Clock,
     EventsByDay,
+    events_by_day,
     latest_due_date,
     local_date,
     next_appearances,
@@ -226,7 +227,7 @@ class Ticker:
 
     def _queue(self, since: datetime | None, now: datetime, report: TickReport) -> None:
         site = self.config.site
-        events_on = EventsByDay(self._calendar)
+        events_on = events_by_day(self._calendar)
         window = self.config.schedule.catch_up_days
         reason = (f"not sent: the publisher was not running within schedule.catch_up_days "
                   f"({window}) of its publish time")
