@@ -1,16 +1,6 @@
-"""Time, all of it: which articles come back on which day, and when that day comes in each zone.
+"""Time, all of it: the clock, publish instants and local dates in each zone, and the calendar.
 
-The calendar indexes articles by month-day (with the Feb 29 policy) so that a day's events cost
-only that day's articles. Around it: the clock, publish instants in each time zone, local dates,
-the dates that became due between two ticks, the catch-up window and upcoming moments.
-
-Every decision is taken from UTC instants. A local publish time is turned into the one UTC
-instant it names on a given local date with :mod:`zoneinfo` (``fold=0``), so a publish time inside
-a DST gap or overlap still names exactly one instant per local date:
-
-* on a day without that wall time (spring forward), it is read with the offset in force before the
-  change: ``02:30`` in Berlin on the last Sunday of March is ``03:30`` summer time;
-* on a day where it happens twice (fall back), it is the first occurrence.
+The calendar indexes articles by month-day (with the Feb 29 policy); DST rules: docs/daemon.md.
 """
 
 from __future__ import annotations
@@ -124,10 +114,8 @@ def anniversary_in(month_day: tuple[int, int], year: int, leap_day: LeapDay) -> 
 
 
 def due_dates(at: time, zone: ZoneInfo, since: datetime | None, now: datetime) -> list[date]:
-    """Return the local dates whose publish instant lies in ``(since, now]``, oldest first.
-
-    Without ``since`` (nothing was ever done) only the current local date can be due.
-    """
+    """Return the local dates whose publish instant lies in ``(since, now]``, oldest first."""
+    # Without ``since`` (nothing was ever done) only the current local date can be due.
     today = local_date(now, zone)
     # A publish instant always falls on its own local date or just after a gap, so one day of
     # margin before ``since``'s local date covers every zone.
@@ -210,10 +198,7 @@ class Calendar:
 
     def recent(self, day: date, limit: int, keep: Callable[[Event], bool] | None = None
                ) -> list[Event]:
-        """Return up to ``limit`` events on or before ``day``, newest day first.
-
-        ``keep``: only the events it says yes to.
-        """
+        """Return up to ``limit`` events on or before ``day`` that ``keep`` takes, newest first."""
         found: list[Event] = []
         if self.first_date is None:
             return found
