@@ -139,7 +139,6 @@ def latest_due_date(at: time, zone: ZoneInfo, now: datetime) -> date:
 class ZonePlan:
     """What one tick does for one time zone: local dates to deliver and dates too old to send."""
 
-    zone: str
     send: tuple[date, ...]
     skip: tuple[date, ...]
 
@@ -150,11 +149,8 @@ def plan_zone(zone: str, at: time, since: datetime | None, now: datetime,
     tz = ZoneInfo(zone)
     oldest_sendable = local_date(now, tz) - timedelta(days=catch_up_days)
     due = due_dates(at, tz, since, now)
-    return ZonePlan(
-        zone=zone,
-        send=tuple(d for d in due if d >= oldest_sendable),
-        skip=tuple(d for d in due if d < oldest_sendable),
-    )
+    return ZonePlan(tuple(d for d in due if d >= oldest_sendable),
+                    tuple(d for d in due if d < oldest_sendable))
 
 
 class Calendar:
