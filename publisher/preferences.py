@@ -1,13 +1,4 @@
-"""What each subscriber chose: which anniversaries, how and when, about which topics.
-
-Every choice has a default that keeps the behaviour of a subscriber who chose nothing: every
-anniversary, each article in its own email, at the site's publish time, about every topic. The
-defaults are stored as NULL, so rows from before the choices existed need no rewrite.
-
-The choices are stored in plain columns of the subscribers table, encoded so that the query
-that queues an appearance can match them itself (no subscriber passes through Python): own
-years and tags as comma-framed lists (``,1,10,50,``), so that "contains ``,10,``" is one test.
-"""
+"""What each subscriber chose: which anniversaries, how and when, about which topics."""
 
 from __future__ import annotations
 
@@ -46,26 +37,18 @@ def is_milestone(years: int) -> bool:
 
 
 def tag_key(tag: str) -> str:
-    """Return the key of a tag as written in front matter: lower case, words joined by ``-``.
-
-    ``Space Race`` and ``space-race`` are one topic; the key is also the tag's folder name.
-    """
+    """Return the key of a tag (``Space Race``: ``space-race``), also its folder's name."""
     return "-".join(_WORD.findall(tag.casefold())).replace("_", "-")
 
 
 @dataclass(frozen=True)
 class Choices:
-    """One subscriber's choices; the defaults keep today's behaviour.
+    """One subscriber's choices; each default keeps what a subscriber who chose nothing gets."""
 
-    ``years``: None for every anniversary, ``"milestones"``, or the subscriber's own years.
-    ``at``: the local delivery time ``HH:MM``, None for the site's publish time.
-    ``tags``: None for every topic, else the tag keys chosen.
-    """
-
-    years: str | tuple[int, ...] | None = None
+    years: str | tuple[int, ...] | None = None  # None: every year; "milestones"; their own
     frequency: Frequency = "each"
-    at: str | None = None
-    tags: tuple[str, ...] | None = None
+    at: str | None = None  # local delivery time HH:MM; None: the site's publish time
+    tags: tuple[str, ...] | None = None  # the tag keys chosen; None: every topic
 
     @property
     def anniversaries(self) -> str:
@@ -75,11 +58,7 @@ class Choices:
         return MILESTONES if self.years == MILESTONES else "years"
 
     def wants(self, years_since: int, tags: Iterable[str]) -> bool:
-        """Return whether an appearance ``years_since`` after the first, so tagged, is wanted.
-
-        The same rule as :func:`years_filter` and :func:`tags_filter`, for one subscriber in
-        Python.
-        """
+        """Return whether an appearance is wanted: the rule of the filters below, in Python."""
         if years_since and self.years is not None:
             if self.years == MILESTONES:
                 if not is_milestone(years_since):
@@ -190,6 +169,8 @@ def parse_choices(*, years: str | None = None, frequency: str | None = None,
 
 
 # -- the stored form -------------------------------------------------------------------------------
+# Defaults are NULL, so rows from before the choices need no rewrite; lists are comma-framed
+# (",1,10,50,"), so that the query that queues an appearance tests "contains ,10," per row.
 
 
 def encode_years(years: str | tuple[int, ...] | None) -> str | None:
@@ -222,11 +203,8 @@ def decode_tags(value: str | None) -> tuple[str, ...] | None:
 
 
 def years_filter(subscribers: Table, years_since: int) -> ColumnElement[bool]:
-    """Return the condition on ``subscribers`` of wanting an appearance ``years_since`` on.
-
-    The appearance is known when the query is built, so whether it is a milestone is decided
-    here, once, and each row only compares its stored text.
-    """
+    """Return the condition on ``subscribers`` of wanting an appearance ``years_since`` on."""
+    # Whether it is a milestone is decided here, once: each row only compares its stored text.
     if years_since == 0:
         return true()  # a first publication reaches everyone
     years = subscribers.c.years
