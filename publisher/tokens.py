@@ -63,25 +63,18 @@ def _create_key_file(path: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        created = _link(temporary, path)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return  # another process created it first: its key is read
     except OSError as exc:
         raise SecretKeyError(f"cannot create the key file: {exc.strerror}", path=path,
                              field="state.key_file") from None
     finally:
         with contextlib.suppress(OSError):
             temporary.unlink()
-    if created:
-        log.warning("created a new secret key in %s (mode 0600); keep it, or links in emails "
-                    "already sent stop working; set %s to use another key", path, SECRET_ENV)
-
-
-def _link(source: Path, target: Path) -> bool:
-    """Link ``source`` to ``target`` unless it exists; return whether this call created it."""
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        return False
-    return True
+    log.warning("created a new secret key in %s (mode 0600); keep it, or links in emails "
+                "already sent stop working; set %s to use another key", path, SECRET_ENV)
 
 
 def _read_key_file(path: Path) -> bytes:
