@@ -114,11 +114,8 @@ def _unsubscribe_signers(secret: bytes) -> tuple[Signer, URLSafeSerializer]:
 
 
 def unsubscribe_token(secret: bytes, key: str) -> str:
-    """Sign a token naming a subscriber's unsubscribe key; it never expires.
-
-    The key is random, so the token says nothing about the subscriber, and it is the same
-    token every time: a message sent again has the same bytes.
-    """
+    """Sign a token naming a subscriber's unsubscribe key; it never expires."""
+    # The same token every time: a message sent again has the same bytes.
     signer, _ = _unsubscribe_signers(secret)
     return signer.sign(key).decode("ascii")
 
@@ -202,10 +199,8 @@ def _tag_signature(secret: bytes, delivery_id: int, slug: str, year: int,
 
 def return_path_tag(secret: bytes, delivery_id: int, slug: str, year: int,
                     subscriber_id: int) -> str:
-    """Sign a short tag naming one delivery, for the envelope sender ``local+TAG@domain``.
-
-    Lower-case hexadecimal only: mail servers may change the case of a local part.
-    """
+    """Sign a short tag naming one delivery, for the envelope sender ``local+TAG@domain``."""
+    # Lower-case hexadecimal only: mail servers may change the case of a local part.
     signature = _tag_signature(secret, delivery_id, slug, year, subscriber_id)
     return f"{delivery_id:x}-{signature}"
 
