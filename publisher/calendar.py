@@ -224,38 +224,35 @@ class Calendar:
         return sorted((a for a in self.articles if a.date <= day),
                       key=lambda a: (a.date, a.slug), reverse=True)
 
+    def _anniversaries(self, article: Article, years: range) -> Iterator[date]:
+        # The days a recurring article comes back in these years, under the Feb 29 policy.
+        if article.recurring:
+            for year in years:
+                when = anniversary_in(article.anniversary, year, self.leap_day)
+                if when is not None:
+                    yield when
+
     def history(self, article: Article, day: date) -> list[Event]:
         """Return one article's events up to ``day``, oldest first."""
         events = [Event(article, article.date, 0)] if article.date <= day else []
-        if article.recurring:
-            for year in range(article.date.year + 1, day.year + 1):
-                when = anniversary_in(article.anniversary, year, self.leap_day)
-                if when is not None and when <= day:
-                    events.append(Event(article, when, year - article.date.year))
-        return events
+        years = range(article.date.year + 1, day.year + 1)
+        return events + [Event(article, when, when.year - article.date.year)
+                         for when in self._anniversaries(article, years) if when <= day]
 
     def next_anniversary(self, article: Article, day: date) -> date | None:
         """Return the first anniversary of an article after ``day`` (None: it does not recur)."""
-        if not article.recurring:
-            return None
         # Under "skip" a Feb 29 anniversary can wait up to eight years (e.g. 2096 to 2104).
-        for year in range(max(day.year, article.date.year + 1), day.year + 9):
-            when = anniversary_in(article.anniversary, year, self.leap_day)
-            if when is not None and when > day:
-                return when
-        return None
+        years = range(max(day.year, article.date.year + 1), day.year + 9)
+        return next((when for when in self._anniversaries(article, years) if when > day), None)
 
     def last_appearance(self, article: Article, day: date) -> date | None:
         """Return the article's latest appearance on or before ``day`` (None: not yet)."""
         if article.date > day:
             return None
-        if article.recurring:
-            # Under "skip" the latest Feb 29 anniversary can lie eight years back.
-            for year in range(day.year, max(article.date.year, day.year - 9), -1):
-                when = anniversary_in(article.anniversary, year, self.leap_day)
-                if when is not None and when <= day:
-                    return when
-        return article.date
+        # Under "skip" the latest Feb 29 anniversary can lie eight years back.
+        years = range(day.year, max(article.date.year, day.year - 9), -1)
+        return next((when for when in self._anniversaries(article, years) if when <= day),
+                    article.date)
 
 
 @dataclass(frozen=True)
