@@ -74,11 +74,11 @@ def read_subscriber_csv(path: Path) -> Iterator[SubscriberRow | SubscriberError 
     with handle:
         reader = csv.reader(handle)
         columns: list[str] = list(IMPORT_COLUMNS)
-        line = 1
+        start = 1  # the line the next record starts on
         try:
             for number, record in enumerate(reader):
+                line, start = start, reader.line_num + 1
                 if not any(cell.strip() for cell in record):
-                    line = reader.line_num + 1
                     continue
                 if number == 0 and (named := _header(record)) is not None:
                     unknown = [c for c in named if c and c not in EXPORT_COLUMNS]
@@ -87,15 +87,13 @@ def read_subscriber_csv(path: Path) -> Iterator[SubscriberRow | SubscriberError 
                             f"unknown column (known: {', '.join(EXPORT_COLUMNS)})",
                             path=path, line=1, field=unknown[0])
                     columns = named
-                    line = reader.line_num + 1
                     continue
                 yield _parse_record(record, columns, path, line)
-                line = reader.line_num + 1
         except UnicodeDecodeError as exc:
-            raise SubscriberError(f"not UTF-8 text ({exc.reason})", path=path, line=line,
+            raise SubscriberError(f"not UTF-8 text ({exc.reason})", path=path, line=start,
                                   field="encoding") from None
         except csv.Error as exc:
-            raise SubscriberError(f"malformed CSV: {exc}", path=path, line=line) from None
+            raise SubscriberError(f"malformed CSV: {exc}", path=path, line=start) from None
 
 
 def _parse_record(record: list[str], columns: list[str], path: Path, line: int
