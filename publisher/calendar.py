@@ -31,8 +31,7 @@ def utcnow() -> datetime:
 def publish_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
     """Return the UTC instant at which local date ``day`` reaches wall time ``at`` in ``zone``."""
     # fold=0 takes the offset in force before a transition: a wall time skipped by a DST gap moves
-    # forward by the gap, a repeated one is its first occurrence. ``.astimezone(zone)`` gives the
-    # wall time the clocks really show at that instant.
+    # forward by the gap, a repeated one is its first occurrence.
     return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
 
 
