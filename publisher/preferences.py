@@ -69,18 +69,20 @@ class Choices:
 
     def columns(self) -> dict[str, str | None]:
         """Return the stored form of the choices, by column name."""
-        return {"years": encode_years(self.years), "frequency": None
-                if self.frequency == "each" else self.frequency,
-                "send_time": self.at, "tags": encode_tags(self.tags)}
+        # Defaults are NULL, so rows from before the choices need no rewrite; lists are framed
+        # in commas (",1,10,50,"), so that the query queueing an appearance tests ",10," per row.
+        years = _framed(self.years) if isinstance(self.years, tuple) else self.years
+        return {"years": years, "frequency": None if self.frequency == "each" else self.frequency,
+                "send_time": self.at, "tags": None if self.tags is None else _framed(self.tags)}
 
     @classmethod
     def from_columns(cls, row: Mapping[str, object]) -> Choices:
         """Read the choices back from their stored columns (missing columns: defaults)."""
-        frequency = row.get("frequency") or "each"
-        at = row.get("send_time")
-        return cls(decode_years(_text(row.get("years"))),
-                   "digest" if frequency == "digest" else "each",
-                   at if isinstance(at, str) else None, decode_tags(_text(row.get("tags"))))
+        years, at, tags = (_text(row.get(name)) for name in ("years", "send_time", "tags"))
+        own_years = tuple(map(int, _unframed(years))) if years and years != MILESTONES else None
+        return cls(own_years if own_years is not None else years or None,
+                   "digest" if row.get("frequency") == "digest" else "each",
+                   at, None if tags is None else tuple(_unframed(tags)))
 
     def cells(self) -> dict[str, str]:
         """Return the choices as CSV cells (``frequency``, ``years``, ``time``, ``tags``)."""
@@ -100,6 +102,14 @@ class Choices:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _framed(items: Iterable[object]) -> str:
+    return "," + ",".join(map(str, items)) + ","
+
+
+def _unframed(value: str) -> list[str]:
+    return [part for part in value.split(",") if part]
 
 
 # -- parsing: the command line, CSV cells and the web form share these ---------------------------
@@ -168,37 +178,6 @@ def parse_choices(*, years: str | None = None, frequency: str | None = None,
                    parse_tags(tags))
 
 
-# -- the stored form -------------------------------------------------------------------------------
-# Defaults are NULL, so rows from before the choices need no rewrite; lists are comma-framed
-# (",1,10,50,"), so that the query that queues an appearance tests "contains ,10," per row.
-
-
-def encode_years(years: str | tuple[int, ...] | None) -> str | None:
-    """Return the stored form: NULL (every), ``milestones`` or ``,1,10,50,``."""
-    if years is None or years == MILESTONES:
-        return years
-    return "," + ",".join(map(str, years)) + ","
-
-
-def decode_years(value: str | None) -> str | tuple[int, ...] | None:
-    """Read the stored form of :func:`encode_years` back."""
-    if not value:
-        return None
-    if value == MILESTONES:
-        return MILESTONES
-    return tuple(int(part) for part in value.split(",") if part)
-
-
-def encode_tags(tags: tuple[str, ...] | None) -> str | None:
-    """Return the stored form: NULL (every topic) or ``,science,spaceflight,``."""
-    return None if tags is None else "," + ",".join(tags) + ","
-
-
-def decode_tags(value: str | None) -> tuple[str, ...] | None:
-    """Read the stored form of :func:`encode_tags` back."""
-    return None if value is None else tuple(part for part in value.split(",") if part)
-
-
 # -- the filters of the query that queues an appearance ------------------------------------------
 
 
@@ -208,7 +187,7 @@ def years_filter(subscribers: Table, years_since: int) -> ColumnElement[bool]:
     if years_since == 0:
         return true()  # a first publication reaches everyone
     years = subscribers.c.years
-    wanted = [years.is_(None), years.contains(f",{years_since},", autoescape=True)]
+    wanted = [years.is_(None), years.contains(_framed([years_since]), autoescape=True)]
     if is_milestone(years_since):
         wanted.append(years == MILESTONES)
     return or_(*wanted)
@@ -219,7 +198,7 @@ def tags_filter(subscribers: Table, tags: Iterable[str]) -> ColumnElement[bool]:
     column = subscribers.c.tags
     keys = sorted({key for tag in tags if (key := tag_key(tag))})
     return or_(column.is_(None),
-               *(column.contains(f",{key},", autoescape=True) for key in keys))
+               *(column.contains(_framed([key]), autoescape=True) for key in keys))
 
 
 @dataclass(frozen=True)
