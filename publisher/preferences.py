@@ -212,13 +212,15 @@ class DeliveryGroup:
 def group_filter(subscribers: Table, groups: Iterable[DeliveryGroup], site_zone: str,
                  site_time: time) -> ColumnElement[bool]:
     """Return the condition of belonging to one of ``groups`` (NULLs: the site's zone, time)."""
-    wanted = []
-    for group in groups:
-        zone: ColumnElement[bool] = subscribers.c.timezone == group.zone
-        if group.zone == site_zone:
-            zone = or_(zone, subscribers.c.timezone.is_(None))
-        at: ColumnElement[bool] = subscribers.c.send_time == group.at.isoformat("minutes")
-        if group.at == site_time:
-            at = or_(at, subscribers.c.send_time.is_(None))
-        wanted.append(and_(zone, at))
+    wanted = [and_(equal_or_null(subscribers.c.timezone, group.zone, group.zone == site_zone),
+                   equal_or_null(subscribers.c.send_time, group.at.isoformat("minutes"),
+                                 group.at == site_time))
+              for group in groups]
     return or_(*wanted) if wanted else false()
+
+
+def equal_or_null(column: ColumnElement[str], value: str, null_too: bool
+                  ) -> ColumnElement[bool]:
+    """Return the condition ``column == value``, or NULL as well with ``null_too``."""
+    condition: ColumnElement[bool] = column == value
+    return or_(condition, column.is_(None)) if null_too else condition

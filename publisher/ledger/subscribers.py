@@ -39,7 +39,7 @@ from publisher.ledger.schema import (
     signups,
     subscribers,
 )
-from publisher.preferences import Choices, DeliveryGroup
+from publisher.preferences import Choices, DeliveryGroup, equal_or_null
 from publisher.subscriptions.fields import SUPPRESSED, SubscriberRow, normalise_address
 
 STREAM_CHUNK = 500
@@ -132,10 +132,7 @@ def zone_condition(zone: ZoneChoice, site_zone: str) -> ColumnElement[bool]:
     if zone is ALL_ZONES:
         return true()
     target = zone or site_zone
-    condition: ColumnElement[bool] = subscribers.c.timezone == target
-    if target == site_zone:
-        condition = or_(condition, subscribers.c.timezone.is_(None))
-    return condition
+    return equal_or_null(subscribers.c.timezone, target, target == site_zone)
 
 
 def skip_unsent(conn: Connection, subscriber_id: int, reason: str, now: datetime) -> None:
