@@ -565,8 +565,7 @@ def read_imap(settings: ImapConfig, handle: Callable[[bytes], None]) -> None:
             connection.logout()
 
 
-def read_mailboxes(config: Config, ledger: Ledger, secret: bytes, *,
-                   clock: Clock = utcnow) -> BounceReport:
+def read_mailboxes(config: Config, recorder: Recorder) -> BounceReport:
     """Read every configured mailbox once, recording what each message reports."""
     settings = config.bounces
     sources: list[tuple[Source, Callable[[Callable[[bytes], None]], None]]] = []
@@ -574,7 +573,6 @@ def read_mailboxes(config: Config, ledger: Ledger, secret: bytes, *,
         sources.append(("maildir", partial(read_maildir, settings.maildir)))
     if settings.imap is not None:
         sources.append(("imap", partial(read_imap, settings.imap)))
-    recorder = Recorder(config, ledger, secret, clock=clock)
     tally = BounceReport()
     for name, read in sources:
         try:
@@ -591,7 +589,7 @@ def process(config: Config, *, clock: Clock = utcnow) -> BounceReport:
                           path=config.path, field="bounces")
     secret = load_secret(config)
     with Ledger.open(config.state.database_url) as ledger:
-        return read_mailboxes(config, ledger, secret, clock=clock)
+        return read_mailboxes(config, Recorder(config, ledger, secret, clock=clock))
 
 
 class Poller:
@@ -601,8 +599,7 @@ class Poller:
                  clock: Clock = utcnow) -> None:
         self.config = config
         self.ledger = ledger
-        self.secret = secret
-        self.clock = clock
+        self.recorder = Recorder(config, ledger, secret, clock=clock)
         self.interval = timedelta(minutes=config.bounces.poll_minutes)
 
     def due(self, now: datetime) -> bool:
@@ -625,7 +622,7 @@ class Poller:
             # Noted first: a mailbox that cannot be reached is tried at the next poll time,
             # not at every tick.
             self.ledger.set_state(POLL_STATE_KEY, now.isoformat(), now)
-            tally = read_mailboxes(self.config, self.ledger, self.secret, clock=self.clock)
+            tally = read_mailboxes(self.config, self.recorder)
         if tally.did_work:
             log.info("bounces: %s", tally.line(), extra={"bounces": tally.line()})
         return tally
