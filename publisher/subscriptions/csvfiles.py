@@ -60,11 +60,6 @@ def from_cell(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
-def _header(first: list[str]) -> list[str] | None:
-    names = [cell.strip().lower() for cell in first]
-    return names if "email" in names else None
-
-
 def read_subscriber_csv(path: Path) -> Iterator[SubscriberRow | SubscriberError | None]:
     """Yield a row, or the error of a bad one, per record of a subscriber CSV; None: pending."""
     try:
@@ -80,7 +75,7 @@ def read_subscriber_csv(path: Path) -> Iterator[SubscriberRow | SubscriberError 
                 line, start = start, reader.line_num + 1
                 if not any(cell.strip() for cell in record):
                     continue
-                if number == 0 and (named := _header(record)) is not None:
+                if number == 0 and "email" in (named := [c.strip().lower() for c in record]):
                     unknown = [c for c in named if c and c not in EXPORT_COLUMNS]
                     if unknown:
                         raise SubscriberError(
