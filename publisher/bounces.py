@@ -1,11 +1,6 @@
-"""Read what comes back after a send: bounces, complaints and auto-replies, each once.
+"""Read what comes back after a send (bounces, complaints, auto-replies); record each once.
 
-Reports arrive as mail in a Maildir or an IMAP mailbox — RFC 3464 delivery status notifications,
-the older formats GNU Mailman's ``flufl.bounce`` detectors know, RFC 5965 feedback reports — or
-as provider webhooks (:mod:`publisher.webhooks`). Each return is matched to the delivery it is
-about: by the signed tag in the envelope sender (VERP), else by the original Message-ID, else by
-the recipient's address. It is recorded once in the ledger, which applies it: a hard bounce marks
-the subscriber bounced, soft bounces do once they pile up, a complaint unsubscribes.
+The formats understood, the order returns are matched in and their effects: docs/bounces.md.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.header import decode_header, make_header
+from email.header import decode_header
 from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
@@ -73,9 +68,7 @@ _AUTO_REPLY_SUBJECTS = ("auto:", "automatic reply", "autoreply", "auto reply", "
 _RETURN_PATH_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "to")
 
 
-# ---------------------------------------------------------------------------------------------
-# What a report says
-# ---------------------------------------------------------------------------------------------
+# -- what a report says ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -92,14 +85,10 @@ class Return:
 
 @dataclass(frozen=True)
 class Report:
-    """What one message or provider event turned out to be, and the returns it states.
-
-    ``identity`` names the report itself (its Message-ID, a digest of its bytes, or the
-    provider's event id): the same report read twice has the same identity.
-    """
+    """What one message or provider event turned out to be, and the returns it states."""
 
     category: Category
-    identity: str
+    identity: str  # its Message-ID, a digest of its bytes or the provider's event id
     returns: tuple[Return, ...] = ()
 
 
@@ -157,7 +146,7 @@ def read_report(data: bytes) -> Report:
     message = email.message_from_bytes(data, policy=email.policy.default)
     own_id = angle_id(_field(message, "Message-ID"))
     identity = f"mail:{own_id}" if own_id else f"mail-sha256:{hashlib.sha256(data).hexdigest()}"
-    feedback = _feedback_fields(message)
+    feedback = _first_block(message, "message/feedback-report")
     if feedback is not None:
         complaints = _complaints(message, feedback)
         return Report("return" if complaints else "other", identity, complaints)
@@ -189,9 +178,9 @@ def _header_blocks(part: Message) -> list[Message]:
             for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if block.strip()]
 
 
-def _original(message: Message) -> Message | None:
-    """Return the quoted message (or its headers) a report carries, if any."""
-    for content_type in ("message/rfc822", "text/rfc822-headers"):
+def _first_block(message: Message, *content_types: str) -> Message | None:
+    """Return the first header block of the report's first part of these types, if any."""
+    for content_type in content_types:
         for part in _parts(message, content_type):
             blocks = _header_blocks(part)
             if blocks:
@@ -214,7 +203,8 @@ def _text(message: Message) -> str:
 
 def _copied_headers(message: Message) -> dict[str, str]:
     """Return Message-ID and Return-Path from a quoted message, attached or pasted as text."""
-    original = _original(message)
+    # The quoted message, or its headers.
+    original = _first_block(message, "message/rfc822", "text/rfc822-headers")
     found: dict[str, str] = {}
     if original is not None:
         for name in ("message-id", "return-path"):
@@ -229,14 +219,6 @@ def _copied_headers(message: Message) -> dict[str, str]:
 
 def _return_paths(message: Message, *extra: str | None) -> tuple[str, ...]:
     return addresses([*extra, *(_field(message, name) for name in _RETURN_PATH_HEADERS)])
-
-
-def _feedback_fields(message: Message) -> Message | None:
-    for part in _parts(message, "message/feedback-report"):
-        blocks = _header_blocks(part)
-        if blocks:
-            return blocks[0]
-    return None
 
 
 def _complaints(message: Message, fields: Message) -> tuple[Return, ...]:
@@ -313,15 +295,6 @@ def _from_text(text: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-def _decoded(value: str | None) -> str:
-    if not value:
-        return ""
-    try:
-        return str(make_header(decode_header(value)))
-    except (UnicodeError, LookupError, ValueError):
-        return value
-
-
 def _automatic_reply(message: Message) -> bool:
     """Return whether a message is an out-of-office or other automatic reply."""
     submitted = _field(message, "Auto-Submitted").strip().lower()
@@ -333,13 +306,12 @@ def _automatic_reply(message: Message) -> bool:
                   for name in ("Precedence", "X-Precedence")}
     if precedence & _AUTO_REPLY_PRECEDENCE:
         return True
-    subject = _decoded(_field(message, "Subject")).strip().lower()
+    # The modern policy has decoded the subject's encoded words already.
+    subject = _field(message, "Subject").strip().lower()
     return subject.startswith(_AUTO_REPLY_SUBJECTS)
 
 
-# ---------------------------------------------------------------------------------------------
-# Matching a return to its delivery, and recording it
-# ---------------------------------------------------------------------------------------------
+# -- matching a return to its delivery, and recording it -------------------------------------------
 
 
 def edition_of(message_id: str) -> tuple[str, int] | None:
@@ -478,19 +450,13 @@ class Recorder:
         self.record(report, source, tally)
 
 
-# ---------------------------------------------------------------------------------------------
-# Mailboxes
-# ---------------------------------------------------------------------------------------------
+# -- mailboxes -------------------------------------------------------------------------------------
 
 PROCESSED_MAILDIR_FOLDER = "processed"
 
 
 def read_maildir(path: Path, handle: Callable[[bytes], None]) -> None:
-    """Hand each message of a Maildir to ``handle``, then move it to the ``.processed`` folder.
-
-    A message is moved only after ``handle`` returned, so one read by a run that died is read
-    again, and recording it again changes nothing.
-    """
+    """Hand each message of a Maildir to ``handle``, then move it to the ``.processed`` folder."""
     with _maildir_errors(path):
         for sub in ("cur", "new", "tmp"):
             (path / sub).mkdir(parents=True, exist_ok=True)
@@ -556,11 +522,7 @@ def _ok(answer: tuple[str, Sequence[object]], what: str) -> Sequence[object]:
 
 
 def read_imap(settings: ImapConfig, handle: Callable[[bytes], None]) -> None:
-    """Hand each message of an IMAP folder to ``handle``, then move it to the processed folder.
-
-    A message is moved only after ``handle`` returned, so one read by a run that died is read
-    again, and recording it again changes nothing.
-    """
+    """Hand each message of an IMAP folder to ``handle``, then move it to the processed folder."""
     password = settings.password
     if password is None:
         raise MailboxError("PUBLISHER_IMAP_PASSWORD is not set")
@@ -603,27 +565,14 @@ def read_imap(settings: ImapConfig, handle: Callable[[bytes], None]) -> None:
             connection.logout()
 
 
-def mailboxes(config: Config) -> list[tuple[Source, Callable[[Callable[[bytes], None]], None]]]:
-    """Return the configured mailboxes, each as its name and a function that reads it."""
-    found: list[tuple[Source, Callable[[Callable[[bytes], None]], None]]] = []
-    settings = config.bounces
-    if settings.maildir is not None:
-        maildir = settings.maildir
-        found.append(("maildir", lambda handle: read_maildir(maildir, handle)))
-    if settings.imap is not None:
-        imap = settings.imap
-        found.append(("imap", lambda handle: read_imap(imap, handle)))
-    return found
-
-
-def read_mailboxes(config: Config, ledger: Ledger, secret: bytes, *,
-                   clock: Clock = utcnow) -> BounceReport:
+def read_mailboxes(config: Config, recorder: Recorder) -> BounceReport:
     """Read every configured mailbox once, recording what each message reports."""
-    sources = mailboxes(config)
-    if not sources:
-        raise ConfigError("no mailbox to read: set maildir or add a [bounces.imap] table",
-                          path=config.path, field="bounces")
-    recorder = Recorder(config, ledger, secret, clock=clock)
+    settings = config.bounces
+    sources: list[tuple[Source, Callable[[Callable[[bytes], None]], None]]] = []
+    if settings.maildir is not None:
+        sources.append(("maildir", partial(read_maildir, settings.maildir)))
+    if settings.imap is not None:
+        sources.append(("imap", partial(read_imap, settings.imap)))
     tally = BounceReport()
     for name, read in sources:
         try:
@@ -640,7 +589,7 @@ def process(config: Config, *, clock: Clock = utcnow) -> BounceReport:
                           path=config.path, field="bounces")
     secret = load_secret(config)
     with Ledger.open(config.state.database_url) as ledger:
-        return read_mailboxes(config, ledger, secret, clock=clock)
+        return read_mailboxes(config, Recorder(config, ledger, secret, clock=clock))
 
 
 class Poller:
@@ -650,8 +599,7 @@ class Poller:
                  clock: Clock = utcnow) -> None:
         self.config = config
         self.ledger = ledger
-        self.secret = secret
-        self.clock = clock
+        self.recorder = Recorder(config, ledger, secret, clock=clock)
         self.interval = timedelta(minutes=config.bounces.poll_minutes)
 
     def due(self, now: datetime) -> bool:
@@ -674,7 +622,7 @@ class Poller:
             # Noted first: a mailbox that cannot be reached is tried at the next poll time,
             # not at every tick.
             self.ledger.set_state(POLL_STATE_KEY, now.isoformat(), now)
-            tally = read_mailboxes(self.config, self.ledger, self.secret, clock=self.clock)
+            tally = read_mailboxes(self.config, self.recorder)
         if tally.did_work:
             log.info("bounces: %s", tally.line(), extra={"bounces": tally.line()})
         return tally

@@ -1,21 +1,12 @@
-"""Time, all of it: which articles come back on which day, and when that day comes in each zone.
+"""Time, all of it: the clock, publish instants and local dates in each zone, and the calendar.
 
-The calendar indexes articles by month-day (with the Feb 29 policy) so that a day's events cost
-only that day's articles. Around it: the clock, publish instants in each time zone, local dates,
-the dates that became due between two ticks, the catch-up window and upcoming moments.
-
-Every decision is taken from UTC instants. A local publish time is turned into the one UTC
-instant it names on a given local date with :mod:`zoneinfo` (``fold=0``), so a publish time inside
-a DST gap or overlap still names exactly one instant per local date:
-
-* on a day without that wall time (spring forward), it is read with the offset in force before the
-  change: ``02:30`` in Berlin on the last Sunday of March is ``03:30`` summer time;
-* on a day where it happens twice (fall back), it is the first occurrence.
+The calendar indexes articles by month-day (with the Feb 29 policy); DST rules: docs/daemon.md.
 """
 
 from __future__ import annotations
 
 import calendar as _stdlib_calendar
+import functools
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -40,8 +31,7 @@ def utcnow() -> datetime:
 def publish_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
     """Return the UTC instant at which local date ``day`` reaches wall time ``at`` in ``zone``."""
     # fold=0 takes the offset in force before a transition: a wall time skipped by a DST gap moves
-    # forward by the gap, a repeated one is its first occurrence. ``.astimezone(zone)`` gives the
-    # wall time the clocks really show at that instant.
+    # forward by the gap, a repeated one is its first occurrence.
     return datetime.combine(day, at, tzinfo=zone).astimezone(UTC)
 
 
@@ -123,10 +113,8 @@ def anniversary_in(month_day: tuple[int, int], year: int, leap_day: LeapDay) -> 
 
 
 def due_dates(at: time, zone: ZoneInfo, since: datetime | None, now: datetime) -> list[date]:
-    """Return the local dates whose publish instant lies in ``(since, now]``, oldest first.
-
-    Without ``since`` (nothing was ever done) only the current local date can be due.
-    """
+    """Return the local dates whose publish instant lies in ``(since, now]``, oldest first."""
+    # Without ``since`` (nothing was ever done) only the current local date can be due.
     today = local_date(now, zone)
     # A publish instant always falls on its own local date or just after a gap, so one day of
     # margin before ``since``'s local date covers every zone.
@@ -150,7 +138,6 @@ def latest_due_date(at: time, zone: ZoneInfo, now: datetime) -> date:
 class ZonePlan:
     """What one tick does for one time zone: local dates to deliver and dates too old to send."""
 
-    zone: str
     send: tuple[date, ...]
     skip: tuple[date, ...]
 
@@ -161,11 +148,8 @@ def plan_zone(zone: str, at: time, since: datetime | None, now: datetime,
     tz = ZoneInfo(zone)
     oldest_sendable = local_date(now, tz) - timedelta(days=catch_up_days)
     due = due_dates(at, tz, since, now)
-    return ZonePlan(
-        zone=zone,
-        send=tuple(d for d in due if d >= oldest_sendable),
-        skip=tuple(d for d in due if d < oldest_sendable),
-    )
+    return ZonePlan(tuple(d for d in due if d >= oldest_sendable),
+                    tuple(d for d in due if d < oldest_sendable))
 
 
 class Calendar:
@@ -209,10 +193,7 @@ class Calendar:
 
     def recent(self, day: date, limit: int, keep: Callable[[Event], bool] | None = None
                ) -> list[Event]:
-        """Return up to ``limit`` events on or before ``day``, newest day first.
-
-        ``keep``: only the events it says yes to.
-        """
+        """Return up to ``limit`` events on or before ``day`` that ``keep`` takes, newest first."""
         found: list[Event] = []
         if self.first_date is None:
             return found
@@ -242,38 +223,35 @@ class Calendar:
         return sorted((a for a in self.articles if a.date <= day),
                       key=lambda a: (a.date, a.slug), reverse=True)
 
+    def _anniversaries(self, article: Article, years: range) -> Iterator[date]:
+        # The days a recurring article comes back in these years, under the Feb 29 policy.
+        if article.recurring:
+            for year in years:
+                when = anniversary_in(article.anniversary, year, self.leap_day)
+                if when is not None:
+                    yield when
+
     def history(self, article: Article, day: date) -> list[Event]:
         """Return one article's events up to ``day``, oldest first."""
         events = [Event(article, article.date, 0)] if article.date <= day else []
-        if article.recurring:
-            for year in range(article.date.year + 1, day.year + 1):
-                when = anniversary_in(article.anniversary, year, self.leap_day)
-                if when is not None and when <= day:
-                    events.append(Event(article, when, year - article.date.year))
-        return events
+        years = range(article.date.year + 1, day.year + 1)
+        return events + [Event(article, when, when.year - article.date.year)
+                         for when in self._anniversaries(article, years) if when <= day]
 
     def next_anniversary(self, article: Article, day: date) -> date | None:
         """Return the first anniversary of an article after ``day`` (None: it does not recur)."""
-        if not article.recurring:
-            return None
         # Under "skip" a Feb 29 anniversary can wait up to eight years (e.g. 2096 to 2104).
-        for year in range(max(day.year, article.date.year + 1), day.year + 9):
-            when = anniversary_in(article.anniversary, year, self.leap_day)
-            if when is not None and when > day:
-                return when
-        return None
+        years = range(max(day.year, article.date.year + 1), day.year + 9)
+        return next((when for when in self._anniversaries(article, years) if when > day), None)
 
     def last_appearance(self, article: Article, day: date) -> date | None:
         """Return the article's latest appearance on or before ``day`` (None: not yet)."""
         if article.date > day:
             return None
-        if article.recurring:
-            # Under "skip" the latest Feb 29 anniversary can lie eight years back.
-            for year in range(day.year, max(article.date.year, day.year - 9), -1):
-                when = anniversary_in(article.anniversary, year, self.leap_day)
-                if when is not None and when <= day:
-                    return when
-        return article.date
+        # Under "skip" the latest Feb 29 anniversary can lie eight years back.
+        years = range(day.year, max(article.date.year, day.year - 9), -1)
+        return next((when for when in self._anniversaries(article, years) if when <= day),
+                    article.date)
 
 
 @dataclass(frozen=True)
@@ -305,24 +283,18 @@ def _moments_in(calendar: Calendar, events_on: EventsByDay, zone: str, at: time,
         day += timedelta(days=1)
 
 
-class EventsByDay:
-    """Look up a day's events once, however many zones ask for that day."""
+EventsByDay = Callable[[date], tuple[Event, ...]]
 
-    def __init__(self, calendar: Calendar) -> None:
-        self._calendar = calendar
-        self._seen: dict[date, tuple[Event, ...]] = {}
 
-    def __call__(self, day: date) -> tuple[Event, ...]:
-        """Return the events of ``day``."""
-        if day not in self._seen:
-            self._seen[day] = tuple(self._calendar.events_on(day))
-        return self._seen[day]
+def events_by_day(calendar: Calendar) -> EventsByDay:
+    """Return a lookup of a day's events that asks the calendar once, however many zones ask."""
+    return functools.cache(lambda day: tuple(calendar.events_on(day)))
 
 
 def _first_moments(calendar: Calendar, zones: Iterable[str], at: time, now: datetime,
                    limit: int) -> list[Moment]:
     """Return the next ``limit`` publish moments with events of each zone, soonest first."""
-    events_on = EventsByDay(calendar)
+    events_on = events_by_day(calendar)
     found = [moment for zone in dict.fromkeys(zones)
              for moment in itertools.islice(_moments_in(calendar, events_on, zone, at, now),
                                             limit)]

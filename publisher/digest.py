@@ -1,9 +1,4 @@
-"""The daily digest: one email holding every appearance due on a subscriber's local date.
-
-It is built like an edition (rendered and CSS-inlined once per set of appearances, then filled
-in per recipient through the same slots), in the site's language, with one unsubscribe and one
-preferences link. Each appearance shows its title, summary and a link to its page.
-"""
+"""The daily digest: one email holding every appearance due on a subscriber's local date."""
 
 from __future__ import annotations
 

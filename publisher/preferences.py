@@ -1,13 +1,4 @@
-"""What each subscriber chose: which anniversaries, how and when, about which topics.
-
-Every choice has a default that keeps the behaviour of a subscriber who chose nothing: every
-anniversary, each article in its own email, at the site's publish time, about every topic. The
-defaults are stored as NULL, so rows from before the choices existed need no rewrite.
-
-The choices are stored in plain columns of the subscribers table, encoded so that the query
-that queues an appearance can match them itself (no subscriber passes through Python): own
-years and tags as comma-framed lists (``,1,10,50,``), so that "contains ``,10,``" is one test.
-"""
+"""What each subscriber chose: which anniversaries, how and when, about which topics."""
 
 from __future__ import annotations
 
@@ -46,26 +37,18 @@ def is_milestone(years: int) -> bool:
 
 
 def tag_key(tag: str) -> str:
-    """Return the key of a tag as written in front matter: lower case, words joined by ``-``.
-
-    ``Space Race`` and ``space-race`` are one topic; the key is also the tag's folder name.
-    """
+    """Return the key of a tag (``Space Race``: ``space-race``), also its folder's name."""
     return "-".join(_WORD.findall(tag.casefold())).replace("_", "-")
 
 
 @dataclass(frozen=True)
 class Choices:
-    """One subscriber's choices; the defaults keep today's behaviour.
+    """One subscriber's choices; each default keeps what a subscriber who chose nothing gets."""
 
-    ``years``: None for every anniversary, ``"milestones"``, or the subscriber's own years.
-    ``at``: the local delivery time ``HH:MM``, None for the site's publish time.
-    ``tags``: None for every topic, else the tag keys chosen.
-    """
-
-    years: str | tuple[int, ...] | None = None
+    years: str | tuple[int, ...] | None = None  # None: every year; "milestones"; their own
     frequency: Frequency = "each"
-    at: str | None = None
-    tags: tuple[str, ...] | None = None
+    at: str | None = None  # local delivery time HH:MM; None: the site's publish time
+    tags: tuple[str, ...] | None = None  # the tag keys chosen; None: every topic
 
     @property
     def anniversaries(self) -> str:
@@ -75,11 +58,7 @@ class Choices:
         return MILESTONES if self.years == MILESTONES else "years"
 
     def wants(self, years_since: int, tags: Iterable[str]) -> bool:
-        """Return whether an appearance ``years_since`` after the first, so tagged, is wanted.
-
-        The same rule as :func:`years_filter` and :func:`tags_filter`, for one subscriber in
-        Python.
-        """
+        """Return whether an appearance is wanted: the rule of the filters below, in Python."""
         if years_since and self.years is not None:
             if self.years == MILESTONES:
                 if not is_milestone(years_since):
@@ -90,18 +69,20 @@ class Choices:
 
     def columns(self) -> dict[str, str | None]:
         """Return the stored form of the choices, by column name."""
-        return {"years": encode_years(self.years), "frequency": None
-                if self.frequency == "each" else self.frequency,
-                "send_time": self.at, "tags": encode_tags(self.tags)}
+        # Defaults are NULL, so rows from before the choices need no rewrite; lists are framed
+        # in commas (",1,10,50,"), so that the query queueing an appearance tests ",10," per row.
+        years = _framed(self.years) if isinstance(self.years, tuple) else self.years
+        return {"years": years, "frequency": None if self.frequency == "each" else self.frequency,
+                "send_time": self.at, "tags": None if self.tags is None else _framed(self.tags)}
 
     @classmethod
     def from_columns(cls, row: Mapping[str, object]) -> Choices:
         """Read the choices back from their stored columns (missing columns: defaults)."""
-        frequency = row.get("frequency") or "each"
-        at = row.get("send_time")
-        return cls(decode_years(_text(row.get("years"))),
-                   "digest" if frequency == "digest" else "each",
-                   at if isinstance(at, str) else None, decode_tags(_text(row.get("tags"))))
+        years, at, tags = (_text(row.get(name)) for name in ("years", "send_time", "tags"))
+        own_years = tuple(map(int, _unframed(years))) if years and years != MILESTONES else None
+        return cls(own_years if own_years is not None else years or None,
+                   "digest" if row.get("frequency") == "digest" else "each",
+                   at, None if tags is None else tuple(_unframed(tags)))
 
     def cells(self) -> dict[str, str]:
         """Return the choices as CSV cells (``frequency``, ``years``, ``time``, ``tags``)."""
@@ -121,6 +102,14 @@ class Choices:
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
+
+
+def _framed(items: Iterable[object]) -> str:
+    return "," + ",".join(map(str, items)) + ","
+
+
+def _unframed(value: str) -> list[str]:
+    return [part for part in value.split(",") if part]
 
 
 # -- parsing: the command line, CSV cells and the web form share these ---------------------------
@@ -189,48 +178,16 @@ def parse_choices(*, years: str | None = None, frequency: str | None = None,
                    parse_tags(tags))
 
 
-# -- the stored form -------------------------------------------------------------------------------
-
-
-def encode_years(years: str | tuple[int, ...] | None) -> str | None:
-    """Return the stored form: NULL (every), ``milestones`` or ``,1,10,50,``."""
-    if years is None or years == MILESTONES:
-        return years
-    return "," + ",".join(map(str, years)) + ","
-
-
-def decode_years(value: str | None) -> str | tuple[int, ...] | None:
-    """Read the stored form of :func:`encode_years` back."""
-    if not value:
-        return None
-    if value == MILESTONES:
-        return MILESTONES
-    return tuple(int(part) for part in value.split(",") if part)
-
-
-def encode_tags(tags: tuple[str, ...] | None) -> str | None:
-    """Return the stored form: NULL (every topic) or ``,science,spaceflight,``."""
-    return None if tags is None else "," + ",".join(tags) + ","
-
-
-def decode_tags(value: str | None) -> tuple[str, ...] | None:
-    """Read the stored form of :func:`encode_tags` back."""
-    return None if value is None else tuple(part for part in value.split(",") if part)
-
-
 # -- the filters of the query that queues an appearance ------------------------------------------
 
 
 def years_filter(subscribers: Table, years_since: int) -> ColumnElement[bool]:
-    """Return the condition on ``subscribers`` of wanting an appearance ``years_since`` on.
-
-    The appearance is known when the query is built, so whether it is a milestone is decided
-    here, once, and each row only compares its stored text.
-    """
+    """Return the condition on ``subscribers`` of wanting an appearance ``years_since`` on."""
+    # Whether it is a milestone is decided here, once: each row only compares its stored text.
     if years_since == 0:
         return true()  # a first publication reaches everyone
     years = subscribers.c.years
-    wanted = [years.is_(None), years.contains(f",{years_since},", autoescape=True)]
+    wanted = [years.is_(None), years.contains(_framed([years_since]), autoescape=True)]
     if is_milestone(years_since):
         wanted.append(years == MILESTONES)
     return or_(*wanted)
@@ -241,7 +198,7 @@ def tags_filter(subscribers: Table, tags: Iterable[str]) -> ColumnElement[bool]:
     column = subscribers.c.tags
     keys = sorted({key for tag in tags if (key := tag_key(tag))})
     return or_(column.is_(None),
-               *(column.contains(f",{key},", autoescape=True) for key in keys))
+               *(column.contains(_framed([key]), autoescape=True) for key in keys))
 
 
 @dataclass(frozen=True)
@@ -255,24 +212,15 @@ class DeliveryGroup:
 def group_filter(subscribers: Table, groups: Iterable[DeliveryGroup], site_zone: str,
                  site_time: time) -> ColumnElement[bool]:
     """Return the condition of belonging to one of ``groups`` (NULLs: the site's zone, time)."""
-    wanted = []
-    for group in groups:
-        zone: ColumnElement[bool] = subscribers.c.timezone == group.zone
-        if group.zone == site_zone:
-            zone = or_(zone, subscribers.c.timezone.is_(None))
-        at: ColumnElement[bool] = subscribers.c.send_time == format_time(group.at)
-        if group.at == site_time:
-            at = or_(at, subscribers.c.send_time.is_(None))
-        wanted.append(and_(zone, at))
+    wanted = [and_(equal_or_null(subscribers.c.timezone, group.zone, group.zone == site_zone),
+                   equal_or_null(subscribers.c.send_time, group.at.isoformat("minutes"),
+                                 group.at == site_time))
+              for group in groups]
     return or_(*wanted) if wanted else false()
 
 
-def format_time(at: time) -> str:
-    """Return a delivery time as stored, ``HH:MM``."""
-    return f"{at.hour:02d}:{at.minute:02d}"
-
-
-def read_time(value: str) -> time:
-    """Return the time a stored ``HH:MM`` names."""
-    hours, minutes = value.split(":")
-    return time(int(hours), int(minutes))
+def equal_or_null(column: ColumnElement[str], value: str, null_too: bool
+                  ) -> ColumnElement[bool]:
+    """Return the condition ``column == value``, or NULL as well with ``null_too``."""
+    condition: ColumnElement[bool] = column == value
+    return or_(condition, column.is_(None)) if null_too else condition

@@ -1,10 +1,4 @@
-"""The tick: everything that is due at one instant, taken from the ledger.
-
-:class:`Ticker` asks the calendar which local dates became due in each subscriber zone since the
-last tick, then builds the site, queues and sends; :func:`coming_up` reports what comes next.
-The time logic itself lives in :mod:`publisher.calendar`; what `publisher status` reads of the
-tick's marks, in :mod:`publisher.status`.
-"""
+"""The tick: everything that is due at one instant, taken from the ledger and the calendar."""
 
 from __future__ import annotations
 
@@ -24,6 +18,7 @@ from publisher.calendar import (
     Calendar,
     Clock,
     EventsByDay,
+    events_by_day,
     latest_due_date,
     local_date,
     next_appearances,
@@ -145,12 +140,10 @@ def content_digest(articles: Iterable[Article], errors: Iterable[object]) -> str
 
 
 class Ticker:
-    """Do what is due at an instant: rebuild the site, queue and skip deliveries, send.
+    """Do what is due at an instant: rebuild the site, queue and skip deliveries, send."""
 
-    One Ticker lives as long as its process: it keeps the parsed articles (re-reading only the
-    files that changed). Everything that must survive a restart or be seen by another process
-    on the same ledger is in the ledger's state table.
-    """
+    # One Ticker lives as long as its process and keeps the parsed articles; what must outlive
+    # it, or be seen by another process, is in the ledger's state table.
 
     def __init__(self, config: Config, ledger: Ledger, *, stop: threading.Event | None = None,
                  clock: Clock = utcnow, mailer: Mailer | None = None,
@@ -226,7 +219,7 @@ class Ticker:
 
     def _queue(self, since: datetime | None, now: datetime, report: TickReport) -> None:
         site = self.config.site
-        events_on = EventsByDay(self._calendar)
+        events_on = events_by_day(self._calendar)
         window = self.config.schedule.catch_up_days
         reason = (f"not sent: the publisher was not running within schedule.catch_up_days "
                   f"({window}) of its publish time")
@@ -263,11 +256,8 @@ class Ticker:
 
     def _queue_moved(self, since: datetime, now: datetime, events_on: EventsByDay,
                      report: TickReport) -> None:
-        """Queue the day's mail of subscribers who moved to a moment that already went by.
-
-        Their new group's moment fell before the last tick, so no group's queueing reaches
-        them; the unique keys make queueing what they already have a no-op.
-        """
+        """Queue the day's mail of subscribers who moved to a moment that already went by."""
+        # No group's queueing reaches them; the unique keys make queueing what they have a no-op.
         site = self.config.site
         changed_since = since - MOVED_MARGIN
         window = self.config.schedule.catch_up_days

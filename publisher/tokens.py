@@ -63,25 +63,18 @@ def _create_key_file(path: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
-        created = _link(temporary, path)
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            return  # another process created it first: its key is read
     except OSError as exc:
         raise SecretKeyError(f"cannot create the key file: {exc.strerror}", path=path,
                              field="state.key_file") from None
     finally:
         with contextlib.suppress(OSError):
             temporary.unlink()
-    if created:
-        log.warning("created a new secret key in %s (mode 0600); keep it, or links in emails "
-                    "already sent stop working; set %s to use another key", path, SECRET_ENV)
-
-
-def _link(source: Path, target: Path) -> bool:
-    """Link ``source`` to ``target`` unless it exists; return whether this call created it."""
-    try:
-        os.link(source, target)
-    except FileExistsError:
-        return False
-    return True
+    log.warning("created a new secret key in %s (mode 0600); keep it, or links in emails "
+                "already sent stop working; set %s to use another key", path, SECRET_ENV)
 
 
 def _read_key_file(path: Path) -> bytes:
@@ -121,11 +114,8 @@ def _unsubscribe_signers(secret: bytes) -> tuple[Signer, URLSafeSerializer]:
 
 
 def unsubscribe_token(secret: bytes, key: str) -> str:
-    """Sign a token naming a subscriber's unsubscribe key; it never expires.
-
-    The key is random, so the token says nothing about the subscriber, and it is the same
-    token every time: a message sent again has the same bytes.
-    """
+    """Sign a token naming a subscriber's unsubscribe key; it never expires."""
+    # The same token every time: a message sent again has the same bytes.
     signer, _ = _unsubscribe_signers(secret)
     return signer.sign(key).decode("ascii")
 
@@ -209,10 +199,8 @@ def _tag_signature(secret: bytes, delivery_id: int, slug: str, year: int,
 
 def return_path_tag(secret: bytes, delivery_id: int, slug: str, year: int,
                     subscriber_id: int) -> str:
-    """Sign a short tag naming one delivery, for the envelope sender ``local+TAG@domain``.
-
-    Lower-case hexadecimal only: mail servers may change the case of a local part.
-    """
+    """Sign a short tag naming one delivery, for the envelope sender ``local+TAG@domain``."""
+    # Lower-case hexadecimal only: mail servers may change the case of a local part.
     signature = _tag_signature(secret, delivery_id, slug, year, subscriber_id)
     return f"{delivery_id:x}-{signature}"
 

@@ -54,10 +54,6 @@ class ReturnCount:
     count: int
 
 
-# ---------------------------------------------------------------------------------------------
-# Validation of subscriber input
-
-
 class ReturnStore(Store):
     """The statements on returns: find what came back, record it once, count per edition."""
 
@@ -82,13 +78,7 @@ class ReturnStore(Store):
 
     def record_return(self, row: ReturnRow, *, soft_limit: int, soft_since: datetime,
                       now: datetime | None = None) -> ReturnEffect | None:
-        """Record a bounce or complaint and apply it; None when it was recorded before.
-
-        A hard bounce marks the subscriber bounced, a complaint unsubscribes them, and soft
-        bounces do as a hard one once ``soft_limit`` deliveries came back soft since
-        ``soft_since``. A return about a message sent before the person last confirmed is
-        recorded and changes nothing.
-        """
+        """Record a bounce or complaint and apply it; None when it was recorded before."""
         now = now or utcnow()
         target = row.target
         values = {"report_key": row.report_key, "received_at": now, "source": row.source,

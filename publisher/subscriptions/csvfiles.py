@@ -17,10 +17,8 @@ from publisher.subscriptions.fields import SUPPRESSED, SubscriberRow, subscriber
 if TYPE_CHECKING:
     from publisher.ledger import Ledger
 
-# Rows imported per transaction. Addresses (and unsubscribe keys) arrive in no order, so each
-# transaction rewrites pages all over their indexes: a million rows wrote 12 GB of log in
-# chunks of 5,000 and 2 GB in chunks of 50,000 (about 90 MB of memory). PostgreSQL takes at
-# most 65,535 values in one statement, and a chunk's addresses are looked up in one.
+# make bench, million.py import: 12 GB of log for a million rows in chunks of 5,000, 2 GB in
+# these. Below PostgreSQL's 65,535 values a statement: a chunk's addresses are looked up in one.
 IMPORT_CHUNK = 50_000
 IMPORT_COLUMNS = ("email", "name", "timezone")
 # The subscriber's choices (publisher.preferences): empty cells are the defaults.
@@ -42,17 +40,13 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
 
 @dataclass
 class ImportReport:
-    """What a CSV import did: rows added, rows already present, and every rejected row.
-
-    ``suppressed`` lists the addresses left out because they unsubscribed or bounced (with
-    their status); ``resubscribed`` counts those subscribed again on the operator's word.
-    """
+    """What a CSV import did: rows added, rows already present, and every rejected row."""
 
     added: int = 0
     unchanged: int = 0
     skipped_pending: int = 0
-    resubscribed: int = 0
-    suppressed: list[tuple[str, SubscriberStatus]] = field(default_factory=list)
+    resubscribed: int = 0  # suppressed addresses subscribed again on the operator's word
+    suppressed: list[tuple[str, SubscriberStatus]] = field(default_factory=list)  # left out
     errors: list[SubscriberError] = field(default_factory=list)
 
 
@@ -66,17 +60,8 @@ def from_cell(cell: str) -> str:
     return cell[1:] if cell.startswith("'") else cell
 
 
-def _header(first: list[str]) -> list[str] | None:
-    names = [cell.strip().lower() for cell in first]
-    return names if "email" in names else None
-
-
 def read_subscriber_csv(path: Path) -> Iterator[SubscriberRow | SubscriberError | None]:
-    """Yield a row, or the error of a bad one, per record of a subscriber CSV; None: pending.
-
-    Columns are ``email,name,timezone`` in that order, or named by a header row; the columns of
-    ``subscribers export`` are understood too, the subscriber's choices among them.
-    """
+    """Yield a row, or the error of a bad one, per record of a subscriber CSV; None: pending."""
     try:
         handle = path.open(encoding="utf-8-sig", newline="")
     except OSError as exc:
@@ -84,28 +69,26 @@ def read_subscriber_csv(path: Path) -> Iterator[SubscriberRow | SubscriberError 
     with handle:
         reader = csv.reader(handle)
         columns: list[str] = list(IMPORT_COLUMNS)
-        line = 1
+        start = 1  # the line the next record starts on
         try:
             for number, record in enumerate(reader):
+                line, start = start, reader.line_num + 1
                 if not any(cell.strip() for cell in record):
-                    line = reader.line_num + 1
                     continue
-                if number == 0 and (named := _header(record)) is not None:
+                if number == 0 and "email" in (named := [c.strip().lower() for c in record]):
                     unknown = [c for c in named if c and c not in EXPORT_COLUMNS]
                     if unknown:
                         raise SubscriberError(
                             f"unknown column (known: {', '.join(EXPORT_COLUMNS)})",
                             path=path, line=1, field=unknown[0])
                     columns = named
-                    line = reader.line_num + 1
                     continue
                 yield _parse_record(record, columns, path, line)
-                line = reader.line_num + 1
         except UnicodeDecodeError as exc:
-            raise SubscriberError(f"not UTF-8 text ({exc.reason})", path=path, line=line,
+            raise SubscriberError(f"not UTF-8 text ({exc.reason})", path=path, line=start,
                                   field="encoding") from None
         except csv.Error as exc:
-            raise SubscriberError(f"malformed CSV: {exc}", path=path, line=line) from None
+            raise SubscriberError(f"malformed CSV: {exc}", path=path, line=start) from None
 
 
 def _parse_record(record: list[str], columns: list[str], path: Path, line: int
@@ -132,13 +115,7 @@ def _parse_record(record: list[str], columns: list[str], path: Path, line: int
 
 def import_csv(ledger: Ledger, path: Path, now: datetime | None = None, *,
                include_suppressed: bool = False) -> ImportReport:
-    """Import a subscriber CSV: good rows become confirmed subscribers, bad rows are reported.
-
-    Known addresses are left exactly as they are, so importing the same file again changes
-    nothing; one that unsubscribed or bounced is reported as suppressed, and subscribed again
-    only with ``include_suppressed``. Rows go to the database in chunks: the file is never
-    held in memory.
-    """
+    """Import a subscriber CSV: good rows become confirmed subscribers, bad rows are reported."""
     report = ImportReport()
     chunk: list[SubscriberRow] = []
 

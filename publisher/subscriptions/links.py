@@ -1,9 +1,4 @@
-"""Joining, choosing and leaving through emailed links: sign-up, confirmation, preferences,
-unsubscription, purge.
-
-The rules the web service applies; what each step does to the stored subscribers (and why an
-address that left stays suppressed) is in :mod:`publisher.ledger.subscribers`.
-"""
+"""Sign-up, confirmation, preferences, unsubscription and purge through emailed links."""
 
 from __future__ import annotations
 
@@ -34,11 +29,6 @@ log = logging.getLogger(__name__)
 NO_LONGER_VALID = "this confirmation link is no longer valid: please subscribe again"
 
 
-def confirm_url(config: Config, token: str) -> str:
-    """Return the URL of the page that confirms a sign-up."""
-    return config.site.url(f"confirm/{token}")
-
-
 @dataclass(frozen=True)
 class SignUp:
     """What a sign-up did: the address as stored, and the sign-up to confirm (if any)."""
@@ -49,8 +39,7 @@ class SignUp:
 
 @dataclass(frozen=True)
 class Unsubscribed:
-    """What following an unsubscribe link did: the address it names (if it still names one),
-    and whether this changed anything."""
+    """What following an unsubscribe link did: whom it names now, if anyone, and if it changed."""
 
     email: str | None
     changed: bool
@@ -72,11 +61,7 @@ class Subscriptions:
 
     def sign_up(self, email: str, name: str | None, timezone: str | None,
                 choices: Choices | None = None) -> SignUp:
-        """Record a sign-up; raise SubscriberError for a bad address or name.
-
-        A confirmed address is left exactly as it is and gets no email. Any other gets a
-        confirmation link, and nothing else changes until that link is followed.
-        """
+        """Record a sign-up; raise SubscriberError for a bad address or name."""
         try:
             zone = check_timezone(timezone)
         except SubscriberError:
@@ -86,36 +71,32 @@ class Subscriptions:
 
     def confirmation_url(self, pending: PendingSignUp) -> str:
         """Return the signed, expiring link that confirms this sign-up."""
-        return confirm_url(self.config, confirm_token(self.secret, pending.key,
-                                                      now=self.clock()))
+        token = confirm_token(self.secret, pending.key, now=self.clock())
+        return self.config.site.url(f"confirm/{token}")
 
-    def send_confirmation(self, pending: PendingSignUp) -> transports.Outcome:
-        """Send the confirmation email through the configured transport and log the outcome."""
+    def deliver_confirmation(self, pending: PendingSignUp) -> None:
+        """Send the confirmation after the visitor has their answer; log the outcome."""
         recipient = Recipient(pending.subscriber_id, pending.email, pending.name,
                               pending.timezone)
-        data = self.mailer.confirmation(recipient, self.confirmation_url(pending))
-        envelope = transports.Envelope(0, self.mailer.return_path(), recipient.email, data)
-        transport = self.open_transport(self.config)
         try:
-            outcome = next((result for _, result in transport.send([envelope])),
-                           transports.Outcome("deferred", None, "the transport reported nothing"))
-        finally:
-            transport.close()
+            data = self.mailer.confirmation(recipient, self.confirmation_url(pending))
+            envelope = transports.Envelope(0, self.mailer.return_path(), recipient.email, data)
+            transport = self.open_transport(self.config)
+            try:
+                outcome = next((result for _, result in transport.send([envelope])),
+                               transports.Outcome("deferred", None,
+                                                  "the transport reported nothing"))
+            finally:
+                transport.close()
+        except PublisherError as exc:
+            log.warning("confirmation to subscriber %d not sent: %s", recipient.subscriber_id, exc)
+            return
         if outcome.status == "sent":
             log.info("confirmation sent to subscriber %d", recipient.subscriber_id)
         else:
             log.warning("confirmation to subscriber %d not sent: %s %s %s",
                         recipient.subscriber_id, outcome.status, outcome.code or "",
                         outcome.reply)
-        return outcome
-
-    def deliver_confirmation(self, pending: PendingSignUp) -> None:
-        """Send the confirmation after the visitor has their answer; log what goes wrong."""
-        try:
-            self.send_confirmation(pending)
-        except PublisherError as exc:
-            log.warning("confirmation to subscriber %d not sent: %s",
-                        pending.subscriber_id, exc)
 
     def _confirm_subject(self, token: str) -> LinkSubject:
         return read_confirm_token(self.secret, token, self.config.web.confirm_hours * 3600,
@@ -144,18 +125,11 @@ class Subscriptions:
 
     def unsubscribe_address(self, token: str) -> str | None:
         """Return the address an unsubscribe link names, None when it names nobody now."""
-        subject = read_unsubscribe_token(self.secret, token)
-        found = (self.ledger.find_subscriber(subject.email)
-                 if isinstance(subject, SignedAddress)
-                 else self.ledger.find_unsubscribe_key(subject))
+        found = self._link_owner(token)
         return found.email if found is not None else None
 
     def unsubscribe(self, token: str) -> Unsubscribed:
-        """Unsubscribe whom a token names (idempotent); raise TokenError for a bad token.
-
-        A link made before subscribers had keys names the address it was sent to: that
-        address is unsubscribed, whatever has happened to its row since.
-        """
+        """Unsubscribe whom a token names (idempotent); raise TokenError for a bad token."""
         subject = read_unsubscribe_token(self.secret, token)
         now = self.clock()
         found, changed = (self.ledger.unsubscribe_link(email=subject.email, now=now)
@@ -169,10 +143,7 @@ class Subscriptions:
                 else self.ledger.find_unsubscribe_key(subject))
 
     def preferences_of(self, token: str) -> Subscriber | None:
-        """Return whom a preferences link names, None when nobody is subscribed under it now.
-
-        The link carries the unsubscribe link's token; TokenError for a forged one.
-        """
+        """Return whom a preferences link names, None when nobody is subscribed under it now."""
         found = self._link_owner(token)
         return found if found is not None and found.status == "confirmed" else None
 
