@@ -255,14 +255,14 @@ class _Sender:
         recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone,
                               claim.unsubscribe_key, claim.send_time)
         try:
-            data, wire = edition.messages(recipient)
+            data, stuffed = edition.content(recipient)
         except SubscriberError as exc:
             return Outcome("failed", None, f"cannot address the message: {exc}")
         except PublisherError as exc:
             return Outcome("deferred", None, f"cannot build the message: {exc}")
         sender = self.mailer.return_path(claim.delivery_id, slug=claim.slug, year=claim.year,
                                          subscriber_id=claim.subscriber_id)
-        envelope = Envelope(claim.delivery_id, sender, claim.email, data, wire)
+        envelope = Envelope(claim.delivery_id, sender, claim.email, data, stuffed)
         return envelope, edition.message_id(recipient)
 
     def envelopes(self) -> Generator[Envelope, None, None]:

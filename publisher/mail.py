@@ -251,10 +251,6 @@ def _piece(text: str) -> bytes:
     return encoded
 
 
-def _stuffed_values(values: Mapping[str, bytes]) -> dict[str, bytes]:
-    return {key: dot_stuffed(value) for key, value in values.items()}
-
-
 def _escaped(values: Mapping[str, str]) -> dict[str, str]:
     """Return slot values escaped for HTML text and attribute values alike."""
     return {key: html.escape(value) for key, value in values.items()}
@@ -445,10 +441,11 @@ class _Skeleton:
             else:
                 self._pieces[-1] += field + following
 
-    def fill(self, values: Mapping[str, bytes]) -> bytes:
-        """Return the message with each slot's line replaced by its value."""
+    def fill(self, values: Mapping[str, bytes], end: bytes = b"") -> bytes:
+        """Return the message with each slot's line replaced by its value, then ``end``."""
         pieces = self._pieces.copy()
         pieces[1::2] = [values[key] for key in self._slots]
+        pieces.append(end)
         return b"".join(pieces)
 
 
@@ -734,20 +731,35 @@ class Edition:
 
     def message(self, recipient: Recipient) -> bytes:
         """Return the complete RFC 5322 message for one recipient."""
-        return self.messages(recipient)[0]
+        data = self._build(recipient, wire=False)
+        return self._mailer.signer.sign(data) if self._mailer.signer else data
 
-    def messages(self, recipient: Recipient) -> tuple[bytes, bytes | None]:
-        """Return one recipient's message, and the same as SMTP DATA content (not when signed).
+    def content(self, recipient: Recipient) -> tuple[bytes, bool]:
+        """Return one recipient's message and whether it is SMTP DATA content (when unsigned).
 
         The DATA content is joined from pieces dot-stuffed once per edition, which spares the
         transport a pass over every byte of every message.
         """
+        if self._mailer.signer:
+            return self.message(recipient), False
+        return self._build(recipient, wire=True), True
+
+    def _build(self, recipient: Recipient, *, wire: bool) -> bytes:
         variant, values, token = self._values(recipient)
-        text_values = {key: _piece(values[key]) for key in variant.text.slots}
-        html_values = {key: _piece(value) for key, value in _escaped(values).items()
-                       if key in variant.html.slots}
+        text_values: dict[str, bytes] = {}
+        html_values: dict[str, bytes] = {}
+        for key, value in values.items():
+            # Each value encoded once for both parts unless escaping changes it (rarely).
+            piece = _piece(value)
+            escaped = html.escape(value)
+            html_piece = piece if escaped == value else _piece(escaped)
+            if wire:
+                piece = dot_stuffed(piece)
+                html_piece = piece if escaped == value else dot_stuffed(html_piece)
+            text_values[key] = piece
+            html_values[key] = html_piece
         slug, year = self.key
-        lines = {
+        return self._skeleton.fill({
             "to": _to_line(values[NAME], values[EMAIL]),
             "subject": variant.subject_line or _header_line(
                 "Subject", _clean(variant.subject.fill(values))),
@@ -756,13 +768,5 @@ class Edition:
                 self._message_id),
             "list-id": self._mailer.list_id_line,
             "list-unsubscribe": token.encode().join(self._list_unsubscribe),
-        }
-        data = self._skeleton.fill({**lines, "text": variant.text.encode(text_values),
-                                    "html": variant.html.encode(html_values)})
-        signer = self._mailer.signer
-        if signer:
-            return signer.sign(data), None
-        wire = self._skeleton.fill({
-            **lines, "text": variant.text.encode(_stuffed_values(text_values), wire=True),
-            "html": variant.html.encode(_stuffed_values(html_values), wire=True)})
-        return data, wire + _END_OF_DATA
+            "text": variant.text.encode(text_values, wire=wire),
+            "html": variant.html.encode(html_values, wire=wire)}, _END_OF_DATA if wire else b"")
