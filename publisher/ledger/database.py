@@ -133,8 +133,11 @@ class _DriverStatement:
 
     def run(self, values: dict[str, Any]) -> int:
         """Run the statement in a transaction of its own; return how many rows it changed."""
-        (arguments,) = self.arguments([values])
-        return self._run(arguments)
+        params = self.constants.copy()
+        for name, process in self.processors.items():
+            params[name] = process(values[name])
+        return self._run(params if self.positions is None
+                         else tuple([params[name] for name in self.positions]))
 
     def arguments(self, rows: Iterable[dict[str, Any]], shared: dict[str, Any] | None = None
                   ) -> list[Any]:
