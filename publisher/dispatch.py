@@ -255,7 +255,7 @@ class _Sender:
         recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone,
                               claim.unsubscribe_key, claim.send_time)
         try:
-            data, stuffed = edition.content(recipient)
+            data, stuffed, message_id = edition.content(recipient)
         except SubscriberError as exc:
             return Outcome("failed", None, f"cannot address the message: {exc}")
         except PublisherError as exc:
@@ -263,7 +263,7 @@ class _Sender:
         sender = self.mailer.return_path(claim.delivery_id, slug=claim.slug, year=claim.year,
                                          subscriber_id=claim.subscriber_id)
         envelope = Envelope(claim.delivery_id, sender, claim.email, data, stuffed)
-        return envelope, edition.message_id(recipient)
+        return envelope, message_id
 
     def envelopes(self) -> Generator[Envelope, None, None]:
         """Claim batch after batch and yield one envelope per claim, until told to stop.
@@ -279,11 +279,11 @@ class _Sender:
             batch = _Batch(claims, self.clock())
             self.batches.append(batch)
             for claim in claims:
-                if self.stopped() or not self.keep_lease(batch):
+                if self.stopped() or not self.keep_lease(batch, self.clock()):
                     break
                 built = self.build(claim)
                 if isinstance(built, Outcome):
-                    self.record(batch, claim, built, None)
+                    self.record(batch, claim, built, None, self.clock())
                     continue
                 envelope, message_id = built
                 self.in_flight[claim.delivery_id] = (batch, message_id)
@@ -300,10 +300,11 @@ class _Sender:
             return  # handed over by an earlier call that ended in an error
         batch, message_id = entry
         batch.awaited -= 1
+        now = self.clock()
         if outcome.status == "unsent":
             batch.handed -= 1  # stays open: handed back when the batch closes
         else:
-            self.record(batch, batch.claims[envelope.delivery_id], outcome, message_id)
+            self.record(batch, batch.claims[envelope.delivery_id], outcome, message_id, now)
             if outcome.status == "sent":
                 batch.sent += 1
             elif outcome.status == "deferred" and outcome.code in (None, 421):
@@ -312,13 +313,12 @@ class _Sender:
         if batch.exhausted:
             self.close(batch)
         for held in self.batches:
-            self.keep_lease(held)
+            self.keep_lease(held, now)
 
-    def record(self, batch: _Batch, claim: Claim, outcome: Outcome, message_id: str | None
-               ) -> None:
+    def record(self, batch: _Batch, claim: Claim, outcome: Outcome, message_id: str | None,
+               now: datetime) -> None:
         """Write one outcome to the ledger, counting it in the report."""
         batch.open.discard(claim.delivery_id)
-        now = self.clock()
         report = self.report
         status = outcome.status
         reply = outcome.reply
@@ -348,7 +348,7 @@ class _Sender:
             report.note_failure(claim, reply)
         self.done += 1
 
-    def keep_lease(self, batch: _Batch) -> bool:
+    def keep_lease(self, batch: _Batch, now: datetime) -> bool:
         """Renew a batch's lease once half of it has passed; return whether it is still held.
 
         Fewer rows renewed than are open means the lease ran out (the server stalled longer
@@ -356,7 +356,6 @@ class _Sender:
         over: nothing more of the batch is handed out, so only messages already in flight can
         go out twice.
         """
-        now = self.clock()
         if not batch.lost and batch.open and now - batch.renewed > self.policy.lease / 2:
             held = self.ledger.extend_lease(batch.open, self.worker, now + self.policy.lease)
             batch.renewed = now
