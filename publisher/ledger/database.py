@@ -129,15 +129,19 @@ class _DriverStatement:
                 self.processors[name] = process or _unchanged
             else:
                 self.constants[name] = process(bind.value) if process else bind.value
+        # Only the values whose type changes them go through a function.
+        self._converters = [(name, process) for name, process in self.processors.items()
+                            if process is not _unchanged]
         self.errors: type[Exception] = dialect.loaded_dbapi.Error
 
     def run(self, values: dict[str, Any]) -> int:
         """Run the statement in a transaction of its own; return how many rows it changed."""
-        params = self.constants.copy()
-        for name, process in self.processors.items():
-            params[name] = process(values[name])
-        return self._run(params if self.positions is None
-                         else tuple([params[name] for name in self.positions]))
+        params = {**self.constants, **values}
+        for name, process in self._converters:
+            params[name] = process(params[name])
+        if self.positions is None:
+            return self._run({name: params[name] for name in (*self.constants, *self.processors)})
+        return self._run(tuple([params[name] for name in self.positions]))
 
     def arguments(self, rows: Iterable[dict[str, Any]], shared: dict[str, Any] | None = None
                   ) -> list[Any]:
@@ -161,8 +165,9 @@ class _DriverStatement:
     def _run(self, arguments: Any) -> int:
         for attempt in (1, 2):
             connection = self.connections.get()
+            driver = connection.dbapi_connection
             try:
-                cursor = connection.cursor()
+                cursor = driver.cursor()
                 try:
                     # SQLite runs a lone statement as its own transaction (the connection is
                     # in autocommit mode), and a write takes the write lock before it reads:
@@ -171,13 +176,12 @@ class _DriverStatement:
                     changed = int(cursor.rowcount)
                 finally:
                     cursor.close()
-                connection.commit()
+                driver.commit()
                 return changed
             except self.errors as exc:
                 with suppress(self.errors):  # a lost connection cannot roll back
                     connection.rollback()
-                if not self.dialect.is_disconnect(cast(Any, exc), connection.dbapi_connection,
-                                                  None):
+                if not self.dialect.is_disconnect(cast(Any, exc), driver, None):
                     raise LedgerError(f"database error: {_first_line(exc)}") from exc
                 self.connections.discard(connection)
                 if attempt == 2:
