@@ -29,7 +29,6 @@ from sqlalchemy import (
     func,
     insert,
     literal,
-    or_,
     select,
     true,
     tuple_,
@@ -121,8 +120,6 @@ class Problem:
 
 
 def _finish_statement(*, held: bool) -> Update:
-    # Built once: it runs for each deferred or failed message, and for each batch of accepted
-    # ones as they are folded in.
     condition = [deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == "sending"]
     if held:
         condition.append(deliveries.c.lease_owner == bindparam("worker"))
@@ -164,14 +161,6 @@ _ACCEPT = insert(accepted).values(
 
 class DeliveryStore(Store):
     """The statements on deliveries: queue, claim, lease, finish, settle, count."""
-
-    @cached_property
-    def _finish_sent(self) -> _DriverStatement:
-        return _DriverStatement(_FINISH_SENT, self._held)
-
-    @cached_property
-    def _finish_held(self) -> _DriverStatement:
-        return _DriverStatement(_FINISH_HELD, self._held)
 
     @cached_property
     def _accept(self) -> _DriverStatement:
@@ -313,16 +302,6 @@ class DeliveryStore(Store):
             and_(deliveries.c.status == "deferred", deliveries.c.next_attempt_at <= now),
             and_(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now),
         )
-
-    @classmethod
-    def _due(cls, now: datetime) -> ColumnElement[bool]:
-        return or_(*cls._due_queues(now))
-
-    def due_slugs(self, now: datetime | None = None) -> list[str]:
-        """Return the articles that have deliveries which could be claimed now."""
-        with self._read() as conn:
-            return list(conn.scalars(select(deliveries.c.slug).distinct()
-                                     .where(self._due(now or utcnow()))))
 
     def count_due(self, now: datetime | None = None) -> int:
         """Return how many deliveries could be claimed now."""
@@ -535,21 +514,14 @@ class DeliveryStore(Store):
         now = now or utcnow()
         params = {"delivery_id": delivery_id, "worker": worker, "status": status, "code": code,
                   "reply": reply, "message_id": message_id, "retry_at": retry_at, "now": now}
-        if not bounce:
-            driver = self._finish_sent if status == "sent" else self._finish_held
-            done = bool(driver.run(params))
-            if done and status != "deferred":
-                # A digest's appearances take its outcome (failures are few: one more write).
-                with self._write() as conn:
-                    self._follow_digests(conn, [delivery_id], now)
-            return done
         statement = _FINISH_SENT if status == "sent" else _FINISH_HELD
         with self._write() as conn:
             changed = conn.execute(statement, params).rowcount
             if changed and bounce:
                 owner = select(deliveries.c.subscriber_id).where(deliveries.c.id == delivery_id)
                 mark_bounced(conn, int(conn.execute(owner).scalar_one()), reply, now)
-            if changed:
+            if changed and status != "deferred":
+                # A digest's appearances take its outcome.
                 self._follow_digests(conn, [delivery_id], now)
             return bool(changed)
 
