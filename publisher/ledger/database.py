@@ -289,12 +289,6 @@ class Store:
         return ledger
 
     @staticmethod
-    def in_memory(url: str) -> bool:
-        """Return whether ``url`` names an SQLite database that lives in one connection."""
-        parsed = make_url(url)
-        return parsed.get_backend_name() == "sqlite" and parsed.database in _MEMORY
-
-    @staticmethod
     def _sqlite_engine(database: str | None) -> Engine:
         memory = database in _MEMORY
         if not memory:
