@@ -526,8 +526,6 @@ class SmtpConnection:
         current = next_envelope()
         finished: tuple[Envelope, Outcome] | None = None  # reported once the next is sent
         announced = retrying = False  # announced: current's MAIL, RCPT and DATA went out
-        # The next message's bytes (CRLF, then dot-stuffed), prepared while the server works.
-        ready: tuple[Envelope, bytes] | None = None
         while current is not None:
             message = current
             if halted():
@@ -543,7 +541,7 @@ class SmtpConnection:
             try:
                 if not self._open_now:
                     await self._open()
-                wire = ready[1] if ready and ready[0] is message else _prepared(message)
+                wire = _prepared(message)
                 if not self.offers("pipelining"):
                     await pace()
                     outcome = await self._transaction(message, wire)
@@ -564,8 +562,8 @@ class SmtpConnection:
                         following = next_envelope()
                         announcement = b""
                         if following is not None:
-                            ready = (following, _prepared(following))
-                            line = await self._announcement(following, ready[1], pace)
+                            line = await self._announcement(following, _prepared(following),
+                                                            pace)
                             if isinstance(line, bytes):
                                 announcement, ahead = line, True
                         # The content and the next envelope in one write: a server answers
