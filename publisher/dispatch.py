@@ -255,7 +255,7 @@ class _Sender:
         recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone,
                               claim.unsubscribe_key, claim.send_time)
         try:
-            data, stuffed = edition.content(recipient)
+            data, stuffed, message_id = edition.content(recipient)
         except SubscriberError as exc:
             return Outcome("failed", None, f"cannot address the message: {exc}")
         except PublisherError as exc:
@@ -263,7 +263,7 @@ class _Sender:
         sender = self.mailer.return_path(claim.delivery_id, slug=claim.slug, year=claim.year,
                                          subscriber_id=claim.subscriber_id)
         envelope = Envelope(claim.delivery_id, sender, claim.email, data, stuffed)
-        return envelope, edition.message_id(recipient)
+        return envelope, message_id
 
     def envelopes(self) -> Generator[Envelope, None, None]:
         """Claim batch after batch and yield one envelope per claim, until told to stop.

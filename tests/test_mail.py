@@ -335,9 +335,10 @@ def test_smtp_content_is_the_message_with_its_leading_dots_doubled(
     edition = mailer.edition(make_event(make_article(body_html=f"<p>{body}</p>",
                                                      body_text=body)))
     recipient = Recipient(7, "dot@example.org", name)
-    wire, stuffed = edition.content(recipient)
+    wire, stuffed, message_id = edition.content(recipient)
     data = edition.message(recipient)
     assert stuffed and wire == data_content(data)
+    assert message_id == edition.message_id(recipient)
     assert b"\r\n.\r\n" not in wire[:-3]  # the end of the content comes only at the end
     # A maildir stores the message itself.
     ((_, outcome),) = MaildirTransport(tmp_path / "box").send(

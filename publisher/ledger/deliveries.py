@@ -153,11 +153,49 @@ _SETTLE = (update(deliveries)
                    message_id=func.coalesce(accepted.c.message_id, deliveries.c.message_id),
                    lease_owner=None, lease_until=None, updated_at=accepted.c.accepted_at,
                    sent_at=accepted.c.accepted_at))
+_ACCEPTED_IDS = select(accepted.c.id).order_by(accepted.c.id).with_for_update(skip_locked=True)
+_SETTLED_DIGESTS = select(deliveries.c.id).where(
+    deliveries.c.slug == DIGEST_SLUG, deliveries.c.id.in_(select(accepted.c.delivery_id).where(
+        accepted.c.id.in_(bindparam("ids", expanding=True)))))
+_FOLDED = delete(accepted).where(accepted.c.id.in_(bindparam("ids", expanding=True)))
 _ACCEPT = insert(accepted).values(
     delivery_id=bindparam("delivery_id", type_=Id), code=bindparam("code", type_=Integer()),
     reply=bindparam("reply", type_=Text()), message_id=bindparam("message_id", type_=String()),
     accepted_at=bindparam("now", type_=UtcDateTime()))
 
+
+def _due_queues(now: Any) -> tuple[ColumnElement[bool], ...]:
+    # Claimed queue by queue, each in the order of the due index (status, next attempt): one
+    # condition over all of them would make every claim sort every due row.
+    return (
+        # A lease that ran out means its holder died: its rows have waited longest.
+        and_(deliveries.c.status == "sending", deliveries.c.lease_until < now),
+        and_(deliveries.c.status == "deferred", deliveries.c.next_attempt_at <= now),
+        and_(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now),
+    )
+
+
+def _claim_queue(queue: ColumnElement[bool], now: Any) -> Update:
+    chosen = (select(deliveries.c.id).where(queue)
+              .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
+              .limit(bindparam("limit", type_=Integer())).with_for_update(skip_locked=True))
+    return (update(deliveries).where(deliveries.c.id.in_(chosen))
+            .values(status="sending", lease_owner=bindparam("worker", type_=String()),
+                    lease_until=bindparam("until", type_=UtcDateTime()),
+                    attempts=deliveries.c.attempts + 1, updated_at=now)
+            .returning(deliveries.c.id))
+
+
+# Built once, ids bound as one expanding list: a claim's statements are the same every time.
+_CLAIM_NOW = bindparam("now", type_=UtcDateTime())
+_CLAIM_QUEUES = tuple(_claim_queue(queue, _CLAIM_NOW) for queue in _due_queues(_CLAIM_NOW))
+_CLAIMED = (select(deliveries.c.id, deliveries.c.slug, deliveries.c.year, deliveries.c.event_on,
+                   deliveries.c.attempts, deliveries.c.give_up_at, deliveries.c.subscriber_id,
+                   subscribers.c.email, subscribers.c.name, subscribers.c.timezone,
+                   subscribers.c.unsubscribe_key, subscribers.c.send_time, subscribers.c.status)
+            .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
+            .where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
+            .order_by(deliveries.c.next_attempt_at, deliveries.c.id))
 
 class DeliveryStore(Store):
     """The statements on deliveries: queue, claim, lease, finish, settle, count."""
@@ -292,20 +330,9 @@ class DeliveryStore(Store):
                 .where(subscribers.c.status == "confirmed",
                        zone_condition(zone, site_zone), *wanted, ~queued)) or 0)
 
-    @staticmethod
-    def _due_queues(now: datetime) -> tuple[ColumnElement[bool], ...]:
-        # Claimed queue by queue, each in the order of the due index (status, next attempt):
-        # one condition over all of them would make every claim sort every due row.
-        return (
-            # A lease that ran out means its holder died: its rows have waited longest.
-            and_(deliveries.c.status == "sending", deliveries.c.lease_until < now),
-            and_(deliveries.c.status == "deferred", deliveries.c.next_attempt_at <= now),
-            and_(deliveries.c.status == "pending", deliveries.c.next_attempt_at <= now),
-        )
-
     def count_due(self, now: datetime | None = None) -> int:
         """Return how many deliveries could be claimed now."""
-        expired, *waiting = self._due_queues(now or utcnow())
+        expired, *waiting = _due_queues(now or utcnow())
         # A dead sender's accepted messages are not due: the next claim marks them sent.
         unfolded = exists().where(accepted.c.delivery_id == deliveries.c.id)
         # Queue by queue: each count then reads only the due index, where one count of rows
@@ -343,33 +370,19 @@ class DeliveryStore(Store):
         waiting. SQLite: the transaction began IMMEDIATE, so claims run one at a time.
         """
         now = now or utcnow()
+        values = {"now": now, "until": now + lease, "worker": worker}
         with self._write() as conn:
             # A dead worker's accepted messages are folded in first, so none is claimed again.
             self._settle(conn)
             claimed: list[int] = []
-            for queue in self._due_queues(now):
+            for statement in _CLAIM_QUEUES:
                 if len(claimed) == limit:
                     break
-                chosen = (select(deliveries.c.id).where(queue)
-                          .order_by(deliveries.c.next_attempt_at, deliveries.c.id)
-                          .limit(limit - len(claimed)).with_for_update(skip_locked=True))
-                claimed += conn.execute(
-                    update(deliveries).where(deliveries.c.id.in_(chosen))
-                    .values(status="sending", lease_owner=worker, lease_until=now + lease,
-                            attempts=deliveries.c.attempts + 1, updated_at=now)
-                    .returning(deliveries.c.id)).scalars()
+                claimed += conn.execute(statement, {**values, "limit": limit - len(claimed)}
+                                        ).scalars()
             if not claimed:
                 return []
-            # The ids as one list, not a parameter each; rows as tuples, 200 a batch.
-            rows = conn.execute(
-                select(deliveries.c.id, deliveries.c.slug, deliveries.c.year,
-                       deliveries.c.event_on, deliveries.c.attempts, deliveries.c.give_up_at,
-                       deliveries.c.subscriber_id, subscribers.c.email, subscribers.c.name,
-                       subscribers.c.timezone, subscribers.c.unsubscribe_key,
-                       subscribers.c.send_time, subscribers.c.status)
-                .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-                .where(deliveries.c.id.in_(bindparam("ids", claimed)))
-                .order_by(deliveries.c.next_attempt_at, deliveries.c.id)).all()
+            rows = conn.execute(_CLAIMED, {"ids": claimed}).all()
             gone = [row[0] for row in rows if row[-1] != "confirmed"]
             if gone:
                 # Unsubscribing skips unsent rows already; this catches a row claimed in between.
@@ -378,6 +391,7 @@ class DeliveryStore(Store):
                     last_reply="subscriber is no longer confirmed"))
             items = self._digest_items(conn, [(row[6], row[3]) for row in rows
                                               if row[1] == DIGEST_SLUG])
+            # Tuples straight from the rows: 200 claims a batch, each a Claim per message.
             return [Claim(*row[:10], row[10] or "",
                           tuple(items.get((row[6], row[3]), ())) if items else (), row[11])
                     for row in rows if row[-1] == "confirmed"]
@@ -487,15 +501,11 @@ class DeliveryStore(Store):
     def _settle(conn: Connection) -> int:
         # SKIP LOCKED: two PostgreSQL workers settling at once fold disjoint records, and one
         # appended while this runs waits for the next settle rather than being deleted unseen.
-        ids = conn.execute(select(accepted.c.id).order_by(accepted.c.id)
-                           .with_for_update(skip_locked=True)).scalars().all()
+        ids = conn.execute(_ACCEPTED_IDS).scalars().all()
         if ids:
-            digests = conn.execute(select(deliveries.c.id).where(
-                deliveries.c.slug == DIGEST_SLUG, deliveries.c.id.in_(
-                    select(accepted.c.delivery_id).where(
-                        accepted.c.id.in_(bindparam("ids", ids)))))).scalars().all()
+            digests = conn.execute(_SETTLED_DIGESTS, {"ids": ids}).scalars().all()
             conn.execute(_SETTLE, {"ids": ids})
-            conn.execute(delete(accepted).where(accepted.c.id.in_(bindparam("ids", ids))))
+            conn.execute(_FOLDED, {"ids": ids})
             DeliveryStore._follow_digests(conn, digests, utcnow())
         return len(ids)
 
