@@ -177,9 +177,8 @@ class _Sender:
         self.report = report
         self.stop = stop
         self.articles: dict[str, Article] = {a.slug: a for a in calendar.articles}
-        self.editions: dict[tuple[str, int], Edition | str] = {}
-        # Digests by the appearances they hold: subscribers with the same day share one.
-        self.digests: dict[tuple[tuple[str, int, date], ...], Edition | str] = {}
+        # By event, and digests by the appearances they hold: a day's subscribers share one.
+        self.editions: dict[tuple[object, ...], Edition | str] = {}
         self.batches: list[_Batch] = []  # claimed, not yet closed
         self.in_flight: dict[int, tuple[_Batch, str]] = {}  # delivery id: batch, Message-ID
         self.unreachable = False
@@ -190,8 +189,11 @@ class _Sender:
         return self.unreachable or (self.stop is not None and self.stop.is_set())
 
     def edition(self, claim: Claim) -> Edition | str:
-        """Return the event's Edition, built on first use; a string says why there is none."""
-        key = (claim.slug, claim.year)
+        """Return the claim's Edition, built once per event or per digest's appearances.
+
+        A string says why there is none.
+        """
+        key = claim.items if claim.is_digest else (claim.slug, claim.year)
         if key not in self.editions:
             self.editions[key] = self._build(claim)
         return self.editions[key]
@@ -205,50 +207,35 @@ class _Sender:
         return Event(article, on, on.year - article.date.year)
 
     def _build(self, claim: Claim) -> Edition | str:
-        event = self._event(claim.slug, claim.event_on)
-        if isinstance(event, str):
-            problem = event
+        if claim.is_digest:
+            failed = f"cannot build the digest of {claim.event_on}: "
+            events = [self._event(slug, on) for slug, _, on in claim.items]
+        else:
+            failed = f"cannot build the email for {claim.slug} {claim.year}: "
+            events = [self._event(claim.slug, claim.event_on)]
+        found = [event for event in events if isinstance(event, Event)]
+        problem = next((event for event in events if isinstance(event, str)), None)
+        if problem is not None:
+            problem = failed + problem if claim.is_digest else problem
         else:
             try:
-                built = self.mailer.edition(event)
+                edition = (digest_edition(self.mailer, found, claim.event_on) if claim.is_digest
+                           else self.mailer.edition(found[0]))
             except PublisherError as exc:
-                problem = f"cannot build the email for {claim.slug} {claim.year}: {exc}"
+                problem = f"{failed}{exc}"
             else:
-                return self._built(built)
+                if edition.size_warning:
+                    self.report.warnings.append(edition.size_warning)
+                return edition
         self.report.problems.append(problem)
         return problem
-
-    def _built(self, edition: Edition) -> Edition:
-        if edition.size_warning:
-            self.report.warnings.append(edition.size_warning)
-        return edition
-
-    def digest(self, claim: Claim) -> Edition | str:
-        """Return the digest of a claim's appearances, built once per distinct set."""
-        if claim.items not in self.digests:
-            events = [self._event(slug, on) for slug, _, on in claim.items]
-            problems = [event for event in events if isinstance(event, str)]
-            if problems:
-                problem = f"cannot build the digest of {claim.event_on}: {problems[0]}"
-                self.report.problems.append(problem)
-                self.digests[claim.items] = problem
-            else:
-                try:
-                    self.digests[claim.items] = self._built(digest_edition(
-                        self.mailer, [e for e in events if isinstance(e, Event)],
-                        claim.event_on))
-                except PublisherError as exc:
-                    problem = f"cannot build the digest of {claim.event_on}: {exc}"
-                    self.report.problems.append(problem)
-                    self.digests[claim.items] = problem
-        return self.digests[claim.items]
 
     def build(self, claim: Claim) -> tuple[Envelope, str] | Outcome:
         """Return a claim's envelope and Message-ID, or the outcome that replaces sending."""
         if claim.is_digest and not claim.items:
             # Its appearances went another way (the subscriber left, say): nothing to send.
             return Outcome("failed", None, "the digest holds no appearance")
-        edition = self.digest(claim) if claim.is_digest else self.edition(claim)
+        edition = self.edition(claim)
         if isinstance(edition, str):
             # The operator can fix the article or template: retry on the usual schedule.
             return Outcome("deferred", None, edition)
