@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self, cast
 from urllib.parse import quote
@@ -320,25 +320,14 @@ class Store:
         """Close the ledger."""
         self.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._transaction() as conn:
-            yield conn
+    def _write(self) -> AbstractContextManager[Connection]:
+        # preserve_rowcount: SQLAlchemy drops an INSERT's row count unless asked to keep it.
+        return self._read(ledger_write=True, preserve_rowcount=True)
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def _read(self, **options: Any) -> Iterator[Connection]:
         try:
-            # preserve_rowcount: SQLAlchemy drops an INSERT's row count unless asked to keep it.
-            with self.engine.connect().execution_options(
-                    ledger_write=True, preserve_rowcount=True) as conn, conn.begin():
-                yield conn
-        except DBAPIError as exc:
-            raise LedgerError(f"database error: {_first_line(exc)}") from exc
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn, conn.begin():
+            with self.engine.connect().execution_options(**options) as conn, conn.begin():
                 yield conn
         except DBAPIError as exc:
             raise LedgerError(f"database error: {_first_line(exc)}") from exc
