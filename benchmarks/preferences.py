@@ -149,7 +149,7 @@ def build_child(config_path: Path, recipients: int) -> None:
         built = build()
         figures[f"{label}_render"] = time.perf_counter() - started
         started = time.perf_counter()
-        size = sum(len(built.messages(person)[0]) for person in people)
+        size = sum(len(built.content(person)[0]) for person in people)
         figures[label] = (time.perf_counter() - started) / recipients
         figures[f"{label}_bytes"] = size / recipients
     print(json.dumps(figures))

@@ -177,9 +177,8 @@ class _Sender:
         self.report = report
         self.stop = stop
         self.articles: dict[str, Article] = {a.slug: a for a in calendar.articles}
-        self.editions: dict[tuple[str, int], Edition | str] = {}
-        # Digests by the appearances they hold: subscribers with the same day share one.
-        self.digests: dict[tuple[tuple[str, int, date], ...], Edition | str] = {}
+        # By event, and digests by the appearances they hold: a day's subscribers share one.
+        self.editions: dict[tuple[object, ...], Edition | str] = {}
         self.batches: list[_Batch] = []  # claimed, not yet closed
         self.in_flight: dict[int, tuple[_Batch, str]] = {}  # delivery id: batch, Message-ID
         self.unreachable = False
@@ -190,8 +189,11 @@ class _Sender:
         return self.unreachable or (self.stop is not None and self.stop.is_set())
 
     def edition(self, claim: Claim) -> Edition | str:
-        """Return the event's Edition, built on first use; a string says why there is none."""
-        key = (claim.slug, claim.year)
+        """Return the claim's Edition, built once per event or per digest's appearances.
+
+        A string says why there is none.
+        """
+        key = claim.items if claim.is_digest else (claim.slug, claim.year)
         if key not in self.editions:
             self.editions[key] = self._build(claim)
         return self.editions[key]
@@ -205,65 +207,50 @@ class _Sender:
         return Event(article, on, on.year - article.date.year)
 
     def _build(self, claim: Claim) -> Edition | str:
-        event = self._event(claim.slug, claim.event_on)
-        if isinstance(event, str):
-            problem = event
+        if claim.is_digest:
+            failed = f"cannot build the digest of {claim.event_on}: "
+            events = [self._event(slug, on) for slug, _, on in claim.items]
+        else:
+            failed = f"cannot build the email for {claim.slug} {claim.year}: "
+            events = [self._event(claim.slug, claim.event_on)]
+        found = [event for event in events if isinstance(event, Event)]
+        problem = next((event for event in events if isinstance(event, str)), None)
+        if problem is not None:
+            problem = failed + problem if claim.is_digest else problem
         else:
             try:
-                built = self.mailer.edition(event)
+                edition = (digest_edition(self.mailer, found, claim.event_on) if claim.is_digest
+                           else self.mailer.edition(found[0]))
             except PublisherError as exc:
-                problem = f"cannot build the email for {claim.slug} {claim.year}: {exc}"
+                problem = f"{failed}{exc}"
             else:
-                return self._built(built)
+                if edition.size_warning:
+                    self.report.warnings.append(edition.size_warning)
+                return edition
         self.report.problems.append(problem)
         return problem
-
-    def _built(self, edition: Edition) -> Edition:
-        if edition.size_warning:
-            self.report.warnings.append(edition.size_warning)
-        return edition
-
-    def digest(self, claim: Claim) -> Edition | str:
-        """Return the digest of a claim's appearances, built once per distinct set."""
-        if claim.items not in self.digests:
-            events = [self._event(slug, on) for slug, _, on in claim.items]
-            problems = [event for event in events if isinstance(event, str)]
-            if problems:
-                problem = f"cannot build the digest of {claim.event_on}: {problems[0]}"
-                self.report.problems.append(problem)
-                self.digests[claim.items] = problem
-            else:
-                try:
-                    self.digests[claim.items] = self._built(digest_edition(
-                        self.mailer, [e for e in events if isinstance(e, Event)],
-                        claim.event_on))
-                except PublisherError as exc:
-                    problem = f"cannot build the digest of {claim.event_on}: {exc}"
-                    self.report.problems.append(problem)
-                    self.digests[claim.items] = problem
-        return self.digests[claim.items]
 
     def build(self, claim: Claim) -> tuple[Envelope, str] | Outcome:
         """Return a claim's envelope and Message-ID, or the outcome that replaces sending."""
         if claim.is_digest and not claim.items:
             # Its appearances went another way (the subscriber left, say): nothing to send.
             return Outcome("failed", None, "the digest holds no appearance")
-        edition = self.digest(claim) if claim.is_digest else self.edition(claim)
+        edition = self.edition(claim)
         if isinstance(edition, str):
             # The operator can fix the article or template: retry on the usual schedule.
             return Outcome("deferred", None, edition)
         recipient = Recipient(claim.subscriber_id, claim.email, claim.name, claim.timezone,
                               claim.unsubscribe_key, claim.send_time)
         try:
-            data, wire = edition.messages(recipient)
+            data, stuffed, message_id = edition.content(recipient)
         except SubscriberError as exc:
             return Outcome("failed", None, f"cannot address the message: {exc}")
         except PublisherError as exc:
             return Outcome("deferred", None, f"cannot build the message: {exc}")
         sender = self.mailer.return_path(claim.delivery_id, slug=claim.slug, year=claim.year,
                                          subscriber_id=claim.subscriber_id)
-        envelope = Envelope(claim.delivery_id, sender, claim.email, data, wire)
-        return envelope, edition.message_id(recipient)
+        envelope = Envelope(claim.delivery_id, sender, claim.email, data, stuffed)
+        return envelope, message_id
 
     def envelopes(self) -> Generator[Envelope, None, None]:
         """Claim batch after batch and yield one envelope per claim, until told to stop.
@@ -279,11 +266,11 @@ class _Sender:
             batch = _Batch(claims, self.clock())
             self.batches.append(batch)
             for claim in claims:
-                if self.stopped() or not self.keep_lease(batch):
+                if self.stopped() or not self.keep_lease(batch, self.clock()):
                     break
                 built = self.build(claim)
                 if isinstance(built, Outcome):
-                    self.record(batch, claim, built, None)
+                    self.record(batch, claim, built, None, self.clock())
                     continue
                 envelope, message_id = built
                 self.in_flight[claim.delivery_id] = (batch, message_id)
@@ -300,10 +287,11 @@ class _Sender:
             return  # handed over by an earlier call that ended in an error
         batch, message_id = entry
         batch.awaited -= 1
+        now = self.clock()
         if outcome.status == "unsent":
             batch.handed -= 1  # stays open: handed back when the batch closes
         else:
-            self.record(batch, batch.claims[envelope.delivery_id], outcome, message_id)
+            self.record(batch, batch.claims[envelope.delivery_id], outcome, message_id, now)
             if outcome.status == "sent":
                 batch.sent += 1
             elif outcome.status == "deferred" and outcome.code in (None, 421):
@@ -312,13 +300,12 @@ class _Sender:
         if batch.exhausted:
             self.close(batch)
         for held in self.batches:
-            self.keep_lease(held)
+            self.keep_lease(held, now)
 
-    def record(self, batch: _Batch, claim: Claim, outcome: Outcome, message_id: str | None
-               ) -> None:
+    def record(self, batch: _Batch, claim: Claim, outcome: Outcome, message_id: str | None,
+               now: datetime) -> None:
         """Write one outcome to the ledger, counting it in the report."""
         batch.open.discard(claim.delivery_id)
-        now = self.clock()
         report = self.report
         status = outcome.status
         reply = outcome.reply
@@ -348,7 +335,7 @@ class _Sender:
             report.note_failure(claim, reply)
         self.done += 1
 
-    def keep_lease(self, batch: _Batch) -> bool:
+    def keep_lease(self, batch: _Batch, now: datetime) -> bool:
         """Renew a batch's lease once half of it has passed; return whether it is still held.
 
         Fewer rows renewed than are open means the lease ran out (the server stalled longer
@@ -356,7 +343,6 @@ class _Sender:
         over: nothing more of the batch is handed out, so only messages already in flight can
         go out twice.
         """
-        now = self.clock()
         if not batch.lost and batch.open and now - batch.renewed > self.policy.lease / 2:
             held = self.ledger.extend_lease(batch.open, self.worker, now + self.policy.lease)
             batch.renewed = now

@@ -145,9 +145,13 @@ def _message_digest(slug: str, year: int, email: str) -> str:
     return hashlib.sha256(f"{slug}\n{year}\n{email.strip().lower()}".encode()).hexdigest()[:32]
 
 
+def _message_id_parts(slug: str, year: int, domain: str) -> tuple[str, str]:
+    return f"<{slug}.{year}.", f"@{_dot_atom(domain)}>"
+
+
 def message_id_for(slug: str, year: int, email: str, domain: str) -> str:
     """Return the Message-ID of one (article, year, subscriber): the same on every resend."""
-    return f"<{slug}.{year}.{_message_digest(slug, year, email)}@{_dot_atom(domain)}>"
+    return _message_digest(slug, year, email).join(_message_id_parts(slug, year, domain))
 
 
 def unsubscribe_url(config: Config, token: str) -> str:
@@ -249,10 +253,6 @@ def _piece(text: str) -> bytes:
         # 76 because every piece is encoded from the start of a line.
         encoded += _SOFT_BREAK
     return encoded
-
-
-def _stuffed_values(values: Mapping[str, bytes]) -> dict[str, bytes]:
-    return {key: dot_stuffed(value) for key, value in values.items()}
 
 
 def _escaped(values: Mapping[str, str]) -> dict[str, str]:
@@ -445,10 +445,11 @@ class _Skeleton:
             else:
                 self._pieces[-1] += field + following
 
-    def fill(self, values: Mapping[str, bytes]) -> bytes:
-        """Return the message with each slot's line replaced by its value."""
+    def fill(self, values: Mapping[str, bytes], end: bytes = b"") -> bytes:
+        """Return the message with each slot's line replaced by its value, then ``end``."""
         pieces = self._pieces.copy()
         pieces[1::2] = [values[key] for key in self._slots]
+        pieces.append(end)
         return b"".join(pieces)
 
 
@@ -680,8 +681,8 @@ class Edition:
         ], _boundary(*self.key))
         # Fields that differ per recipient only in a value of fixed shape are written once with
         # a stand-in and cut at it.
-        self._message_id = _header_line("Message-ID", f"<{slug}.{year}.{_DIGEST}@"
-                                                      f"{_dot_atom(mailer.domain)}>").split(
+        self._message_id_value = _message_id_parts(slug, year, mailer.domain)
+        self._message_id = _header_line("Message-ID", _DIGEST.join(self._message_id_value)).split(
             _DIGEST.encode())
         unsubscribe = f"<{self._unsubscribe_base}{_TOKEN}>"
         if mailer.unsubscribe_mailto:
@@ -715,8 +716,10 @@ class Edition:
 
     def message_id(self, recipient: Recipient) -> str:
         """Return the Message-ID this recipient's message carries."""
-        slug, year = self.key
-        return message_id_for(slug, year, recipient.email, self._mailer.domain)
+        return self._message_id_of(_message_digest(*self.key, recipient.email))
+
+    def _message_id_of(self, digest: str) -> str:
+        return digest.join(self._message_id_value)
 
     def _values(self, recipient: Recipient) -> tuple[_Variant, dict[str, str], str]:
         address = _recipient_address(recipient)
@@ -734,35 +737,42 @@ class Edition:
 
     def message(self, recipient: Recipient) -> bytes:
         """Return the complete RFC 5322 message for one recipient."""
-        return self.messages(recipient)[0]
+        data = self._build(recipient, _message_digest(*self.key, recipient.email), wire=False)
+        return self._mailer.signer.sign(data) if self._mailer.signer else data
 
-    def messages(self, recipient: Recipient) -> tuple[bytes, bytes | None]:
-        """Return one recipient's message, and the same as SMTP DATA content (not when signed).
+    def content(self, recipient: Recipient) -> tuple[bytes, bool, str]:
+        """Return one recipient's message, whether it is SMTP DATA content, and its Message-ID.
 
-        The DATA content is joined from pieces dot-stuffed once per edition, which spares the
-        transport a pass over every byte of every message.
+        Unsigned, it is DATA content, joined from pieces dot-stuffed once per edition: that
+        spares the transport a pass over every byte of every message.
         """
+        digest = _message_digest(*self.key, recipient.email)
+        if self._mailer.signer:
+            data = self._mailer.signer.sign(self._build(recipient, digest, wire=False))
+            return data, False, self._message_id_of(digest)
+        return self._build(recipient, digest, wire=True), True, self._message_id_of(digest)
+
+    def _build(self, recipient: Recipient, digest: str, *, wire: bool) -> bytes:
         variant, values, token = self._values(recipient)
-        text_values = {key: _piece(values[key]) for key in variant.text.slots}
-        html_values = {key: _piece(value) for key, value in _escaped(values).items()
-                       if key in variant.html.slots}
-        slug, year = self.key
-        lines = {
+        text_values: dict[str, bytes] = {}
+        html_values: dict[str, bytes] = {}
+        for key, value in values.items():
+            # Each value encoded once for both parts unless escaping changes it (rarely).
+            piece = _piece(value)
+            escaped = html.escape(value)
+            html_piece = piece if escaped == value else _piece(escaped)
+            if wire:
+                piece = dot_stuffed(piece)
+                html_piece = piece if escaped == value else dot_stuffed(html_piece)
+            text_values[key] = piece
+            html_values[key] = html_piece
+        return self._skeleton.fill({
             "to": _to_line(values[NAME], values[EMAIL]),
             "subject": variant.subject_line or _header_line(
                 "Subject", _clean(variant.subject.fill(values))),
             "date": self._date_line(recipient.timezone, recipient.subscriber_id, recipient.at),
-            "message-id": _message_digest(slug, year, recipient.email).encode().join(
-                self._message_id),
+            "message-id": digest.encode().join(self._message_id),
             "list-id": self._mailer.list_id_line,
             "list-unsubscribe": token.encode().join(self._list_unsubscribe),
-        }
-        data = self._skeleton.fill({**lines, "text": variant.text.encode(text_values),
-                                    "html": variant.html.encode(html_values)})
-        signer = self._mailer.signer
-        if signer:
-            return signer.sign(data), None
-        wire = self._skeleton.fill({
-            **lines, "text": variant.text.encode(_stuffed_values(text_values), wire=True),
-            "html": variant.html.encode(_stuffed_values(html_values), wire=True)})
-        return data, wire + _END_OF_DATA
+            "text": variant.text.encode(text_values, wire=wire),
+            "html": variant.html.encode(html_values, wire=wire)}, _END_OF_DATA if wire else b"")

@@ -45,9 +45,9 @@ class Envelope:
     sender: str
     recipient: str
     data: bytes
-    # The same message as SMTP DATA content (CRLF, leading dots doubled, ending CRLF.CRLF),
-    # where its maker can prepare that for less than a pass over every byte.
-    wire: bytes | None = None
+    # ``data`` is SMTP DATA content already (CRLF, leading dots doubled, ending CRLF.CRLF),
+    # as its maker can prepare it for less than a pass over every byte.
+    stuffed: bool = False
 
 
 @dataclass(frozen=True)
@@ -130,12 +130,15 @@ def data_content(data: bytes) -> bytes:
     return data + b".\r\n"
 
 
-def _prepared(envelope: Envelope) -> tuple[bytes, bytes]:
-    """Return an envelope's message with CRLF line ends, and as DATA content."""
-    if envelope.wire is not None:
-        return envelope.data, envelope.wire
-    data = to_crlf(envelope.data)
-    return data, data_content(data)
+def _prepared(envelope: Envelope) -> bytes:
+    """Return an envelope's message as DATA content."""
+    return envelope.data if envelope.stuffed else data_content(to_crlf(envelope.data))
+
+
+def _unstuffed(content: bytes) -> bytes:
+    """Return the message that DATA content carries: the inverse of :func:`data_content`."""
+    data = content[:-3]
+    return (data[1:] if data.startswith(b"..") else data).replace(b"\r\n..", b"\r\n.")
 
 
 def _reply_text(reply: bytes | str) -> str:
@@ -169,7 +172,8 @@ class MaildirTransport:
         for envelope in envelopes:
             try:
                 # Maildir files conventionally end lines with LF, as an MTA would store them.
-                key = self._box.add(envelope.data.replace(b"\r\n", b"\n"))
+                data = _unstuffed(envelope.data) if envelope.stuffed else envelope.data
+                key = self._box.add(data.replace(b"\r\n", b"\n"))
             except OSError as exc:  # e.g. a full disk: the message waits for its retry
                 yield envelope, Outcome("deferred", None,
                                         f"cannot write to {self.path}: {exc.strerror or exc}")
@@ -522,8 +526,6 @@ class SmtpConnection:
         current = next_envelope()
         finished: tuple[Envelope, Outcome] | None = None  # reported once the next is sent
         announced = retrying = False  # announced: current's MAIL, RCPT and DATA went out
-        # The next message's bytes (CRLF, then dot-stuffed), prepared while the server works.
-        ready: tuple[Envelope, bytes, bytes] | None = None
         while current is not None:
             message = current
             if halted():
@@ -539,18 +541,15 @@ class SmtpConnection:
             try:
                 if not self._open_now:
                     await self._open()
-                if ready is not None and ready[0] is message:
-                    _, data, wire = ready
-                else:
-                    data, wire = _prepared(message)
+                wire = _prepared(message)
                 if not self.offers("pipelining"):
                     await pace()
-                    outcome = await self._transaction(message, data, wire)
+                    outcome = await self._transaction(message, wire)
                 else:
                     self.stage = "mail"
                     refusal: Outcome | None = None
                     if not announced:
-                        line = await self._announcement(message, data, pace)
+                        line = await self._announcement(message, wire, pace)
                         if isinstance(line, bytes):
                             self._write(line)
                         else:
@@ -563,9 +562,8 @@ class SmtpConnection:
                         following = next_envelope()
                         announcement = b""
                         if following is not None:
-                            following_data, following_wire = _prepared(following)
-                            ready = (following, following_data, following_wire)
-                            line = await self._announcement(following, following_data, pace)
+                            line = await self._announcement(following, _prepared(following),
+                                                            pace)
                             if isinstance(line, bytes):
                                 announcement, ahead = line, True
                         # The content and the next envelope in one write: a server answers
@@ -624,10 +622,10 @@ class SmtpConnection:
         reason = str(exc) or type(exc).__name__
         return Outcome("deferred", None, f"{what} {self.where}: {reason}")
 
-    def _mail_options(self, envelope: Envelope, data: bytes) -> list[str] | Outcome:
+    def _mail_options(self, envelope: Envelope, wire: bytes) -> list[str] | Outcome:
         """Return the MAIL FROM parameters the message needs, or why it cannot be sent."""
         options: list[str] = []
-        if not data.isascii() and self.offers("8bitmime"):
+        if not wire.isascii() and self.offers("8bitmime"):
             options.append("BODY=8BITMIME")
         if not (envelope.sender.isascii() and envelope.recipient.isascii()):
             if not self.offers("smtputf8"):
@@ -645,9 +643,9 @@ class SmtpConnection:
         return (f"MAIL FROM:<{envelope.sender}>{extra}\r\n".encode(encoding),
                 f"RCPT TO:<{envelope.recipient}>\r\n".encode(encoding))
 
-    async def _transaction(self, envelope: Envelope, data: bytes, wire: bytes) -> Outcome:
+    async def _transaction(self, envelope: Envelope, wire: bytes) -> Outcome:
         """Send one message one command at a time, to a server without PIPELINING."""
-        options = self._mail_options(envelope, data)
+        options = self._mail_options(envelope, wire)
         if isinstance(options, Outcome):
             return options
         mail, rcpt = self._envelope_lines(envelope, options)
@@ -667,10 +665,10 @@ class SmtpConnection:
             self.reset()
         return classify(code, _reply_text(reply), "data")
 
-    async def _announcement(self, envelope: Envelope, data: bytes, pace: Pace
+    async def _announcement(self, envelope: Envelope, wire: bytes, pace: Pace
                             ) -> bytes | Outcome:
         """Return one message's MAIL, RCPT and DATA as one write, or why it cannot go."""
-        options = self._mail_options(envelope, data)
+        options = self._mail_options(envelope, wire)
         if isinstance(options, Outcome):
             return options
         await pace()

@@ -34,7 +34,7 @@ from publisher.errors import ConfigError, SubscriberError, TemplateError, TokenE
 from publisher.mail import Edition, Mailer, Recipient, message_id_for, reflow
 from publisher.render import make_environment
 from publisher.tokens import read_unsubscribe_token
-from publisher.transports import data_content
+from publisher.transports import Envelope, MaildirTransport, data_content
 from tests.fixtures.smtp import SmtpSink
 
 SECRET = b"secret for the mail tests"
@@ -328,16 +328,24 @@ def test_body_lines_stay_short_and_values_survive_encoding(edition: Edition) -> 
 
 
 @pytest.mark.parametrize("name", [None, "Ada Lovelace", ".Dot", "." * 90, "a.\n.b"])
-def test_smtp_content_is_the_message_with_its_leading_dots_doubled(mailer: Mailer,
-                                                                   name: str | None) -> None:
+def test_smtp_content_is_the_message_with_its_leading_dots_doubled(
+        mailer: Mailer, name: str | None, tmp_path: Path) -> None:
     # Lines that start with a dot, in the article and in the subscriber's name.
     body = "\n\n".join([".NET turned twenty.", ".", "..", "Text. " * 40 + "\n.after a break"])
     edition = mailer.edition(make_event(make_article(body_html=f"<p>{body}</p>",
                                                      body_text=body)))
-    data, wire = edition.messages(Recipient(7, "dot@example.org", name))
-    assert data == edition.message(Recipient(7, "dot@example.org", name))
-    assert wire == data_content(data)
+    recipient = Recipient(7, "dot@example.org", name)
+    wire, stuffed, message_id = edition.content(recipient)
+    data = edition.message(recipient)
+    assert stuffed and wire == data_content(data)
+    assert message_id == edition.message_id(recipient)
     assert b"\r\n.\r\n" not in wire[:-3]  # the end of the content comes only at the end
+    # A maildir stores the message itself.
+    ((_, outcome),) = MaildirTransport(tmp_path / "box").send(
+        [Envelope(1, "a@example.org", "dot@example.org", wire, stuffed=True)])
+    assert outcome.status == "sent"
+    (stored,) = (tmp_path / "box" / "new").iterdir()
+    assert stored.read_bytes() == data.replace(b"\r\n", b"\n")
 
 
 def test_html_is_inlined_with_dark_mode_and_mobile_rules(edition: Edition) -> None:

@@ -11,7 +11,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self, cast
 from urllib.parse import quote
@@ -129,12 +129,19 @@ class _DriverStatement:
                 self.processors[name] = process or _unchanged
             else:
                 self.constants[name] = process(bind.value) if process else bind.value
+        # Only the values whose type changes them go through a function.
+        self._converters = [(name, process) for name, process in self.processors.items()
+                            if process is not _unchanged]
         self.errors: type[Exception] = dialect.loaded_dbapi.Error
 
     def run(self, values: dict[str, Any]) -> int:
         """Run the statement in a transaction of its own; return how many rows it changed."""
-        (arguments,) = self.arguments([values])
-        return self._run(arguments)
+        params = {**self.constants, **values}
+        for name, process in self._converters:
+            params[name] = process(params[name])
+        if self.positions is None:
+            return self._run({name: params[name] for name in (*self.constants, *self.processors)})
+        return self._run(tuple([params[name] for name in self.positions]))
 
     def arguments(self, rows: Iterable[dict[str, Any]], shared: dict[str, Any] | None = None
                   ) -> list[Any]:
@@ -158,8 +165,9 @@ class _DriverStatement:
     def _run(self, arguments: Any) -> int:
         for attempt in (1, 2):
             connection = self.connections.get()
+            driver = connection.dbapi_connection
             try:
-                cursor = connection.cursor()
+                cursor = driver.cursor()
                 try:
                     # SQLite runs a lone statement as its own transaction (the connection is
                     # in autocommit mode), and a write takes the write lock before it reads:
@@ -168,13 +176,12 @@ class _DriverStatement:
                     changed = int(cursor.rowcount)
                 finally:
                     cursor.close()
-                connection.commit()
+                driver.commit()
                 return changed
             except self.errors as exc:
                 with suppress(self.errors):  # a lost connection cannot roll back
                     connection.rollback()
-                if not self.dialect.is_disconnect(cast(Any, exc), connection.dbapi_connection,
-                                                  None):
+                if not self.dialect.is_disconnect(cast(Any, exc), driver, None):
                     raise LedgerError(f"database error: {_first_line(exc)}") from exc
                 self.connections.discard(connection)
                 if attempt == 2:
@@ -282,12 +289,6 @@ class Store:
         return ledger
 
     @staticmethod
-    def in_memory(url: str) -> bool:
-        """Return whether ``url`` names an SQLite database that lives in one connection."""
-        parsed = make_url(url)
-        return parsed.get_backend_name() == "sqlite" and parsed.database in _MEMORY
-
-    @staticmethod
     def _sqlite_engine(database: str | None) -> Engine:
         memory = database in _MEMORY
         if not memory:
@@ -319,25 +320,14 @@ class Store:
         """Close the ledger."""
         self.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self._transaction() as conn:
-            yield conn
+    def _write(self) -> AbstractContextManager[Connection]:
+        # preserve_rowcount: SQLAlchemy drops an INSERT's row count unless asked to keep it.
+        return self._read(ledger_write=True, preserve_rowcount=True)
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
+    def _read(self, **options: Any) -> Iterator[Connection]:
         try:
-            # preserve_rowcount: SQLAlchemy drops an INSERT's row count unless asked to keep it.
-            with self.engine.connect().execution_options(
-                    ledger_write=True, preserve_rowcount=True) as conn, conn.begin():
-                yield conn
-        except DBAPIError as exc:
-            raise LedgerError(f"database error: {_first_line(exc)}") from exc
-
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        try:
-            with self.engine.connect() as conn, conn.begin():
+            with self.engine.connect().execution_options(**options) as conn, conn.begin():
                 yield conn
         except DBAPIError as exc:
             raise LedgerError(f"database error: {_first_line(exc)}") from exc

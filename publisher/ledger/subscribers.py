@@ -421,12 +421,17 @@ class SubscriberStore(Store):
 
     def subscriber_counts(self) -> dict[SubscriberStatus, int]:
         """Return how many subscribers are in each state."""
+        # All rows at once (SQLite counts a table's rows without reading them), the other
+        # states through the index on status: a million confirmed are never read one by one.
+        others = [status for status in SUBSCRIBER_STATUSES if status != "confirmed"]
         with self._read() as conn:
-            rows = conn.execute(select(subscribers.c.status, func.count())
-                                .group_by(subscribers.c.status)).all()
-        counts: dict[SubscriberStatus, int] = dict.fromkeys(SUBSCRIBER_STATUSES, 0)
-        counts.update({row[0]: int(row[1]) for row in rows})
-        return counts
+            total, *found = conn.execute(select(
+                select(func.count()).select_from(subscribers).scalar_subquery(),
+                *(select(func.count()).where(subscribers.c.status == status).scalar_subquery()
+                  for status in others))).one()
+        counts: dict[SubscriberStatus, int] = dict(zip(others, found, strict=True))
+        counts["confirmed"] = total - sum(found)
+        return {status: counts[status] for status in SUBSCRIBER_STATUSES}
 
     def subscriber_zones(self) -> list[str | None]:
         """Return the distinct time zones of confirmed subscribers (None: the site's zone)."""
