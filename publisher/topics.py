@@ -1,4 +1,4 @@
-"""The feeds of a part of the archive: one per tag, and one of the milestones only.
+"""The parts of the archive, one per tag and one of the milestones, and their feeds.
 
 ``tags/<tag>/feed.xml``, ``atom.xml`` and ``feed.json`` hold the newest appearances of the
 articles with that tag, with the tag's ``anniversaries.ics`` beside them; ``milestones/…`` hold
