@@ -149,8 +149,7 @@ def test_a_body_edit_renders_nothing_made_of_every_article(
     site.build_site(small_site, SMALL_SITE_DAY)
     inodes = {name: (folder / name).stat().st_ino for name in snapshot(folder)}
     rendered = rendered_files(monkeypatch)
-    moon = small_site.site.content_dir / "moon.md"
-    moon.write_text(moon.read_text(encoding="utf-8").replace("single quotes", "quoted"), "utf-8")
+    replace_in(small_site, "moon.md", "single quotes", "quoted")
     site.build_site(small_site, SMALL_SITE_DAY)
     assert rendered == set()
     assert (folder / "index.html").stat().st_ino == inodes["index.html"]
@@ -158,40 +157,25 @@ def test_a_body_edit_renders_nothing_made_of_every_article(
     assert_fresh(small_site, tmp_path)
 
 
-def retitle(config: Config) -> None:
-    moon = config.site.content_dir / "moon.md"
-    moon.write_text(moon.read_text(encoding="utf-8").replace("walk on", "land on"), "utf-8")
+def replace_in(config: Config, name: str, old: str, new: str) -> None:
+    """Replace ``old`` with ``new`` in the article file ``name``."""
+    path = config.site.content_dir / name
+    path.write_text(path.read_text(encoding="utf-8").replace(old, new), "utf-8")
 
 
-def redate(config: Config) -> None:
-    leap = config.site.content_dir / "leap.md"
-    leap.write_text(leap.read_text(encoding="utf-8").replace("2024-02-29", "2024-02-28"), "utf-8")
-
-
-def retag(config: Config) -> None:
-    leap = config.site.content_dir / "leap.md"
-    leap.write_text(leap.read_text(encoding="utf-8").replace("- calendars", "- Calendars\n- time"),
-                    "utf-8")
-
-
-def new_first_paragraph(config: Config) -> None:
-    # The plain form's summary is its first paragraph.
-    pi = config.site.content_dir / "pi.txt"
-    pi.write_text(pi.read_text(encoding="utf-8").replace("go round", "go around"), "utf-8")
-
-
-def new_summary(config: Config) -> None:
-    moon = config.site.content_dir / "moon.md"
-    moon.write_text(moon.read_text(encoding="utf-8").replace("came home", "returned"), "utf-8")
-
-
-@pytest.mark.parametrize("edit", [retitle, redate, retag, new_first_paragraph, new_summary])
+@pytest.mark.parametrize(("name", "old", "new"), [
+    ("moon.md", "walk on", "land on"),  # the title
+    ("leap.md", "2024-02-29", "2024-02-28"),  # the date
+    ("leap.md", "- calendars", "- Calendars\n- time"),  # the tags
+    ("pi.txt", "go round", "go around"),  # the first paragraph: the plain form's summary
+    ("moon.md", "came home", "returned"),  # the summary
+])
 def test_an_edit_of_what_every_article_shows_renders_those_files_again(
-        small_site: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        edit: Callable[[Config], None]) -> None:
+        small_site: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+        old: str, new: str) -> None:
     site.build_site(small_site, SMALL_SITE_DAY)
     rendered = rendered_files(monkeypatch)
-    edit(small_site)
+    replace_in(small_site, name, old, new)
     assert site.build_site(small_site, SMALL_SITE_DAY).written > 0
     assert rendered == OF_EVERY_ARTICLE
     monkeypatch.undo()
@@ -205,8 +189,7 @@ def test_a_front_page_of_ones_own_is_rendered_after_any_edit(
         "{% for article in archive %}{{ article.body_html }}{% endfor %}\n"))
     site.build_site(own, SMALL_SITE_DAY)
     rendered = rendered_files(monkeypatch)
-    moon = small_site.site.content_dir / "moon.md"
-    moon.write_text(moon.read_text(encoding="utf-8").replace("single quotes", "quoted"), "utf-8")
+    replace_in(small_site, "moon.md", "single quotes", "quoted")
     site.build_site(own, SMALL_SITE_DAY)
     assert rendered == {"index.html"}
     assert b"quoted" in (own.site.output_dir / "index.html").read_bytes()
@@ -248,8 +231,7 @@ def test_a_tag_feed_is_made_again_when_the_article_naming_the_tag_changes(
     site.build_site(config, SMALL_SITE_DAY)
     assert b"Test Anniversaries: Apollo<" in (
         config.site.output_dir / "tags/apollo/feed.xml").read_bytes()
-    moon = config.site.content_dir / "moon.md"
-    moon.write_text(moon.read_text(encoding="utf-8").replace("- Apollo", "- APOLLO"), "utf-8")
+    replace_in(config, "moon.md", "- Apollo", "- APOLLO")
     site.build_site(config, SMALL_SITE_DAY)
     assert b"Test Anniversaries: APOLLO<" in (
         config.site.output_dir / "tags/apollo/feed.xml").read_bytes()
