@@ -9,7 +9,7 @@ import html
 import os
 import re
 import stat
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -53,8 +53,9 @@ _FIELDS = {"title", "date", "anniversary", "summary", "tags", "author", "lang", 
 _Date = date
 
 
-ArticleRow = tuple[str, str, int, tuple[int, int], str, str, str, str, int | None,
-                   tuple[str, ...], str | None, str | None, bool]
+# Every field but the bodies, as plain values for marshal: dates as ordinals, the path as text.
+ArticleHead = tuple[str, str, int, tuple[int, int], str, str, int | None, tuple[str, ...],
+                    str | None, str | None, bool]
 
 
 @dataclass(frozen=True)
@@ -76,24 +77,50 @@ class Article:
     recurring: bool = True
 
     def __hash__(self) -> int:
-        # Not both bodies: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
-        return hash((self.source, self.slug, self.date))
+        # Not the bodies: an article the build cache kept reads them when a page shows them.
+        return hash((self.slug, self.date))
 
-    def row(self) -> ArticleRow:
-        """Return the fields as plain values for :mod:`marshal`: dates as ordinals, path as text."""
-        return (self.slug, self.title, self.date.toordinal(), self.anniversary, self.body_html,
-                self.body_text, self.summary, str(self.source),
-                None if self.commemorated is None else self.commemorated.toordinal(), self.tags,
-                self.author, self.lang, self.recurring)
+    @functools.cached_property
+    def head(self) -> ArticleHead:
+        """Return every field but the bodies, as :meth:`from_head` takes them."""
+        return (self.slug, self.title, self.date.toordinal(), self.anniversary, self.summary,
+                str(self.source), None if self.commemorated is None
+                else self.commemorated.toordinal(), self.tags, self.author, self.lang,
+                self.recurring)
+
+    @property
+    def file(self) -> str:
+        """Return the path of the article's file as text, as file stamps name it."""
+        return self.head[5]
 
     @classmethod
-    def from_row(cls, row: ArticleRow) -> Article:
-        """Return the article whose :meth:`row` this is."""
-        (slug, title, day, anniversary, body_html, body_text, summary, source, commemorated,
-         tags, author, lang, recurring) = row
-        return cls(slug, title, _Date.fromordinal(day), anniversary, body_html, body_text,
-                   summary, Path(source), None if commemorated is None
-                   else _Date.fromordinal(commemorated), tags, author, lang, recurring)
+    def from_head(cls, head: ArticleHead, bodies: Callable[[], tuple[str, str]]) -> Article:
+        """Return the article of ``head`` whose bodies (HTML, text) ``bodies`` returns."""
+        # Path made and bodies read on first use: make bench, build.py, one article edited.
+        (slug, title, day, anniversary, summary, _, commemorated, tags, author, lang,
+         recurring) = head
+        article = object.__new__(cls)
+        article.__dict__.update(
+            slug=slug, title=title, date=_Date.fromordinal(day), anniversary=anniversary,
+            summary=summary, tags=tags, author=author, lang=lang, recurring=recurring,
+            commemorated=None if commemorated is None else _Date.fromordinal(commemorated),
+            head=head, _bodies=bodies)
+        return article
+
+    def __getattr__(self, name: str) -> Any:
+        """Return the path or a body of an article from :meth:`from_head`, made on first use."""
+        known = self.__dict__
+        if name == "source" and "head" in known:
+            known["source"] = Path(self.head[5])
+        elif name in ("body_html", "body_text") and "_bodies" in known:
+            known["body_html"], known["body_text"] = known.pop("_bodies")()
+        else:
+            raise AttributeError(name)
+        return known[name]
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Pickled whole, bodies read: what reads them is no part of the article.
+        return (Article, tuple(getattr(self, name) for name in self.__dataclass_fields__))
 
     @property
     def month_day(self) -> str:
@@ -546,14 +573,6 @@ class ArticleCache:
             if entry is None or entry[0] != stamp[1] or entry[1] != stamp[2]:
                 stale.append(stamp)
         return stale
-
-    def fresh(self, stamps: Iterable[FileStamp]) -> Iterator[tuple[str, Article]]:
-        """Yield the articles among ``stamps`` held as the files now are, each with its path."""
-        for name, size, mtime_ns in stamps:
-            entry = self._entries.get(name)
-            if (entry is not None and entry[0] == size and entry[1] == mtime_ns
-                    and isinstance(entry[2], Article)):
-                yield name, entry[2]
 
     def parse(self, files: Iterable[FileStamp]) -> ArticleCache:
         """Parse the listed files into this cache (broken ones too, as their errors); return it."""

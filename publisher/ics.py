@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Iterable
 from datetime import date, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import icalendar
-from icalendar.prop import vCategory, vDate, vDatetime, vRecur, vText, vUri
-
 from publisher.calendar import FEB_29, Calendar, anniversary_in, publish_instant
 from publisher.config import LeapDay, SiteConfig
-from publisher.content import Article
+from publisher.content import Article, ArticleHead
 from publisher.feeds import clean_site, clean_text
 
 ICS_NAME = "anniversaries.ics"
@@ -58,18 +54,23 @@ def _event(site: SiteConfig, article: Article, start: date, uid: str,
     """Return the content lines of one event, its properties in icalendar's order."""
     # Holds the cold build <= 1.0 x Hugo (make bench, build.py): icalendar's components cost
     # a millisecond an event, so the lines are put together here, each value encoded by it.
+    from icalendar.prop import vCategory, vText, vUri
+
+    # iCalendar text admits no control characters (RFC 5545 3.3.11): the feeds' cleaning, of
+    # the fields an event shows only.
     url = site.article_url(article.slug)
-    description = f"{article.summary}\n\n{url}" if article.summary else url
-    lines = [f"SUMMARY:{_text(article.title)}",
+    summary = clean_text(article.summary)
+    description = f"{summary}\n\n{url}" if summary else url
+    lines = [f"SUMMARY:{_value(vText(clean_text(article.title)))}",
              f"DTSTART;VALUE=DATE:{_day(start)}",
              f"DTEND;VALUE=DATE:{_day(start + timedelta(days=1))}",
              f"DTSTAMP:{_stamp(article.date, site.publish_time, site.zone)}",
-             f"UID:{_text(uid)}"]
+             f"UID:{_value(vText(uid))}"]
     if rule is not None:
         lines.append(f"RRULE:{_rule(tuple(rule.items()))}")
     if article.tags:
-        lines.append(f"CATEGORIES:{_value(vCategory(list(article.tags)))}")
-    lines += [f"DESCRIPTION:{_text(description)}",
+        lines.append(f"CATEGORIES:{_value(vCategory([clean_text(tag) for tag in article.tags]))}")
+    lines += [f"DESCRIPTION:{_value(vText(description))}",
               "TRANSP:TRANSPARENT",  # an anniversary does not make anyone busy
               f"URL:{_value(vUri(url))}"]
     return ["BEGIN:VEVENT", *lines, "END:VEVENT"]
@@ -78,22 +79,24 @@ def _event(site: SiteConfig, article: Article, start: date, uid: str,
 # A large calendar repeats few days, moments and rules: each is encoded once.
 @functools.lru_cache(maxsize=1 << 16)
 def _day(day: date) -> str:
+    from icalendar.prop import vDate
+
     return _value(vDate(day))
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def _stamp(day: date, at: time, zone: ZoneInfo) -> str:
+    from icalendar.prop import vDatetime
+
     # The moment the article was first published, not the build time: the same bytes each day.
     return _value(vDatetime(publish_instant(day, at, zone)))
 
 
 @functools.lru_cache(maxsize=1 << 12)
 def _rule(rule: tuple[tuple[str, Any], ...]) -> str:
+    from icalendar.prop import vRecur
+
     return _value(vRecur(dict(rule)))
-
-
-def _text(text: str) -> str:
-    return _value(vText(text))
 
 
 def _value(value: Any) -> str:
@@ -123,6 +126,9 @@ def calendar_ics(site: SiteConfig, articles: Iterable[Article], leap_day: LeapDa
 
     ``path``: where the file is published, relative to the site.
     """
+    # Imported here, not with the module: make bench, build.py, one article edited.
+    import icalendar
+
     # iCalendar text admits no control characters (RFC 5545 3.3.11): the feeds' cleaning.
     site = clean_site(site)
     ical = icalendar.Calendar()
@@ -147,26 +153,26 @@ def calendar_ics(site: SiteConfig, articles: Iterable[Article], leap_day: LeapDa
     return b"".join(parts)
 
 
-# Each article's events, kept from one build to the next (and, through the build cache, to
-# the next process): the daemon's daily rebuild and a rebuild after one article changed
-# encode only that article's (~1 KB each).
-_blocks: dict[tuple[SiteConfig, Article, LeapDay], bytes] = {}
+# Each article's events, by the fields they show (all but the bodies), kept from one build
+# to the next (and, through the build cache, to the next process): the daemon's daily rebuild
+# and a rebuild after one article changed encode only that article's (~1 KB each).
+Blocks = dict[tuple[SiteConfig, ArticleHead, LeapDay], bytes]
+_blocks: Blocks = {}
 MAX_BLOCKS = 1 << 14
 
 
-def kept_blocks(articles: Iterable[Article]) -> dict[tuple[SiteConfig, Article, LeapDay], bytes]:
-    """Return the events kept for ``articles``, to be handed to :func:`keep_blocks` later."""
-    wanted = {id(article) for article in articles}
-    return {key: block for key, block in _blocks.items() if id(key[1]) in wanted}
+def kept_blocks() -> Blocks:
+    """Return the events kept, to be handed to :func:`keep_blocks` later."""
+    return dict(_blocks)
 
 
-def keep_blocks(blocks: dict[tuple[SiteConfig, Article, LeapDay], bytes]) -> None:
+def keep_blocks(blocks: Blocks) -> None:
     """Take back events kept by :func:`kept_blocks` (e.g. in another process)."""
     _blocks.update(blocks)
 
 
 def _article_block(site: SiteConfig, article: Article, leap_day: LeapDay) -> bytes:
-    key = (site, article, leap_day)
+    key = (site, article.head, leap_day)
     found = _blocks.get(key)
     if found is None:
         if len(_blocks) >= MAX_BLOCKS:
@@ -176,12 +182,7 @@ def _article_block(site: SiteConfig, article: Article, leap_day: LeapDay) -> byt
 
 
 def _encode(site: SiteConfig, article: Article, leap_day: LeapDay) -> bytes:
-    # Only the fields an event shows are cleaned: the body would cost more than the rest.
-    shown = dataclasses.replace(article, title=clean_text(article.title),
-                                summary=clean_text(article.summary),
-                                tags=tuple(clean_text(tag) for tag in article.tags))
-    lines = article_events(site, shown, leap_day)
-    return b"".join(fold(line) + b"\r\n" for line in lines)
+    return b"".join(fold(line) + b"\r\n" for line in article_events(site, article, leap_day))
 
 
 def fold(line: str, limit: int = 75) -> bytes:

@@ -12,13 +12,12 @@ from sqlalchemy import Table, and_, false, or_, true
 from sqlalchemy.sql.elements import ColumnElement
 
 from publisher.errors import SubscriberError
+from publisher.topics import is_milestone, tag_key
 
 Frequency = Literal["each", "digest"]
 FREQUENCIES: tuple[Frequency, ...] = ("each", "digest")
 EVERY = "every"
 MILESTONES = "milestones"
-# Milestones: 1, 5, 10, 25, 50, 75, 100 and every 25 after.
-_FIRST_MILESTONES = frozenset({1, 5, 10})
 MAX_YEARS = 50
 # The limits publisher.content sets on an article's tags (not imported: reading the ledger must
 # not load the Markdown and YAML parsers).
@@ -28,17 +27,6 @@ TAG_LENGTH = 100
 TAGS_COLUMN_LENGTH = MAX_TAGS * (TAG_LENGTH + 1) + 1
 YEARS_COLUMN_LENGTH = 400
 _TIME = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
-_WORD = re.compile(r"\w+")
-
-
-def is_milestone(years: int) -> bool:
-    """Return whether an appearance ``years`` after the first is a milestone (1, 5, 10, 25k)."""
-    return years in _FIRST_MILESTONES or (years > 0 and years % 25 == 0)
-
-
-def tag_key(tag: str) -> str:
-    """Return the key of a tag (``Space Race``: ``space-race``), also its folder's name."""
-    return "-".join(_WORD.findall(tag.casefold())).replace("_", "-")
 
 
 @dataclass(frozen=True)

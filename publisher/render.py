@@ -25,7 +25,7 @@ from babel.support import NullTranslations, Translations
 from publisher.calendar import Event
 from publisher.config import Config
 from publisher.errors import ConfigError, TemplateError
-from publisher.preferences import tag_key
+from publisher.topics import tag_key
 
 _HERE = Path(__file__).resolve().parent
 LOCALE_DIR = _HERE / "locale"

@@ -52,12 +52,13 @@ from publisher.errors import ContentError, PublisherError, SubscriberError, Toke
 from publisher.feeds import FEEDS, build_feeds
 from publisher.ledger import DIGEST_SLUG, Ledger, Subscriber
 from publisher.mail import Mailer, Preview, Recipient
-from publisher.preferences import Choices, parse_choices, tag_key
+from publisher.preferences import Choices, parse_choices
 from publisher.render import render
 from publisher.site import load_calendar, site_environment, upcoming_events
 from publisher.site.pages import feed_links
 from publisher.subscriptions.links import Subscriptions
 from publisher.tokens import load_secret
+from publisher.topics import tag_key
 from publisher.webhooks import Webhooks
 
 log = logging.getLogger(__name__)

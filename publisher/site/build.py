@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import gc
 import os
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -17,7 +20,7 @@ from publisher.config import Config, LeapDay, SiteConfig
 from publisher.content import (
     Article,
     ArticleCache,
-    ArticleRow,
+    ArticleHead,
     FileStamp,
     LoadResult,
     content_stamps,
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
     import jinja2
 
+    from publisher.ics import Blocks
     from publisher.site.pages import SiteFile
 
 # From this many files, two processes: make bench, build.py, cold build <= 1.0 x Hugo.
@@ -91,31 +95,47 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
                 env) == last.folders) and last.holds(
                     (site, day, _template_stamps(last.folders), code), content, target):
             return _again(last)
-        # Only now: make bench, build.py, again, nothing changed (new process) <= 0.05 x Hugo.
-        from publisher.site.pages import site_files
+        with _no_cycle_collection():
+            # Only now: make bench, build.py, again, nothing changed (new process) <= 0.05 x Hugo.
+            from publisher.site.pages import site_files
 
-        env = env or site_environment(config)
-        folders = _template_folders(env)
-        # Given articles, or templates from elsewhere, leave nothing to compare the next time.
-        inputs = None if content is None or folders is None else (
-            site, day, _template_stamps(folders), code)
-        cache = cache if cache is not None else ArticleCache()
-        loaded, parsed = _load(config, target, content, articles, cache, code)
-        view = day_view(site, Calendar(loaded.articles, site.leap_day), day)
-        files = _placing(site_files(view, _steady(env)), content, inputs)
-        keep = None if not parsed or content is None else functools.partial(
-            _keep, target, code, content, parsed, cache)
-        writer = _writer(target, last, inputs)
-        try:
-            with output.output_errors(target):
-                written = _write(writer, target, files, len(view.published), keep)
-        finally:
-            writer.clean_up()
-        report = _report(view, target, loaded, written)
-        output.save_manifest(target, code, None if inputs is None or content is None
-                             or folders is None else Manifest(
-            inputs, folders, content, tuple(written.files), written.made_of, report))
+            env = env or site_environment(config)
+            folders = _template_folders(env)
+            # Given articles, or templates from elsewhere, leave nothing to compare the next time.
+            inputs = None if content is None or folders is None else (
+                site, day, _template_stamps(folders), code)
+            cache = cache if cache is not None else ArticleCache()
+            loaded, parsed = _load(config, target, content, articles, cache, code)
+            view = day_view(site, Calendar(loaded.articles, site.leap_day), day)
+            files = _placing(site_files(view, _steady(env, output.compiled_templates(target))),
+                             content, inputs, view.calendar.articles)
+            keep = None if not parsed or content is None else functools.partial(
+                _keep, target, code, content, parsed, cache)
+            writer = _writer(target, last, inputs)
+            try:
+                with output.output_errors(target):
+                    written = _write(writer, target, files, len(view.published), keep)
+            finally:
+                writer.clean_up()
+            report = _report(view, target, loaded, written)
+            output.save_manifest(target, code, None if inputs is None or content is None
+                                 or folders is None else Manifest(
+                inputs, folders, content, tuple(written.files), written.made_of, report))
     return dataclasses.replace(report, errors=list(report.errors))
+
+
+@contextlib.contextmanager
+def _no_cycle_collection() -> Iterator[None]:
+    """Pause the collection of reference cycles: a build makes tens of thousands of objects
+    that outlive it, and very few cycles."""
+    # Not scanned over and over: make bench, build.py, one article edited (new process).
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _writer(target: Path, last: Manifest | None, inputs: tuple[object, ...] | None
@@ -152,9 +172,9 @@ def _load(config: Config, target: Path, content: tuple[FileStamp, ...] | None,
     if stale:
         ours = ArticleCache()
         ours.absorb(cache)
-        for kept in output.load_kept(target, code):
+        for kept, bodies in output.load_kept(target, code):
             if isinstance(kept, bytes):
-                ics.keep_blocks(_unpack(kept, cache))
+                ics.keep_blocks(_unpack(kept, bodies, cache))
         cache.absorb(ours)  # what this process parsed is at least as new
         stale = cache.stale(content)
         _parse(cache, stale)
@@ -171,63 +191,78 @@ def _keep(target: Path, code: tuple[object, ...], content: tuple[FileStamp, ...]
     from publisher import ics
 
     changed = {output.kept_shard(name) for name in parsed}
-    for shard in sorted(changed):
-        names = [name for name, _, _ in content if output.kept_shard(name) == shard]
-        keep = ArticleCache()
-        keep.absorb(cache)
-        keep.forget_missing(map(Path, names))
-        articles = [article for _, article in keep.fresh(content)]
+    shard_of = {name: shard for name, _, _ in content
+                if (shard := output.kept_shard(name)) in changed}
+    shards = {shard: ArticleCache() for shard in changed}
+    for name, size, mtime_ns, result in cache.entries():
+        if name in shard_of:
+            shards[shard_of[name]].hold(name, size, mtime_ns, result)
+    blocks: dict[ArticleHead, Blocks] = defaultdict(dict)
+    for key, block in ics.kept_blocks().items():
+        blocks[key[1]][key] = block
+    for shard, keep in sorted(shards.items()):
         try:
-            packed = _pack(keep, ics.kept_blocks(articles))
+            packed, bodies = _pack(keep, blocks)
         except ValueError:  # a value marshal cannot write: parsed again by the next process
             continue
-        output.save_kept(target, code, shard, packed)
+        output.save_kept(target, code, shard, packed, bodies)
 
 
 # Marshal, not pickle: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
-KeptEvents = dict[tuple[SiteConfig, Article, LeapDay], bytes]
-
-
-def _pack(cache: ArticleCache, blocks: KeptEvents) -> bytes:
-    """Return the parsed articles of ``cache`` and their calendar events as bytes."""
+def _pack(cache: ArticleCache, blocks: Mapping[ArticleHead, Blocks]) -> tuple[bytes, bytes]:
+    """Return the parsed articles of ``cache`` and their calendar events (``blocks``, by the
+    article's fields) as bytes, and the articles' bodies after them."""
     import marshal
     import pickle
 
-    rows: list[tuple[str, int, int, ArticleRow]] = []
+    rows: list[tuple[str, int, int, ArticleHead, int, int]] = []
+    bodies: list[bytes] = []
     errors: list[tuple[str, int, int, ContentError]] = []
-    index: dict[int, int] = {}
-    for name, size, mtime_ns, result in cache.entries():
-        if isinstance(result, Article):
-            index[id(result)] = len(rows)
-            rows.append((name, size, mtime_ns, result.row()))
-        else:
-            errors.append((name, size, mtime_ns, result))
     settings: list[tuple[SiteConfig, LeapDay]] = []
     events: list[tuple[int, int, bytes]] = []
-    for (site, article, leap_day), block in blocks.items():
-        if id(article) in index:
+    for name, size, mtime_ns, result in cache.entries():
+        if not isinstance(result, Article):
+            errors.append((name, size, mtime_ns, result))
+            continue
+        for (site, _, leap_day), block in blocks.get(result.head, {}).items():
             if (site, leap_day) not in settings:
                 settings.append((site, leap_day))
-            events.append((index[id(article)], settings.index((site, leap_day)), block))
+            events.append((len(rows), settings.index((site, leap_day)), block))
+        bodies += (body.encode("utf-8", "surrogatepass")
+                   for body in (result.body_html, result.body_text))
+        rows.append((name, size, mtime_ns, result.head, len(bodies[-2]), len(bodies[-1])))
     return marshal.dumps((rows, pickle.dumps(errors, pickle.HIGHEST_PROTOCOL),
-                          pickle.dumps(settings, pickle.HIGHEST_PROTOCOL), events))
+                          pickle.dumps(settings, pickle.HIGHEST_PROTOCOL), events)), b"".join(
+        bodies)
 
 
-def _unpack(data: bytes, cache: ArticleCache) -> KeptEvents:
-    """Put the articles :func:`_pack` kept into ``cache``; return their calendar events."""
+def _unpack(data: bytes, bodies: output.TailReader, cache: ArticleCache) -> Blocks:
+    """Put the articles :func:`_pack` kept into ``cache``; return their calendar events.
+
+    Each article reads its bodies from ``bodies`` when first asked for them.
+    """
     import marshal
     import pickle
 
     rows, errors, settings, events = marshal.loads(data)
     articles = []
-    for name, size, mtime_ns, row in rows:
-        articles.append(Article.from_row(row))
+    start = 0
+    for name, size, mtime_ns, head, html, text in rows:
+        articles.append(Article.from_head(head, functools.partial(
+            _bodies, bodies, start, html, text)))
         cache.hold(name, size, mtime_ns, articles[-1])
+        start += html + text
     for name, size, mtime_ns, error in pickle.loads(errors):
         cache.hold(name, size, mtime_ns, error)
     pairs = pickle.loads(settings)
-    return {(pairs[pair][0], articles[number], pairs[pair][1]): block
+    return {(pairs[pair][0], articles[number].head, pairs[pair][1]): block
             for number, pair, block in events}
+
+
+def _bodies(bodies: output.TailReader, start: int, html: int, text: int) -> tuple[str, str]:
+    data = bodies(start, html + text)
+    return (str(data[:html], "utf-8", "surrogatepass"),
+            str(data[html:], "utf-8", "surrogatepass"))
 
 
 def _parse(cache: ArticleCache, stale: list[FileStamp]) -> None:
@@ -247,19 +282,30 @@ def _parse_share(share: list[FileStamp]) -> ArticleCache:
 
 
 def _placing(files: Iterable[SiteFile], content: tuple[FileStamp, ...] | None,
-             inputs: tuple[object, ...] | None) -> list[Placing]:
+             inputs: tuple[object, ...] | None, articles: Sequence[Article]) -> list[Placing]:
     """Return each file with what it is made of beyond the inputs (None: always rendered)."""
-    from publisher.site.pages import EVERY
-
     stamps = {} if content is None else {name: (size, mtime) for name, size, mtime in content}
+    heads = functools.cache(lambda: _heads(articles))
 
-    def made_of(depends: tuple[Article, ...] | None) -> object:
-        if inputs is None or depends is EVERY or depends is None:
+    def made_of(depends: tuple[Article | str, ...] | str | None) -> object:
+        if inputs is None or depends is None:
             return None
-        return tuple((str(article.source), stamps.get(str(article.source)))
-                     for article in depends)
+        if isinstance(depends, str):  # HEADS: every field but the bodies of every article
+            return heads()
+        return tuple((part.file, stamps.get(part.file)) if isinstance(part, Article) else part
+                     for part in depends)
 
     return [(file.path, made_of(file.depends), file.make) for file in files]
+
+
+def _heads(articles: Sequence[Article]) -> bytes:
+    """Return a digest of every field but the bodies of ``articles``, in order."""
+    import hashlib
+    import marshal
+
+    # Version 2 writes no references, so equal fields always give equal bytes.
+    return hashlib.blake2b(marshal.dumps([article.head for article in articles], 2),
+                           digest_size=16).digest()
 
 
 # A share of the files to place, as a forked worker finds it (set just before the fork).
@@ -341,10 +387,15 @@ def _report(view: DayView, target: Path, loaded: LoadResult, written: Written) -
         changed_feeds=[feed.name for feed in FEEDS if feed.name in new])
 
 
-def _steady(env: jinja2.Environment) -> jinja2.Environment:
-    """Return the environment for one build: each template checked for changes once."""
+def _steady(env: jinja2.Environment, compiled: Path) -> jinja2.Environment:
+    """Return the environment for one build: each template checked for changes once, and
+    compiled once for every process building into the same folder (kept in ``compiled``)."""
+    import jinja2
+
     # Each file looked at once, not twice a page: make bench, build.py, cold build <= 1.0 x Hugo.
-    steady = env.overlay(auto_reload=False)
+    # Compiled templates kept: make bench, build.py, one article edited (new process).
+    steady = env.overlay(auto_reload=False,
+                         bytecode_cache=jinja2.FileSystemBytecodeCache(str(compiled)))
     if steady.cache is not None:
         for key, template in list(steady.cache.items()):
             if not template.is_up_to_date:

@@ -13,12 +13,14 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import functools
 import os
 import pickle
 import shutil
 import sys
 import tempfile
 import time
+import weakref
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,7 +32,7 @@ from publisher.errors import OutputError
 # In every built site: the latest Last-Modified second any of its files was given, so that the
 # next build (after a restart, or by another instance) dates its new files strictly later.
 MODIFIED_MARK = ".modified"
-CACHE_FORMAT = 2  # bumped when what the cache files hold changes shape
+CACHE_FORMAT = 3  # bumped when what the cache files hold changes shape
 MANIFEST = "manifest.pickle"
 ARTICLES = "articles-{:02d}.pickle"
 
@@ -71,6 +73,14 @@ def output_errors(target: Path) -> Iterator[None]:
 def cache_folder(target: Path) -> Path:
     """Return the hidden folder beside the site where its build cache lives."""
     return target.parent / f".{target.name}.cache"
+
+
+def compiled_templates(target: Path) -> Path:
+    """Return the folder beside the site where Jinja2 keeps the templates it compiled."""
+    # Jinja2 checks each against its template's source and its own version.
+    folder = cache_folder(target) / "templates"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def package_fingerprint() -> tuple[object, ...]:
@@ -148,40 +158,65 @@ def kept_shard(name: str) -> int:
     return zlib.crc32(name.encode("utf-8", "surrogateescape")) % KEPT_SHARDS
 
 
-def load_kept(target: Path, code: tuple[object, ...]) -> list[object]:
-    """Return what the last builds kept for the next (parsed articles), where the same code did."""
-    found = (_load(cache_folder(target) / ARTICLES.format(shard), code)
+# Reads ``length`` bytes at ``offset`` of what a cache file holds after its value.
+TailReader = Callable[[int, int], bytes]
+
+
+def load_kept(target: Path, code: tuple[object, ...]) -> list[tuple[object, TailReader]]:
+    """Return what the last builds kept for the next (parsed articles), where the same code did:
+    what each file holds, and a reader of the bytes written after it."""
+    found = (_load(cache_folder(target) / ARTICLES.format(shard), code, tail=True)
              for shard in range(KEPT_SHARDS))
-    return [kept for kept in found if kept is not None]
+    return [kept for kept in found if isinstance(kept, tuple)]
 
 
-def save_kept(target: Path, code: tuple[object, ...], shard: int, kept: object) -> None:
+def save_kept(target: Path, code: tuple[object, ...], shard: int, kept: object,
+              tail: bytes) -> None:
     """Keep what the next build's process can reuse of the articles of one shard."""
     # In shards, one rewritten: make bench, build.py, one article edited <= 0.1 x Hugo.
-    _save(cache_folder(target) / ARTICLES.format(shard), code, kept)
+    _save(cache_folder(target) / ARTICLES.format(shard), code, kept, tail)
 
 
-def _load(path: Path, code: tuple[object, ...]) -> object:
-    """Return what a cache file holds, if the same code wrote it (None: a miss)."""
+def _load(path: Path, code: tuple[object, ...], tail: bool = False) -> object:
+    """Return what a cache file holds, if the same code wrote it (None: a miss).
+
+    ``tail``: with a reader of the bytes after it, read only where asked for. A cache file
+    is replaced, never rewritten, so the reader finds them as they were for as long as it
+    is used (it holds the file open).
+    """
     try:
         with open(path, "rb") as handle:
             # The code first: what another version wrote is never unpickled.
             if pickle.load(handle) != code:
                 return None
-            return pickle.load(handle)
+            value = pickle.load(handle)
+            if not tail:
+                return value
+            read = functools.partial(_read_at, path, os.dup(handle.fileno()), handle.tell())
+            weakref.finalize(read, os.close, read.args[1])
+            return value, read
     except FileNotFoundError:
         return None
     except Exception:
         return None
 
 
-def _save(path: Path, code: tuple[object, ...], value: object) -> None:
+def _read_at(path: Path, fd: int, start: int, offset: int, length: int) -> bytes:
+    data = os.pread(fd, length, start + offset)
+    if len(data) != length:  # cut short in place, by hand
+        raise OutputError("changed while a build read it; remove it", path=path,
+                          field="cache")
+    return data
+
+
+def _save(path: Path, code: tuple[object, ...], value: object, tail: bytes = b"") -> None:
     path.parent.mkdir(exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as handle:
             pickle.dump(code, handle, pickle.HIGHEST_PROTOCOL)
             pickle.dump(value, handle, pickle.HIGHEST_PROTOCOL)
+            handle.write(tail)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):

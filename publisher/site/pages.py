@@ -8,8 +8,10 @@ a function making the bytes. A new set of files is one more producer in :data:`P
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jinja2
@@ -20,7 +22,7 @@ from publisher.config import SiteConfig
 from publisher.content import Article
 from publisher.feeds import FEEDS, clean_text, clean_utf8, feed_files
 from publisher.ics import ICS_NAME, calendar_ics
-from publisher.render import language_of, render, template_file
+from publisher.render import language_of, packaged_templates, render, template_file
 from publisher.site.view import DayView, day_view
 from publisher.sitemap import ROBOTS_NAME, robots_txt, sitemap_entries, sitemap_files, sitemap_names
 from publisher.topics import topic_files
@@ -31,10 +33,11 @@ STYLESHEET = "style.css"
 ICON = "favicon.ico"  # copied as it is: browsers and feed readers ask for /favicon.ico
 
 FileMaker = Callable[[], bytes]
-# What a file's bytes depend on besides the build's inputs (settings, day, templates): no
-# article (()), these articles, or every published one (EVERY).
-Depends = tuple[Article, ...] | None
-EVERY: Depends = None
+# What a file's bytes depend on besides the build's inputs (settings, day, templates): these
+# articles' files and texts (() for none), every field but the bodies of every article
+# (HEADS), or anything (None: made again by every build).
+Depends = tuple[Article | str, ...] | str | None
+HEADS: Depends = "heads"
 
 
 class SiteFile(NamedTuple):
@@ -145,8 +148,32 @@ def assets(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
 
 def front_page(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
     """Yield the front page: today's appearances, recent ones, what comes next, the archive."""
-    yield SiteFile("index.html", EVERY,
+    # The packaged templates show no body there; one's own may show anything.
+    yield SiteFile("index.html", HEADS if packaged_only(env, INDEX_TEMPLATE) else None,
                    lambda: clean_utf8(_index(view, env, feed_links(view.site))))
+
+
+def packaged_only(env: jinja2.Environment, name: str) -> bool:
+    """Return whether the template ``name`` and every template it uses are the packaged ones."""
+    import jinja2.meta
+
+    loader, packaged = env.loader, str(packaged_templates())
+    if not isinstance(loader, jinja2.FileSystemLoader) or packaged not in loader.searchpath:
+        return False
+    own = [folder for folder in loader.searchpath if folder != packaged]
+    pending, seen = [name], {name}
+    while own and pending:
+        name = pending.pop()
+        if any(os.path.exists(os.path.join(folder, name)) for folder in own):
+            return False
+        for used in jinja2.meta.find_referenced_templates(env.parse(
+                (Path(packaged) / name).read_text(encoding="utf-8"))):
+            if used is None:  # a name computed while rendering
+                return False
+            if used not in seen:
+                seen.add(used)
+                pending.append(used)
+    return True
 
 
 def feed_set(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
@@ -161,7 +188,7 @@ def feed_set(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
 
 def calendar_file(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
     """Yield the iCalendar file of every published article."""
-    yield SiteFile(ICS_NAME, EVERY, lambda: calendar_ics(view.site, view.published,
+    yield SiteFile(ICS_NAME, HEADS, lambda: calendar_ics(view.site, view.published,
                                                          view.calendar.leap_day))
 
 
@@ -170,14 +197,13 @@ def sitemaps(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
     made = functools.cache(lambda: sitemap_files(view.site, sitemap_entries(
         view.site, view.calendar, view.day, view.published)))
     for name in sitemap_names(1 + len(view.published)):
-        yield SiteFile(name, EVERY, functools.partial(lambda name: made()[name], name))
+        yield SiteFile(name, HEADS, functools.partial(lambda name: made()[name], name))
 
 
 def topic_feeds(view: DayView, env: jinja2.Environment) -> Iterator[SiteFile]:
     """Yield the feeds of the milestones and of each tag, and each tag's calendar."""
-    for path, depends, make in topic_files(view.site, view.calendar, view.published, view.day,
-                                           env):
-        yield SiteFile(path, depends, make)
+    for path, depends, make in topic_files(view.site, view.calendar, view.day, env):
+        yield SiteFile(path, HEADS if depends is None else depends, make)
 
 
 # Every file but the article pages, in the order a build makes them.

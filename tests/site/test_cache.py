@@ -5,20 +5,26 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import re
 import subprocess
 import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import publisher
-from publisher import content, site
+from publisher import content, site, topics
+from publisher.calendar import Calendar
 from publisher.config import Config, load
 from publisher.content import Article
+from publisher.ics import calendar_ics
 from publisher.site import output, pages
+from publisher.site.view import day_view
+from publisher.sitemap import sitemap_entries, sitemap_files
 from tests.fixtures.content import SMALL_SITE_DAY
 from tests.site.test_build import snapshot, with_templates
 
@@ -46,6 +52,27 @@ def rendered_pages(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(pages, "_article_bytes", record)
     return slugs
+
+
+# The files made of every article's fields but the bodies.
+OF_EVERY_ARTICLE = {"index.html", "anniversaries.ics", "sitemap.xml", "tags/*/anniversaries.ics"}
+
+
+def rendered_files(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """Record which of OF_EVERY_ARTICLE are rendered from now on."""
+    names: set[str] = set()
+    for module, function, name in ((pages, "_index", "index.html"),
+                                   (pages, "calendar_ics", "anniversaries.ics"),
+                                   (pages, "sitemap_files", "sitemap.xml"),
+                                   (topics, "_calendar", "tags/*/anniversaries.ics")):
+        make = getattr(module, function)
+
+        def record(*args: object, _name: str = name, _make: Any = make) -> object:
+            names.add(_name)
+            return _make(*args)
+
+        monkeypatch.setattr(module, function, record)
+    return names
 
 
 def parsed_files(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -114,6 +141,119 @@ def test_one_edited_article_renders_its_own_page_only(
     assert report.written > 0
     monkeypatch.undo()
     assert_fresh(small_site, tmp_path)
+
+
+def test_a_body_edit_renders_nothing_made_of_every_article(
+        small_site: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = small_site.site.output_dir
+    site.build_site(small_site, SMALL_SITE_DAY)
+    inodes = {name: (folder / name).stat().st_ino for name in snapshot(folder)}
+    rendered = rendered_files(monkeypatch)
+    replace_in(small_site, "moon.md", "single quotes", "quoted")
+    site.build_site(small_site, SMALL_SITE_DAY)
+    assert rendered == set()
+    assert (folder / "index.html").stat().st_ino == inodes["index.html"]
+    monkeypatch.undo()
+    assert_fresh(small_site, tmp_path)
+
+
+def replace_in(config: Config, name: str, old: str, new: str) -> None:
+    """Replace ``old`` with ``new`` in the article file ``name``."""
+    path = config.site.content_dir / name
+    path.write_text(path.read_text(encoding="utf-8").replace(old, new), "utf-8")
+
+
+@pytest.mark.parametrize(("name", "old", "new"), [
+    ("moon.md", "walk on", "land on"),  # the title
+    ("leap.md", "2024-02-29", "2024-02-28"),  # the date
+    ("leap.md", "- calendars", "- Calendars\n- time"),  # the tags
+    ("pi.txt", "go round", "go around"),  # the first paragraph: the plain form's summary
+    ("moon.md", "came home", "returned"),  # the summary
+])
+def test_an_edit_of_what_every_article_shows_renders_those_files_again(
+        small_site: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str,
+        old: str, new: str) -> None:
+    site.build_site(small_site, SMALL_SITE_DAY)
+    rendered = rendered_files(monkeypatch)
+    replace_in(small_site, name, old, new)
+    assert site.build_site(small_site, SMALL_SITE_DAY).written > 0
+    assert rendered == OF_EVERY_ARTICLE
+    monkeypatch.undo()
+    assert_fresh(small_site, tmp_path)
+
+
+def test_a_front_page_of_ones_own_is_rendered_after_any_edit(
+        small_site: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It may show anything, bodies too.
+    own = with_templates(small_site, tmp_path / "look", index_html=(
+        "{% for article in archive %}{{ article.body_html }}{% endfor %}\n"))
+    site.build_site(own, SMALL_SITE_DAY)
+    rendered = rendered_files(monkeypatch)
+    replace_in(small_site, "moon.md", "single quotes", "quoted")
+    site.build_site(own, SMALL_SITE_DAY)
+    assert rendered == {"index.html"}
+    assert b"quoted" in (own.site.output_dir / "index.html").read_bytes()
+    monkeypatch.undo()
+    assert_fresh(own, tmp_path)
+
+
+def test_the_files_made_of_every_article_read_no_body(small_site: Config, tmp_path: Path
+                                                     ) -> None:
+    loaded = content.load_articles(small_site.site.content_dir).articles
+
+    def unread() -> tuple[str, str]:
+        raise AssertionError("a body was read")
+
+    bodiless = [Article.from_head(article.head, unread) for article in loaded]
+    calendar = Calendar(bodiless, small_site.site.leap_day)
+    env = site.site_environment(small_site)
+    pages.render_index(small_site.site, calendar, SMALL_SITE_DAY, env)
+    view = day_view(small_site.site, calendar, SMALL_SITE_DAY)
+    calendar_ics(small_site.site, view.published, calendar.leap_day)
+    sitemap_files(small_site.site, sitemap_entries(small_site.site, calendar, SMALL_SITE_DAY))
+    # Only while the front page is made of the packaged templates alone.
+    assert pages.packaged_only(env, pages.INDEX_TEMPLATE)
+    styled = with_templates(small_site, tmp_path / "styled", style_css="body {}\n")
+    assert pages.packaged_only(site.site_environment(styled), pages.INDEX_TEMPLATE)
+    own = with_templates(small_site, tmp_path / "own", base_html="{% block content %}{% endblock %}"
+                         "\n")
+    assert not pages.packaged_only(site.site_environment(own), pages.INDEX_TEMPLATE)
+
+
+def test_a_tag_feed_is_made_again_when_the_article_naming_the_tag_changes(
+        small_site: Config, tmp_path: Path) -> None:
+    # One item a feed: the moon names the tag "Apollo" but is not among its items.
+    config = dataclasses.replace(small_site, site=dataclasses.replace(small_site.site,
+                                                                      feed_items=1))
+    (config.site.content_dir / "apollo.md").write_text(
+        "---\ntitle: Apollo again\ndate: 2025-12-01\ntags: [apollo]\nslug: zz-apollo\n---\n\n"
+        "Again.\n", "utf-8")
+    site.build_site(config, SMALL_SITE_DAY)
+    assert b"Test Anniversaries: Apollo<" in (
+        config.site.output_dir / "tags/apollo/feed.xml").read_bytes()
+    replace_in(config, "moon.md", "- Apollo", "- APOLLO")
+    site.build_site(config, SMALL_SITE_DAY)
+    assert b"Test Anniversaries: APOLLO<" in (
+        config.site.output_dir / "tags/apollo/feed.xml").read_bytes()
+    assert_fresh(config, tmp_path)
+
+
+def test_kept_articles_read_their_bodies_when_asked_and_pickle_whole(
+        small_site: Config) -> None:
+    site.build_site(small_site, SMALL_SITE_DAY)
+    # Not yet published: no file shows it.
+    future = small_site.site.content_dir / "future.md"
+    os.utime(future, ns=(future.stat().st_atime_ns, future.stat().st_mtime_ns + 1_000_000))
+    cache = content.ArticleCache()
+    site.build_site(small_site, SMALL_SITE_DAY, cache=cache)  # parses it, renders nothing
+    # Those kept in another file than its own were neither parsed again nor shown.
+    kept = [article for name, _, _, article in cache.entries()
+            if output.kept_shard(name) != output.kept_shard(str(future))]
+    assert kept and all("body_html" not in vars(article) for article in kept)
+    for article in kept:
+        fresh = content.load_article(article.source)
+        assert article == fresh and hash(article) == hash(fresh)
+        assert pickle.loads(pickle.dumps(article)) == fresh
 
 
 def edit_article_keeping_its_size(config: Config, _: Path) -> Config:
@@ -253,8 +393,9 @@ def test_the_cache_lives_beside_the_site_not_in_it(small_site: Config) -> None:
     folder = small_site.site.output_dir
     cache = folder.parent / f".{folder.name}.cache"
     names = sorted(p.name for p in cache.iterdir())
-    assert names[-1] == output.MANIFEST
-    assert names[:-1] and all(re.fullmatch(r"articles-\d\d\.pickle", name) for name in names[:-1])
+    assert names[-2:] == [output.MANIFEST, "templates"]
+    assert names[:-2] and all(re.fullmatch(r"articles-\d\d\.pickle", name) for name in names[:-2])
+    assert {p.suffix for p in (cache / "templates").iterdir()} == {".cache"}
     assert not [p for p in folder.rglob("*") if p.name not in snapshot(folder)
                 and p.is_file() and p.name != output.MODIFIED_MARK]
 
