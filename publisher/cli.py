@@ -237,18 +237,11 @@ def build(day: datetime | None, out: Path | None) -> None:
     """
     from publisher import site
 
-    config = load_config()
-    report = site.build_site(config, _as_day(day), out=out)
+    report = site.publish_site(load_config(), _as_day(day), out=out)
     _echo_problems(report.errors)
     click.echo(build_line(report))
-    if config.site.websub_hub is not None and (
-            out is None or out.absolute() == config.site.output_dir.absolute()):
-        # Only the folder served at base_url is what the feed URLs name: tell the hub.
-        from publisher import websub
-
-        pings = websub.announce(config, report.changed_feeds)
-        if pings:
-            echo_lines([f"websub:{ping_line(ping)}" for ping in pings])
+    if report.pings:
+        echo_lines([f"websub:{ping_line(ping)}" for ping in report.pings])
     if not report.ok:
         sys.exit(EXIT_PROBLEMS)
 

@@ -7,7 +7,13 @@ module that touches the site's folder). Importing this package loads no template
 library: a build that finds nothing changed needs none.
 """
 
-from publisher.site.build import BuildReport, build_site, check_site, site_environment
+from publisher.site.build import (
+    BuildReport,
+    build_site,
+    check_site,
+    publish_site,
+    site_environment,
+)
 from publisher.site.output import MODIFIED_MARK
 from publisher.site.view import DayView, day_view, load_calendar, upcoming_events
 
@@ -19,6 +25,7 @@ __all__ = [
     "check_site",
     "day_view",
     "load_calendar",
+    "publish_site",
     "site_environment",
     "upcoming_events",
 ]

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 
     from publisher.ics import Blocks
     from publisher.site.pages import SiteFile
+    from publisher.websub import PingState
 
 # From this many files, two processes: make bench, build.py, cold build <= 1.0 x Hugo.
 PARALLEL_FROM = 1000
@@ -57,6 +58,7 @@ class BuildReport:
     unchanged: int = 0
     errors: list[ContentError] = field(default_factory=list)
     changed_feeds: list[str] = field(default_factory=list)  # feed files given new bytes
+    pings: list[PingState] = field(default_factory=list)  # the hub's answers, when told
 
     @property
     def ok(self) -> bool:
@@ -69,6 +71,19 @@ def site_environment(config: Config) -> jinja2.Environment:
     from publisher.render import config_environment
 
     return config_environment(config)
+
+
+def publish_site(config: Config, day: date | None = None, out: Path | None = None) -> BuildReport:
+    """Build the site, then tell the WebSub hub (if any) which served feeds changed."""
+    report = build_site(config, day, out=out)
+    served = out is None or out.absolute() == config.site.output_dir.absolute()
+    if config.site.websub_hub is not None and served:
+        # Only the folder served at base_url is what the feed URLs name; the ledger and the
+        # hub's client are loaded only then.
+        from publisher import websub
+
+        report.pings = websub.announce(config, report.changed_feeds)
+    return report
 
 
 def build_site(config: Config, day: date | None = None, out: Path | None = None,
