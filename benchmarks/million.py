@@ -4,8 +4,9 @@ Usage: .venv/bin/python benchmarks/million.py [--subscribers 1000000] [--size 20
                                               [--baseline-messages 100000] [--status-every 20]
                                               [--keep DIR] [--rtt MS]
 
-Every step runs as the command line runs it, each a fresh process on one SQLite ledger, with one
-instance and one SMTP connection into postfix's ``smtp-sink`` on loopback:
+Every step runs as the command line runs it, each a fresh process on one SQLite ledger (the
+package's bytecode written first, as installing it does), with one instance and one SMTP
+connection into postfix's ``smtp-sink`` on loopback:
 
 1. ``publisher subscribers import`` of a CSV of ``--subscribers`` rows (``email,name,timezone``;
    half with a name, a third with a time zone): wall time and peak RSS.
@@ -41,6 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from build import compile_package
 from latency import relay
 from send import DAY, ROOT, article_text, body_for, free_port, message_size, sink, tool
 
@@ -316,6 +318,7 @@ def main() -> None:
     if tool("smtp-sink") is None or tool("smtp-source") is None:
         raise SystemExit("needs postfix's smtp-sink and smtp-source (make system-bench-deps)")
     os.environ.setdefault("PUBLISHER_SECRET_KEY", "benchmark-secret-" + "x" * 32)
+    compile_package()
     folder = args.keep or Path(tempfile.mkdtemp(prefix="million-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     args.body = body_for(args.size)
