@@ -43,8 +43,8 @@ from functools import partial
 from pathlib import Path
 
 from build import compile_package
-from latency import relay
-from send import DAY, ROOT, article_text, body_for, free_port, message_size, sink, tool
+from latency import free_port, relay
+from send import DAY, ROOT, article_text, body_for, message_size, sink, tool
 
 PUBLISHER = [sys.executable, "-m", "publisher"]
 ZONES = ("Europe/Paris", "America/New_York", "Asia/Tokyo")
