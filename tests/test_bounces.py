@@ -16,11 +16,12 @@ from publisher import config as config_module
 from publisher.bounces import POLL_STATE_KEY, read_maildir
 from publisher.cli import EXIT_CONFIG, EXIT_PROBLEMS, cli
 from publisher.errors import ConfigError
-from publisher.ledger import MIGRATIONS, Ledger, schema_migrations
+from publisher.ledger import MIGRATIONS, Ledger
 from publisher.ledger.schema import _create_returns
 from publisher.schedule import Ticker
 from publisher.status import return_status
 from publisher.subscriptions.fields import subscriber_row
+from tests.fixtures.database import migrate_to_before
 from tests.fixtures.returns import DAY, SENT_AT, BounceWorld, sample_bytes
 
 READERS = [f"reader{n}@example.org" for n in range(6)]
@@ -419,11 +420,7 @@ def test_the_poll_time_survives_a_damaged_state_value(bounce_world: BounceWorld)
 def test_a_database_of_the_previous_version_gains_the_returns_table(database_url: str) -> None:
     engine = create_engine(database_url)
     with engine.begin() as conn:
-        schema_migrations.create(conn)
-        for version, step in enumerate(MIGRATIONS[:MIGRATIONS.index(_create_returns)],
-                                       start=1):
-            step(conn)
-            conn.execute(schema_migrations.insert().values(version=version, applied_at=SENT_AT))
+        migrate_to_before(conn, _create_returns)
     # `publisher status` on a database it may not migrate: no returns table, no returns.
     assert Ledger(engine, read_only=True).return_counts() == []
     engine.dispose()

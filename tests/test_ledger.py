@@ -7,13 +7,11 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Callable
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import MetaData, Table, create_engine, func, insert, inspect, select, text
-from sqlalchemy.engine import Connection
+from sqlalchemy import MetaData, Table, func, insert, inspect, select, text
 from sqlalchemy.exc import StatementError
 
 from publisher.config import from_mapping
@@ -32,6 +30,7 @@ from publisher.ledger import (
 from publisher.preferences import DeliveryGroup, parse_choices
 from publisher.status import delivery_status
 from publisher.subscriptions.fields import subscriber_row
+from tests.fixtures.database import database_before
 
 T0 = datetime(2024, 11, 9, 8, 0, tzinfo=UTC)
 LEASE = timedelta(minutes=5)
@@ -103,20 +102,16 @@ def test_database_newer_than_the_code_is_refused(database_url: str) -> None:
         Ledger.open(database_url)
 
 
-def migrate_to_before(conn: Connection, step: Callable[[Connection], None]) -> None:
-    """Apply and record every migration that comes before ``step``."""
-    schema_migrations.create(conn)
-    for version, earlier in enumerate(MIGRATIONS[:MIGRATIONS.index(step)], start=1):
-        earlier(conn)
-        conn.execute(schema_migrations.insert().values(version=version, applied_at=T0))
+def index_columns(ledger: Ledger, table: str) -> dict[str, list[str | None]]:
+    """Return the columns of each index of ``table``, by the index's name."""
+    with ledger.engine.connect() as conn:
+        return {i["name"]: i["column_names"] for i in inspect(conn).get_indexes(table)}
 
 
 def test_upgrade_indexes_the_counts_per_event_and_state(database_url: str) -> None:
     # A database as the version before left it: three deliveries of one event, one claimed.
-    engine = create_engine(database_url)
     naive = T0.replace(tzinfo=None)
-    with engine.begin() as conn:
-        migrate_to_before(conn, schema._index_event_states)
+    with database_before(database_url, schema._index_event_states) as conn:
         old = Table("subscribers", MetaData(), autoload_with=conn)
         conn.execute(insert(old), [
             {"id": n, "email": f"reader{n}@example.org", "status": "confirmed",
@@ -128,11 +123,8 @@ def test_upgrade_indexes_the_counts_per_event_and_state(database_url: str) -> No
              "status": "sending" if n == 1 else "pending", "attempts": 0, "due_at": naive,
              "next_attempt_at": naive, "give_up_at": naive, "updated_at": naive}
             for n in (1, 2, 3)])
-    engine.dispose()
     with Ledger.open(database_url) as ledger:
-        with ledger.engine.connect() as conn:
-            indexes = {i["name"]: i["column_names"]
-                       for i in inspect(conn).get_indexes("deliveries")}
+        indexes = index_columns(ledger, "deliveries")
         assert indexes["ix_deliveries_event_status"] == ["event_on", "slug", "year", "status"]
         assert "ix_deliveries_event_on" not in indexes
         assert statuses(ledger) == {"pending": 2, "sending": 1}
@@ -140,20 +132,15 @@ def test_upgrade_indexes_the_counts_per_event_and_state(database_url: str) -> No
 
 def test_upgrade_records_changes_of_time_from_then_on(database_url: str) -> None:
     # A database as version 6 left it, with one subscriber who chose a time.
-    engine = create_engine(database_url)
     naive = T0.replace(tzinfo=None)
-    with engine.begin() as conn:
-        migrate_to_before(conn, schema._add_changed_at)
+    with database_before(database_url, schema._add_changed_at) as conn:
         old = Table("subscribers", MetaData(), autoload_with=conn)
         assert "changed_at" not in old.c
         conn.execute(insert(old).values(email="ada@example.org", status="confirmed",
                                         created_at=naive, updated_at=naive,
                                         unsubscribe_key="key1", send_time="07:30"))
-    engine.dispose()
     with Ledger.open(database_url) as ledger:
-        with ledger.engine.connect() as conn:
-            indexes = {i["name"]: i["column_names"]
-                       for i in inspect(conn).get_indexes("subscribers")}
+        indexes = index_columns(ledger, "subscribers")
         assert indexes["ix_subscribers_changed"] == ["status", "changed_at"]
         found = ledger.find_subscriber("ada@example.org")
         assert found is not None and found.changed_at is None and found.send_time == "07:30"
