@@ -322,10 +322,13 @@ class Store:
 
     def _write(self) -> AbstractContextManager[Connection]:
         # preserve_rowcount: SQLAlchemy drops an INSERT's row count unless asked to keep it.
-        return self._read(ledger_write=True, preserve_rowcount=True)
+        return self._transaction(ledger_write=True, preserve_rowcount=True)
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        return self._transaction()
 
     @contextmanager
-    def _read(self, **options: Any) -> Iterator[Connection]:
+    def _transaction(self, **options: Any) -> Iterator[Connection]:
         try:
             with self.engine.connect().execution_options(**options) as conn, conn.begin():
                 yield conn
