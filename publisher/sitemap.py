@@ -25,7 +25,6 @@ def _escape(text: str) -> str:
     return html.escape(text, quote=False)  # &, < and >, as xml.sax.saxutils.escape does
 
 
-
 def sitemap_entries(site: SiteConfig, calendar: Calendar, day: date,
                     published: Sequence[Article] | None = None) -> Iterator[tuple[str, date]]:
     """Yield (URL, last change) for the front page and every published article's page.

@@ -141,9 +141,9 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
 
 @contextlib.contextmanager
 def _no_cycle_collection() -> Iterator[None]:
-    """Pause the collection of reference cycles: a build makes tens of thousands of objects
-    that outlive it, and very few cycles."""
-    # Not scanned over and over: make bench, build.py, one article edited (new process).
+    """Pause the collection of reference cycles while a build runs."""
+    # A build makes tens of thousands of lasting objects and few cycles, which the collector
+    # would scan over and over: make bench, build.py, one article edited (new process).
     paused = gc.isenabled()
     gc.disable()
     try:
@@ -225,8 +225,7 @@ def _keep(target: Path, code: tuple[object, ...], content: tuple[FileStamp, ...]
 
 # Marshal, not pickle: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
 def _pack(cache: ArticleCache, blocks: Mapping[ArticleHead, Blocks]) -> tuple[bytes, bytes]:
-    """Return the parsed articles of ``cache`` and their calendar events (``blocks``, by the
-    article's fields) as bytes, and the articles' bodies after them."""
+    """Return the parsed articles of ``cache`` with their calendar events, and their bodies."""
     import marshal
     import pickle
 
@@ -403,8 +402,7 @@ def _report(view: DayView, target: Path, loaded: LoadResult, written: Written) -
 
 
 def _steady(env: jinja2.Environment, compiled: Path) -> jinja2.Environment:
-    """Return the environment for one build: each template checked for changes once, and
-    compiled once for every process building into the same folder (kept in ``compiled``)."""
+    """Return the environment for one build: templates checked once, compiled into ``compiled``."""
     import jinja2
 
     # Each file looked at once, not twice a page: make bench, build.py, cold build <= 1.0 x Hugo.
