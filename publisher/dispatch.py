@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]
 MAX_LISTED_FAILURES = 20
+# How often a batch still being handed over looks again for subscribers who left meanwhile.
+RECHECK = timedelta(seconds=0.5)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,8 @@ class _Batch:
         self.systemic_reply = ""  # the last of them, which says what is wrong
         self.sent = 0
         self.renewed = now  # when the lease was last pushed forward
+        self.checked = now  # when its subscribers were last seen confirmed
+        self.departed: set[int] = set()  # rows skipped because their subscriber left
         self.lost = False  # the lease ran out and another worker took rows over
         self.exhausted = False  # nothing more of it will be handed to the transport
 
@@ -266,8 +270,11 @@ class _Sender:
             batch = _Batch(claims, self.clock())
             self.batches.append(batch)
             for claim in claims:
-                if self.stopped() or not self.keep_lease(batch, self.clock()):
+                now = self.clock()
+                if self.stopped() or not self.keep_lease(batch, now):
                     break
+                if claim.delivery_id in self.departed(batch, now):
+                    continue
                 built = self.build(claim)
                 if isinstance(built, Outcome):
                     self.record(batch, claim, built, None, self.clock())
@@ -334,6 +341,21 @@ class _Sender:
                 report.failed += 1
             report.note_failure(claim, reply)
         self.done += 1
+
+    def departed(self, batch: _Batch, now: datetime) -> set[int]:
+        """Skip the batch's rows not handed over whose subscriber left; return all so skipped.
+
+        A batch through a distant relay takes seconds: someone who unsubscribes meanwhile gets
+        nothing handed over more than ``RECHECK`` after they left.
+        """
+        if now - batch.checked >= RECHECK:
+            batch.checked = now
+            waiting = [i for i in batch.open if i not in self.in_flight]
+            for delivery_id in self.ledger.skip_departed(waiting, self.worker, now):
+                batch.open.discard(delivery_id)
+                batch.departed.add(delivery_id)
+                self.report.skipped += 1
+        return batch.departed
 
     def keep_lease(self, batch: _Batch, now: datetime) -> bool:
         """Renew a batch's lease once half of it has passed; return whether it is still held.

@@ -434,6 +434,25 @@ def test_stop_hands_back_what_was_not_sent(world: World) -> None:
     assert per_recipient(world.sink) == Counter({r: 1 for r in readers})
 
 
+def test_someone_who_leaves_during_a_batch_gets_nothing_more_from_it(world: World) -> None:
+    # A relay far away takes seconds over a batch; each message here takes a second of the clock.
+    readers = world.subscribe(20)
+    leaver = readers[-1]
+    received = world.sink.handle_DATA
+
+    async def slow_data(*args: Any) -> str:
+        with world.ledger() as ledger:
+            ledger.unsubscribe_link(email=leaver, now=world.clock())
+        world.clock.advance(seconds=1)
+        return await received(*args)
+
+    world.sink.handle_DATA = slow_data  # type: ignore[method-assign]
+    report = world.send()
+    assert world.sink.received_by(leaver) == []
+    assert (report.sent, report.skipped) == (19, 1)
+    assert world.statuses() == Counter({"sent": 19, "skipped": 1})
+
+
 def test_two_workers_at_once_send_each_message_once(world: World) -> None:
     readers = world.subscribe(30)
     with world.ledger() as ledger:

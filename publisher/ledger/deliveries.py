@@ -197,6 +197,19 @@ _CLAIMED = (select(deliveries.c.id, deliveries.c.slug, deliveries.c.year, delive
             .where(deliveries.c.id.in_(bindparam("ids", expanding=True)))
             .order_by(deliveries.c.next_attempt_at, deliveries.c.id))
 
+# Unsubscribing skips unsent rows but leaves claimed ones to their sender, which skips them here.
+_DEPARTED = (update(deliveries)
+             .where(deliveries.c.id.in_(bindparam("ids", expanding=True)),
+                    deliveries.c.status == "sending",
+                    deliveries.c.lease_owner == bindparam("worker", type_=String()),
+                    deliveries.c.subscriber_id.in_(
+                        select(subscribers.c.id).where(subscribers.c.status != "confirmed")))
+             .values(status="skipped", lease_owner=None, lease_until=None,
+                     updated_at=bindparam("now", type_=UtcDateTime()),
+                     last_reply="subscriber is no longer confirmed")
+             .returning(deliveries.c.id))
+
+
 class DeliveryStore(Store):
     """The statements on deliveries: queue, claim, lease, finish, settle, count."""
 
@@ -386,9 +399,7 @@ class DeliveryStore(Store):
             gone = [row[0] for row in rows if row[-1] != "confirmed"]
             if gone:
                 # Unsubscribing skips unsent rows already; this catches a row claimed in between.
-                conn.execute(update(deliveries).where(deliveries.c.id.in_(gone)).values(
-                    status="skipped", lease_owner=None, lease_until=None, updated_at=now,
-                    last_reply="subscriber is no longer confirmed"))
+                conn.execute(_DEPARTED, {"ids": gone, "worker": worker, "now": now})
             items = self._digest_items(conn, [(row[6], row[3]) for row in rows
                                               if row[1] == DIGEST_SLUG])
             # Tuples straight from the rows: 200 claims a batch, each a Claim per message.
@@ -449,6 +460,15 @@ class DeliveryStore(Store):
                     updated_at=now),
             [{"day": r.event_on, "sid": r.subscriber_id, "give_up": r.give_up_at}
              for r in done])
+
+    def skip_departed(self, ids: Iterable[int], worker: str, now: datetime) -> list[int]:
+        """Skip this worker's claimed rows whose subscriber has left; return their ids."""
+        id_list = list(ids)
+        if not id_list:
+            return []
+        with self._write() as conn:
+            return list(conn.execute(_DEPARTED, {"ids": id_list, "worker": worker, "now": now}
+                                     ).scalars())
 
     def extend_lease(self, ids: Iterable[int], worker: str, until: datetime) -> int:
         """Push the lease of rows this worker still holds to ``until``."""
