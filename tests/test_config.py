@@ -123,6 +123,13 @@ def test_unknown_table_is_rejected(tmp_path: Path) -> None:
     assert caught.value.field == "sites"
 
 
+def test_a_value_where_a_table_belongs_names_the_table(tmp_path: Path) -> None:
+    path = write_config(tmp_path, 'site = "typo"\n')
+    with pytest.raises(ConfigError, match="expected a table") as caught:
+        config.load(path)
+    assert caught.value.field == "site"
+
+
 def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
     path = write_config(tmp_path, '[site]\ntitle = "ok"\nbase_url = \n')
     with pytest.raises(ConfigError) as caught:
