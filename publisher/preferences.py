@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import time
-from typing import Literal
+from typing import Literal, get_args
 
 from sqlalchemy import Table, and_, false, or_, true
 from sqlalchemy.sql.elements import ColumnElement
@@ -15,7 +15,7 @@ from publisher.errors import SubscriberError
 from publisher.topics import is_milestone, tag_key
 
 Frequency = Literal["each", "digest"]
-FREQUENCIES: tuple[Frequency, ...] = ("each", "digest")
+FREQUENCIES: tuple[Frequency, ...] = get_args(Frequency)
 EVERY = "every"
 MILESTONES = "milestones"
 MAX_YEARS = 50
