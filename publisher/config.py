@@ -1,7 +1,6 @@
 """Load and validate ``publisher.toml``; every default lives here."""
 
-from __future__ import annotations
-
+# Without postponed annotations: the readers below take each field's type from its dataclass.
 import os
 import re
 import tomllib
@@ -10,16 +9,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import time
 from email.utils import formataddr
 from pathlib import Path
-from typing import (
-    TYPE_CHECKING,
-    Annotated,
-    Any,
-    Literal,
-    TypeVar,
-    get_args,
-    get_origin,
-    get_type_hints,
-)
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -306,7 +296,7 @@ class _Table:
             return self.get(key, str, None) or None  # empty is absent
         return self.get(key, kind, default)
 
-    def table(self, key: str) -> _Table:
+    def table(self, key: str) -> "_Table":
         """Return a sub-table (empty when absent) for reading."""
         self.used.add(key)
         value = self.data.get(key, {})
@@ -330,11 +320,9 @@ class _Table:
 def _read(cls: type[T], t: _Table, base: Path, defaults: Mapping[str, Any] | None = None,
           **given: Any) -> T:
     """Build ``cls`` from ``given`` and, for each other field, the table's value or default."""
-    hints = get_type_hints(cls, include_extras=True)
     for f in fields(cls):
         if f.name not in given:
-            default = (defaults or {}).get(f.name, f.default)
-            given[f.name] = t.read(f.name, hints[f.name], default, base)
+            given[f.name] = t.read(f.name, f.type, (defaults or {}).get(f.name, f.default), base)
     return cls(**given)
 
 
