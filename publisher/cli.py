@@ -510,8 +510,10 @@ class _ProgressBar:
         self.bar.length = total
         self.bar.update(done - self.bar.pos)
 
-    def close(self) -> None:
-        """Finish the bar, if one was drawn."""
+    def __enter__(self) -> _ProgressBar | None:
+        return self if sys.stdout.isatty() else None
+
+    def __exit__(self, *_exc: object) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
 
@@ -559,14 +561,9 @@ def send(day: datetime | None, dry_run: bool) -> None:
     from publisher import dispatch
 
     config = load_config()
-    bar = _ProgressBar() if sys.stdout.isatty() else None
-    with _StopSignals() as stop:
-        try:
-            report = dispatch.send_date(config, _as_day(day), dry_run=dry_run, progress=bar,
-                                        stop=stop)
-        finally:
-            if bar is not None:
-                bar.close()
+    with _StopSignals() as stop, _ProgressBar() as bar:
+        report = dispatch.send_date(config, _as_day(day), dry_run=dry_run, progress=bar,
+                                    stop=stop)
     _echo_problems(report.problems)
     echo_lines(send_lines(report))
     if stop.signum:
