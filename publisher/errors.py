@@ -28,12 +28,8 @@ class LocatedError(PublisherError):
 
     def describe(self) -> str:
         """Format the error as ``file:line: field: message``."""
-        where = ""
-        if self.path is not None:
-            where = str(self.path)
-            if self.line is not None:
-                where += f":{self.line}"
-            where += ": "
+        line = f":{self.line}" if self.line is not None else ""
+        where = f"{self.path}{line}: " if self.path is not None else ""
         field = f"{self.field}: " if self.field else ""
         return f"{where}{field}{self.message}"
 
