@@ -449,11 +449,7 @@ def load(path: Path | str | None = None) -> Config:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 ({exc.reason})", path=path) from None
     except tomllib.TOMLDecodeError as exc:
-        line = _toml_line(str(exc))
-        raise ConfigError(f"invalid TOML: {exc}", path=path, line=line) from None
+        line = re.search(r"line (\d+)", str(exc))  # the only place the error names its line
+        raise ConfigError(f"invalid TOML: {exc}", path=path,
+                          line=int(line[1]) if line else None) from None
     return from_mapping(data, path=path)
-
-
-def _toml_line(message: str) -> int | None:
-    match = re.search(r"line (\d+)", message)
-    return int(match.group(1)) if match else None
