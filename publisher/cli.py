@@ -446,7 +446,7 @@ def subscribers_set(email: str, years: str | None, frequency: str | None, timezo
     if at is not None:
         changes["at"] = parse_time(at)
     if tags is not None or all_tags:
-        changes["tags"] = parse_tags(tags) if tags is not None else None
+        changes["tags"] = parse_tags(tags)  # None: every tag
     zone = check_timezone(timezone)
     with _ledger() as ledger:
         found = ledger.find_subscriber(email)
