@@ -30,7 +30,6 @@ if TYPE_CHECKING:
 
     from publisher.dispatch import SendReport
     from publisher.ledger import Ledger
-    from publisher.site import BuildReport
     from publisher.status import ClockStatus, ReturnStatus, Status, WebSubStatus
     from publisher.websub import PingState
 
@@ -43,11 +42,11 @@ def _remember_config(ctx: click.Context, _param: click.Parameter, value: Path | 
         ctx.find_root().ensure_object(dict)["config_path"] = value
 
 
-config_option = click.option(
-    "--config", "config_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
-    expose_value=False, is_eager=True, callback=_remember_config,
-    help="Path to publisher.toml (default: ./publisher.toml, else built-in defaults).",
-)
+def _config_option() -> click.Option:
+    return click.Option(
+        ["--config", "config_path"], type=click.Path(path_type=Path, dir_okay=False),
+        expose_value=False, is_eager=True, callback=_remember_config,
+        help="Path to publisher.toml (default: ./publisher.toml, else built-in defaults).")
 
 
 def load_config() -> Config:
@@ -76,15 +75,6 @@ def echo_lines(lines: Sequence[str], *, err: bool = False) -> None:
 def _echo_problems(problems: Sequence[PublisherError | str]) -> None:
     for problem in problems:
         click.echo(f"error: {printable(str(problem))}", err=True)
-
-
-def build_line(report: BuildReport) -> str:
-    """Describe a build in one line."""
-    return (
-        f"built {report.day.isoformat()} into {report.output_dir}: {report.pages} pages, "
-        f"{report.feeds} feeds ({report.feed_items} items, {report.events_today} today); "
-        f"{report.written} files written, {report.unchanged} unchanged"
-    )
 
 
 def send_lines(report: SendReport) -> list[str]:
@@ -163,10 +153,7 @@ def clock_lines(status: ClockStatus) -> list[str]:
     tick = _utc(status.last_tick) if status.last_tick else "never (is `publisher run` running?)"
     built = status.site_built.isoformat() if status.site_built else "never by `publisher run`"
     out = [f"last tick: {tick}", f"site last built for: {built}"]
-    if not status.upcoming:
-        out.append("next anniversary moments: none")
-    else:
-        out.append("next anniversary moments:")
+    out.append("next anniversary moments:" + ("" if status.upcoming else " none"))
     for moment in status.upcoming:
         slugs = ", ".join(f"{e.article.slug} ({_years(e)})" for e in moment.events)
         out.append(f"  {moment.local:%Y-%m-%d %H:%M} {moment.zone} = "
@@ -196,7 +183,14 @@ def websub_lines(status: WebSubStatus) -> list[str]:
 
 
 class ReportingGroup(click.Group):
-    """The command group: a PublisherError from any command is a message and an exit code."""
+    """The command group: each command takes --config; a PublisherError is an exit code."""
+
+    group_class = type  # its groups are ReportingGroups too
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        """Add a command, with ``--config`` as its first option."""
+        cmd.params.insert(0, _config_option())
+        super().add_command(cmd, name)
 
     def invoke(self, ctx: click.Context) -> Any:
         """Run the command, turning a PublisherError into a line on stderr and an exit code."""
@@ -207,8 +201,8 @@ class ReportingGroup(click.Group):
             sys.exit(EXIT_CONFIG if isinstance(exc, ConfigError) else EXIT_PROBLEMS)
 
 
-@click.group(cls=ReportingGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@config_option
+@click.group(cls=ReportingGroup, params=[_config_option()],
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="anniversary-publisher")
 def cli() -> None:
     """Republish dated articles on their anniversaries."""
@@ -222,7 +216,6 @@ def _as_day(value: datetime | None) -> date | None:
 
 
 @cli.command()
-@config_option
 @click.option("--date", "day", type=DATE, default=None,
               help="Build the site as it stands on this day (default: today in the site's zone).")
 @click.option("--out", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -239,7 +232,9 @@ def build(day: datetime | None, out: Path | None) -> None:
 
     report = site.publish_site(load_config(), _as_day(day), out=out)
     _echo_problems(report.errors)
-    click.echo(build_line(report))
+    click.echo(f"built {report.day.isoformat()} into {report.output_dir}: {report.pages} pages, "
+               f"{report.feeds} feeds ({report.feed_items} items, {report.events_today} today); "
+               f"{report.written} files written, {report.unchanged} unchanged")
     if report.pings:
         echo_lines([f"websub:{ping_line(ping)}" for ping in report.pings])
     if not report.ok:
@@ -247,7 +242,6 @@ def build(day: datetime | None, out: Path | None) -> None:
 
 
 @cli.command()
-@config_option
 @click.option("--date", "day", type=DATE, default=None,
               help="Check the site as it stands on this day (default: today in the site's zone).")
 def check(day: datetime | None) -> None:
@@ -270,7 +264,6 @@ def check(day: datetime | None) -> None:
 
 
 @cli.command("calendar")
-@config_option
 @click.option("--from", "start", type=DATE, default=None,
               help="First day to list (default: today in the site's zone).")
 @click.option("--days", type=click.IntRange(min=1), default=30, show_default=True,
@@ -337,13 +330,11 @@ STATUS_CHOICE = click.Choice(SUBSCRIBER_STATUSES)
 
 
 @cli.group()
-@config_option
 def subscribers() -> None:
     """Manage subscribers (those added or imported here are confirmed)."""
 
 
 @subscribers.command("add")
-@config_option
 @click.argument("email")
 @click.option("--name", default=None, help="The subscriber's name, used in the greeting.")
 @click.option("--timezone", default=None,
@@ -367,7 +358,6 @@ def subscribers_add(email: str, name: str | None, timezone: str | None,
 
 
 @subscribers.command("import")
-@config_option
 @click.argument("file", type=click.Path(path_type=Path, exists=True, dir_okay=False))
 @click.option("--include-suppressed", is_flag=True,
               help="Subscribe again the addresses in FILE that unsubscribed or bounced.")
@@ -401,7 +391,6 @@ def subscribers_import(file: Path, include_suppressed: bool) -> None:
 
 
 @subscribers.command("list")
-@config_option
 @click.option("--status", type=STATUS_CHOICE, default=None, help="Only this status.")
 def subscribers_list(status: SubscriberStatus | None) -> None:
     """List subscribers, one per line (tab-separated): address, status, time zone, name, then
@@ -420,7 +409,6 @@ def subscribers_list(status: SubscriberStatus | None) -> None:
 
 
 @subscribers.command("set")
-@config_option
 @click.argument("email")
 @click.option("--every", "years", flag_value="every", help="Every anniversary (the default).")
 @click.option("--milestones", "years", flag_value="milestones",
@@ -458,7 +446,7 @@ def subscribers_set(email: str, years: str | None, frequency: str | None, timezo
     if at is not None:
         changes["at"] = parse_time(at)
     if tags is not None or all_tags:
-        changes["tags"] = parse_tags(tags) if tags is not None else None
+        changes["tags"] = parse_tags(tags)  # None: every tag
     zone = check_timezone(timezone)
     with _ledger() as ledger:
         found = ledger.find_subscriber(email)
@@ -472,7 +460,6 @@ def subscribers_set(email: str, years: str | None, frequency: str | None, timezo
 
 
 @subscribers.command("remove")
-@config_option
 @click.argument("email")
 @click.option("--forget", is_flag=True,
               help="Delete the address itself too: nothing then stops it being added again.")
@@ -497,7 +484,6 @@ def subscribers_remove(email: str, forget: bool) -> None:
 
 
 @subscribers.command("export")
-@config_option
 @click.option("--status", type=STATUS_CHOICE, default=None, help="Only this status.")
 def subscribers_export(status: SubscriberStatus | None) -> None:
     """Write subscribers as CSV to stdout; `subscribers import` reads it back.
@@ -524,8 +510,10 @@ class _ProgressBar:
         self.bar.length = total
         self.bar.update(done - self.bar.pos)
 
-    def close(self) -> None:
-        """Finish the bar, if one was drawn."""
+    def __enter__(self) -> _ProgressBar | None:
+        return self if sys.stdout.isatty() else None
+
+    def __exit__(self, *_exc: object) -> None:
         if self.bar is not None:
             self.bar.__exit__(None, None, None)
 
@@ -559,7 +547,6 @@ class _StopSignals:
 
 
 @cli.command()
-@config_option
 @click.option("--date", "day", type=DATE, default=None,
               help="Send the events of this day (default: today in the site's zone).")
 @click.option("--dry-run", is_flag=True, help="Show what would be queued; change nothing.")
@@ -574,14 +561,9 @@ def send(day: datetime | None, dry_run: bool) -> None:
     from publisher import dispatch
 
     config = load_config()
-    bar = _ProgressBar() if sys.stdout.isatty() else None
-    with _StopSignals() as stop:
-        try:
-            report = dispatch.send_date(config, _as_day(day), dry_run=dry_run, progress=bar,
-                                        stop=stop)
-        finally:
-            if bar is not None:
-                bar.close()
+    with _StopSignals() as stop, _ProgressBar() as bar:
+        report = dispatch.send_date(config, _as_day(day), dry_run=dry_run, progress=bar,
+                                    stop=stop)
     _echo_problems(report.problems)
     echo_lines(send_lines(report))
     if stop.signum:
@@ -593,7 +575,6 @@ def send(day: datetime | None, dry_run: bool) -> None:
 
 
 @cli.command()
-@config_option
 @click.option("--date", "day", type=DATE, default=None,
               help="Only the deliveries of this day's events.")
 def status(day: datetime | None) -> None:
@@ -614,7 +595,6 @@ def status(day: datetime | None) -> None:
 
 
 @cli.command("bounces")
-@config_option
 def bounces_command() -> None:
     """Read every configured mailbox of bounces and complaints once; print what was found.
 
@@ -637,7 +617,6 @@ log_format_option = click.option(
 
 
 @cli.command()
-@config_option
 @log_format_option
 @click.option("--serve", "serve_web", is_flag=True,
               help="Also run the web service (as `publisher serve`) on web.host:web.port.")
@@ -659,7 +638,6 @@ def run(log_format: LogFormat, serve_web: bool) -> None:
 
 
 @cli.command()
-@config_option
 @click.option("--host", default=None,
               help="Address to listen on (default: web.host, 127.0.0.1).")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=None,

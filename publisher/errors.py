@@ -26,25 +26,12 @@ class LocatedError(PublisherError):
         self.field = field
         super().__init__(self.describe())
 
-    def __reduce__(self) -> tuple[object, ...]:
-        """Pickle with the keywords, so that the error stays whole in another process."""
-        return (_located, (type(self), self.message, self.path, self.line, self.field))
-
     def describe(self) -> str:
         """Format the error as ``file:line: field: message``."""
-        where = ""
-        if self.path is not None:
-            where = str(self.path)
-            if self.line is not None:
-                where += f":{self.line}"
-            where += ": "
+        line = f":{self.line}" if self.line is not None else ""
+        where = f"{self.path}{line}: " if self.path is not None else ""
         field = f"{self.field}: " if self.field else ""
         return f"{where}{field}{self.message}"
-
-
-def _located(kind: type[LocatedError], message: str, path: Path | None, line: int | None,
-             field: str | None) -> LocatedError:
-    return kind(message, path=path, line=line, field=field)
 
 
 class ConfigError(LocatedError):

@@ -6,7 +6,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import time
-from typing import Literal
+from typing import Literal, get_args
 
 from sqlalchemy import Table, and_, false, or_, true
 from sqlalchemy.sql.elements import ColumnElement
@@ -15,7 +15,7 @@ from publisher.errors import SubscriberError
 from publisher.topics import is_milestone, tag_key
 
 Frequency = Literal["each", "digest"]
-FREQUENCIES: tuple[Frequency, ...] = ("each", "digest")
+FREQUENCIES: tuple[Frequency, ...] = get_args(Frequency)
 EVERY = "every"
 MILESTONES = "milestones"
 MAX_YEARS = 50
@@ -47,13 +47,12 @@ class Choices:
 
     def wants(self, years_since: int, tags: Iterable[str]) -> bool:
         """Return whether an appearance is wanted: the rule of the filters below, in Python."""
-        if years_since and self.years is not None:
-            if self.years == MILESTONES:
-                if not is_milestone(years_since):
-                    return False
-            elif years_since not in self.years:
-                return False
-        return self.tags is None or bool(set(self.tags) & {tag_key(t) for t in tags})
+        if self.years == MILESTONES:
+            year_wanted = is_milestone(years_since)
+        else:
+            year_wanted = self.years is None or years_since in self.years
+        return ((year_wanted or not years_since)  # a first publication reaches everyone
+                and (self.tags is None or bool(set(self.tags) & {tag_key(t) for t in tags})))
 
     def columns(self) -> dict[str, str | None]:
         """Return the stored form of the choices, by column name."""
@@ -74,11 +73,9 @@ class Choices:
 
     def cells(self) -> dict[str, str]:
         """Return the choices as CSV cells (``frequency``, ``years``, ``time``, ``tags``)."""
-        if self.years is None or self.years == MILESTONES:
-            years = self.years or EVERY
-        else:
-            years = ",".join(map(str, self.years))
-        return {"frequency": self.frequency, "years": str(years), "time": self.at or "",
+        years = (",".join(map(str, self.years)) if isinstance(self.years, tuple)
+                 else self.years or EVERY)
+        return {"frequency": self.frequency, "years": years, "time": self.at or "",
                 "tags": ",".join(self.tags) if self.tags is not None else ""}
 
     def describe(self) -> str:

@@ -1,10 +1,4 @@
-"""What ``publisher status`` shows, and the marks the tick leaves in the ledger for it.
-
-Deliveries per event and state, failures, subscribers, returns per edition, the clock and WebSub,
-read in one ledger session. This module imports the ledger, the calendar and the articles only:
-the command runs beside sends of a million messages, where the tick's modules (mail, site, SMTP,
-mailboxes) doubled its time.
-"""
+"""What ``publisher status`` shows, and the marks the tick leaves in the ledger for it."""
 
 from __future__ import annotations
 
@@ -16,6 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING
 
+# The ledger, the calendar and the articles only: the command runs beside sends of a million
+# messages, where the tick's modules (mail, site, SMTP, mailboxes) doubled its time.
 from publisher.calendar import Calendar, Moment, upcoming, utcnow
 from publisher.config import Config, SubscriberStatus
 from publisher.content import ArticleCache, load_articles

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass
@@ -182,6 +183,7 @@ def _subject_of(payload: object) -> LinkSubject:
 
 RETURN_PATH_SALT = b"publisher.return-path"
 _TAG_SIGNATURE_BYTES = 8
+_TAG = re.compile(r"([0-9a-f]{1,16})-(.+)", re.DOTALL)  # the delivery id, then the signature
 
 
 @functools.lru_cache(maxsize=8)
@@ -207,13 +209,8 @@ def return_path_tag(secret: bytes, delivery_id: int, slug: str, year: int,
 
 def read_return_path_tag(tag: str) -> tuple[int, str] | None:
     """Return the delivery id a tag names and its signature, or None if it is not a tag."""
-    number, dash, signature = tag.lower().partition("-")
-    if not dash or not signature or not 0 < len(number) <= 16 or not number.isalnum():
-        return None
-    try:
-        return int(number, 16), signature
-    except ValueError:
-        return None
+    match = _TAG.fullmatch(tag.lower())
+    return (int(match[1], 16), match[2]) if match else None
 
 
 def check_return_path_tag(secret: bytes, signature: str, delivery_id: int, slug: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import tomllib
 from datetime import time
 from email.utils import parseaddr
@@ -121,6 +122,22 @@ def test_unknown_table_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         config.load(path)
     assert caught.value.field == "sites"
+
+
+def test_a_value_where_a_table_belongs_names_the_table(tmp_path: Path) -> None:
+    path = write_config(tmp_path, 'site = "typo"\n')
+    with pytest.raises(ConfigError, match="expected a table") as caught:
+        config.load(path)
+    assert caught.value.field == "site"
+
+
+def test_a_config_error_pickles_whole() -> None:
+    # Errors cross process boundaries (a pool's workers) with every field they name.
+    error = ConfigError("must be at least 1", path="/etc/publisher.toml", line=4, field="web.port")
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is ConfigError and str(copy) == str(error)
+    assert (copy.message, copy.path, copy.line, copy.field) == (
+        error.message, error.path, error.line, error.field)
 
 
 def test_invalid_toml_names_the_line(tmp_path: Path) -> None:
