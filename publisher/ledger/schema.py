@@ -166,10 +166,6 @@ accepted = Table(
 )
 
 
-def _create_v2(conn: Connection) -> None:
-    accepted.create(conn)
-
-
 # A sign-up waiting for its confirmation, kept apart from the subscriber's status: a sign-up for
 # an address that unsubscribed or bounced changes nothing until the emailed link is followed.
 # The row stays after confirmation (``confirmed_at``), so that following the link twice is
@@ -239,10 +235,6 @@ returns = Table(
 )
 
 
-def _create_returns(conn: Connection) -> None:
-    returns.create(conn)
-
-
 def _index_event_states(conn: Connection) -> None:
     # make bench, million.py status: counts per event and state read this index alone (0.03 s for
     # 100,000 deliveries; 0.47 s through the one on the day, whose lookups it serves as well).
@@ -302,5 +294,5 @@ def _add_changed_at(conn: Connection) -> None:
 
 
 MIGRATIONS: tuple[Callable[[Connection], None], ...] = (
-    _create_v1, _create_v2, _create_v3, _create_returns, _index_event_states, _add_preferences,
-    _add_changed_at)
+    _create_v1, accepted.create, _create_v3, returns.create, _index_event_states,
+    _add_preferences, _add_changed_at)
