@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.header import decode_header
 from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
@@ -128,21 +127,13 @@ def addresses(values: Iterable[str | None]) -> tuple[str, ...]:
 
 def _field(message: Message, name: str) -> str:
     """Return a header's value as text ("" when absent); raw 8-bit bytes are read as UTF-8."""
-    value = message.get(name)
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    # compat32 hands back a Header for a value holding raw 8-bit bytes.
-    return "".join(part.decode("utf-8" if charset in (None, "unknown-8bit") else charset,
-                               "replace") if isinstance(part, bytes) else part
-                   for part, charset in decode_header(value))
+    return str(message.get(name, ""))
 
 
 def read_report(data: bytes) -> Report:
     """Classify one message: a feedback report, a bounce, an automatic reply, or other mail."""
-    # The modern policy hands back every header as text, even one with raw 8-bit bytes, which
-    # flufl.bounce's detectors (written for plain strings) need.
+    # The modern policy (here and for every header block) hands back every header as text, even
+    # one with raw 8-bit bytes, which flufl.bounce's detectors (written for plain strings) need.
     message = email.message_from_bytes(data, policy=email.policy.default)
     own_id = angle_id(_field(message, "Message-ID"))
     identity = f"mail:{own_id}" if own_id else f"mail-sha256:{hashlib.sha256(data).hexdigest()}"
@@ -174,7 +165,7 @@ def _header_blocks(part: Message) -> list[Message]:
     if isinstance(payload, list):
         return [block for block in payload if isinstance(block, Message)]
     text = payload if isinstance(payload, str) else ""
-    return [HeaderParser().parsestr(block.strip() + "\n")
+    return [HeaderParser(policy=email.policy.default).parsestr(block.strip() + "\n")
             for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if block.strip()]
 
 
