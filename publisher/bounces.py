@@ -63,6 +63,8 @@ _AUTO_REPLY_PRECEDENCE = frozenset({"auto_reply", "junk"})
 _AUTO_REPLY_SUBJECTS = ("auto:", "automatic reply", "autoreply", "auto reply", "auto-reply",
                         "out of office", "out of the office", "abwesenheitsnotiz",
                         "réponse automatique", "respuesta automática", "risposta automatica")
+# The local part made by publisher.mail.message_id_for: <slug.year.digest@domain>.
+_OUR_MESSAGE_ID = re.compile(r"(.*)\.([0-9]+)\.[0-9a-f]{32}", re.DOTALL)
 # Where a report names the envelope sender of the message it is about.
 _RETURN_PATH_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "to")
 
@@ -307,16 +309,13 @@ def _automatic_reply(message: Message) -> bool:
 
 def edition_of(message_id: str) -> tuple[str, int] | None:
     """Return the (slug, year) named by one of our Message-IDs, or None for anyone else's."""
-    # The form made by publisher.mail.message_id_for: <slug.year.digest@domain>.
-    local = message_id.strip().strip("<>").rpartition("@")[0]
-    parts = local.rsplit(".", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or len(parts[2]) != 32:
+    found = _OUR_MESSAGE_ID.fullmatch(message_id.strip().strip("<>").rpartition("@")[0])
+    if found is None:
         return None
-    if not all(c in "0123456789abcdef" for c in parts[2]):
-        return None
-    if parts[0] == DIGEST_KEY and len(parts[1]) == 8:
-        return DIGEST_SLUG, int(parts[1])  # a daily digest: its row's slug, its date as year
-    return parts[0], int(parts[1])
+    slug, year = found[1], found[2]
+    if slug == DIGEST_KEY and len(year) == 8:
+        return DIGEST_SLUG, int(year)  # a daily digest: its row's slug, its date as year
+    return slug, int(year)
 
 
 @dataclass
