@@ -332,13 +332,6 @@ class SubscriberStore(Store):
         with self._write() as conn:
             return mark_unsubscribed(conn, match, now or utcnow())
 
-    def unsubscribe(self, subscriber_id: int, email: str, now: datetime | None = None
-                    ) -> Subscriber | None:
-        """Unsubscribe by id and address (idempotent); None when they do not match."""
-        match = and_(subscribers.c.id == subscriber_id, subscribers.c.email == email)
-        with self._write() as conn:
-            return mark_unsubscribed(conn, match, now or utcnow())[0]
-
     def bounce(self, subscriber_id: int, reason: str, now: datetime | None = None) -> bool:
         """Mark a confirmed subscriber bounced and skip their unsent mail; return if changed."""
         with self._write() as conn:
