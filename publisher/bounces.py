@@ -344,11 +344,6 @@ class BounceReport:
         return (text + f"; subscribers marked bounced {self.bounced}, unsubscribed by "
                        f"complaint {self.unsubscribed}")
 
-    @property
-    def did_work(self) -> bool:
-        """Return whether anything was read or went wrong."""
-        return bool(self.read or self.problems)
-
 
 class Recorder:
     """Match returns to their deliveries and record each once, under one configuration."""
@@ -613,6 +608,6 @@ class Poller:
             # not at every tick.
             self.ledger.set_state(POLL_STATE_KEY, now.isoformat(), now)
             tally = read_mailboxes(self.config, self.recorder)
-        if tally.did_work:
+        if tally.read or tally.problems:
             log.info("bounces: %s", tally.line(), extra={"bounces": tally.line()})
         return tally
