@@ -161,23 +161,17 @@ def _parts(message: Message, content_type: str) -> Iterator[Message]:
             yield from _parts(part, content_type)
 
 
-def _header_blocks(part: Message) -> list[Message]:
-    """Return the header blocks of a message/delivery-status or feedback-report part."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        return [block for block in payload if isinstance(block, Message)]
-    text = payload if isinstance(payload, str) else ""
-    return [HeaderParser(policy=email.policy.default).parsestr(block.strip() + "\n")
-            for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if block.strip()]
-
-
 def _first_block(message: Message, *content_types: str) -> Message | None:
     """Return the first header block of the report's first part of these types, if any."""
     for content_type in content_types:
         for part in _parts(message, content_type):
-            blocks = _header_blocks(part)
-            if blocks:
-                return blocks[0]
+            # The parser reads a message/* part as its blocks; text/rfc822-headers is text.
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload:
+                assert isinstance(payload[0], Message)
+                return payload[0]
+            if isinstance(payload, str) and payload.strip():
+                return HeaderParser(policy=email.policy.default).parsestr(payload.lstrip())
     return None
 
 
@@ -242,7 +236,8 @@ def _delivery_status(message: Message) -> _DeliveryStatus:
     """Return each recipient's (status, diagnostic) in a DSN, and what it says of the message."""
     found = _DeliveryStatus()
     for part in _parts(message, "message/delivery-status"):
-        for block in _header_blocks(part):
+        for block in part.get_payload():
+            assert isinstance(block, Message)
             # "rfc822; address": the address type comes first.
             named = [_field(block, name).rpartition(";")[2]
                      for name in ("Original-Recipient", "Final-Recipient")]
