@@ -1,7 +1,4 @@
-"""The ledger's tables and the migration steps that bring a database up to them.
-
-A step, once released, is never edited: a database at version N only ever runs the steps after N.
-"""
+"""The ledger's tables and the migration steps that bring a database up to them."""
 
 from __future__ import annotations
 
@@ -144,8 +141,8 @@ state = Table(
 
 
 def _create_v1(conn: Connection) -> None:
-    # Version 1 is the schema as first released. A later step must ALTER what exists (never edit
-    # this one): databases at version 1 only ever run the steps after it.
+    # Version 1 is the schema as first released. No released step is ever edited (a database at
+    # version N only ever runs the steps after N): a later step ALTERs what exists.
     _subscribers_table(MetaData()).create(conn)
     for table in (deliveries, state):
         table.create(conn)
