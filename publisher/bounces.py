@@ -375,18 +375,15 @@ class Recorder:
             target = self._tagged(address)
             if target is not None:
                 return target, "tag"
-        edition = edition_of(item.message_id) if item.message_id else None
-        if item.message_id and edition is not None:
+        if item.message_id and (edition := edition_of(item.message_id)) is not None:
             target = self.ledger.find_sent(*edition, item.message_id)
             if target is not None:
                 return target, "message-id"
         if item.email:
-            try:
+            with suppress(SubscriberError):  # an address that is no address names nobody
                 subscriber = self.ledger.find_subscriber(item.email)
-            except SubscriberError:
-                subscriber = None
-            if subscriber is not None:
-                return ReturnTarget(subscriber.id, subscriber.email), "address"
+                if subscriber is not None:
+                    return ReturnTarget(subscriber.id, subscriber.email), "address"
         return None, None
 
     def record(self, report: Report, source: Source, tally: BounceReport) -> None:
