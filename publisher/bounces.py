@@ -38,6 +38,7 @@ from publisher.ledger import (
     ReturnRow,
     ReturnTarget,
 )
+from publisher.status import parse_instant
 from publisher.tokens import check_return_path_tag, load_secret, read_return_path_tag
 
 log = logging.getLogger(__name__)
@@ -583,11 +584,8 @@ class Poller:
         """Return whether the mailboxes should be read at ``now``."""
         if not self.config.bounces.mailboxes:
             return False
-        last = self.ledger.get_state(POLL_STATE_KEY)
-        try:
-            return last is None or now - datetime.fromisoformat(last) >= self.interval
-        except (TypeError, ValueError):
-            return True  # a damaged value counts as "never"
+        last = parse_instant(self.ledger.get_state(POLL_STATE_KEY))
+        return last is None or now - last >= self.interval
 
     def poll(self, now: datetime) -> BounceReport | None:
         """Read the mailboxes if due; None when not due or another instance is reading."""
