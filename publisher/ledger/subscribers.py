@@ -97,9 +97,9 @@ AddOutcome = Literal["added", "confirmed", "updated", "unchanged", "resubscribed
 RemoveOutcome = Literal["deleted", "suppressed"]
 
 
-def subscriber_where(conn: Connection, condition: ColumnElement[bool]) -> Subscriber | None:
-    """Return the subscriber meeting ``condition``, if any."""
-    row = conn.execute(select(subscribers).where(condition)).mappings().first()
+def subscriber_where(conn: Connection, *conditions: ColumnElement[bool]) -> Subscriber | None:
+    """Return the subscriber meeting ``conditions``, if any."""
+    row = conn.execute(select(subscribers).where(*conditions)).mappings().first()
     return Subscriber(**row) if row is not None else None
 
 
@@ -302,10 +302,8 @@ class SubscriberStore(Store):
                                         for name in PREFERENCE_COLUMNS}))
                 conn.execute(update(signups).where(signups.c.key == key)
                              .values(confirmed_at=now))
-            subscriber = subscriber_where(conn, subscribers.c.id == found.subscriber_id)
-            if subscriber is None or subscriber.status != "confirmed":
-                return None  # they left after confirming: only a new sign-up brings them back
-            return subscriber
+            # None when they left after confirming: only a new sign-up brings them back.
+            return subscriber_where(conn, subscribers.c.id == found.subscriber_id, CONFIRMED)
 
     def confirm(self, subscriber_id: int, email: str, now: datetime | None = None
                 ) -> Subscriber | None:
