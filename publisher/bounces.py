@@ -106,19 +106,15 @@ def status_code(text: str | None) -> str | None:
     return match.group(0) if match else None
 
 
-def one_line(text: str | None, limit: int = DIAGNOSTIC_LENGTH) -> str | None:
-    """Return a text on one line, white space collapsed and cut at ``limit`` characters."""
-    if text is None:
-        return None
-    flat = " ".join(text.split())
-    return flat[:limit] or None
+def one_line(text: str | None) -> str | None:
+    """Return a text on one line, white space collapsed and cut at DIAGNOSTIC_LENGTH characters."""
+    return " ".join((text or "").split())[:DIAGNOSTIC_LENGTH] or None
 
 
 def angle_id(value: str | None) -> str | None:
     """Return a Message-ID in its ``<id@host>`` form, or None when there is none."""
-    if not value or not value.strip():
-        return None
-    inner = value.strip().split()[0].strip("<>")
+    words = (value or "").split()
+    inner = words[0].strip("<>") if words else ""
     return f"<{inner}>" if inner else None
 
 
