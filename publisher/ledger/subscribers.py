@@ -78,8 +78,7 @@ class Subscriber:
     @property
     def choices(self) -> Choices:
         """Return what the subscriber chose (defaults where they chose nothing)."""
-        return Choices.from_columns({"years": self.years, "frequency": self.frequency,
-                                     "send_time": self.send_time, "tags": self.tags})
+        return Choices.from_columns({name: getattr(self, name) for name in PREFERENCE_COLUMNS})
 
 
 @dataclass(frozen=True)
