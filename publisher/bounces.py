@@ -15,7 +15,7 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import Message
@@ -431,43 +431,34 @@ PROCESSED_MAILDIR_FOLDER = "processed"
 
 def read_maildir(path: Path, handle: Callable[[bytes], None]) -> None:
     """Hand each message of a Maildir to ``handle``, then move it to the ``.processed`` folder."""
-    with _maildir_errors(path):
+    try:
         for sub in ("cur", "new", "tmp"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         # The processed folder in Maildir++ form (.processed with its marker file), which an
         # IMAP server serving this Maildir shows as a folder.
         mailbox.Maildir(path, create=False).add_folder(PROCESSED_MAILDIR_FOLDER)
-    done = path / f".{PROCESSED_MAILDIR_FOLDER}" / "cur"
-    for sub in ("new", "cur"):
-        with _maildir_errors(path):
-            names = sorted(n for n in os.listdir(path / sub) if not n.startswith("."))
-        for name in names:
-            source = path / sub / name
-            try:
-                data = source.read_bytes()
-            except FileNotFoundError:
-                continue  # another process took it
-            except OSError as exc:
-                raise MailboxError(f"cannot read {source}: {exc.strerror}") from None
-            handle(data)
-            # Messages in cur/ carry an info suffix; one straight from new/ gets "seen".
-            target = done / (name if ":2," in name else f"{name}:2,S")
-            try:
-                source.rename(target)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise MailboxError(f"cannot move {source} to {target.parent}: "
-                                   f"{exc.strerror}") from None
-
-
-@contextmanager
-def _maildir_errors(path: Path) -> Iterator[None]:
-    """Turn an OSError while reading a Maildir into a MailboxError naming it."""
-    try:
-        yield
+        listed = [path / sub / name for sub in ("new", "cur")
+                  for name in sorted(os.listdir(path / sub)) if not name.startswith(".")]
     except OSError as exc:
         raise MailboxError(f"cannot read the Maildir {path}: {exc.strerror or exc}") from None
+    done = path / f".{PROCESSED_MAILDIR_FOLDER}" / "cur"
+    for source in listed:
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:
+            continue  # another process took it
+        except OSError as exc:
+            raise MailboxError(f"cannot read {source}: {exc.strerror}") from None
+        handle(data)
+        # Messages in cur/ carry an info suffix; one straight from new/ gets "seen".
+        target = done / (source.name if ":2," in source.name else f"{source.name}:2,S")
+        try:
+            source.rename(target)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise MailboxError(f"cannot move {source} to {target.parent}: "
+                               f"{exc.strerror}") from None
 
 
 def _quoted(name: str) -> str:
