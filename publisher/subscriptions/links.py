@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -81,13 +82,10 @@ class Subscriptions:
         try:
             data = self.mailer.confirmation(recipient, self.confirmation_url(pending))
             envelope = transports.Envelope(0, self.mailer.return_path(), recipient.email, data)
-            transport = self.open_transport(self.config)
-            try:
+            with closing(self.open_transport(self.config)) as transport:
                 outcome = next((result for _, result in transport.send([envelope])),
                                transports.Outcome("deferred", None,
                                                   "the transport reported nothing"))
-            finally:
-                transport.close()
         except PublisherError as exc:
             log.warning("confirmation to subscriber %d not sent: %s", recipient.subscriber_id, exc)
             return
