@@ -402,12 +402,9 @@ class Recorder:
             if effect is None:
                 tally.repeated += 1
                 continue
-            if item.kind == "hard":
-                tally.hard += 1
-            elif item.kind == "soft":
-                tally.soft += 1
-            else:
-                tally.complaints += 1
+            tally.hard += item.kind == "hard"
+            tally.soft += item.kind == "soft"
+            tally.complaints += item.kind == "complaint"
             tally.unmatched += target is None
             tally.bounced += effect == "bounced"
             tally.unsubscribed += effect == "unsubscribed"
