@@ -15,10 +15,9 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.header import decode_header
 from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
@@ -39,6 +38,7 @@ from publisher.ledger import (
     ReturnRow,
     ReturnTarget,
 )
+from publisher.status import parse_instant
 from publisher.tokens import check_return_path_tag, load_secret, read_return_path_tag
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ _AUTO_REPLY_PRECEDENCE = frozenset({"auto_reply", "junk"})
 _AUTO_REPLY_SUBJECTS = ("auto:", "automatic reply", "autoreply", "auto reply", "auto-reply",
                         "out of office", "out of the office", "abwesenheitsnotiz",
                         "réponse automatique", "respuesta automática", "risposta automatica")
+# The local part made by publisher.mail.message_id_for: <slug.year.digest@domain>.
+_OUR_MESSAGE_ID = re.compile(r"(.*)\.([0-9]+)\.[0-9a-f]{32}", re.DOTALL)
 # Where a report names the envelope sender of the message it is about.
 _RETURN_PATH_HEADERS = ("delivered-to", "x-original-to", "envelope-to", "to")
 
@@ -104,19 +106,15 @@ def status_code(text: str | None) -> str | None:
     return match.group(0) if match else None
 
 
-def one_line(text: str | None, limit: int = DIAGNOSTIC_LENGTH) -> str | None:
-    """Return a text on one line, white space collapsed and cut at ``limit`` characters."""
-    if text is None:
-        return None
-    flat = " ".join(text.split())
-    return flat[:limit] or None
+def one_line(text: str | None) -> str | None:
+    """Return a text on one line, white space collapsed and cut at DIAGNOSTIC_LENGTH characters."""
+    return " ".join((text or "").split())[:DIAGNOSTIC_LENGTH] or None
 
 
 def angle_id(value: str | None) -> str | None:
     """Return a Message-ID in its ``<id@host>`` form, or None when there is none."""
-    if not value or not value.strip():
-        return None
-    inner = value.strip().split()[0].strip("<>")
+    words = (value or "").split()
+    inner = words[0].strip("<>") if words else ""
     return f"<{inner}>" if inner else None
 
 
@@ -128,21 +126,13 @@ def addresses(values: Iterable[str | None]) -> tuple[str, ...]:
 
 def _field(message: Message, name: str) -> str:
     """Return a header's value as text ("" when absent); raw 8-bit bytes are read as UTF-8."""
-    value = message.get(name)
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
-    # compat32 hands back a Header for a value holding raw 8-bit bytes.
-    return "".join(part.decode("utf-8" if charset in (None, "unknown-8bit") else charset,
-                               "replace") if isinstance(part, bytes) else part
-                   for part, charset in decode_header(value))
+    return str(message.get(name, ""))
 
 
 def read_report(data: bytes) -> Report:
     """Classify one message: a feedback report, a bounce, an automatic reply, or other mail."""
-    # The modern policy hands back every header as text, even one with raw 8-bit bytes, which
-    # flufl.bounce's detectors (written for plain strings) need.
+    # The modern policy (here and for every header block) hands back every header as text, even
+    # one with raw 8-bit bytes, which flufl.bounce's detectors (written for plain strings) need.
     message = email.message_from_bytes(data, policy=email.policy.default)
     own_id = angle_id(_field(message, "Message-ID"))
     identity = f"mail:{own_id}" if own_id else f"mail-sha256:{hashlib.sha256(data).hexdigest()}"
@@ -168,23 +158,17 @@ def _parts(message: Message, content_type: str) -> Iterator[Message]:
             yield from _parts(part, content_type)
 
 
-def _header_blocks(part: Message) -> list[Message]:
-    """Return the header blocks of a message/delivery-status or feedback-report part."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        return [block for block in payload if isinstance(block, Message)]
-    text = payload if isinstance(payload, str) else ""
-    return [HeaderParser().parsestr(block.strip() + "\n")
-            for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")) if block.strip()]
-
-
 def _first_block(message: Message, *content_types: str) -> Message | None:
     """Return the first header block of the report's first part of these types, if any."""
     for content_type in content_types:
         for part in _parts(message, content_type):
-            blocks = _header_blocks(part)
-            if blocks:
-                return blocks[0]
+            # The parser reads a message/* part as its blocks; text/rfc822-headers is text.
+            payload = part.get_payload()
+            if isinstance(payload, list) and payload:
+                assert isinstance(payload[0], Message)
+                return payload[0]
+            if isinstance(payload, str) and payload.strip():
+                return HeaderParser(policy=email.policy.default).parsestr(payload.lstrip())
     return None
 
 
@@ -249,7 +233,8 @@ def _delivery_status(message: Message) -> _DeliveryStatus:
     """Return each recipient's (status, diagnostic) in a DSN, and what it says of the message."""
     found = _DeliveryStatus()
     for part in _parts(message, "message/delivery-status"):
-        for block in _header_blocks(part):
+        for block in part.get_payload():
+            assert isinstance(block, Message)
             # "rfc822; address": the address type comes first.
             named = [_field(block, name).rpartition(";")[2]
                      for name in ("Original-Recipient", "Final-Recipient")]
@@ -316,16 +301,13 @@ def _automatic_reply(message: Message) -> bool:
 
 def edition_of(message_id: str) -> tuple[str, int] | None:
     """Return the (slug, year) named by one of our Message-IDs, or None for anyone else's."""
-    # The form made by publisher.mail.message_id_for: <slug.year.digest@domain>.
-    local = message_id.strip().strip("<>").rpartition("@")[0]
-    parts = local.rsplit(".", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or len(parts[2]) != 32:
+    found = _OUR_MESSAGE_ID.fullmatch(message_id.strip().strip("<>").rpartition("@")[0])
+    if found is None:
         return None
-    if not all(c in "0123456789abcdef" for c in parts[2]):
-        return None
-    if parts[0] == DIGEST_KEY and len(parts[1]) == 8:
-        return DIGEST_SLUG, int(parts[1])  # a daily digest: its row's slug, its date as year
-    return parts[0], int(parts[1])
+    slug, year = found[1], found[2]
+    if slug == DIGEST_KEY and len(year) == 8:
+        return DIGEST_SLUG, int(year)  # a daily digest: its row's slug, its date as year
+    return slug, int(year)
 
 
 @dataclass
@@ -353,11 +335,6 @@ class BounceReport:
             text += f", already recorded {self.repeated}"
         return (text + f"; subscribers marked bounced {self.bounced}, unsubscribed by "
                        f"complaint {self.unsubscribed}")
-
-    @property
-    def did_work(self) -> bool:
-        """Return whether anything was read or went wrong."""
-        return bool(self.read or self.problems)
 
 
 class Recorder:
@@ -395,18 +372,15 @@ class Recorder:
             target = self._tagged(address)
             if target is not None:
                 return target, "tag"
-        edition = edition_of(item.message_id) if item.message_id else None
-        if item.message_id and edition is not None:
+        if item.message_id and (edition := edition_of(item.message_id)) is not None:
             target = self.ledger.find_sent(*edition, item.message_id)
             if target is not None:
                 return target, "message-id"
         if item.email:
-            try:
+            with suppress(SubscriberError):  # an address that is no address names nobody
                 subscriber = self.ledger.find_subscriber(item.email)
-            except SubscriberError:
-                subscriber = None
-            if subscriber is not None:
-                return ReturnTarget(subscriber.id, subscriber.email), "address"
+                if subscriber is not None:
+                    return ReturnTarget(subscriber.id, subscriber.email), "address"
         return None, None
 
     def record(self, report: Report, source: Source, tally: BounceReport) -> None:
@@ -428,12 +402,9 @@ class Recorder:
             if effect is None:
                 tally.repeated += 1
                 continue
-            if item.kind == "hard":
-                tally.hard += 1
-            elif item.kind == "soft":
-                tally.soft += 1
-            else:
-                tally.complaints += 1
+            tally.hard += item.kind == "hard"
+            tally.soft += item.kind == "soft"
+            tally.complaints += item.kind == "complaint"
             tally.unmatched += target is None
             tally.bounced += effect == "bounced"
             tally.unsubscribed += effect == "unsubscribed"
@@ -457,43 +428,34 @@ PROCESSED_MAILDIR_FOLDER = "processed"
 
 def read_maildir(path: Path, handle: Callable[[bytes], None]) -> None:
     """Hand each message of a Maildir to ``handle``, then move it to the ``.processed`` folder."""
-    with _maildir_errors(path):
+    try:
         for sub in ("cur", "new", "tmp"):
             (path / sub).mkdir(parents=True, exist_ok=True)
         # The processed folder in Maildir++ form (.processed with its marker file), which an
         # IMAP server serving this Maildir shows as a folder.
         mailbox.Maildir(path, create=False).add_folder(PROCESSED_MAILDIR_FOLDER)
-    done = path / f".{PROCESSED_MAILDIR_FOLDER}" / "cur"
-    for sub in ("new", "cur"):
-        with _maildir_errors(path):
-            names = sorted(n for n in os.listdir(path / sub) if not n.startswith("."))
-        for name in names:
-            source = path / sub / name
-            try:
-                data = source.read_bytes()
-            except FileNotFoundError:
-                continue  # another process took it
-            except OSError as exc:
-                raise MailboxError(f"cannot read {source}: {exc.strerror}") from None
-            handle(data)
-            # Messages in cur/ carry an info suffix; one straight from new/ gets "seen".
-            target = done / (name if ":2," in name else f"{name}:2,S")
-            try:
-                source.rename(target)
-            except FileNotFoundError:
-                continue
-            except OSError as exc:
-                raise MailboxError(f"cannot move {source} to {target.parent}: "
-                                   f"{exc.strerror}") from None
-
-
-@contextmanager
-def _maildir_errors(path: Path) -> Iterator[None]:
-    """Turn an OSError while reading a Maildir into a MailboxError naming it."""
-    try:
-        yield
+        listed = [path / sub / name for sub in ("new", "cur")
+                  for name in sorted(os.listdir(path / sub)) if not name.startswith(".")]
     except OSError as exc:
         raise MailboxError(f"cannot read the Maildir {path}: {exc.strerror or exc}") from None
+    done = path / f".{PROCESSED_MAILDIR_FOLDER}" / "cur"
+    for source in listed:
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:
+            continue  # another process took it
+        except OSError as exc:
+            raise MailboxError(f"cannot read {source}: {exc.strerror}") from None
+        handle(data)
+        # Messages in cur/ carry an info suffix; one straight from new/ gets "seen".
+        target = done / (source.name if ":2," in source.name else f"{source.name}:2,S")
+        try:
+            source.rename(target)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise MailboxError(f"cannot move {source} to {target.parent}: "
+                               f"{exc.strerror}") from None
 
 
 def _quoted(name: str) -> str:
@@ -606,11 +568,8 @@ class Poller:
         """Return whether the mailboxes should be read at ``now``."""
         if not self.config.bounces.mailboxes:
             return False
-        last = self.ledger.get_state(POLL_STATE_KEY)
-        try:
-            return last is None or now - datetime.fromisoformat(last) >= self.interval
-        except (TypeError, ValueError):
-            return True  # a damaged value counts as "never"
+        last = parse_instant(self.ledger.get_state(POLL_STATE_KEY))
+        return last is None or now - last >= self.interval
 
     def poll(self, now: datetime) -> BounceReport | None:
         """Read the mailboxes if due; None when not due or another instance is reading."""
@@ -623,6 +582,6 @@ class Poller:
             # not at every tick.
             self.ledger.set_state(POLL_STATE_KEY, now.isoformat(), now)
             tally = read_mailboxes(self.config, self.recorder)
-        if tally.did_work:
+        if tally.read or tally.problems:
             log.info("bounces: %s", tally.line(), extra={"bounces": tally.line()})
         return tally

@@ -11,9 +11,6 @@ from publisher.ledger import DIGEST_KEY, digest_year
 from publisher.mail import PREFERENCES, UNSUBSCRIBE, Edition, Mailer, reflow, slot
 from publisher.render import Language, language_of
 
-DIGEST_HTML_TEMPLATE = "digest.html"
-DIGEST_TEXT_TEMPLATE = "digest.txt"
-
 
 @dataclass(frozen=True)
 class DigestItem:
@@ -37,6 +34,6 @@ def digest_edition(mailer: Mailer, events: Sequence[Event], day: date) -> Editio
         "events": list(events), "items": items,
         "unsubscribe_url": slot(UNSUBSCRIBE), "preferences_url": slot(PREFERENCES),
     }
-    named, anonymous = mailer.variants(context, html=DIGEST_HTML_TEMPLATE,
-                                       text=DIGEST_TEXT_TEMPLATE, subject="digest_subject")
+    named, anonymous = mailer.variants(context, html="digest.html", text="digest.txt",
+                                       subject="digest_subject")
     return Edition(mailer, None, named, anonymous, key=(DIGEST_KEY, digest_year(day)), on=day)

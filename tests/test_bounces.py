@@ -16,8 +16,7 @@ from publisher import config as config_module
 from publisher.bounces import POLL_STATE_KEY, read_maildir
 from publisher.cli import EXIT_CONFIG, EXIT_PROBLEMS, cli
 from publisher.errors import ConfigError
-from publisher.ledger import MIGRATIONS, Ledger
-from publisher.ledger.schema import _create_returns
+from publisher.ledger import MIGRATIONS, Ledger, returns
 from publisher.schedule import Ticker
 from publisher.status import return_status
 from publisher.subscriptions.fields import subscriber_row
@@ -420,7 +419,7 @@ def test_the_poll_time_survives_a_damaged_state_value(bounce_world: BounceWorld)
 def test_a_database_of_the_previous_version_gains_the_returns_table(database_url: str) -> None:
     engine = create_engine(database_url)
     with engine.begin() as conn:
-        migrate_to_before(conn, _create_returns)
+        migrate_to_before(conn, returns.create)
     # `publisher status` on a database it may not migrate: no returns table, no returns.
     assert Ledger(engine, read_only=True).return_counts() == []
     engine.dispose()

@@ -103,6 +103,9 @@ def test_our_message_ids_name_their_edition() -> None:
     assert edition_of(message_id) == ("moon-landing.v2", 2024)
     assert edition_of("<CAJx0vacation9f8e7d6c5b4a3@mail.gmail.com>") is None
     assert edition_of("<confirm.0123456789abcdef0123456789abcdef@example.org>") is None
+    # Digits of other scripts are no year, and no reason to fail.
+    assert edition_of("<moon.\u00b2\u2070\u00b2\u2074.0123456789abcdef0123456789abcdef"
+                      "@example.org>") is None
 
 
 def test_raw_8bit_headers_are_read_as_utf8() -> None:

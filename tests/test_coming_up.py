@@ -46,7 +46,7 @@ def test_each_appearance_counts_the_subscribers_it_would_still_reach(
     world = _quiet_world(make_world, write_article, database_url)
     rosa = world.ledger.find_subscriber("rosa@example.org")
     assert rosa is not None
-    world.ledger.unsubscribe(rosa.id, rosa.email)
+    world.ledger.unsubscribe_link(email=rosa.email)
     found = coming_up(world.config, world.ledger, NOW)
     assert [(a.event.article.slug, a.event.on, a.reach) for a in found][:2] == [
         ("flight", date(2026, 12, 17), 2), ("metre", date(2027, 5, 20), 2)]

@@ -191,7 +191,7 @@ def test_enqueue_covers_confirmed_subscribers_once(ledger: Ledger) -> None:
     ids = add(ledger, 3)
     pending = ledger.add_pending(subscriber_row("pending@example.org"), now=T0)
     assert pending is not None
-    ledger.unsubscribe(ids[2], "reader2@example.org", now=T0)
+    ledger.unsubscribe_link(email="reader2@example.org", now=T0)
     assert enqueue(ledger) == 2
     assert enqueue(ledger) == 0  # idempotent: the unique key holds
     add(ledger, 1, start=10)
@@ -205,8 +205,8 @@ def test_enqueue_covers_confirmed_subscribers_once(ledger: Ledger) -> None:
 def test_zones_are_those_of_confirmed_subscribers(ledger: Ledger) -> None:
     add(ledger, 2, zone="Europe/Paris")
     add(ledger, 1, zone="America/New_York", start=10)
-    (leaving,) = add(ledger, 1, zone="Asia/Tokyo", start=20)
-    ledger.unsubscribe(leaving, "reader20@example.org", now=T0)
+    add(ledger, 1, zone="Asia/Tokyo", start=20)
+    ledger.unsubscribe_link(email="reader20@example.org", now=T0)
     ledger.add_pending(subscriber_row("new@example.org", None, "Africa/Lagos"), now=T0)
     ledger.add_pending(subscriber_row("unsure@example.org"), now=T0)
     assert sorted(ledger.subscriber_zones(), key=str) == ["America/New_York", "Europe/Paris"]
@@ -443,10 +443,10 @@ def test_bounce_marks_the_subscriber_and_skips_their_other_mail(ledger: Ledger) 
 
 
 def test_claim_skips_a_row_whose_subscriber_left_while_it_was_leased(ledger: Ledger) -> None:
-    leaving, staying = add(ledger, 2)
+    _, staying = add(ledger, 2)
     enqueue(ledger)
     ledger.claim("dead", 10, LEASE, T0)
-    ledger.unsubscribe(leaving, "reader0@example.org", now=T0)  # its row is 'sending'
+    ledger.unsubscribe_link(email="reader0@example.org", now=T0)  # its row is 'sending'
     later = T0 + LEASE + timedelta(seconds=1)
     assert [c.subscriber_id for c in ledger.claim("w", 10, LEASE, later)] == [staying]
     assert statuses(ledger) == {"sending": 1, "skipped": 1}

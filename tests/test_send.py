@@ -143,7 +143,7 @@ def test_send_emails_each_event_to_each_confirmed_subscriber_once(world: World) 
     with world.ledger() as ledger:
         pending = ledger.add_pending(subscriber_row("pending@example.org"), now=T0)
         gone, _ = ledger.add_subscriber(subscriber_row("gone@example.org"), now=T0)
-        ledger.unsubscribe(gone.id, gone.email, now=T0)
+        ledger.unsubscribe_link(email=gone.email, now=T0)
     report = world.send()
     assert report.ok, report.problems
     assert [(e.slug, e.year, e.queued) for e in report.events] == [

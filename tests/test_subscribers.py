@@ -136,7 +136,7 @@ def test_operator_add_confirms_and_updates(ledger: Ledger) -> None:
 
 def test_operator_add_does_not_silently_resubscribe(ledger: Ledger) -> None:
     subscriber, _ = ledger.add_subscriber(subscriber_row("ada@example.org"), now=T0)
-    ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    ledger.unsubscribe_link(email=subscriber.email, now=T0)
     with pytest.raises(SubscriberError, match=r"unsubscribed .*--resubscribe"):
         ledger.add_subscriber(subscriber_row("ada@example.org"))
     again, outcome = ledger.add_subscriber(subscriber_row("ada@example.org"), resubscribe=True)
@@ -186,7 +186,7 @@ def test_a_sign_up_waiting_keeps_its_key_and_an_unsubscribe_drops_it(ledger: Led
     second = ledger.add_pending(subscriber_row("ada@example.org", "Ada"), now=T0)
     assert first is not None and second is not None and first.key == second.key
     subscriber, _ = ledger.add_subscriber(subscriber_row("bo@example.org"), now=T0)
-    ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    ledger.unsubscribe_link(email=subscriber.email, now=T0)
     waiting = ledger.add_pending(subscriber_row("bo@example.org"), now=T0)
     assert waiting is not None
     ledger.unsubscribe_link(email="bo@example.org", now=T0)  # already so: nothing changes
@@ -203,7 +203,7 @@ def test_purging_sign_ups_never_lifts_a_suppression(ledger: Ledger, leave: str) 
     if leave == "bounced":
         ledger.bounce(subscriber.id, "5.1.1 no such user", now=T0)
     else:
-        ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+        ledger.unsubscribe_link(email=subscriber.email, now=T0)
     before = ledger.find_subscriber("gone@example.org")
     ledger.add_pending(subscriber_row("gone@example.org", "Someone"), now=T0)
     assert ledger.find_subscriber("gone@example.org") == before
@@ -217,7 +217,7 @@ def test_unsubscribe_skips_mail_not_yet_sent(ledger: Ledger) -> None:
     subscriber, _ = ledger.add_subscriber(subscriber_row("ada@example.org"), now=T0)
     ledger.enqueue("moon", 2024, T0.date(), due_at=T0, give_up_at=T0 + timedelta(days=1),
                    zone=ALL_ZONES, site_zone="UTC", now=T0)
-    ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    ledger.unsubscribe_link(email=subscriber.email, now=T0)
     (count,) = ledger.delivery_counts()
     assert (count.status, count.count) == ("skipped", 1)
 
@@ -384,7 +384,7 @@ def test_import_never_overwrites_a_known_subscriber(ledger: Ledger, tmp_path: Pa
 def test_import_reports_suppressed_addresses_and_leaves_them_out(
         ledger: Ledger, tmp_path: Path) -> None:
     subscriber, _ = ledger.add_subscriber(subscriber_row("ada@example.org", "Ada"), now=T0)
-    ledger.unsubscribe(subscriber.id, subscriber.email, now=T0)
+    ledger.unsubscribe_link(email=subscriber.email, now=T0)
     bounced, _ = ledger.add_subscriber(subscriber_row("bo@example.org"), now=T0)
     ledger.bounce(bounced.id, "5.1.1", now=T0)
     before = export_text(ledger)
@@ -465,7 +465,7 @@ def test_export_round_trip_keeps_unsubscribed_addresses_suppressed(
     import_csv(ledger, write_csv(tmp_path, BAD_ROWS), now=T0)
     carl = ledger.find_subscriber("carl@example.org")
     assert carl is not None
-    ledger.unsubscribe(carl.id, carl.email, now=T0)
+    ledger.unsubscribe_link(email=carl.email, now=T0)
     ledger.add_pending(subscriber_row("pending@example.org"), now=T0)
     exported = export_text(ledger)
     rows = list(csv.DictReader(io.StringIO(exported)))

@@ -78,8 +78,7 @@ class Subscriber:
     @property
     def choices(self) -> Choices:
         """Return what the subscriber chose (defaults where they chose nothing)."""
-        return Choices.from_columns({"years": self.years, "frequency": self.frequency,
-                                     "send_time": self.send_time, "tags": self.tags})
+        return Choices.from_columns({name: getattr(self, name) for name in PREFERENCE_COLUMNS})
 
 
 @dataclass(frozen=True)
@@ -97,9 +96,9 @@ AddOutcome = Literal["added", "confirmed", "updated", "unchanged", "resubscribed
 RemoveOutcome = Literal["deleted", "suppressed"]
 
 
-def subscriber_where(conn: Connection, condition: ColumnElement[bool]) -> Subscriber | None:
-    """Return the subscriber meeting ``condition``, if any."""
-    row = conn.execute(select(subscribers).where(condition)).mappings().first()
+def subscriber_where(conn: Connection, *conditions: ColumnElement[bool]) -> Subscriber | None:
+    """Return the subscriber meeting ``conditions``, if any."""
+    row = conn.execute(select(subscribers).where(*conditions)).mappings().first()
     return Subscriber(**row) if row is not None else None
 
 
@@ -302,10 +301,8 @@ class SubscriberStore(Store):
                                         for name in PREFERENCE_COLUMNS}))
                 conn.execute(update(signups).where(signups.c.key == key)
                              .values(confirmed_at=now))
-            subscriber = subscriber_where(conn, subscribers.c.id == found.subscriber_id)
-            if subscriber is None or subscriber.status != "confirmed":
-                return None  # they left after confirming: only a new sign-up brings them back
-            return subscriber
+            # None when they left after confirming: only a new sign-up brings them back.
+            return subscriber_where(conn, subscribers.c.id == found.subscriber_id, CONFIRMED)
 
     def confirm(self, subscriber_id: int, email: str, now: datetime | None = None
                 ) -> Subscriber | None:
@@ -331,13 +328,6 @@ class SubscriberStore(Store):
                  else subscribers.c.email == email)
         with self._write() as conn:
             return mark_unsubscribed(conn, match, now or utcnow())
-
-    def unsubscribe(self, subscriber_id: int, email: str, now: datetime | None = None
-                    ) -> Subscriber | None:
-        """Unsubscribe by id and address (idempotent); None when they do not match."""
-        match = and_(subscribers.c.id == subscriber_id, subscribers.c.email == email)
-        with self._write() as conn:
-            return mark_unsubscribed(conn, match, now or utcnow())[0]
 
     def bounce(self, subscriber_id: int, reason: str, now: datetime | None = None) -> bool:
         """Mark a confirmed subscriber bounced and skip their unsent mail; return if changed."""

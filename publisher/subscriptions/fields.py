@@ -93,9 +93,9 @@ def clean_name(value: str | None) -> str | None:
 
 def check_timezone(value: str | None) -> str | None:
     """Return an IANA time zone name unchanged if it is known, None when empty."""
-    if value is None or not value.strip():
+    zone = (value or "").strip()
+    if not zone:
         return None
-    zone = value.strip()
     try:
         ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):

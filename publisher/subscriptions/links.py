@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -69,25 +70,18 @@ class Subscriptions:
         row = subscriber_row(email, name, zone, status="pending", choices=choices)
         return SignUp(row.email, self.ledger.add_pending(row, now=self.clock()))
 
-    def confirmation_url(self, pending: PendingSignUp) -> str:
-        """Return the signed, expiring link that confirms this sign-up."""
-        token = confirm_token(self.secret, pending.key, now=self.clock())
-        return self.config.site.url(f"confirm/{token}")
-
     def deliver_confirmation(self, pending: PendingSignUp) -> None:
         """Send the confirmation after the visitor has their answer; log the outcome."""
         recipient = Recipient(pending.subscriber_id, pending.email, pending.name,
                               pending.timezone)
         try:
-            data = self.mailer.confirmation(recipient, self.confirmation_url(pending))
+            token = confirm_token(self.secret, pending.key, now=self.clock())
+            data = self.mailer.confirmation(recipient, self.config.site.url(f"confirm/{token}"))
             envelope = transports.Envelope(0, self.mailer.return_path(), recipient.email, data)
-            transport = self.open_transport(self.config)
-            try:
+            with closing(self.open_transport(self.config)) as transport:
                 outcome = next((result for _, result in transport.send([envelope])),
                                transports.Outcome("deferred", None,
                                                   "the transport reported nothing"))
-            finally:
-                transport.close()
         except PublisherError as exc:
             log.warning("confirmation to subscriber %d not sent: %s", recipient.subscriber_id, exc)
             return

@@ -95,7 +95,7 @@ def test_an_address_that_left_comes_back_only_through_its_own_link(
     if leave == "bounced":
         ledger.bounce(gone.id, "5.1.1 no such user")
     else:
-        ledger.unsubscribe(gone.id, gone.email)
+        ledger.unsubscribe_link(email=gone.email)
     before = ledger.find_subscriber("back@example.org")
     client = site.client()
     check_same_answer_as_for_a_new_address(client, "back@example.org")
