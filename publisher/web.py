@@ -13,10 +13,10 @@ import os
 import signal
 import socket
 import stat
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from email.utils import formatdate, parsedate_to_datetime
@@ -899,34 +899,21 @@ def beside(config: Config, sock: socket.socket | None, *, access_log: bool = Tru
 def serving(app: ASGIApp, sock: socket.socket, *, access_log: bool = True) -> Iterator[str]:
     """Serve ``app`` on a bound socket from a background thread; yield its ``http://`` address."""
     server = uvicorn.Server(_server_config(app, access_log=access_log))
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        """Run the server, keeping any failure for the caller."""
-        try:
-            server.run(sockets=[sock])
-        except BaseException as exc:  # reported to the caller below
-            failure.append(exc)
-
     # The thread starts with SIGINT and SIGTERM blocked, so they reach the main thread (e.g.
     # the daemon's wait) rather than the server.
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    try:
-        thread = threading.Thread(target=run, name="web", daemon=True)
-        thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not server.started:
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    with contextlib.closing(sock), ThreadPoolExecutor(1, "web") as pool:
+        try:
+            running = pool.submit(server.run, sockets=[sock])
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_SECONDS
+            while not server.started and not running.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not server.started:
+                raise RuntimeError("the web server did not start") from (
+                    running.exception() if running.done() else None)
+            yield f"http://{_address(sock)}"
+        finally:
             server.should_exit = True
-            raise RuntimeError("the web server did not start") from (
-                failure[0] if failure else None)
-        yield f"http://{_address(sock)}"
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()
