@@ -63,7 +63,6 @@ from publisher.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
-
 RATE_WINDOW_SECONDS = 3600  # web.rate_limit_per_ip and _per_address count sign-ups per hour
 RATE_LIMIT_KEYS = 100_000  # addresses and clients remembered at most, oldest forgotten first
 PURGE_INTERVAL_SECONDS = 3600
@@ -205,11 +204,8 @@ def site_path(url_path: str) -> str | None:
 class SiteFiles:
     """Serve the files of the built site, re-resolved on every request since builds swap it."""
 
-    def __init__(self, root: Path, *, file_limit: int = CACHE_FILE_BYTES,
-                 total_limit: int = CACHE_TOTAL_BYTES) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.file_limit = file_limit
-        self.total_limit = total_limit
         self._cache: OrderedDict[str, tuple[tuple[int, int, int], StaticFile]] = OrderedDict()
         self._cached_bytes = 0
 
@@ -235,10 +231,10 @@ class SiteFiles:
             return Redirect(url_path + "/") if (path / "index.html").is_file() else None
         if not stat.S_ISREG(info.st_mode):
             return None
-        if info.st_size > self.file_limit:
+        if info.st_size > CACHE_FILE_BYTES:
             return LargeFile(path, relative, info)
         # Small files stay in memory (gzipped too) until their (mtime, size, inode) changes;
-        # the least recently used go first past ``total_limit``.
+        # the least recently used go first past CACHE_TOTAL_BYTES.
         key = (info.st_mtime_ns, info.st_size, info.st_ino)
         entry = self._cache.get(relative)
         if entry is not None and entry[0] == key:
@@ -267,7 +263,7 @@ class SiteFiles:
             self._cached_bytes -= _footprint(old[1])
         self._cache[relative] = (key, file)
         self._cached_bytes += _footprint(file)
-        while self._cached_bytes > self.total_limit and self._cache:
+        while self._cached_bytes > CACHE_TOTAL_BYTES and self._cache:
             _, (_, dropped) = self._cache.popitem(last=False)
             self._cached_bytes -= _footprint(dropped)
 
