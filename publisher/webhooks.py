@@ -87,11 +87,8 @@ def sns_string_to_sign(message: Mapping[str, Any]) -> bytes:
     kind = message.get("Type")
     if kind not in _SNS_SIGNED:
         raise WebhookError(f"unknown SNS message type {kind!r}")
-    lines = []
-    for name in _SNS_SIGNED[kind]:
-        if name in message:
-            lines += [name, str(message[name])]
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    return "".join(f"{name}\n{message[name]}\n" for name in _SNS_SIGNED[kind]
+                   if name in message).encode("utf-8")
 
 
 class SnsVerifier:
