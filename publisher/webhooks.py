@@ -258,9 +258,8 @@ def postmark_report(payload: Mapping[str, Any]) -> Report:
     kind = _POSTMARK_KINDS.get(str(payload.get("Type") or payload.get("RecordType")))
     identity = f"postmark:{payload.get('RecordType')}:{payload.get('ID')}"
     if kind is None:
-        if payload.get("Type") == "AutoResponder":
-            return Report("auto-reply", identity)
-        return Report("other", identity)
+        return Report("auto-reply" if payload.get("Type") == "AutoResponder" else "other",
+                      identity)
     details = one_line(" ".join(str(payload.get(key) or "") for key in ("Description",
                                                                        "Details")))
     return Report("return", identity, (Return(kind, _text(payload.get("Email")),
