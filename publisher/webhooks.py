@@ -299,9 +299,9 @@ class Webhooks:
                  clock: Clock = utcnow) -> None:
         self.settings = config.bounces.webhooks
         self.recorder = Recorder(config, ledger, secret, clock=clock)
-        self.fetch = fetch_https
         ses = self.settings.get("ses")
-        self.sns = SnsVerifier((ses and ses.get("topic_arn")) or "", self.fetch, clock)
+        topic = ses.get("topic_arn") if ses is not None else None
+        self.sns = SnsVerifier(topic or "", fetch_https, clock)  # asked only once topic is set
 
     def routes(self) -> list[Route]:
         """Return one POST route per provider, each taking bodies up to MAX_BODY_BYTES."""
@@ -351,7 +351,7 @@ class Webhooks:
         if message["Type"] == "SubscriptionConfirmation":
             url = sns_url(message.get("SubscribeURL"), "SubscribeURL")
             try:
-                await anyio.to_thread.run_sync(self.fetch, url)
+                await anyio.to_thread.run_sync(fetch_https, url)
             except (WebhookError, OSError) as exc:
                 log.error("webhook ses: cannot confirm the subscription: %s", exc)
                 return PlainTextResponse("cannot confirm the subscription\n", status_code=502)
