@@ -786,15 +786,12 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
                = transports.open_transport,
                purge: bool = True) -> Starlette:
     """Build the Starlette application; the ledger is opened here unless one is given."""
-    own_ledger = ledger is None
-    ledger = ledger or Ledger.open(config.state.database_url)
-    try:
+    with contextlib.ExitStack() as stack:
+        if ledger is None:
+            ledger = stack.enter_context(Ledger.open(config.state.database_url))
         service = WebService(config, ledger, secret or load_secret(config), env=env,
                              clock=clock, open_transport=open_transport)
-    except BaseException:
-        if own_ledger:
-            ledger.close()
-        raise
+        owned = stack.pop_all()  # an opened ledger stays open until the app shuts down
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -806,8 +803,7 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
                 yield
             finally:
                 tasks.cancel_scope.cancel()
-                if own_ledger:
-                    ledger.close()
+                owned.close()
 
     app = Starlette(
         routes=service.routes(),
