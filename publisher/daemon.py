@@ -45,9 +45,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key, value in vars(record).items():
-            if key not in _STANDARD_RECORD_KEYS and not key.startswith("_"):
-                entry[key] = value
+        entry.update((key, value) for key, value in vars(record).items()
+                     if key not in _STANDARD_RECORD_KEYS and not key.startswith("_"))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -63,10 +62,8 @@ def configure_logging(log_format: LogFormat = "text", *, level: int = logging.IN
                       stream: TextIO | None = None) -> None:
     """Send log records to stderr as readable lines or as one JSON object per line."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(handlers=[handler], level=level, force=True)
     # APScheduler reports every job run at INFO; the tick logs what it did itself.
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
@@ -99,7 +96,7 @@ def start_clock(config: Config, tick: Callable[[], object]) -> BackgroundSchedul
 
 
 def wait_for_stop(stop: threading.Event, received: list[int]) -> None:
-    """Block until a stop signal arrives (or is in ``received``) or ``stop`` is set; set it."""
+    """Block until a stop signal arrives (or is in ``received``) or ``stop`` is set."""
     while not stop.is_set() and not received:
         taken = signal.sigtimedwait(STOP_SIGNALS, _SIGNAL_POLL_SECONDS)
         if taken is not None:
@@ -107,14 +104,6 @@ def wait_for_stop(stop: threading.Event, received: list[int]) -> None:
     if received:
         logger.info("received %s: finishing the message in flight, then stopping",
                     signal.Signals(received[0]).name)
-    stop.set()
-
-
-def _drain_signals() -> None:
-    # A second signal during shutdown stays pending; unblocking it would kill the process after
-    # a clean stop, so consume it first.
-    while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
-        pass
 
 
 def run(config: Config, tick: Callable[[], object], stop: threading.Event) -> None:
@@ -142,7 +131,10 @@ def run(config: Config, tick: Callable[[], object], stop: threading.Event) -> No
             scheduler.shutdown(wait=True)
         logger.info("stopped")
     finally:
-        _drain_signals()
+        # A second signal during shutdown stays pending; unblocking it would kill the process
+        # after a clean stop, so consume it first.
+        while signal.sigtimedwait(STOP_SIGNALS, 0) is not None:
+            pass
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)

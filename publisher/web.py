@@ -13,10 +13,10 @@ import os
 import signal
 import socket
 import stat
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from email.utils import formatdate, parsedate_to_datetime
@@ -63,17 +63,6 @@ from publisher.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
-SUBSCRIBE_TEMPLATE = "subscribe.html"
-SUBSCRIBE_SENT_TEMPLATE = "subscribe_sent.html"
-SUBSCRIBE_CONFIRM_TEMPLATE = "subscribe_confirm.html"
-SUBSCRIBE_CONFIRMED_TEMPLATE = "subscribe_confirmed.html"
-UNSUBSCRIBE_TEMPLATE = "unsubscribe.html"
-UNSUBSCRIBE_DONE_TEMPLATE = "unsubscribe_done.html"
-PREFERENCES_TEMPLATE = "preferences.html"
-PREVIEW_TEMPLATE = "preview.html"
-ERROR_TEMPLATE = "error.html"
-SCRIPT_TEMPLATE = "subscribe.js"
-
 RATE_WINDOW_SECONDS = 3600  # web.rate_limit_per_ip and _per_address count sign-ups per hour
 RATE_LIMIT_KEYS = 100_000  # addresses and clients remembered at most, oldest forgotten first
 PURGE_INTERVAL_SECONDS = 3600
@@ -89,7 +78,6 @@ PREVIEW_MAX_DAYS = 366
 PREVIEW_TOKEN_HEADER = "x-preview-token"
 SAMPLE_RECIPIENT = Recipient(subscriber_id=0, email="reader@example.org", name="Sample Reader",
                              unsubscribe_key="sample")
-ONE_CLICK_FIELD, ONE_CLICK_VALUE = "List-Unsubscribe", "One-Click"  # RFC 8058's POST body
 
 PAGE_CACHE = "no-store"
 NO_REFERRER = {"referrer-policy": "no-referrer"}  # pages whose address holds a token
@@ -110,23 +98,15 @@ _MEDIA_TYPES = {
 _FEED_TYPES = {feed.name: feed.media_type for feed in FEEDS}
 _COMPRESSIBLE = ("text/", "application/rss+xml", "application/atom+xml", "application/xml",
                  "application/json", "application/feed+json", "image/svg+xml")
-_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]")  # as Host headers name them
 _FORWARDING_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
 def media_type(relative: str) -> str:
     """Return the Content-Type of a file from its path relative to the site folder."""
-    feed_type = _FEED_TYPES.get(relative)
-    if feed_type is not None:
-        return feed_type
     suffix = os.path.splitext(relative)[1].lower()
-    return (_MEDIA_TYPES.get(suffix) or mimetypes.guess_type(relative)[0]
-            or "application/octet-stream")
-
-
-def _compressible(content_type: str) -> bool:
-    return content_type.startswith(_COMPRESSIBLE)
+    return (_FEED_TYPES.get(relative) or _MEDIA_TYPES.get(suffix)
+            or mimetypes.guess_type(relative)[0] or "application/octet-stream")
 
 
 # Not Starlette's StaticFiles and GZipMiddleware: `make bench` web.py, feed req/s 1.4-7x theirs.
@@ -149,7 +129,7 @@ class StaticFile:
         # feed still answers 304 to every reader.
         digest = hashlib.blake2b(body, digest_size=12).hexdigest()
         gzipped = None
-        if _compressible(content_type) and len(body) >= GZIP_MIN_BYTES:
+        if content_type.startswith(_COMPRESSIBLE) and len(body) >= GZIP_MIN_BYTES:
             gzipped = gzip.compress(body, compresslevel=9, mtime=0)
         return cls(
             body=body, gzipped=gzipped, content_type=content_type, etag=f'"{digest}"',
@@ -157,10 +137,22 @@ class StaticFile:
             mtime=int(mtime) if mtime is not None else None,
         )
 
-    @property
-    def gzip_etag(self) -> str:
-        """Return the ETag of the gzipped representation."""
-        return self.etag[:-1] + '-gz"'
+    def response(self, request: Request) -> Response:
+        """Answer a GET or HEAD: 304, gzipped or identity."""
+        gzip_etag = self.etag[:-1] + '-gz"'
+        accepted = request.headers.get("accept-encoding", "")
+        zipped = self.gzipped is not None and accepts_gzip(accepted)
+        headers = {"etag": gzip_etag if zipped else self.etag, "cache-control": SITE_CACHE}
+        if self.gzipped is not None:
+            headers["vary"] = "Accept-Encoding"
+        if self.last_modified is not None:
+            headers["last-modified"] = self.last_modified
+        if not_modified(request.headers, (self.etag, gzip_etag), self.mtime):
+            return Response(status_code=304, headers=headers)
+        headers["content-type"] = self.content_type
+        if zipped:
+            headers["content-encoding"] = "gzip"
+        return Response(self.gzipped if zipped else self.body, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -171,12 +163,27 @@ class LargeFile:
     relative: str
     stat: os.stat_result
 
+    def response(self, request: Request) -> Response:
+        """Answer a GET or HEAD from disk, honouring the file's validators."""
+        response = FileResponse(self.path, stat_result=self.stat,
+                                headers={"cache-control": SITE_CACHE,
+                                         "content-type": media_type(self.relative)})
+        if not_modified(request.headers, (response.headers["etag"],), int(self.stat.st_mtime)):
+            return Response(status_code=304, headers={
+                key: response.headers[key] for key in ("etag", "last-modified", "cache-control")})
+        return response
+
 
 @dataclass(frozen=True)
 class Redirect:
     """A folder asked for without its trailing slash."""
 
     location: str
+
+    def response(self, request: Request) -> Response:
+        """Redirect to the folder, keeping the query."""
+        query = f"?{request.url.query}" if request.url.query else ""
+        return RedirectResponse(self.location + query, status_code=301)
 
 
 def site_path(url_path: str) -> str | None:
@@ -197,11 +204,8 @@ def site_path(url_path: str) -> str | None:
 class SiteFiles:
     """Serve the files of the built site, re-resolved on every request since builds swap it."""
 
-    def __init__(self, root: Path, *, file_limit: int = CACHE_FILE_BYTES,
-                 total_limit: int = CACHE_TOTAL_BYTES) -> None:
+    def __init__(self, root: Path) -> None:
         self.root = root
-        self.file_limit = file_limit
-        self.total_limit = total_limit
         self._cache: OrderedDict[str, tuple[tuple[int, int, int], StaticFile]] = OrderedDict()
         self._cached_bytes = 0
 
@@ -227,10 +231,10 @@ class SiteFiles:
             return Redirect(url_path + "/") if (path / "index.html").is_file() else None
         if not stat.S_ISREG(info.st_mode):
             return None
-        if info.st_size > self.file_limit:
+        if info.st_size > CACHE_FILE_BYTES:
             return LargeFile(path, relative, info)
         # Small files stay in memory (gzipped too) until their (mtime, size, inode) changes;
-        # the least recently used go first past ``total_limit``.
+        # the least recently used go first past CACHE_TOTAL_BYTES.
         key = (info.st_mtime_ns, info.st_size, info.st_ino)
         entry = self._cache.get(relative)
         if entry is not None and entry[0] == key:
@@ -259,7 +263,7 @@ class SiteFiles:
             self._cached_bytes -= _footprint(old[1])
         self._cache[relative] = (key, file)
         self._cached_bytes += _footprint(file)
-        while self._cached_bytes > self.total_limit and self._cache:
+        while self._cached_bytes > CACHE_TOTAL_BYTES and self._cache:
             _, (_, dropped) = self._cache.popitem(last=False)
             self._cached_bytes -= _footprint(dropped)
 
@@ -307,39 +311,7 @@ def not_modified(headers: Headers, etags: Iterable[str], mtime: int | None) -> b
         when = parsedate_to_datetime(since)
     except (TypeError, ValueError):
         return False
-    if when.tzinfo is None:
-        return False
-    return mtime <= when.timestamp()
-
-
-def file_response(file: StaticFile, request: Request, cache_control: str = SITE_CACHE
-                  ) -> Response:
-    """Answer a GET or HEAD for an in-memory file: 304, gzipped or identity."""
-    zipped = file.gzipped is not None and accepts_gzip(request.headers.get("accept-encoding", ""))
-    etag = file.gzip_etag if zipped else file.etag
-    headers = {"etag": etag, "cache-control": cache_control}
-    if file.gzipped is not None:
-        headers["vary"] = "Accept-Encoding"
-    if file.last_modified is not None:
-        headers["last-modified"] = file.last_modified
-    if not_modified(request.headers, (file.etag, file.gzip_etag), file.mtime):
-        return Response(status_code=304, headers=headers)
-    headers["content-type"] = file.content_type
-    if zipped:
-        headers["content-encoding"] = "gzip"
-    return Response(file.gzipped if zipped and file.gzipped is not None else file.body,
-                    headers=headers)
-
-
-def large_file_response(file: LargeFile, request: Request) -> Response:
-    """Answer a GET or HEAD for a file streamed from disk, honouring its validators."""
-    response = FileResponse(file.path, stat_result=file.stat,
-                            headers={"cache-control": SITE_CACHE,
-                                     "content-type": media_type(file.relative)})
-    if not_modified(request.headers, (response.headers["etag"],), int(file.stat.st_mtime)):
-        return Response(status_code=304, headers={
-            key: response.headers[key] for key in ("etag", "last-modified", "cache-control")})
-    return response
+    return when.tzinfo is not None and mtime <= when.timestamp()
 
 
 class SlidingWindow:
@@ -354,9 +326,7 @@ class SlidingWindow:
 
     def hit(self, key: str, now: float) -> float | None:
         """Record an event for ``key`` and return None, or the seconds to wait when over."""
-        hits = self._hits.get(key)
-        if hits is None:
-            hits = self._hits[key] = deque()
+        hits = self._hits.setdefault(key, deque())
         self._hits.move_to_end(key)
         while hits and hits[0] <= now - self.window:
             hits.popleft()
@@ -387,18 +357,6 @@ def same_origin(headers: Headers, own: Iterable[str]) -> bool:
     return fetch_site is None
 
 
-def is_loopback(host: str | None) -> bool:
-    """Return whether a client address is this machine's loopback."""
-    if host is None:
-        return False
-    if host in _LOOPBACK:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def preview_allowed(request: Request, token: str | None) -> bool:
     """Return whether a request may see previews: by token if one is set, else loopback only."""
     if token:  # required from everyone, even loopback clients
@@ -406,9 +364,12 @@ def preview_allowed(request: Request, token: str | None) -> bool:
         return given is not None and hmac.compare_digest(given.encode(), token.encode())
     # Without a token only this machine may look, and a request relayed by a proxy may come
     # from anywhere.
-    client = request.client.host if request.client else None
-    forwarded = any(name in request.headers for name in _FORWARDING_HEADERS)
-    return is_loopback(client) and not forwarded
+    if any(name in request.headers for name in _FORWARDING_HEADERS) or request.client is None:
+        return False
+    try:
+        return ipaddress.ip_address(request.client.host).is_loopback
+    except ValueError:
+        return request.client.host == "localhost"
 
 
 def allowed_hosts(config: Config) -> list[str]:
@@ -444,10 +405,15 @@ EMAIL_PREVIEW_POLICY = ("default-src 'none'; style-src 'unsafe-inline'; img-src 
 class SecurityHeaders:
     """ASGI middleware adding security headers to every response that did not set its own."""
 
-    def __init__(self, app: ASGIApp, headers: Mapping[str, str]) -> None:
+    def __init__(self, app: ASGIApp, config: Config) -> None:
         self.app = app
-        self.headers = [(name.lower().encode("latin-1"), value.encode("latin-1"))
-                        for name, value in headers.items()]
+        self.headers = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in (
+            ("content-security-policy", content_security_policy(config)),
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "same-origin"),
+            ("cross-origin-opener-policy", "same-origin"),
+        )]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on, adding the headers to the response start."""
@@ -465,17 +431,6 @@ class SecurityHeaders:
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
-
-
-def security_headers(config: Config) -> dict[str, str]:
-    """Return the headers :class:`SecurityHeaders` adds."""
-    return {
-        "content-security-policy": content_security_policy(config),
-        "x-content-type-options": "nosniff",
-        "x-frame-options": "DENY",
-        "referrer-policy": "same-origin",
-        "cross-origin-opener-policy": "same-origin",
-    }
 
 
 class Previews:
@@ -538,7 +493,7 @@ class WebService:
         self.per_address = SlidingWindow(config.web.rate_limit_per_address, RATE_WINDOW_SECONDS)
         self.origins = frozenset({origin_of(config.site.base_url)})
         # Rendered once at start-up: a broken override fails here, not on a visitor's request.
-        self.script = StaticFile.of(SCRIPT_TEMPLATE, render(self.env, SCRIPT_TEMPLATE, {
+        self.script = StaticFile.of("subscribe.js", render(self.env, "subscribe.js", {
             "site": self.site}).encode("utf-8"))
 
     def page(self, template: str, request: Request, status: int = 200,
@@ -554,45 +509,33 @@ class WebService:
         return HTMLResponse(html_text, status_code=status, headers={
             "cache-control": PAGE_CACHE, "x-robots-tag": "noindex", **(headers or {})})
 
-    def _own_origins(self, request: Request) -> set[str]:
-        # The configured origin, and the one the browser used to reach us (e.g. over an SSH
-        # tunnel or before DNS points at the server).
-        host = request.headers.get("host", "")
-        return {*self.origins, f"{request.url.scheme}://{host}".lower()}
-
     async def form(self, request: Request, *, one_click: bool = False) -> FormData:
         """Read a posted form; refuse one from another site, bar RFC 8058's if ``one_click``."""
         form = await request.form(max_files=0, max_fields=20)
         # A mail provider posts the one-click body from its own servers, with no cookie and no
         # Origin; the signed token in the URL is the whole authorisation, as RFC 8058 intends.
-        cross_site_ok = one_click and form.get(ONE_CLICK_FIELD) == ONE_CLICK_VALUE
-        if not cross_site_ok and not same_origin(request.headers, self._own_origins(request)):
+        cross_site_ok = one_click and form.get("List-Unsubscribe") == "One-Click"
+        # Our origin is the configured one, or the one the browser used to reach us (e.g. over
+        # an SSH tunnel or before DNS points at the server).
+        used = f"{request.url.scheme}://{request.headers.get('host', '')}".lower()
+        if not cross_site_ok and not same_origin(request.headers, {*self.origins, used}):
             raise HTTPException(403, "This form can only be sent from this site's own pages.")
         return form
-
-    def now(self) -> float:
-        """Return the injected clock as a Unix timestamp, for the rate limits."""
-        return self.clock().timestamp()
 
     async def static(self, request: Request) -> Response:
         """Serve a file of the built site."""
         found = await self.files.find(request.url.path)
-        if isinstance(found, StaticFile):
-            return file_response(found, request)
-        if isinstance(found, LargeFile):
-            return large_file_response(found, request)
-        if isinstance(found, Redirect):
-            query = f"?{request.url.query}" if request.url.query else ""
-            return RedirectResponse(found.location + query, status_code=301)
-        raise HTTPException(404, "There is no page at this address.")
+        if found is None:
+            raise HTTPException(404, "There is no page at this address.")
+        return found.response(request)
 
     async def subscribe_script(self, request: Request) -> Response:
         """Serve the script that fills in the browser's time zone."""
-        return file_response(self.script, request)
+        return self.script.response(request)
 
     async def subscribe_page(self, request: Request) -> Response:
         """Show the sign-up form on its own page, with the choices a subscriber can make."""
-        return self.page(SUBSCRIBE_TEMPLATE, request, email="", name="", error=None,
+        return self.page("subscribe.html", request, email="", name="", error=None,
                          **await self.choice_fields(Choices()))
 
     async def choice_fields(self, choices: Choices) -> dict[str, Any]:
@@ -612,7 +555,8 @@ class WebService:
     async def subscribe(self, request: Request) -> Response:
         """Take a sign-up: the same page and status whether or not the address is known."""
         client = request.client.host if request.client else "unknown"
-        wait = self.per_ip.hit(client, self.now())
+        now = self.clock().timestamp()
+        wait = self.per_ip.hit(client, now)
         if wait is not None:
             raise HTTPException(429, "Too many sign-ups from your network; please try later.",
                                 headers={"Retry-After": str(int(wait) + 1)})
@@ -623,13 +567,13 @@ class WebService:
             sign_up = await anyio.to_thread.run_sync(
                 self.subscriptions.sign_up, email, name, str(form.get("timezone", "")), choices)
         except SubscriberError as exc:
-            return self.page(SUBSCRIBE_TEMPLATE, request, status=400, email=email, name=name,
+            return self.page("subscribe.html", request, status=400, email=email, name=name,
                              error=_form_error(exc), **await self.choice_fields(Choices()))
-        response = self.page(SUBSCRIBE_SENT_TEMPLATE, request, email=sign_up.email)
+        response = self.page("subscribe_sent.html", request, email=sign_up.email)
         pending = sign_up.pending
         # Past the per-address limit nothing is sent, and the page says the same as ever:
         # the limit must not tell anyone which addresses are being signed up.
-        if pending is not None and self.per_address.hit(sign_up.email, self.now()) is None:
+        if pending is not None and self.per_address.hit(sign_up.email, now) is None:
             response.background = BackgroundTask(self.subscriptions.deliver_confirmation,
                                                  pending)
         return response
@@ -638,7 +582,7 @@ class WebService:
         """Show the button that confirms a sign-up; a GET alone changes nothing."""
         token = request.path_params["token"]
         email = await anyio.to_thread.run_sync(self.subscriptions.confirm_address, token)
-        return self.page(SUBSCRIBE_CONFIRM_TEMPLATE, request, email=email,
+        return self.page("subscribe_confirm.html", request, email=email,
                          action=f"{relative_root(request.url.path)}confirm/{token}")
 
     async def confirm(self, request: Request) -> Response:
@@ -646,7 +590,7 @@ class WebService:
         await self.form(request)
         subscriber = await anyio.to_thread.run_sync(self.subscriptions.confirm,
                                                     request.path_params["token"])
-        return self.page(SUBSCRIBE_CONFIRMED_TEMPLATE, request, email=subscriber.email,
+        return self.page("subscribe_confirmed.html", request, email=subscriber.email,
                          preferences=self.subscriptions.preferences_link(subscriber))
 
     async def unsubscribe_page(self, request: Request) -> Response:
@@ -655,7 +599,7 @@ class WebService:
         email = await anyio.to_thread.run_sync(self.subscriptions.unsubscribe_address, token)
         if email is None:  # nothing to offer: say so rather than show a button
             return self._unsubscribed(request, None, changed=False)
-        return self.page(UNSUBSCRIBE_TEMPLATE, request, email=email,
+        return self.page("unsubscribe.html", request, email=email,
                          action=f"{relative_root(request.url.path)}unsubscribe/{token}",
                          headers=NO_REFERRER)
 
@@ -668,7 +612,7 @@ class WebService:
 
     def _unsubscribed(self, request: Request, email: str | None, *, changed: bool
                       ) -> HTMLResponse:
-        return self.page(UNSUBSCRIBE_DONE_TEMPLATE, request, email=email, changed=changed,
+        return self.page("unsubscribe_done.html", request, email=email, changed=changed,
                          headers=NO_REFERRER)
 
     async def _preferences(self, request: Request, subscriber: Subscriber | None, *,
@@ -678,7 +622,7 @@ class WebService:
         if subscriber is None:  # unsubscribed since, or never confirmed: nothing to choose
             return self._unsubscribed(request, None, changed=False)
         root = relative_root(request.url.path)
-        return self.page(PREFERENCES_TEMPLATE, request, status=status, email=subscriber.email,
+        return self.page("preferences.html", request, status=status, email=subscriber.email,
                          action=f"{root}preferences/{token}", saved=saved, error=error,
                          unsubscribe=f"{root}unsubscribe/{token}",
                          headers=NO_REFERRER, **await self.choice_fields(subscriber.choices))
@@ -724,7 +668,7 @@ class WebService:
                                      f"{date.max.isoformat()}, the last day there is.")
         events, errors = await anyio.to_thread.run_sync(self.previews.events, start, days)
         query = f"?{urlencode(keep)}" if keep else ""
-        return self.page(PREVIEW_TEMPLATE, request, start=start, days=days, events=events,
+        return self.page("preview.html", request, start=start, days=days, events=events,
                          errors=errors, query=query, token=keep.get("token"),
                          sample=SAMPLE_RECIPIENT,
                          feed_names=[feed.name for feed in FEEDS], headers=NO_REFERRER)
@@ -762,11 +706,11 @@ class WebService:
         """Render an HTTP error on the error page, keeping its headers (e.g. Retry-After)."""
         assert isinstance(exc, HTTPException)
         try:
-            return self.page(ERROR_TEMPLATE, request, status=exc.status_code,
+            return self.page("error.html", request, status=exc.status_code,
                              headers=exc.headers, status_code=exc.status_code,
                              message=exc.detail)
         except PublisherError:
-            log.exception("cannot render %s", ERROR_TEMPLATE)
+            log.exception("cannot render error.html")
             return PlainTextResponse(exc.detail, status_code=exc.status_code,
                                      headers=exc.headers)
 
@@ -842,15 +786,12 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
                = transports.open_transport,
                purge: bool = True) -> Starlette:
     """Build the Starlette application; the ledger is opened here unless one is given."""
-    own_ledger = ledger is None
-    ledger = ledger or Ledger.open(config.state.database_url)
-    try:
+    with contextlib.ExitStack() as stack:
+        if ledger is None:
+            ledger = stack.enter_context(Ledger.open(config.state.database_url))
         service = WebService(config, ledger, secret or load_secret(config), env=env,
                              clock=clock, open_transport=open_transport)
-    except BaseException:
-        if own_ledger:
-            ledger.close()
-        raise
+        owned = stack.pop_all()  # an opened ledger stays open until the app shuts down
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -862,8 +803,7 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
                 yield
             finally:
                 tasks.cancel_scope.cancel()
-                if own_ledger:
-                    ledger.close()
+                owned.close()
 
     app = Starlette(
         routes=service.routes(),
@@ -874,7 +814,7 @@ def create_app(config: Config, *, ledger: Ledger | None = None, secret: bytes | 
     )
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts(config),
                        www_redirect=False)
-    app.add_middleware(SecurityHeaders, headers=security_headers(config))
+    app.add_middleware(SecurityHeaders, config=config)
     app.state.service = service
     return app
 
@@ -921,18 +861,17 @@ def serve(config: Config, sock: socket.socket, *, access_log: bool = True) -> No
         signal.signal(signal.SIGTERM, previous)
 
 
-def _address(sock: socket.socket) -> str:
+def _address(sock: socket.socket, *, reachable: bool = False) -> str:
     host, port = sock.getsockname()[:2]
+    # A wildcard address listens on loopback too, the address previews without a token answer.
+    if reachable and ipaddress.ip_address(host).is_unspecified:
+        host = "::1" if ":" in host else "127.0.0.1"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def own_url(sock: socket.socket) -> str:
     """Return the ``http://`` root at which this machine reaches a bound socket."""
-    host, port = sock.getsockname()[:2]
-    # A wildcard address listens on loopback too, the address previews without a token answer.
-    if ipaddress.ip_address(host).is_unspecified:
-        host = "::1" if ":" in host else "127.0.0.1"
-    return f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
+    return f"http://{_address(sock, reachable=True)}/"
 
 
 @contextlib.contextmanager
@@ -952,34 +891,21 @@ def beside(config: Config, sock: socket.socket | None, *, access_log: bool = Tru
 def serving(app: ASGIApp, sock: socket.socket, *, access_log: bool = True) -> Iterator[str]:
     """Serve ``app`` on a bound socket from a background thread; yield its ``http://`` address."""
     server = uvicorn.Server(_server_config(app, access_log=access_log))
-    failure: list[BaseException] = []
-
-    def run() -> None:
-        """Run the server, keeping any failure for the caller."""
-        try:
-            server.run(sockets=[sock])
-        except BaseException as exc:  # reported to the caller below
-            failure.append(exc)
-
     # The thread starts with SIGINT and SIGTERM blocked, so they reach the main thread (e.g.
     # the daemon's wait) rather than the server.
-    blocked = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
-    try:
-        thread = threading.Thread(target=run, name="web", daemon=True)
-        thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_SECONDS
-        while not server.started and thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        if not server.started:
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    with contextlib.closing(sock), ThreadPoolExecutor(1, "web") as pool:
+        try:
+            running = pool.submit(server.run, sockets=[sock])
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        try:
+            deadline = time.monotonic() + START_TIMEOUT_SECONDS
+            while not server.started and not running.done() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            if not server.started:
+                raise RuntimeError("the web server did not start") from (
+                    running.exception() if running.done() else None)
+            yield f"http://{_address(sock)}"
+        finally:
             server.should_exit = True
-            raise RuntimeError("the web server did not start") from (
-                failure[0] if failure else None)
-        yield f"http://{_address(sock)}"
-    finally:
-        server.should_exit = True
-        thread.join()
-        sock.close()

@@ -11,7 +11,7 @@ import json
 import logging
 import re
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,10 +49,8 @@ CERTIFICATES_KEPT = 16
 SNS_HOST = re.compile(r"sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?")
 _SNS_SIGNED = {
     "Notification": ("Message", "MessageId", "Subject", "Timestamp", "TopicArn", "Type"),
-    "SubscriptionConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token",
-                                 "TopicArn", "Type"),
-    "UnsubscribeConfirmation": ("Message", "MessageId", "SubscribeURL", "Timestamp", "Token",
-                                "TopicArn", "Type"),
+    **dict.fromkeys(("SubscriptionConfirmation", "UnsubscribeConfirmation"), (
+        "Message", "MessageId", "SubscribeURL", "Timestamp", "Token", "TopicArn", "Type")),
 }
 _SNS_HASHES: dict[str, Callable[[], hashes.HashAlgorithm]] = {
     "1": hashes.SHA1, "2": hashes.SHA256}
@@ -69,9 +67,7 @@ Fetch = Callable[[str], bytes]
 
 
 def fetch_https(url: str) -> bytes:
-    """Fetch an SNS certificate or subscription link (the caller has checked the host)."""
-    if urlsplit(url).scheme != "https":
-        raise WebhookError(f"refusing to fetch {url!r}: not https")
+    """Fetch an SNS certificate or subscription link (``sns_url`` has checked it)."""
     with urllib.request.urlopen(url, timeout=FETCH_TIMEOUT_SECONDS) as answer:
         return bytes(answer.read(256 * 1024))
 
@@ -91,11 +87,8 @@ def sns_string_to_sign(message: Mapping[str, Any]) -> bytes:
     kind = message.get("Type")
     if kind not in _SNS_SIGNED:
         raise WebhookError(f"unknown SNS message type {kind!r}")
-    lines = []
-    for name in _SNS_SIGNED[kind]:
-        if name in message:
-            lines += [name, str(message[name])]
-    return ("\n".join(lines) + "\n").encode("utf-8")
+    return "".join(f"{name}\n{message[name]}\n" for name in _SNS_SIGNED[kind]
+                   if name in message).encode("utf-8")
 
 
 class SnsVerifier:
@@ -265,9 +258,8 @@ def postmark_report(payload: Mapping[str, Any]) -> Report:
     kind = _POSTMARK_KINDS.get(str(payload.get("Type") or payload.get("RecordType")))
     identity = f"postmark:{payload.get('RecordType')}:{payload.get('ID')}"
     if kind is None:
-        if payload.get("Type") == "AutoResponder":
-            return Report("auto-reply", identity)
-        return Report("other", identity)
+        return Report("auto-reply" if payload.get("Type") == "AutoResponder" else "other",
+                      identity)
     details = one_line(" ".join(str(payload.get(key) or "") for key in ("Description",
                                                                        "Details")))
     return Report("return", identity, (Return(kind, _text(payload.get("Email")),
@@ -280,31 +272,63 @@ def _refuse(status: int, reason: str, provider: str, headers: Mapping[str, str] 
     return PlainTextResponse(f"{reason}\n", status_code=status, headers=headers)
 
 
-def _json(body: bytes) -> Any:
+class _Refused(Exception):
+    """A request answered with ``status`` rather than the 403 of a WebhookError."""
+
+    def __init__(self, status: int, reason: str, headers: Mapping[str, str] | None = None
+                 ) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.headers = headers
+
+
+def _json(body: bytes, status: int = 400) -> Any:
     try:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WebhookError(f"the body is not JSON ({exc})") from None
+        raise _Refused(status, f"the body is not JSON ({exc})") from None
+
+
+Take = Callable[[Request, str], Awaitable[list[Report] | Response]]
 
 
 class Webhooks:
     """The ``/webhooks/<provider>`` routes over one configuration, ledger and secret."""
 
     def __init__(self, config: Config, ledger: Ledger, secret: bytes, *,
-                 clock: Clock = utcnow, fetch: Fetch | None = None) -> None:
+                 clock: Clock = utcnow) -> None:
         self.settings = config.bounces.webhooks
         self.recorder = Recorder(config, ledger, secret, clock=clock)
-        self.fetch = fetch or fetch_https
         ses = self.settings.get("ses")
         topic = ses.get("topic_arn") if ses is not None else None
-        self.sns = SnsVerifier(topic, self.fetch, clock) if topic else None
+        self.sns = SnsVerifier(topic or "", fetch_https, clock)  # asked only once topic is set
 
     def routes(self) -> list[Route]:
         """Return one POST route per provider, each taking bodies up to MAX_BODY_BYTES."""
-        return [Route(f"/webhooks/{name}", handler, methods=["POST"],
-                      max_body_size=MAX_BODY_BYTES)
-                for name, handler in (("ses", self.ses), ("postmark", self.postmark),
-                                      ("sendgrid", self.sendgrid), ("mailgun", self.mailgun))]
+        # Each provider with the setting that turns it on.
+        providers: list[tuple[Source, str, Take]] = [
+            ("ses", "topic_arn", self.ses), ("postmark", "password", self.postmark),
+            ("sendgrid", "public_key", self.sendgrid), ("mailgun", "signing_key", self.mailgun)]
+        return [Route(f"/webhooks/{name}", self._endpoint(name, key, take), methods=["POST"],
+                      max_body_size=MAX_BODY_BYTES) for name, key, take in providers]
+
+    def _endpoint(self, provider: Source, key: str, take: Take
+                  ) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            """Refuse the request unless ``key`` is set and it is authentic; record it."""
+            settings = self.settings.get(provider)
+            secret = settings.get(key) if settings is not None else None
+            try:
+                if not secret:
+                    raise WebhookError("this webhook is not configured")
+                taken = await take(request, secret)
+            except WebhookError as exc:
+                return _refuse(403, str(exc), provider)
+            except _Refused as exc:
+                return _refuse(exc.status, str(exc), provider, exc.headers)
+            return taken if isinstance(taken, Response) else await self._record(taken, provider)
+
+        return endpoint
 
     async def _record(self, reports: list[Report], source: Source) -> Response:
         tally = BounceReport()
@@ -318,102 +342,60 @@ class Webhooks:
             log.info("webhook %s: %s", source, tally.line())
         return PlainTextResponse("ok\n")
 
-    async def ses(self, request: Request) -> Response:
+    async def ses(self, request: Request, _topic: str) -> list[Report] | Response:
         """Take an SNS message: confirm the subscription, or record SES notifications."""
-        if self.sns is None:
-            return _refuse(403, "this webhook is not configured", "ses")
-        body = await request.body()
-        try:
-            message = _json(body)
-            if not isinstance(message, dict):
-                raise WebhookError("not an SNS message")
-            await anyio.to_thread.run_sync(self.sns.verify, message)
-        except WebhookError as exc:
-            return _refuse(403, str(exc), "ses")
-        kind = message["Type"]
-        if kind == "SubscriptionConfirmation":
+        message = _json(await request.body(), 403)
+        if not isinstance(message, dict):
+            raise WebhookError("not an SNS message")
+        await anyio.to_thread.run_sync(self.sns.verify, message)
+        if message["Type"] == "SubscriptionConfirmation":
+            url = sns_url(message.get("SubscribeURL"), "SubscribeURL")
             try:
-                url = sns_url(message.get("SubscribeURL"), "SubscribeURL")
-            except WebhookError as exc:
-                return _refuse(403, str(exc), "ses")
-            try:
-                await anyio.to_thread.run_sync(self.fetch, url)
+                await anyio.to_thread.run_sync(fetch_https, url)
             except (WebhookError, OSError) as exc:
                 log.error("webhook ses: cannot confirm the subscription: %s", exc)
                 return PlainTextResponse("cannot confirm the subscription\n", status_code=502)
             log.info("webhook ses: subscribed to %s", message.get("TopicArn"))
             return PlainTextResponse("subscribed\n")
-        if kind != "Notification":
-            return PlainTextResponse("ok\n")
-        try:
-            notification = _json(str(message.get("Message", "")).encode("utf-8"))
-        except WebhookError as exc:
-            return PlainTextResponse(f"{exc}\n", status_code=400)
+        if message["Type"] != "Notification":
+            return []
+        notification = _json(str(message.get("Message", "")).encode("utf-8"))
         if not isinstance(notification, dict):
-            return PlainTextResponse("the notification is not an object\n", status_code=400)
-        return await self._record([ses_report(notification, str(message.get("MessageId")))],
-                                  "ses")
+            raise _Refused(400, "the notification is not an object")
+        return [ses_report(notification, str(message.get("MessageId")))]
 
-    async def postmark(self, request: Request) -> Response:
+    async def postmark(self, request: Request, password: str) -> list[Report]:
         """Take a Postmark webhook, authenticated by HTTP basic auth."""
-        settings = self.settings.get("postmark")
-        password = settings.get("password") if settings is not None else None
-        if settings is None or not password:
-            return _refuse(403, "this webhook is not configured", "postmark")
-        challenge = {"www-authenticate": 'Basic realm="webhooks", charset="UTF-8"'}
         scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
         try:
-            user, _, given = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            user = given = ""
-        expected = f"{settings.get('username')}:{password}".encode()
-        if scheme.lower() != "basic" or not hmac.compare_digest(
-                f"{user}:{given}".encode(), expected):
-            return _refuse(401, "authentication required", "postmark", challenge)
-        try:
-            payload = _json(await request.body())
-        except WebhookError as exc:
-            return PlainTextResponse(f"{exc}\n", status_code=400)
+            given = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            given = b""
+        expected = f"{self.settings['postmark'].get('username')}:{password}".encode()
+        if scheme.lower() != "basic" or not hmac.compare_digest(given, expected):
+            raise _Refused(401, "authentication required", {
+                "www-authenticate": 'Basic realm="webhooks", charset="UTF-8"'})
+        payload = _json(await request.body())
         if not isinstance(payload, dict):
-            return PlainTextResponse("expected one JSON object\n", status_code=400)
-        return await self._record([postmark_report(payload)], "postmark")
+            raise _Refused(400, "expected one JSON object")
+        return [postmark_report(payload)]
 
-    async def sendgrid(self, request: Request) -> Response:
+    async def sendgrid(self, request: Request, public_key: str) -> list[Report]:
         """Take a batch of SendGrid events, authenticated by SendGrid's ECDSA signature."""
-        settings = self.settings.get("sendgrid")
-        key_text = settings.get("public_key") if settings is not None else None
-        if not key_text:
-            return _refuse(403, "this webhook is not configured", "sendgrid")
         body = await request.body()
-        try:
-            verify_sendgrid(key_text, request.headers.get(SENDGRID_SIGNATURE, ""),
-                            request.headers.get(SENDGRID_TIMESTAMP, ""), body)
-        except WebhookError as exc:
-            return _refuse(403, str(exc), "sendgrid")
-        try:
-            events = _json(body)
-        except WebhookError as exc:
-            return PlainTextResponse(f"{exc}\n", status_code=400)
+        verify_sendgrid(public_key, request.headers.get(SENDGRID_SIGNATURE, ""),
+                        request.headers.get(SENDGRID_TIMESTAMP, ""), body)
+        events = _json(body)
         if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
-            return PlainTextResponse("expected a JSON array of events\n", status_code=400)
-        return await self._record(sendgrid_reports(events), "sendgrid")
+            raise _Refused(400, "expected a JSON array of events")
+        return sendgrid_reports(events)
 
-    async def mailgun(self, request: Request) -> Response:
+    async def mailgun(self, request: Request, signing_key: str) -> list[Report]:
         """Take a Mailgun event, authenticated by the HMAC of its timestamp and token."""
-        settings = self.settings.get("mailgun")
-        signing_key = settings.get("signing_key") if settings is not None else None
-        if not signing_key:
-            return _refuse(403, "this webhook is not configured", "mailgun")
-        try:
-            payload = _json(await request.body())
-        except WebhookError as exc:
-            return _refuse(403, str(exc), "mailgun")
-        try:
-            verify_mailgun(signing_key, payload.get("signature") if isinstance(payload, dict)
-                           else None)
-        except WebhookError as exc:
-            return _refuse(403, str(exc), "mailgun")
+        payload = _json(await request.body(), 403)
+        verify_mailgun(signing_key, payload.get("signature") if isinstance(payload, dict)
+                       else None)
         data = payload.get("event-data")
         if not isinstance(data, dict):
-            return PlainTextResponse("event-data is missing\n", status_code=400)
-        return await self._record([mailgun_report(data)], "mailgun")
+            raise _Refused(400, "event-data is missing")
+        return [mailgun_report(data)]

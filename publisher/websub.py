@@ -58,16 +58,15 @@ class PingState:
     def from_json(cls, text: str | None, name: str, topic: str, hub: str) -> PingState:
         """Read a stored state; a missing or damaged one is a feed never pinged."""
         fresh = cls(name=name, topic=topic, hub=hub)
-        if not text:
-            return fresh
         try:
-            data = json.loads(text)
+            data = json.loads(text or "")
             return replace(
                 fresh, pending=bool(data["pending"]), attempts=int(data["attempts"]),
                 next_at=_instant(data["next_at"]), last_at=_instant(data["last_at"]),
                 last_ok=data["last_ok"], last_detail=data["last_detail"])
         except (ValueError, KeyError, TypeError):
             return fresh
+
 
 def _instant(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None

@@ -339,6 +339,27 @@ def test_a_webhook_that_is_not_configured_refuses_everything(
     assert answer.text == "this webhook is not configured\n"
 
 
+@pytest.mark.parametrize("provider", ["ses", "mailgun"])
+def test_a_body_that_is_not_json_is_refused_before_authentication(hooks: Hooks,
+                                                                   provider: str) -> None:
+    answer = hooks.client.post(f"/webhooks/{provider}", content=b"{not json")
+    assert answer.status_code == 403 and "not JSON" in answer.text
+
+
+def test_an_authentic_request_in_the_wrong_shape_is_400(hooks: Hooks) -> None:
+    for body in (b"{not json", b"[]"):
+        answer = hooks.client.post("/webhooks/postmark", auth=POSTMARK_AUTH, content=body)
+        assert answer.status_code == 400
+    body = b'{"event": "bounce"}'
+    answer = hooks.client.post("/webhooks/sendgrid", content=body, headers=hooks.sendgrid(body))
+    assert (answer.status_code, answer.text) == (400, "expected a JSON array of events\n")
+    no_event = mailgun_signed(payload_text("mailgun_failed.json", **hooks.about(READERS[1])))
+    del no_event["event-data"]
+    answer = hooks.client.post("/webhooks/mailgun", json=no_event)
+    assert (answer.status_code, answer.text) == (400, "event-data is missing\n")
+    assert hooks.world.returns() == []
+
+
 def test_a_body_over_the_limit_is_refused(hooks: Hooks) -> None:
     body = b"[" + b" " * webhooks.MAX_BODY_BYTES + b"]"
     answer = hooks.client.post("/webhooks/sendgrid", content=body, headers=hooks.sendgrid(body))
