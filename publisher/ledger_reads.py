@@ -1,10 +1,8 @@
-"""The ledger's counts, problems and stored values, in SQL that SQLite and PostgreSQL both run.
+"""The ledger's counts, problems and stored values, in SQL that SQLite and PostgreSQL both run."""
 
-Apart from the ``publisher.ledger`` package, as importing SQLAlchemy is most of what `publisher
-status` costs: on SQLite it reads through :class:`SqliteReads` and the sqlite3 module alone,
-and every other caller through the ledger, which runs the same statements.
-"""
-
+# Apart from the publisher.ledger package, whose import brings SQLAlchemy, most of what
+# `publisher status` cost: on SQLite it reads through SqliteReads and the sqlite3 module alone;
+# the Ledger runs the same statements through SQLAlchemy.
 from __future__ import annotations
 
 import errno
@@ -101,11 +99,9 @@ class LedgerReads:
                 for name, value in (params or {}).items()}
 
     def delivery_counts(self, day: date | None = None) -> list[DeliveryCount]:
-        """Return delivery counts per event and state (for events of ``day``, or all).
-
-        A message the server accepted counts as sent even before a sender folds its record
-        in, so that reading the counts writes nothing and never waits for a writer.
-        """
+        """Return delivery counts per event and state (for events of ``day``, or all)."""
+        # A message the server accepted counts as sent even before a sender folds its record
+        # in, so that reading the counts writes nothing and never waits for a writer.
         unfolded = "status = 'sending' AND id IN (SELECT delivery_id FROM accepted)"
         if day is None:
             rows = self._rows(

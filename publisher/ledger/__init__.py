@@ -52,6 +52,7 @@ class Ledger(SubscriberStore, DeliveryStore, ReturnStore, StateStore, LedgerRead
     """The database of subscribers and deliveries; every method is one short transaction."""
 
     def _rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Any]:
+        # text() turns the :name parameters into the driver's own.
         with self._read() as conn:
             return list(conn.execute(text(sql), self._bound(params)))
 
