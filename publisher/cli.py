@@ -100,7 +100,7 @@ def send_lines(report: SendReport) -> list[str]:
 
 def delivery_lines(status: Status) -> list[str]:
     """Describe the ledger: subscribers, deliveries per event and state, failures."""
-    from publisher.ledger import DIGEST_SLUG
+    from publisher.ledger_reads import DIGEST_SLUG
 
     out = ["subscribers: " + ", ".join(f"{n} {s}" for s, n in status.subscribers.items())]
     scope = f" for {status.day}" if status.day else ""

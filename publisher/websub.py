@@ -18,6 +18,7 @@ from publisher.calendar import utcnow
 from publisher.config import Config
 from publisher.feeds import FEEDS
 from publisher.ledger import Ledger
+from publisher.ledger_reads import LedgerReads
 
 STATE_KEY = "websub:{name}"
 TIMEOUT_SECONDS = 10.0  # per ping; the pings of one build run at the same time
@@ -111,7 +112,7 @@ def retry_delay(attempts: int) -> timedelta:
     return min(wait, LONGEST_WAIT)
 
 
-def ping_states(config: Config, ledger: Ledger) -> list[PingState]:
+def ping_states(config: Config, ledger: LedgerReads) -> list[PingState]:
     """Return each feed's ping state as the ledger keeps it."""
     hub = config.site.websub_hub or ""
     return [PingState.from_json(ledger.get_state(STATE_KEY.format(name=feed.name)), feed.name,

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import MetaData, Table, func, insert, inspect, select, text
 from sqlalchemy.exc import StatementError
 
+from publisher import ledger_reads
 from publisher.config import from_mapping
 from publisher.errors import LedgerError
 from publisher.ledger import (
@@ -22,7 +23,6 @@ from publisher.ledger import (
     Ledger,
     ZoneChoice,
     accepted,
-    database,
     deliveries,
     schema,
     schema_migrations,
@@ -371,7 +371,7 @@ def test_status_reads_while_a_long_write_holds_the_database(
         ledger.record_sent(a.delivery_id, code=250, reply="250 ok", message_id=None, now=T0)
     # A process queueing a million deliveries holds the write lock for seconds; a status
     # waiting for it would fail here after 0.2 s.
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 200)
+    monkeypatch.setattr(ledger_reads, "BUSY_TIMEOUT_MS", 200)
     writer = sqlite3.connect(tmp_path / "ledger.db", isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")
     try:

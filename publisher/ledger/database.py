@@ -6,15 +6,12 @@ statements of each concern to it.
 
 from __future__ import annotations
 
-import errno
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from typing import Any, Self, cast
-from urllib.parse import quote
 
 from sqlalchemy import (
     Connection,
@@ -36,8 +33,8 @@ from publisher.calendar import utcnow
 from publisher.errors import LedgerError
 from publisher.ledger import schema
 from publisher.ledger.schema import schema_migrations
+from publisher.ledger_reads import BUSY_TIMEOUT_MS, IN_MEMORY, connect_read_only, write_problem
 
-BUSY_TIMEOUT_MS = 30_000
 # Any constant works: it only has to be the same in every process that migrates this database.
 _MIGRATION_LOCK = 0x70756201
 
@@ -191,21 +188,6 @@ class _DriverStatement:
         raise AssertionError("unreachable")
 
 
-_MEMORY = (None, "", ":memory:")
-
-
-def _write_problem(database: str | None) -> str | None:
-    """Return why this process cannot write an SQLite file or its folder, or None."""
-    if database in _MEMORY:
-        return None
-    assert database is not None
-    for path in (os.path.dirname(os.path.abspath(database)), database):
-        if os.path.exists(path) and not os.access(path, os.W_OK):
-            read_only = os.statvfs(path).f_flag & os.ST_RDONLY
-            return f"{path}: {os.strerror(errno.EROFS if read_only else errno.EACCES)}"
-    return None
-
-
 def _first_line(exc: BaseException) -> str:
     # SQLAlchemy appends a multi-line "background on this error" note; the first line says it.
     return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
@@ -236,7 +218,7 @@ class Store:
         except ArgumentError as exc:
             raise LedgerError(f"invalid database URL {url!r}: {exc}") from None
         backend = parsed.get_backend_name()
-        problem = _write_problem(parsed.database) if backend == "sqlite" else None
+        problem = write_problem(parsed.database) if backend == "sqlite" else None
         if problem is not None and read_only:
             assert parsed.database is not None
             return cls._read_only_sqlite(parsed.database, url)
@@ -263,15 +245,8 @@ class Store:
 
     @classmethod
     def _read_only_sqlite(cls, database: str, url: str) -> Self:
-        # The last connection to close removes the write-ahead log: without one nobody is
-        # writing, and SQLite may read the file as immutable, needing no -shm file (which it
-        # could not create here). With one, it reads through the -shm its writer keeps.
-        options = "mode=ro" if os.path.exists(f"{database}-wal") else "mode=ro&immutable=1"
-        uri = f"file:{quote(os.path.abspath(database))}?{options}"
-
         def connect() -> sqlite3.Connection:
-            return sqlite3.connect(uri, uri=True, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
+            return connect_read_only(database, BUSY_TIMEOUT_MS / 1000)
 
         engine = create_engine("sqlite://", creator=connect, poolclass=QueuePool)
         _configure_sqlite(engine)
@@ -290,7 +265,7 @@ class Store:
 
     @staticmethod
     def _sqlite_engine(database: str | None) -> Engine:
-        memory = database in _MEMORY
+        memory = database in IN_MEMORY
         if not memory:
             assert database is not None
             try:

@@ -8,13 +8,11 @@ of the one that took over.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cached_property
-from typing import Any, Literal, NamedTuple, get_args
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import (
-    Boolean,
     Connection,
     Date,
     Integer,
@@ -32,7 +30,6 @@ from sqlalchemy import (
     select,
     true,
     tuple_,
-    union_all,
     update,
 )
 from sqlalchemy.sql.elements import ColumnElement
@@ -47,17 +44,16 @@ from publisher.ledger.schema import (
     subscribers,
 )
 from publisher.ledger.subscribers import ZoneChoice, mark_bounced, zone_condition
+from publisher.ledger_reads import DIGEST_SLUG
 from publisher.preferences import DeliveryGroup, group_filter, tags_filter, years_filter
 
-DeliveryStatus = Literal["pending", "sending", "sent", "deferred", "failed", "skipped"]
 # A digest is a delivery row of its own, slug DIGEST_SLUG (no article's slug starts with "@")
 # and "year" the local date as YYYYMMDD, so that the deliveries' unique key allows one per
 # subscriber and local date. The appearances it carries wait, due at DIGEST_WAITING (never),
 # until the digest's outcome is theirs.
-DIGEST_SLUG = "@digest"
+DIGEST_WAITING = datetime(9999, 12, 31, tzinfo=UTC)
 # What a digest's Message-ID is named by, with its date: "@" may not stand in a Message-ID.
 DIGEST_KEY = "digest"
-DIGEST_WAITING = datetime(9999, 12, 31, tzinfo=UTC)
 
 
 def digest_year(day: date) -> int:
@@ -94,31 +90,6 @@ class Claim(NamedTuple):
         return self.slug == DIGEST_SLUG
 
 
-@dataclass(frozen=True)
-class DeliveryCount:
-    """How many deliveries of one event are in one state."""
-
-    event_on: date
-    slug: str
-    year: int
-    status: DeliveryStatus
-    count: int
-
-
-@dataclass(frozen=True)
-class Problem:
-    """A failed or deferred delivery with the server's last reply."""
-
-    email: str
-    slug: str
-    year: int
-    status: DeliveryStatus
-    attempts: int
-    code: int | None
-    reply: str | None
-    next_attempt_at: datetime
-
-
 def _finish_statement(*, held: bool) -> Update:
     condition = [deliveries.c.id == bindparam("delivery_id"), deliveries.c.status == "sending"]
     if held:
@@ -139,8 +110,6 @@ def _finish_statement(*, held: bool) -> Update:
     return update(deliveries).where(*condition).values(**values)
 
 
-# Marks, among delivery counts, the messages accepted but not yet folded in.
-_ACCEPTED = "accepted"
 # "sent" is recorded whoever holds the lease; other outcomes only by the lease holder.
 _FINISH_SENT = _finish_statement(held=False)
 _FINISH_HELD = _finish_statement(held=True)
@@ -343,18 +312,6 @@ class DeliveryStore(Store):
                 .where(subscribers.c.status == "confirmed",
                        zone_condition(zone, site_zone), *wanted, ~queued)) or 0)
 
-    def count_due(self, now: datetime | None = None) -> int:
-        """Return how many deliveries could be claimed now."""
-        expired, *waiting = _due_queues(now or utcnow())
-        # A dead sender's accepted messages are not due: the next claim marks them sent.
-        unfolded = exists().where(accepted.c.delivery_id == deliveries.c.id)
-        # Queue by queue: each count then reads only the due index, where one count of rows
-        # meeting any of the conditions reads every due row itself.
-        counts = [select(func.count()).select_from(deliveries).where(queue).scalar_subquery()
-                  for queue in (and_(expired, ~unfolded), *waiting)]
-        with self._read() as conn:
-            return sum(int(n or 0) for n in conn.execute(select(*counts)).one())
-
     def expire(self, now: datetime | None = None) -> tuple[int, int]:
         """Give up on deliveries past their give-up time; return (skipped, failed) counts."""
         now = now or utcnow()
@@ -554,75 +511,3 @@ class DeliveryStore(Store):
                 # A digest's appearances take its outcome.
                 self._follow_digests(conn, [delivery_id], now)
             return bool(changed)
-
-    def delivery_counts(self, day: date | None = None) -> list[DeliveryCount]:
-        """Return delivery counts per event and state (for events of ``day``, or all).
-
-        A message the server accepted counts as sent even before a sender folds its record
-        in, so that reading the counts writes nothing and never waits for a writer.
-        """
-        event = (deliveries.c.event_on, deliveries.c.slug, deliveries.c.year)
-        # Found among the rows being sent, not the day's: one event can have a million rows.
-        unfolded = (select(*event, literal(_ACCEPTED, String()), func.count())
-                    .where(deliveries.c.status == "sending",
-                           deliveries.c.id.in_(select(accepted.c.delivery_id)))
-                    .group_by(*event))
-        totals: dict[tuple[date, str, int, DeliveryStatus], int] = {}
-        with self._read() as conn:
-            if day is None:
-                counts = [select(*event, deliveries.c.status, func.count())
-                          .group_by(*event, deliveries.c.status)]
-            else:
-                # A count per event and state reads each state's stretch of the index once
-                # (make bench, million.py, status during the send): grouping the day's rows
-                # compares every one with the one before it, twice the processor time.
-                counts = [select(literal(day, Date()), literal(slug, String()),
-                                 literal(year, Integer()), literal(state, String()), func.count())
-                          .where(deliveries.c.event_on == day, deliveries.c.slug == slug,
-                                 deliveries.c.year == year, deliveries.c.status == state)
-                          for slug, year in self._events_on(conn, day)
-                          for state in get_args(DeliveryStatus)]
-            # One statement, so that all parts see the same moment.
-            for on, slug, year, status, count in conn.execute(union_all(*counts, unfolded)):
-                if day is not None and on != day:
-                    continue
-                moves: tuple[tuple[DeliveryStatus, int], ...] = (
-                    (("sent", count), ("sending", -count)) if status == _ACCEPTED
-                    else ((status, count),))
-                for state, n in moves:
-                    key = (on, slug, year, state)
-                    totals[key] = totals.get(key, 0) + n
-        return [DeliveryCount(*key, count) for key, count in sorted(totals.items()) if count]
-
-    @staticmethod
-    def _events_on(conn: Connection, day: date) -> list[tuple[str, int]]:
-        """Return the events of ``day`` that have deliveries, a few index lookups each."""
-        first = (select(deliveries.c.slug, deliveries.c.year).where(deliveries.c.event_on == day)
-                 .order_by(deliveries.c.slug, deliveries.c.year).limit(1))
-        found: list[tuple[str, int]] = []
-        row = conn.execute(first).first()
-        while row is not None:
-            slug, year = row
-            found.append((slug, year))
-            row = (conn.execute(first.where(deliveries.c.slug == slug, deliveries.c.year > year))
-                   .first() or conn.execute(first.where(deliveries.c.slug > slug)).first())
-        return found
-
-    def problems(self, day: date | None = None, limit: int = 50) -> list[Problem]:
-        """Return failed and deferred deliveries with their last reply, newest first."""
-        query = (select(subscribers.c.email, deliveries.c.slug, deliveries.c.year,
-                        deliveries.c.status, deliveries.c.attempts, deliveries.c.last_code,
-                        deliveries.c.last_reply, deliveries.c.next_attempt_at)
-                 .join(subscribers, subscribers.c.id == deliveries.c.subscriber_id)
-                 .where(deliveries.c.status.in_(("failed", "deferred")))
-                 .order_by(deliveries.c.updated_at.desc(), deliveries.c.id).limit(limit))
-        if day is not None:
-            on_day: ColumnElement[bool] = deliveries.c.event_on == day
-            if self.dialect == "sqlite":
-                # SQLite keeps no statistics: told that most rows are of that day, it finds the
-                # few failed and deferred ones by state rather than read each of the day's
-                # rows, maybe a million (0.33 s then).
-                on_day = func.likely(on_day, type_=Boolean())
-            query = query.where(on_day)
-        with self._read() as conn:
-            return [Problem(*row) for row in conn.execute(query)]

@@ -6,15 +6,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import Connection, and_, func, inspect, select, update
+from sqlalchemy import Connection, and_, func, select, update
 from sqlalchemy.sql.elements import ColumnElement
 
 from publisher.calendar import utcnow
 from publisher.ledger.database import Store
 from publisher.ledger.schema import deliveries, returns, subscribers
 from publisher.ledger.subscribers import mark_bounced, mark_unsubscribed
+from publisher.ledger_reads import ReturnKind
 
-ReturnKind = Literal["hard", "soft", "complaint"]
 ReturnEffect = Literal["bounced", "unsubscribed", "none"]
 
 
@@ -42,16 +42,6 @@ class ReturnRow:
     diagnostic: str | None
     matched_by: str | None
     target: ReturnTarget | None
-
-
-@dataclass(frozen=True)
-class ReturnCount:
-    """How many deliveries of one edition came back as one kind (slug None: no edition known)."""
-
-    slug: str | None
-    year: int | None
-    kind: ReturnKind
-    count: int
 
 
 class ReturnStore(Store):
@@ -119,19 +109,3 @@ class ReturnStore(Store):
             select(func.count(func.distinct(each)))
             .where(returns.c.subscriber_id == subscriber_id, returns.c.kind == "soft",
                    returns.c.received_at >= since)) or 0)
-
-    def return_counts(self) -> list[ReturnCount]:
-        """Return how many deliveries of each edition came back, per kind."""
-        per_edition = (select(returns.c.slug, returns.c.year, returns.c.kind,
-                              func.count(func.distinct(returns.c.delivery_id)))
-                       .where(returns.c.slug.is_not(None))
-                       .group_by(returns.c.slug, returns.c.year, returns.c.kind))
-        elsewhere = (select(returns.c.kind, func.count()).where(returns.c.slug.is_(None))
-                     .group_by(returns.c.kind))
-        with self._read() as conn:
-            if self.read_only and not inspect(conn).has_table(returns.name):
-                return []  # a database nobody here may migrate, from before returns were kept
-            counts = [ReturnCount(r[0], r[1], r[2], int(r[3])) for r in conn.execute(per_edition)]
-            counts += [ReturnCount(None, None, r[0], int(r[1])) for r in conn.execute(elsewhere)]
-        return counts
-

@@ -46,12 +46,6 @@ class StateStore(Store):
 
     # -- key/value state -----------------------------------------------------------------------
 
-    def get_state(self, key: str) -> str | None:
-        """Return a stored value, or None."""
-        with self._read() as conn:
-            value = conn.scalar(select(state.c.value).where(state.c.key == key))
-            return None if value is None else str(value)
-
     def set_state(self, key: str, value: str, now: datetime | None = None) -> None:
         """Store a value under ``key``, replacing any previous one."""
         now = now or utcnow()

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.elements import ColumnElement
 
 from publisher.calendar import utcnow
-from publisher.config import SUBSCRIBER_STATUSES, SubscriberStatus
+from publisher.config import SubscriberStatus
 from publisher.errors import SubscriberError
 from publisher.ledger.database import Store, _DriverStatement
 from publisher.ledger.schema import (
@@ -408,25 +408,6 @@ class SubscriberStore(Store):
             result = conn.execution_options(yield_per=STREAM_CHUNK).execute(query)
             for row in result.mappings():
                 yield Subscriber(**row)
-
-    def subscriber_counts(self) -> dict[SubscriberStatus, int]:
-        """Return how many subscribers are in each state."""
-        # All rows at once (SQLite counts a table's rows without reading them), the other
-        # states through the index on status: a million confirmed are never read one by one.
-        others = [status for status in SUBSCRIBER_STATUSES if status != "confirmed"]
-        with self._read() as conn:
-            total, *found = conn.execute(select(
-                select(func.count()).select_from(subscribers).scalar_subquery(),
-                *(select(func.count()).where(subscribers.c.status == status).scalar_subquery()
-                  for status in others))).one()
-        counts: dict[SubscriberStatus, int] = dict(zip(others, found, strict=True))
-        counts["confirmed"] = total - sum(found)
-        return {status: counts[status] for status in SUBSCRIBER_STATUSES}
-
-    def subscriber_zones(self) -> list[str | None]:
-        """Return the distinct time zones of confirmed subscribers (None: the site's zone)."""
-        with self._read() as conn:
-            return distinct_values(conn, subscribers.c.timezone, CONFIRMED)
 
     def subscriber_groups(self, site_zone: str, site_time: time) -> list[DeliveryGroup]:
         """Return the (zone, delivery time) pairs of confirmed subscribers, NULLs as the site's."""
