@@ -126,6 +126,8 @@ def delivery_lines(status: Status) -> list[str]:
 
 def return_lines(status: ReturnStatus) -> list[str]:
     """Describe the bounces and complaints per edition, with a warning for each rate over."""
+    from publisher.status import COMPLAINT_RATE_LIMIT, HARD_BOUNCE_RATE_LIMIT
+
     if not status.editions and not status.elsewhere:
         return ["bounces and complaints: none recorded"]
     out = ["bounces and complaints per edition:"] if status.editions else []
@@ -136,7 +138,14 @@ def return_lines(status: ReturnStatus) -> list[str]:
     if status.elsewhere:
         counts = ", ".join(f"{kind} {n}" for kind, n in sorted(status.elsewhere.items()))
         out.append(f"bounces and complaints not tied to an edition: {counts}")
-    out += [f"warning: {warning}" for warning in status.warnings()]
+    for e in status.editions:
+        if e.complaint_rate > COMPLAINT_RATE_LIMIT:
+            out.append(f"warning: {e.slug} {e.year}: complaint rate {e.complaint_rate:.2%} is "
+                       f"over {COMPLAINT_RATE_LIMIT:.1%} (large mailbox providers refuse bulk "
+                       "mail from 0.3%)")
+        if e.hard_rate > HARD_BOUNCE_RATE_LIMIT:
+            out.append(f"warning: {e.slug} {e.year}: hard bounce rate {e.hard_rate:.2%} is "
+                       f"over {HARD_BOUNCE_RATE_LIMIT:.0%}")
     return out
 
 

@@ -111,19 +111,6 @@ class ReturnStatus:
     editions: list[EditionReturns]
     elsewhere: dict[str, int]
 
-    def warnings(self) -> list[str]:
-        """Return a warning for each edition over a complaint or hard-bounce rate limit."""
-        out = []
-        for e in self.editions:
-            if e.complaint_rate > COMPLAINT_RATE_LIMIT:
-                out.append(f"{e.slug} {e.year}: complaint rate {e.complaint_rate:.2%} is over "
-                           f"{COMPLAINT_RATE_LIMIT:.1%} (large mailbox providers refuse bulk "
-                           "mail from 0.3%)")
-            if e.hard_rate > HARD_BOUNCE_RATE_LIMIT:
-                out.append(f"{e.slug} {e.year}: hard bounce rate {e.hard_rate:.2%} is over "
-                           f"{HARD_BOUNCE_RATE_LIMIT:.0%}")
-        return out
-
 
 @dataclass(frozen=True)
 class ClockStatus:
