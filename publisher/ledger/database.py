@@ -35,6 +35,10 @@ from publisher.ledger import schema
 from publisher.ledger.schema import schema_migrations
 from publisher.ledger_reads import BUSY_TIMEOUT_MS, IN_MEMORY, connect_read_only, write_problem
 
+# A send commits once per message; each checkpoint of the log waits for the disk twice (fsync).
+# Every 10,000 pages (40 MB of log at most) rather than SQLite's 1,000: 10 fsyncs instead of 89
+# for 20,000 messages, 0.25-0.39 s of waiting instead of 0.79-1.70 s (million.py's send).
+WAL_CHECKPOINT_PAGES = 10_000
 # Any constant works: it only has to be the same in every process that migrates this database.
 _MIGRATION_LOCK = 0x70756201
 
@@ -48,6 +52,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.close()
 
