@@ -16,6 +16,7 @@ from sqlalchemy import (
     Connection,
     Date,
     Integer,
+    Select,
     String,
     Text,
     Update,
@@ -113,20 +114,36 @@ def _finish_statement(*, held: bool) -> Update:
 # "sent" is recorded whoever holds the lease; other outcomes only by the lease holder.
 _FINISH_SENT = _finish_statement(held=False)
 _FINISH_HELD = _finish_statement(held=True)
-# One statement for a batch: rows still "sending" take their recorded acceptance. (A delivery
-# recorded twice, by a worker that lost its lease and the one that took over, takes either.)
-_SETTLE = (update(deliveries)
-           .where(deliveries.c.id == accepted.c.delivery_id, deliveries.c.status == "sending",
-                  accepted.c.id.in_(bindparam("ids", expanding=True)))
-           .values(status="sent", last_code=accepted.c.code, last_reply=accepted.c.reply,
-                   message_id=func.coalesce(accepted.c.message_id, deliveries.c.message_id),
-                   lease_owner=None, lease_until=None, updated_at=accepted.c.accepted_at,
-                   sent_at=accepted.c.accepted_at))
+
+
+def _settle_statement(*records: ColumnElement[bool]) -> Update:
+    # One statement for a batch: rows still "sending" take their recorded acceptance. (A
+    # delivery recorded twice, by a worker that lost its lease and the one that took over,
+    # takes either.)
+    return (update(deliveries)
+            .where(deliveries.c.id == accepted.c.delivery_id, deliveries.c.status == "sending",
+                   *records)
+            .values(status="sent", last_code=accepted.c.code, last_reply=accepted.c.reply,
+                    message_id=func.coalesce(accepted.c.message_id, deliveries.c.message_id),
+                    lease_owner=None, lease_until=None, updated_at=accepted.c.accepted_at,
+                    sent_at=accepted.c.accepted_at))
+
+
+def _digests_among(records: Select[int]) -> Select[int]:
+    return select(deliveries.c.id).where(deliveries.c.slug == DIGEST_SLUG,
+                                         deliveries.c.id.in_(records))
+
+
+_LISTED = accepted.c.id.in_(bindparam("ids", expanding=True))
 _ACCEPTED_IDS = select(accepted.c.id).order_by(accepted.c.id).with_for_update(skip_locked=True)
-_SETTLED_DIGESTS = select(deliveries.c.id).where(
-    deliveries.c.slug == DIGEST_SLUG, deliveries.c.id.in_(select(accepted.c.delivery_id).where(
-        accepted.c.id.in_(bindparam("ids", expanding=True)))))
-_FOLDED = delete(accepted).where(accepted.c.id.in_(bindparam("ids", expanding=True)))
+_SETTLE = _settle_statement(_LISTED)
+_SETTLED_DIGESTS = _digests_among(select(accepted.c.delivery_id).where(_LISTED))
+_FOLDED = delete(accepted).where(_LISTED)
+# SQLite: the writer holds the database from BEGIN IMMEDIATE, so nobody appends while a batch
+# is folded, and the whole journal is folded without listing its ids.
+_SETTLE_ALL = _settle_statement()
+_SETTLED_DIGESTS_ALL = _digests_among(select(accepted.c.delivery_id))
+_FOLDED_ALL = delete(accepted)
 _ACCEPT = insert(accepted).values(
     delivery_id=bindparam("delivery_id", type_=Id), code=bindparam("code", type_=Integer()),
     reply=bindparam("reply", type_=Text()), message_id=bindparam("message_id", type_=String()),
@@ -476,6 +493,12 @@ class DeliveryStore(Store):
 
     @staticmethod
     def _settle(conn: Connection) -> int:
+        if conn.dialect.name == "sqlite":
+            digests = conn.execute(_SETTLED_DIGESTS_ALL).scalars().all()
+            conn.execute(_SETTLE_ALL)
+            folded = int(conn.execute(_FOLDED_ALL).rowcount)
+            DeliveryStore._follow_digests(conn, digests, utcnow())
+            return folded
         # SKIP LOCKED: two PostgreSQL workers settling at once fold disjoint records, and one
         # appended while this runs waits for the next settle rather than being deleted unseen.
         ids = conn.execute(_ACCEPTED_IDS).scalars().all()
