@@ -140,7 +140,8 @@ _SETTLE = _settle_statement(_LISTED)
 _SETTLED_DIGESTS = _digests_among(select(accepted.c.delivery_id).where(_LISTED))
 _FOLDED = delete(accepted).where(_LISTED)
 # SQLite: the writer holds the database from BEGIN IMMEDIATE, so nobody appends while a batch
-# is folded, and the whole journal is folded without listing its ids.
+# is folded, and the whole journal is folded without listing its ids (benchmarks/README.md,
+# million.py: claiming and folding 32.2-34.3 -> 30.2-31.2 us of processor time per message).
 _SETTLE_ALL = _settle_statement()
 _SETTLED_DIGESTS_ALL = _digests_among(select(accepted.c.delivery_id))
 _FOLDED_ALL = delete(accepted)
