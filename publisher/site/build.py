@@ -180,7 +180,8 @@ def _edited(config: Config, day: date, target: Path, last: Manifest,
             edited[stamp[0]] = stamp
     if not edited or len(last.made_of) != len(last.files) or not last.intact(target):
         return None  # a file rendered by every build, or one changed by hand
-    heads = _kept_heads(target, code, edited)
+    kept = output.load_kept(target, code, {output.kept_shard(name) for name in edited})
+    heads = _kept_heads(kept.values(), edited)
     cache.parse(edited.values())
     articles = []
     for name, size, mtime_ns in edited.values():
@@ -197,8 +198,13 @@ def _edited(config: Config, day: date, target: Path, last: Manifest,
 
     files = _placing(site_files(view, env, [a for a in articles if a.date <= view.day], ()),
                      tuple(edited.values()), last.inputs, articles)
-    showing = {path: made for path, made in last.made_of.items() if isinstance(made, tuple)
-               and any(isinstance(part, tuple) and part[0] in edited for part in made)}
+    showing: dict[str, tuple[object, ...]] = {}
+    for path, made in last.made_of.items():  # loops, not any(): 5,000 generators cost more
+        if isinstance(made, tuple):
+            for part in made:
+                if isinstance(part, tuple) and part[0] in edited:
+                    showing[path] = made
+                    break
     if {path: made for path, made, _ in files} != {path: tuple(
             (part[0], edited[part[0]][1:]) if isinstance(part, tuple) and part[0] in edited
             else part for part in made) for path, made in showing.items()}:
@@ -207,7 +213,7 @@ def _edited(config: Config, day: date, target: Path, last: Manifest,
     with output.output_errors(target):
         written = writer.rewrite(files)
         writer.publish(target, bool(written.written))
-    _splice(target, code, cache)
+    _splice(target, code, kept, cache)
     report = dataclasses.replace(_again(last), written=written.written,
                                  unchanged=len(written.kept))
     output.save_manifest(target, code, Manifest(
@@ -335,33 +341,32 @@ def _unpack(data: bytes, bodies: output.TailReader, cache: ArticleCache) -> Bloc
             for number, pair, block in events}
 
 
-def _kept_heads(target: Path, code: tuple[object, ...], names: Iterable[str]
+def _kept_heads(kept: Iterable[tuple[object, output.TailReader]], names: Iterable[str]
                 ) -> dict[str, ArticleHead]:
-    """Return the fields but the bodies that the files ``names`` parsed to, as kept."""
+    """Return the fields but the bodies that the files ``names`` parsed to, as ``kept``."""
     import marshal
 
     wanted = set(names)
     heads = {}
-    for kept, _ in output.load_kept(target, code, {output.kept_shard(n) for n in wanted}
-                                    ).values():
-        if isinstance(kept, bytes):
-            for name, _, _, head, _, _ in marshal.loads(kept)[0]:
+    for data, _ in kept:
+        if isinstance(data, bytes):
+            for name, _, _, head, _, _ in marshal.loads(data)[0]:
                 if name in wanted:
                     heads[name] = head
     return heads
 
 
-def _splice(target: Path, code: tuple[object, ...], cache: ArticleCache) -> None:
-    """Keep the articles of ``cache``, in place of what their files parsed to before."""
+def _splice(target: Path, code: tuple[object, ...],
+            kept: Mapping[int, tuple[object, output.TailReader]], cache: ArticleCache) -> None:
+    """Keep the articles of ``cache`` in place of what their files parsed to in ``kept``."""
     import marshal
 
     new = {name: (size, mtime_ns, result) for name, size, mtime_ns, result in cache.entries()
            if isinstance(result, Article)}
-    shards = {output.kept_shard(name) for name in new}
-    for shard, (kept, bodies) in output.load_kept(target, code, shards).items():
-        if not isinstance(kept, bytes):
+    for shard, (data, bodies) in kept.items():
+        if not isinstance(data, bytes):
             continue
-        rows, errors, settings, events = marshal.loads(kept)
+        rows, errors, settings, events = marshal.loads(data)
         old = bodies(0, sum(html + text for *_, html, text in rows))
         parts, start = [], 0
         for number, (name, size, mtime_ns, head, html, text) in enumerate(rows):
