@@ -173,15 +173,16 @@ def _edited(config: Config, day: date, target: Path, last: Manifest,
     if len(content) != len(last.content):
         return None
     edited: dict[str, FileStamp] = {}
+    before: dict[str, object] = {}
     for stamp, was in zip(content, last.content, strict=True):
         if stamp != was:
             if not isinstance(was, tuple) or stamp[0] != was[0]:
                 return None  # a file added, removed or renamed
-            edited[stamp[0]] = stamp
+            edited[stamp[0]], before[stamp[0]] = stamp, was
     if not edited or len(last.made_of) != len(last.files) or not last.intact(target):
         return None  # a file rendered by every build, or one changed by hand
     kept = output.load_kept(target, code, {output.kept_shard(name) for name in edited})
-    heads = _kept_heads(kept.values(), edited)
+    heads = _kept_heads(kept.values(), before)
     cache.parse(edited.values())
     articles = []
     for name, size, mtime_ns in edited.values():
@@ -341,17 +342,17 @@ def _unpack(data: bytes, bodies: output.TailReader, cache: ArticleCache) -> Bloc
             for number, pair, block in events}
 
 
-def _kept_heads(kept: Iterable[tuple[object, output.TailReader]], names: Iterable[str]
+def _kept_heads(kept: Iterable[tuple[object, output.TailReader]], files: Mapping[str, object]
                 ) -> dict[str, ArticleHead]:
-    """Return the fields but the bodies that the files ``names`` parsed to, as ``kept``."""
+    """Return the fields but the bodies that ``files`` (stamps by path) parsed to, as kept;
+    what was kept of another stamp of a file is left out."""
     import marshal
 
-    wanted = set(names)
     heads = {}
     for data, _ in kept:
         if isinstance(data, bytes):
-            for name, _, _, head, _, _ in marshal.loads(data)[0]:
-                if name in wanted:
+            for name, size, mtime_ns, head, _, _ in marshal.loads(data)[0]:
+                if files.get(name) == (name, size, mtime_ns):
                     heads[name] = head
     return heads
 

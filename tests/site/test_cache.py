@@ -204,6 +204,25 @@ def test_a_body_edit_of_an_article_in_no_feed_loads_no_other_article(
     assert b"swept over" in (config.site.output_dir / "articles/eclipse/index.html").read_bytes()
 
 
+def test_what_was_kept_of_an_older_file_is_not_taken_for_the_last_build(
+        small_site: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = one_item_feeds(small_site)
+    site.build_site(config, SMALL_SITE_DAY)
+    replace_in(config, "eclipse.md", "Total eclipse", "Partial eclipse")
+
+    def not_kept(*_: object) -> tuple[bytes, bytes]:
+        raise ValueError("a value marshal cannot write")
+
+    monkeypatch.setattr(build, "_pack", not_kept)
+    site.build_site(config, SMALL_SITE_DAY)  # its file keeps the article as the first build
+    monkeypatch.undo()
+    # Back to the title kept, which the site no longer shows.
+    replace_in(config, "eclipse.md", "Partial eclipse", "Total eclipse")
+    replace_in(config, "eclipse.md", "continent.", "continent.\n\nIt swept over.")
+    site.build_site(config, SMALL_SITE_DAY)
+    assert_fresh(config, tmp_path)
+
+
 def edit_a_page_by_hand(config: Config) -> None:
     (config.site.output_dir / "articles/moon/index.html").write_text("changed", "utf-8")
 
