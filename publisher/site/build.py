@@ -200,7 +200,7 @@ def _edited(config: Config, day: date, target: Path, last: Manifest,
     files = _placing(site_files(view, env, [a for a in articles if a.date <= view.day], ()),
                      tuple(edited.values()), last.inputs, articles)
     showing: dict[str, tuple[object, ...]] = {}
-    for path, made in last.made_of.items():  # loops, not any(): 5,000 generators cost more
+    for path, made in last.made_of.items():  # loops: a generator per file costs more
         if isinstance(made, tuple):
             for part in made:
                 if isinstance(part, tuple) and part[0] in edited:
@@ -209,7 +209,7 @@ def _edited(config: Config, day: date, target: Path, last: Manifest,
     if {path: made for path, made, _ in files} != {path: tuple(
             (part[0], edited[part[0]][1:]) if isinstance(part, tuple) and part[0] in edited
             else part for part in made) for path, made in showing.items()}:
-        return None  # a feed among them: made from every article
+        return None  # a feed among them: made of other articles too
     writer = InPlace.over(target, last)
     with output.output_errors(target):
         written = writer.rewrite(files)
