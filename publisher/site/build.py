@@ -104,7 +104,7 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
     # Stamped before loading: a file edited meanwhile costs one more build, never a stale one.
     content = content_stamps(site.content_dir) if articles is None else None
     code = output.package_fingerprint()
-    with output.build_lock(target):
+    with output.build_lock(target), _no_cycle_collection():
         last = output.load_manifest(target, code) if content is not None else None
         if last is not None and content is not None and (env is None or _template_folders(
                 env) == last.folders):
@@ -116,32 +116,31 @@ def build_site(config: Config, day: date | None = None, out: Path | None = None,
                 edited = _edited(config, day, target, last, content, code, env, cache)
                 if edited is not None:
                     return edited
-        with _no_cycle_collection():
-            # Only now: make bench, build.py, again, nothing changed (new process) <= 0.05 x Hugo.
-            from publisher.site.pages import site_files
+        # Only now: make bench, build.py, again, nothing changed (new process) <= 0.05 x Hugo.
+        from publisher.site.pages import site_files
 
-            env = env or site_environment(config)
-            folders = _template_folders(env)
-            # Given articles, or templates from elsewhere, leave nothing to compare the next time.
-            inputs = None if content is None or folders is None else (
-                site, day, _template_stamps(folders), code)
-            cache = cache if cache is not None else ArticleCache()
-            loaded, parsed = _load(config, target, content, articles, cache, code)
-            view = day_view(site, Calendar(loaded.articles, site.leap_day), day)
-            files = _placing(site_files(view, _steady(env, output.compiled_templates(target))),
-                             content, inputs, view.calendar.articles)
-            keep = None if not parsed or content is None else functools.partial(
-                _keep, target, code, content, parsed, cache)
-            writer = _writer(target, last, inputs)
-            try:
-                with output.output_errors(target):
-                    written = _write(writer, target, files, len(view.published), keep)
-            finally:
-                writer.clean_up()
-            report = _report(view, target, loaded, written)
-            output.save_manifest(target, code, None if inputs is None or content is None
-                                 or folders is None else Manifest(
-                inputs, folders, content, tuple(written.files), written.made_of, report))
+        env = env or site_environment(config)
+        folders = _template_folders(env)
+        # Given articles, or templates from elsewhere, leave nothing to compare the next time.
+        inputs = None if content is None or folders is None else (
+            site, day, _template_stamps(folders), code)
+        cache = cache if cache is not None else ArticleCache()
+        loaded, parsed = _load(config, target, content, articles, cache, code)
+        view = day_view(site, Calendar(loaded.articles, site.leap_day), day)
+        files = _placing(site_files(view, _steady(env, output.compiled_templates(target))),
+                         content, inputs, view.calendar.articles)
+        keep = None if not parsed or content is None else functools.partial(
+            _keep, target, code, content, parsed, cache)
+        writer = _writer(target, last, inputs)
+        try:
+            with output.output_errors(target):
+                written = _write(writer, target, files, len(view.published), keep)
+        finally:
+            writer.clean_up()
+        report = _report(view, target, loaded, written)
+        output.save_manifest(target, code, None if inputs is None or content is None
+                             or folders is None else Manifest(
+            inputs, folders, content, tuple(written.files), written.made_of, report))
     return dataclasses.replace(report, errors=list(report.errors))
 
 
@@ -156,6 +155,10 @@ def _no_cycle_collection() -> Iterator[None]:
         yield
     finally:
         if paused:
+            # What the build made goes to the oldest generation unscanned, rather than being
+            # scanned all at once by the first collection after it.
+            gc.freeze()
+            gc.unfreeze()
             gc.enable()
 
 
