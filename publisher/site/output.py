@@ -162,12 +162,13 @@ def kept_shard(name: str) -> int:
 TailReader = Callable[[int, int], bytes]
 
 
-def load_kept(target: Path, code: tuple[object, ...]) -> list[tuple[object, TailReader]]:
-    """Return what the last builds kept for the next (parsed articles), where the same code did:
-    what each file holds, and a reader of the bytes written after it."""
-    found = (_load(cache_folder(target) / ARTICLES.format(shard), code, tail=True)
-             for shard in range(KEPT_SHARDS))
-    return [kept for kept in found if isinstance(kept, tuple)]
+def load_kept(target: Path, code: tuple[object, ...], shards: Iterable[int] = range(KEPT_SHARDS)
+              ) -> dict[int, tuple[object, TailReader]]:
+    """Return what the last builds kept for the next (parsed articles) in ``shards``, where the
+    same code did: by shard, what its file holds, and a reader of the bytes written after it."""
+    found = {shard: _load(cache_folder(target) / ARTICLES.format(shard), code, tail=True)
+             for shard in shards}
+    return {shard: kept for shard, kept in found.items() if isinstance(kept, tuple)}
 
 
 def save_kept(target: Path, code: tuple[object, ...], shard: int, kept: object,
@@ -399,6 +400,22 @@ class InPlace:
             with contextlib.suppress(OSError):  # a folder that holds something else stays
                 os.rmdir(os.path.dirname(path))
         done.removed = len(gone)
+        return done
+
+    def rewrite(self, files: Iterable[Placing]) -> Written:
+        """Make only ``files``, putting each in place if its bytes changed; every other file
+        stays as the last build recorded it."""
+        done, recorded = Written(kept=set(self.reusable)), dict(self.reusable)
+        for relative, made_of, make in files:
+            new, stat = self._replace(relative, make())
+            recorded[relative] = (made_of, (relative, stat.st_ino, stat.st_size,
+                                            stat.st_mtime_ns))
+            if new:
+                done.kept.discard(relative)
+        for relative, (made_of, stamp) in recorded.items():
+            done.files.append(stamp)
+            if made_of is not None:
+                done.made_of[relative] = made_of
         return done
 
     def _replace(self, relative: str, data: bytes) -> tuple[bool, os.stat_result]:

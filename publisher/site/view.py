@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date
 
@@ -15,15 +16,36 @@ RECENT_EVENTS = 12  # how many earlier appearances the index lists under "recent
 
 @dataclass(frozen=True)
 class DayView:
-    """The archive as it stands on one day: every page, feed and file of a build reads this."""
+    """The archive as it stands on one day: every page, feed and file of a build reads this.
+
+    Each list is asked of the calendar once, when first read: a page of one article reads none.
+    """
 
     site: SiteConfig
     calendar: Calendar
     day: date
-    published: list[Article]  # dated on or before the day, newest first
-    today: list[Event]  # the day's appearances, by slug
-    recent: list[Event]  # appearances up to the day, newest first: the feeds' and the index's
-    next_anniversaries: list[Event]  # of published articles, on the next day that has any
+
+    @functools.cached_property
+    def published(self) -> list[Article]:
+        """Return the articles dated on or before the day, newest first."""
+        return self.calendar.published(self.day)
+
+    @functools.cached_property
+    def today(self) -> list[Event]:
+        """Return the day's appearances, by slug."""
+        return self.calendar.events_on(self.day)
+
+    @functools.cached_property
+    def recent(self) -> list[Event]:
+        """Return the appearances up to the day, newest first: the feeds' and the index's."""
+        # One walk back serves both: today's events come first, then those the index lists.
+        return self.calendar.recent(self.day, max(self.site.feed_items,
+                                                  len(self.today) + RECENT_EVENTS))
+
+    @functools.cached_property
+    def next_anniversaries(self) -> list[Event]:
+        """Return the appearances of published articles on the next day that has any."""
+        return self.calendar.next_anniversaries(self.day)
 
     @property
     def feed_events(self) -> list[Event]:
@@ -38,12 +60,8 @@ class DayView:
 
 
 def day_view(site: SiteConfig, calendar: Calendar, day: date) -> DayView:
-    """Ask the calendar once for everything a build of ``day`` shows."""
-    today = calendar.events_on(day)
-    # One walk back serves both: today's events come first, then those the index lists.
-    recent = calendar.recent(day, max(site.feed_items, len(today) + RECENT_EVENTS))
-    return DayView(site, calendar, day, calendar.published(day), today, recent,
-                   calendar.next_anniversaries(day))
+    """Return the view of ``day``, which asks the calendar once for each thing a build shows."""
+    return DayView(site, calendar, day)
 
 
 def load_calendar(config: Config, cache: ArticleCache | None = None

@@ -22,7 +22,7 @@ from publisher.calendar import Calendar
 from publisher.config import Config, load
 from publisher.content import Article
 from publisher.ics import calendar_ics
-from publisher.site import output, pages
+from publisher.site import build, output, pages
 from publisher.site.view import day_view
 from publisher.sitemap import sitemap_entries, sitemap_files
 from tests.fixtures.content import SMALL_SITE_DAY
@@ -155,6 +155,98 @@ def test_a_body_edit_renders_nothing_made_of_every_article(
     assert (folder / "index.html").stat().st_ino == inodes["index.html"]
     monkeypatch.undo()
     assert_fresh(small_site, tmp_path)
+
+
+def one_item_feeds(config: Config) -> Config:
+    """Return the config whose feeds hold one item each, of which the eclipse is none."""
+    return dataclasses.replace(config, site=dataclasses.replace(config.site, feed_items=1))
+
+
+def unpacked_files(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Record each kept file of parsed articles loaded whole from now on."""
+    loaded: list[bytes] = []
+    unpack = build._unpack
+
+    def record(data: bytes, *rest: Any) -> Any:
+        loaded.append(data)
+        return unpack(data, *rest)
+
+    monkeypatch.setattr(build, "_unpack", record)
+    return loaded
+
+
+def test_a_body_edit_of_an_article_in_no_feed_loads_no_other_article(
+        small_site: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = one_item_feeds(small_site)
+    # An older article kept in the same file as the eclipse, in no feed either.
+    eclipse = str(config.site.content_dir / "eclipse.md")
+    neighbour = next(path for n in range(1000) if output.kept_shard(
+        str(path := config.site.content_dir / f"old-{n}.md")) == output.kept_shard(eclipse))
+    neighbour.write_text("---\ntitle: Old\ndate: 2001-05-05\nrecurring: false\n---\n\nOld "
+                         "*news*.\n", "utf-8")
+    first = site.build_site(config, SMALL_SITE_DAY)
+    slugs, parsed = rendered_pages(monkeypatch), parsed_files(monkeypatch)
+    unpacked = unpacked_files(monkeypatch)
+    replace_in(config, "eclipse.md", "continent.", "continent.\n\nIt swept over.")
+    report = site.build_site(config, SMALL_SITE_DAY)
+    assert slugs == ["eclipse"] and parsed == ["eclipse.md"] and unpacked == []
+    assert (report.written, report.unchanged) == (1, first.written - 1)
+    assert (report.pages, report.feed_items, report.changed_feeds) == (first.pages, 1, [])
+    monkeypatch.undo()
+    assert_fresh(config, tmp_path)
+    # What it kept serves the next build, which shows every kept body on the next day.
+    parsed = parsed_files(monkeypatch)
+    next_day = SMALL_SITE_DAY + timedelta(days=1)
+    site.build_site(config, next_day)
+    assert parsed == []
+    monkeypatch.undo()
+    assert_fresh(config, tmp_path / "next", next_day)
+    assert b"swept over" in (config.site.output_dir / "articles/eclipse/index.html").read_bytes()
+
+
+def test_what_was_kept_of_an_older_file_is_not_taken_for_the_last_build(
+        small_site: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = one_item_feeds(small_site)
+    site.build_site(config, SMALL_SITE_DAY)
+    replace_in(config, "eclipse.md", "Total eclipse", "Partial eclipse")
+
+    def not_kept(*_: object) -> tuple[bytes, bytes]:
+        raise ValueError("a value marshal cannot write")
+
+    monkeypatch.setattr(build, "_pack", not_kept)
+    site.build_site(config, SMALL_SITE_DAY)  # its file keeps the article as the first build
+    monkeypatch.undo()
+    # Back to the title kept, which the site no longer shows.
+    replace_in(config, "eclipse.md", "Partial eclipse", "Total eclipse")
+    replace_in(config, "eclipse.md", "continent.", "continent.\n\nIt swept over.")
+    site.build_site(config, SMALL_SITE_DAY)
+    assert_fresh(config, tmp_path)
+
+
+def edit_a_page_by_hand(config: Config) -> None:
+    (config.site.output_dir / "articles/moon/index.html").write_text("changed", "utf-8")
+
+
+def break_the_edited_article(config: Config) -> None:
+    replace_in(config, "eclipse.md", "title:", "title: [")
+
+
+def add_an_article(config: Config) -> None:
+    (config.site.content_dir / "added.md").write_text(
+        "---\ntitle: Added\ndate: 2002-02-02\n---\n\nNew.\n", "utf-8")
+
+
+@pytest.mark.parametrize("other", [edit_a_page_by_hand, break_the_edited_article,
+                                   add_an_article])
+def test_a_body_edit_beside_another_change_builds_what_that_change_needs(
+        small_site: Config, tmp_path: Path, other: Callable[[Config], None]) -> None:
+    config = one_item_feeds(small_site)
+    site.build_site(config, SMALL_SITE_DAY)
+    replace_in(config, "eclipse.md", "continent.", "continent.\n\nIt swept over.")
+    other(config)
+    report = site.build_site(config, SMALL_SITE_DAY)
+    assert report.ok == (other is not break_the_edited_article)
+    assert_fresh(config, tmp_path)
 
 
 def replace_in(config: Config, name: str, old: str, new: str) -> None:
