@@ -23,7 +23,7 @@ from babel.dates import format_date
 from babel.numbers import format_decimal
 from babel.support import NullTranslations, Translations
 from jinja2 import nodes
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from publisher.calendar import Event
 from publisher.config import Config
@@ -110,8 +110,8 @@ class Language:
         # every year since: make bench, build.py, cold build <= 1.0 x Hugo.
         found = self._times.get(day)
         if found is None:
-            found = self._times[day] = Markup('<time datetime="{}">{}</time>').format(
-                day.isoformat(), self.longdate(day))
+            found = self._times[day] = Markup(
+                f'<time datetime="{escape(day.isoformat())}">{escape(self.longdate(day))}</time>')
         return found
 
     def number(self, value: int | float) -> str:
