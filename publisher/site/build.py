@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import functools
 import gc
+import marshal
 import os
 import threading
 from collections import defaultdict
@@ -298,7 +299,6 @@ def _keep(target: Path, code: tuple[object, ...], content: tuple[FileStamp, ...]
 # Marshal, not pickle: make bench, build.py, one article edited (new process) <= 0.1 x Hugo.
 def _pack(cache: ArticleCache, blocks: Mapping[ArticleHead, Blocks]) -> tuple[bytes, bytes]:
     """Return the parsed articles of ``cache`` with their calendar events, and their bodies."""
-    import marshal
     import pickle
 
     rows: list[tuple[str, int, int, ArticleHead, int, int]] = []
@@ -327,7 +327,6 @@ def _unpack(data: bytes, bodies: output.TailReader, cache: ArticleCache) -> Bloc
 
     Each article reads its bodies from ``bodies`` when first asked for them.
     """
-    import marshal
     import pickle
 
     rows, errors, settings, events = marshal.loads(data)
@@ -349,8 +348,6 @@ def _kept_heads(kept: Iterable[tuple[object, output.TailReader]], files: Mapping
                 ) -> dict[str, ArticleHead]:
     """Return the fields but the bodies that ``files`` (stamps by path) parsed to, as kept;
     what was kept of another stamp of a file is left out."""
-    import marshal
-
     heads = {}
     for data, _ in kept:
         if isinstance(data, bytes):
@@ -363,8 +360,6 @@ def _kept_heads(kept: Iterable[tuple[object, output.TailReader]], files: Mapping
 def _splice(target: Path, code: tuple[object, ...],
             kept: Mapping[int, tuple[object, output.TailReader]], cache: ArticleCache) -> None:
     """Keep the articles of ``cache`` in place of what their files parsed to in ``kept``."""
-    import marshal
-
     new = {name: (size, mtime_ns, result) for name, size, mtime_ns, result in cache.entries()
            if isinstance(result, Article)}
     for shard, (data, bodies) in kept.items():
@@ -428,7 +423,6 @@ def _placing(files: Iterable[SiteFile], content: tuple[FileStamp, ...] | None,
 def _heads(articles: Sequence[Article]) -> bytes:
     """Return a digest of every field but the bodies of ``articles``, in order."""
     import hashlib
-    import marshal
 
     # Version 2 writes no references, so equal fields always give equal bytes.
     return hashlib.blake2b(marshal.dumps([article.head for article in articles], 2),
